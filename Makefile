@@ -1,0 +1,51 @@
+# Inference Lab — two commands: `make lab` (set up + JupyterLab) and `make test` (set up + all tests).
+# Both are idempotent: the venv is rebuilt only when pyproject.toml or this file changes.
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+GPU    ?= 0
+PORT   ?= 8888
+STAMP  := $(VENV)/.labkit-installed-gpu$(GPU)
+
+# CPU wheels by default (a plain `torch` on Linux pulls a multi-GB CUDA build); GPU=1 for CUDA.
+TORCH_VERSION ?= 2.13.0
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+
+export HF_HUB_DISABLE_TELEMETRY := 1
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install prepare lab test test-gpu run-labs doctor clean-venv
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "== installing torch $(TORCH_VERSION) ($(if $(filter 1,$(GPU)),CUDA,CPU)) and labkit[lab,test] into $(VENV)"
+	$(BIN)/python -m pip install -q $(shell GPU=$(GPU) INDEX=$(TORCH_CPU_INDEX) sh scripts/torch_index.sh) "torch==$(TORCH_VERSION)"
+	$(BIN)/python -m pip install -q -e ".[lab,test]"
+	@rm -f $(VENV)/.labkit-installed-*
+	@touch $@
+
+install: $(STAMP)
+
+prepare: install
+	$(BIN)/labkit prepare
+
+doctor: install
+	$(BIN)/labkit doctor
+
+# JupyterLab on labs/, loopback only; it prints the URL with its token.
+lab: prepare
+	$(BIN)/jupyter lab --no-browser --ip 127.0.0.1 --port $(PORT) --ServerApp.root_dir=labs
+
+test: prepare
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not gpu"
+
+run-labs: prepare
+	$(BIN)/labkit run-labs --smoke
+
+# On a CUDA machine: the GPU-marked tests (plus the CPU suite's unit tests), < 8 minutes.
+test-gpu:
+	bash scripts/test_gpu.sh
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,85 @@
+"""Plotly figures with one look across the labs, rendered in JupyterLab, Colab and exported HTML.
+
+`setup()` picks renderers: JupyterLab reads plotly's JSON mimetype; exported HTML (papermill ->
+nbconvert) needs plotly.js inside the page, which the "notebook" renderer adds; Colab has its own.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pandas as pd
+import plotly.graph_objects as go
+import plotly.io as pio
+
+TEMPLATE = "plotly_white"
+COLORS = ("#2E6FBA", "#E4572E", "#17A398", "#F3A712", "#6C4AB6", "#8C8C8C")
+
+
+def in_colab() -> bool:
+    return "google.colab" in sys.modules
+
+
+def setup() -> str:
+    """Choose the plotly renderer for where we run; returns its name."""
+    if in_colab():
+        renderer = "colab"
+    elif os.environ.get("LABKIT_STATIC_PLOTS") == "1":
+        renderer = "png"  # e.g. for a PDF export (needs kaleido)
+    else:
+        renderer = "plotly_mimetype+notebook"
+    pio.renderers.default = renderer
+    pio.templates.default = TEMPLATE
+    return renderer
+
+
+def _style(fig: go.Figure, title: str, subtitle: str | None = None) -> go.Figure:
+    text = title if not subtitle else f"{title}<br><sup>{subtitle}</sup>"
+    fig.update_layout(
+        title=text, template=TEMPLATE, colorway=list(COLORS), height=420,
+        margin=dict(l=60, r=30, t=80, b=50), legend=dict(orientation="h", y=-0.2),
+    )  # fmt: skip
+    return fig
+
+
+def _hardware(df: pd.DataFrame) -> str | None:
+    return df.attrs.get("hardware")
+
+
+def line(df: pd.DataFrame, x: str, ys: list[str], title: str, xlabel: str | None = None,
+         ylabel: str | None = None, log_x: bool = False, log_y: bool = False) -> go.Figure:
+    """One line per column in `ys` (rows with NaN in a column are skipped for that line)."""
+    fig = go.Figure()
+    for y in ys:
+        part = df[[x, y]].dropna()
+        fig.add_trace(go.Scatter(x=part[x], y=part[y], mode="lines+markers", name=y))
+    fig.update_xaxes(title=xlabel or x, type="log" if log_x else None)
+    fig.update_yaxes(title=ylabel or (ys[0] if len(ys) == 1 else None), type="log" if log_y else None)
+    return _style(fig, title, _hardware(df))
+
+
+def bars(df: pd.DataFrame, x: str, y: str, title: str, color: str | None = None,
+         ylabel: str | None = None, text_format: str = ".3g") -> go.Figure:
+    """Bars of `y` per `x` (grouped by `color` if given), values printed on the bars."""
+    fig = go.Figure()
+    groups = [(None, df)] if color is None else list(df.groupby(color, sort=False))
+    for name, part in groups:
+        fig.add_trace(go.Bar(x=part[x], y=part[y], name=str(name) if name is not None else y,
+                             text=part[y], texttemplate=f"%{{text:{text_format}}}", textposition="outside"))
+    fig.update_layout(barmode="group", showlegend=color is not None)
+    fig.update_yaxes(title=ylabel or y)
+    return _style(fig, title, _hardware(df))
+
+
+def dual_axis(df: pd.DataFrame, x: str, left: str, right: str, title: str, log_x: bool = False) -> go.Figure:
+    """Two quantities with different units over one x (e.g. latency and throughput vs batch)."""
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=df[x], y=df[left], name=left, mode="lines+markers"))
+    fig.add_trace(go.Scatter(x=df[x], y=df[right], name=right, mode="lines+markers", yaxis="y2"))
+    fig.update_layout(
+        xaxis=dict(title=x, type="log" if log_x else None),
+        yaxis=dict(title=left, color=COLORS[0]),
+        yaxis2=dict(title=right, overlaying="y", side="right", color=COLORS[1]),
+    )  # fmt: skip
+    return _style(fig, title, _hardware(df))

@@ -1,0 +1,219 @@
+"""Lab 01's subject: a training loop next to an inference step, measured side by side.
+
+Training = mini-batch -> forward -> loss -> backward -> optimizer step, repeated for hours and
+tuned for throughput. Inference = one forward pass, no gradients, tuned for latency.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from . import measure
+from .data import shakespeare
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # Defaults train tiny-bloom to a usable checkpoint in under a minute on 2 cores.
+    steps: int = 300
+    batch_size: int = 8
+    seq_len: int = 64
+    lr: float = 5e-3
+    warmup_steps: int = 20
+    eval_every: int = 50
+    eval_batches: int = 8
+    seed: int = 0
+    max_chars: int | None = None  # cut the corpus for quick runs
+
+    def __post_init__(self):
+        for field in ("steps", "batch_size", "seq_len", "eval_every", "eval_batches"):
+            if getattr(self, field) < 1:
+                raise ValueError(f"{field} must be >= 1, got {getattr(self, field)}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+
+
+@functools.lru_cache(maxsize=8)
+def token_stream(split: str, tokenizer, max_chars: int | None = None) -> torch.Tensor:
+    """A whole split tokenized once into one long 1-D tensor of ids."""
+    ids = tokenizer(shakespeare(split, max_chars), return_attention_mask=False)["input_ids"]
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def get_batch(tokens: torch.Tensor, batch_size: int, seq_len: int, generator: torch.Generator) -> torch.Tensor:
+    """Random windows of `seq_len` tokens: (batch, seq). The model shifts them into targets."""
+    if tokens.numel() <= seq_len:
+        raise ValueError(f"corpus has {tokens.numel()} tokens, fewer than seq_len={seq_len}")
+    starts = torch.randint(0, tokens.numel() - seq_len, (batch_size,), generator=generator)
+    return torch.stack([tokens[s : s + seq_len] for s in starts.tolist()])
+
+
+def train_step(model, optimizer, batch: torch.Tensor) -> float:
+    """One optimisation step; returns the loss."""
+    model.train()
+    loss = model(input_ids=batch, labels=batch).loss  # forward + next-token cross-entropy
+    loss.backward()  # gradients for every parameter
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()  # update weights (and AdamW's two moment buffers)
+    optimizer.zero_grad(set_to_none=True)
+    return loss.item()
+
+
+@torch.no_grad()
+def inference_step(model, batch: torch.Tensor) -> torch.Tensor:
+    """One forward pass: no graph is recorded, nothing is saved for a backward pass."""
+    model.eval()
+    return model(input_ids=batch).logits  # (batch, seq, vocab)
+
+
+@torch.no_grad()
+def evaluate(model, batches: list[torch.Tensor]) -> float:
+    model.eval()
+    return sum(model(input_ids=b, labels=b).loss.item() for b in batches) / len(batches)
+
+
+@dataclass
+class TrainResult:
+    history: pd.DataFrame  # step, train_loss, val_loss (NaN between evals), seconds
+    tokens_per_second: float
+
+    @property
+    def first_val_loss(self) -> float:
+        return float(self.history["val_loss"].dropna().iloc[0])
+
+    @property
+    def final_val_loss(self) -> float:
+        return float(self.history["val_loss"].dropna().iloc[-1])
+
+
+def train(
+    model,
+    tokenizer,
+    config: TrainConfig = TrainConfig(),
+    on_eval: Callable[[pd.DataFrame], None] | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train a causal LM on Shakespeare; `on_eval(history)` is called after each evaluation."""
+    from tqdm.auto import tqdm
+
+    gen = torch.Generator().manual_seed(config.seed)
+    train_tokens = token_stream("train", tokenizer, config.max_chars)
+    val_tokens = token_stream("validation", tokenizer, config.max_chars)
+    val_batches = [get_batch(val_tokens, config.batch_size, config.seq_len, gen) for _ in range(config.eval_batches)]
+    device = next(model.parameters()).device
+    val_batches = [b.to(device) for b in val_batches]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.1)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(config))
+    rows = [{"step": 0, "train_loss": math.nan, "val_loss": evaluate(model, val_batches), "seconds": 0.0}]
+    start, bar = time.perf_counter(), tqdm(range(1, config.steps + 1), desc="training", disable=not progress)
+    for step in bar:
+        loss = train_step(model, optimizer, get_batch(train_tokens, config.batch_size, config.seq_len, gen).to(device))
+        schedule.step()
+        row = {"step": step, "train_loss": loss, "val_loss": math.nan, "seconds": time.perf_counter() - start}
+        if step % config.eval_every == 0 or step == config.steps:
+            row["val_loss"] = evaluate(model, val_batches)
+            bar.set_postfix(val_loss=f"{row['val_loss']:.3f}")
+        rows.append(row)
+        if on_eval and not math.isnan(row["val_loss"]):
+            on_eval(pd.DataFrame(rows))
+    model.eval()
+    elapsed = time.perf_counter() - start
+    return TrainResult(pd.DataFrame(rows), config.steps * config.batch_size * config.seq_len / elapsed)
+
+
+def _warmup_cosine(config: TrainConfig) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def save_checkpoint(model, tokenizer, path: Path) -> Path:
+    """safetensors weights + config + tokenizer, loadable with `from_pretrained(path)`."""
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def train_default_checkpoint(config: TrainConfig = TrainConfig(), progress: bool = True) -> Path:
+    """Train `tiny-bloom` on Shakespeare and cache it as `tiny-bloom-shakespeare`."""
+    from .models import load_model, shakespeare_checkpoint_dir
+
+    model, tok = load_model("tiny-bloom", device="cpu")
+    train(model, tok, config, progress=progress)
+    return save_checkpoint(model, tok, shakespeare_checkpoint_dir())
+
+
+# --- training vs inference, measured -------------------------------------------------------
+def state_bytes(model, optimizer: torch.optim.Optimizer | None = None) -> dict[str, int]:
+    """Bytes held between steps: weights, gradients, optimizer state."""
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    grads = sum(p.grad.numel() * p.grad.element_size() for p in model.parameters() if p.grad is not None)
+    opt = 0
+    if optimizer is not None:
+        opt = sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t))
+    return {"weights": params, "gradients": grads, "optimizer_state": opt}
+
+
+def step_costs(model, tokenizer, batch_size: int = 8, seq_len: int = 128, repeat: int = 10) -> pd.DataFrame:
+    """Time and memory of one training step vs one inference step on the same batch.
+
+    The model's weights are restored afterwards, so measuring does not train it.
+    """
+    if batch_size < 1 or seq_len < 1:
+        raise ValueError(f"batch_size and seq_len must be >= 1, got {batch_size}, {seq_len}")
+    saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    device = next(model.parameters()).device
+    batch = get_batch(token_stream("validation", tokenizer), batch_size, seq_len, torch.Generator().manual_seed(0))
+    batch = batch.to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    try:
+        steps = {
+            "training step": lambda: train_step(model, optimizer, batch),
+            "inference step": lambda: inference_step(model, batch),
+        }
+        rows = []
+        for phase, fn in steps.items():
+            stats = measure.benchmark(fn, warmup=2, repeat=repeat)  # warm-up also creates AdamW state
+            peak = measure.peak_memory(fn)
+            persistent = state_bytes(model, optimizer if phase == "training step" else None)
+            rows.append({
+                "phase": phase, "median_ms": stats.median * 1e3, "p90_ms": stats.p90 * 1e3,
+                "peak_step_MiB": peak.tensor_bytes / 2**20,
+                "persistent_MiB": sum(persistent.values()) / 2**20,
+                **{f"{k}_MiB": v / 2**20 for k, v in persistent.items()},
+            })  # fmt: skip
+    finally:
+        model.load_state_dict(saved)
+        model.eval()
+    return measure.results_frame(rows, batch_size=batch_size, seq_len=seq_len)
+
+
+def batch_sweep(model, batch_sizes=(1, 2, 4, 8, 16, 32), seq_len: int = 64, repeat: int = 10, progress: bool = True) -> pd.DataFrame:
+    """Inference latency and throughput over batch size: the serving trade-off in one table."""
+    from tqdm.auto import tqdm
+
+    if not batch_sizes or min(batch_sizes) < 1:
+        raise ValueError(f"batch sizes must be >= 1, got {batch_sizes}")
+    device = next(model.parameters()).device
+    vocab = model.config.vocab_size
+    rows = []
+    for bs in tqdm(batch_sizes, desc="batch sweep", disable=not progress):
+        batch = torch.randint(0, vocab, (bs, seq_len), generator=torch.Generator().manual_seed(bs)).to(device)
+        stats = measure.benchmark(lambda: inference_step(model, batch), warmup=2, repeat=repeat)
+        rows.append({
+            "batch_size": bs, "latency_ms": stats.median * 1e3, "p90_ms": stats.p90 * 1e3,
+            "sequences_per_s": bs / stats.median, "tokens_per_s": bs * seq_len / stats.median,
+        })  # fmt: skip
+    return measure.results_frame(rows, seq_len=seq_len)
