@@ -33,9 +33,10 @@ prepare: install
 doctor: install
 	$(BIN)/labkit doctor
 
-# JupyterLab on labs/, loopback only; it prints the URL with its token.
+# JupyterLab on labs/, loopback only; it prints the URL with its token. (Root, e.g. in a container,
+# needs --allow-root.)
 lab: prepare
-	$(BIN)/jupyter lab --no-browser --ip 127.0.0.1 --port $(PORT) --ServerApp.root_dir=labs
+	$(BIN)/jupyter lab --no-browser --ip 127.0.0.1 --port $(PORT) --ServerApp.root_dir=labs $(if $(filter 0,$(shell id -u)),--allow-root)
 
 test: prepare
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not gpu"

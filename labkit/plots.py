@@ -31,7 +31,19 @@ def setup() -> str:
         renderer = "plotly_mimetype+notebook"
     pio.renderers.default = renderer
     pio.templates.default = TEMPLATE
+    if renderer == "plotly_mimetype+notebook" and _in_kernel():
+        from plotly.offline import init_notebook_mode
+
+        # Inline plotly.js now rather than at the first fig.show(): LiveFigure's raw bundles need it.
+        init_notebook_mode(connected=False)
     return renderer
+
+
+def _in_kernel() -> bool:
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    return shell is not None and getattr(shell, "kernel", None) is not None
 
 
 def _style(fig: go.Figure, title: str, subtitle: str | None = None) -> go.Figure:
@@ -83,3 +95,30 @@ def dual_axis(df: pd.DataFrame, x: str, left: str, right: str, title: str, log_x
         yaxis2=dict(title=right, overlaying="y", side="right", color=COLORS[1]),
     )  # fmt: skip
     return _style(fig, title, _hardware(df))
+
+
+def mime_bundle(fig: go.Figure) -> dict:
+    """A figure as a raw display bundle: plotly JSON for JupyterLab, HTML for exports and Colab."""
+    import json
+
+    plotlyjs = "cdn" if in_colab() else False  # elsewhere setup()'s renderer already loaded plotly.js
+    return {
+        "application/vnd.plotly.v1+json": json.loads(fig.to_json()),
+        "text/html": pio.to_html(fig, include_plotlyjs=plotlyjs, full_html=False),
+    }
+
+
+class LiveFigure:
+    """A figure that redraws in place, e.g. a loss curve during training.
+
+    (`display(fig, display_id=True)` would not do: plotly figures display themselves and drop the
+    display id, so every update would add another figure.)
+    """
+
+    def __init__(self, fig: go.Figure):
+        from IPython.display import display
+
+        self._handle = display(mime_bundle(fig), raw=True, display_id=True)
+
+    def update(self, fig: go.Figure) -> None:
+        self._handle.update(mime_bundle(fig), raw=True)

@@ -17,14 +17,13 @@ LABS_DIR = Path(__file__).resolve().parents[1] / "labs"
 SMOKE_PARAMETERS = {"SMOKE": True}
 
 
-def record(results: dict) -> dict:
+def record(results: dict) -> None:
     """Show a lab's key results and store them where tests and reports can read them."""
     from IPython.display import display
 
     clean = json.loads(json.dumps(results, default=float))  # numpy scalars -> plain floats
     text = "\n".join(f"{k}: {v}" for k, v in clean.items())
     display({RESULTS_MIME: clean, "text/plain": text}, raw=True)
-    return clean
 
 
 def read_results(notebook) -> dict:

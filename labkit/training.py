@@ -27,6 +27,7 @@ class TrainConfig:
     batch_size: int = 8
     seq_len: int = 64
     lr: float = 5e-3
+    betas: tuple[float, float] = (0.9, 0.95)  # the usual LM choice: adapts faster than (0.9, 0.999)
     warmup_steps: int = 20
     eval_every: int = 50
     eval_batches: int = 8
@@ -110,7 +111,7 @@ def train(
     val_batches = [get_batch(val_tokens, config.batch_size, config.seq_len, gen) for _ in range(config.eval_batches)]
     device = next(model.parameters()).device
     val_batches = [b.to(device) for b in val_batches]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=config.betas, weight_decay=0.1)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(config))
     rows = [{"step": 0, "train_loss": math.nan, "val_loss": evaluate(model, val_batches), "seconds": 0.0}]
     start, bar = time.perf_counter(), tqdm(range(1, config.steps + 1), desc="training", disable=not progress)
@@ -126,7 +127,7 @@ def train(
             on_eval(pd.DataFrame(rows))
     model.eval()
     elapsed = time.perf_counter() - start
-    return TrainResult(pd.DataFrame(rows), config.steps * config.batch_size * config.seq_len / elapsed)
+    return TrainResult(measure.results_frame(rows), config.steps * config.batch_size * config.seq_len / elapsed)
 
 
 def _warmup_cosine(config: TrainConfig) -> Callable[[int], float]:

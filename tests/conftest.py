@@ -1,0 +1,35 @@
+"""Shared test set-up: offline Hub, GPU tests skipped with a reason, notebook durations reported."""
+
+import os
+
+# Before anything imports huggingface_hub: tests must never reach the Hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+NOTEBOOK_DURATIONS: dict[str, float] = {}
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU; this machine has none (run `make test-gpu` on one)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if NOTEBOOK_DURATIONS:
+        terminalreporter.section("notebook durations (smoke parameters)")
+        for name, seconds in sorted(NOTEBOOK_DURATIONS.items()):
+            terminalreporter.write_line(f"{seconds:6.1f} s  {name}")
+
+
+@pytest.fixture(scope="session")
+def tiny_bloom():
+    from labkit.models import load_model
+
+    return load_model("tiny-bloom", device="cpu")

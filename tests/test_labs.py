@@ -1,0 +1,48 @@
+"""Every lab runs headless with smoke parameters; the results it recorded are asserted here."""
+
+from pathlib import Path
+
+import pytest
+
+from labkit.runner import list_labs, run_lab
+
+from .conftest import NOTEBOOK_DURATIONS
+
+SMOKE_BUDGET_S = 90
+
+
+def check_00(r: dict) -> None:
+    assert r["logical_cores"] >= 1
+    assert 0.5 < r["bandwidth_GBps"] < 20_000
+    assert r["smollm2_fp32_bound_tok_s"] == pytest.approx(r["bandwidth_GBps"] / 0.538060032, rel=1e-6)
+    assert {"00_start_here.ipynb", "01_lifecycle_training_vs_inference.ipynb"} <= set(r["labs_available"])
+    assert 0 < r["tiny_bloom_forward_median_ms"] <= r["tiny_bloom_forward_p99_ms"]
+
+
+def check_01(r: dict) -> None:
+    assert r["val_loss_drop"] >= 0.30, r["val_loss_drop"]  # validation loss falls by at least 30 %
+    assert r["final_val_loss"] < r["first_val_loss"]
+    assert r["inference_step_ms"] < r["train_step_ms"]  # inference is faster ...
+    assert r["inference_peak_MiB"] < r["train_peak_MiB"]  # ... and smaller
+    assert r["inference_persistent_MiB"] < r["train_persistent_MiB"]
+    assert r["checkpoint_roundtrip_identical"] is True
+    thr = r["sweep_sequences_per_s"]
+    assert max(thr) > 1.5 * thr[0]  # batching raises throughput
+    assert r["sweep_latency_ms"][-1] > r["sweep_latency_ms"][0]  # ... at the cost of latency
+
+
+CHECKS = {"00": check_00, "01": check_01}
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("lab", list_labs(), ids=lambda p: p.stem)
+def test_lab_runs_and_records_results(lab: Path, tmp_path):
+    number = lab.name[:2]
+    assert number in CHECKS, f"{lab.name} has no checks in tests/test_labs.py"
+    run = run_lab(lab, tmp_path, smoke=True, html=True)
+    NOTEBOOK_DURATIONS[lab.stem] = run.seconds
+    assert run.results, f"{lab.name} recorded no results"
+    CHECKS[number](run.results)
+    html = run.html.read_text()
+    assert "plotly-graph-div" in html and "Plotly.newPlot" in html  # figures are in the HTML
+    assert run.seconds < SMOKE_BUDGET_S, f"{lab.name} took {run.seconds:.0f} s in smoke mode"

@@ -1,0 +1,84 @@
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from labkit import measure
+
+
+def test_stats_match_numpy():
+    samples = [0.005, 0.001, 0.003, 0.002, 0.004, 0.010, 0.006, 0.007, 0.008, 0.009]
+    s = measure.Stats.of(samples)
+    assert s.n == 10
+    assert s.median == pytest.approx(0.0055)
+    assert s.p10 == pytest.approx(np.percentile(samples, 10))
+    assert s.p90 == pytest.approx(np.percentile(samples, 90))
+    assert s.p99 == pytest.approx(np.percentile(samples, 99))
+    assert s.mean == pytest.approx(0.0055)
+    assert s.ms()["median"] == pytest.approx(5.5)
+    assert s.ms()["n"] == 10 and "samples" not in s.ms()
+    with pytest.raises(ValueError):
+        measure.Stats.of([])
+
+
+def test_benchmark_times_a_function_of_known_duration():
+    calls = []
+
+    def sleep_20ms():
+        calls.append(1)
+        time.sleep(0.02)
+
+    s = measure.benchmark(sleep_20ms, warmup=2, repeat=7)
+    assert len(calls) == 9  # warm-up calls happen but are not timed
+    assert s.n == 7 and len(s.samples) == 7
+    assert 0.019 <= s.median <= 0.035
+    assert s.p10 <= s.median <= s.p90 <= s.p99
+
+
+@pytest.mark.parametrize("warmup, repeat", [(-1, 5), (0, 0)])
+def test_benchmark_rejects_bad_counts(warmup, repeat):
+    with pytest.raises(ValueError, match="repeat"):
+        measure.benchmark(lambda: None, warmup=warmup, repeat=repeat)
+
+
+def test_peak_memory_counts_new_tensors_at_their_peak():
+    def two_buffers():
+        a = torch.ones(2 * 2**20)  # 8 MiB
+        b = torch.ones(2 * 2**20)  # 8 MiB, both alive: peak 16 MiB
+        del a, b
+        c = torch.ones(2**20)  # 4 MiB, after both were freed
+        return c.sum()
+
+    peak = measure.peak_memory(two_buffers)
+    assert 16 * 2**20 <= peak.tensor_bytes < 17 * 2**20
+    assert peak.cuda_bytes is None or peak.cuda_bytes >= 0
+
+
+def test_peak_memory_ignores_tensors_that_existed_before():
+    weights = torch.zeros(4 * 2**20)
+    peak = measure.peak_memory(lambda: weights.add_(1.0))  # in place: no new storage
+    assert peak.tensor_bytes == 0
+
+
+def test_memory_bandwidth_is_plausible():
+    gbps = measure.memory_bandwidth(size_mib=64, repeat=3)
+    assert 0.5 < gbps < 20_000
+
+
+def test_results_frame_carries_hardware():
+    from labkit.hardware import detect
+
+    df = measure.results_frame([{"engine": "eager", "ms": 1.0}], model="tiny-bloom")
+    assert df.attrs["hardware"] == detect().summary
+    assert df.attrs["model"] == "tiny-bloom"
+    assert list(df.columns) == ["engine", "ms"]
+
+
+def test_rates_and_ratios():
+    assert measure.tokens_per_second(100, 2.0) == 50.0
+    assert measure.ratio(3.0, 1.5) == 2.0
+    with pytest.raises(ValueError):
+        measure.tokens_per_second(1, 0)
+    with pytest.raises(ZeroDivisionError):
+        measure.ratio(1.0, 0.0)

@@ -1,0 +1,49 @@
+"""House rules for every notebook in labs/: stripped, parametrised, with a header and recorded results."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+LABS = sorted((Path(__file__).resolve().parents[1] / "labs").glob("*.ipynb"))
+
+
+def test_there_are_labs():
+    assert [p.name[:2] for p in LABS][:2] == ["00", "01"]
+
+
+@pytest.fixture(params=LABS, ids=lambda p: p.stem)
+def notebook(request):
+    return request.param, json.loads(request.param.read_text())
+
+
+def test_outputs_are_stripped(notebook):
+    path, nb = notebook
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "code":
+            assert not cell.get("outputs"), f"{path.name}: outputs committed"
+            assert cell.get("execution_count") is None, f"{path.name}: execution count committed"
+
+
+def test_has_one_parameters_cell_with_smoke(notebook):
+    path, nb = notebook
+    params = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(params) == 1, f"{path.name}: needs exactly one 'parameters' cell"
+    assert "SMOKE = False" in "".join(params[0]["source"])
+
+
+def test_header_has_badges_and_a_guarded_install(notebook):
+    path, nb = notebook
+    first_md = "".join(nb["cells"][0]["source"])
+    assert first_md.startswith(f"# Lab {path.name[:2]}")
+    assert f"colab.research.google.com/github/inference-lab/inference-lab/blob/main/labs/{path.name}" in first_md
+    assert "mybinder.org/badge_logo.svg" in first_md
+    setup = "".join(next(c for c in nb["cells"] if c["cell_type"] == "code")["source"])
+    assert 'if "google.colab" in sys.modules' in setup and "%pip install" in setup
+    assert "sys.version_info >= (3, 11)" in setup
+
+
+def test_ends_by_recording_results(notebook):
+    path, nb = notebook
+    last_code = "".join([c for c in nb["cells"] if c["cell_type"] == "code"][-1]["source"])
+    assert "runner.record(" in last_code, f"{path.name}: last code cell must record the lab's results"

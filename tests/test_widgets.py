@@ -1,0 +1,46 @@
+import logging
+
+import ipywidgets as w
+import pandas as pd
+import pytest
+
+from labkit import widgets
+
+
+def double(n: int = 1) -> pd.DataFrame:
+    if n < 0:
+        raise ValueError("n must be >= 0")
+    return pd.DataFrame({"n": [n], "double": [2 * n]})
+
+
+def test_panel_builds_controls_from_short_specs():
+    p = widgets.panel(double, n=(0, 10), flag=True, choice=["a", "b"], text="x")
+    c = p.controls
+    assert isinstance(c["n"], w.IntSlider) and (c["n"].min, c["n"].max) == (0, 10)
+    assert isinstance(c["flag"], w.Checkbox)
+    assert isinstance(c["choice"], w.Dropdown) and c["choice"].value == "a"
+    assert isinstance(c["text"], w.Text)
+    with pytest.raises(TypeError, match="cannot build a control"):
+        widgets.panel(double, n=object())
+
+
+def test_run_shows_the_result():
+    p = widgets.panel(double, n=(0, 10))
+    p.controls["n"].value = 4
+    p.run()
+    assert p.last_result["double"].item() == 8
+
+
+def test_errors_show_in_red_and_are_logged_not_raised(caplog):
+    p = widgets.panel(double, n=w.IntText(value=-1))
+    with caplog.at_level(logging.ERROR, logger="labkit.widgets"):
+        p.run()
+    assert isinstance(p.last_result, ValueError)
+    assert "n must be >= 0" in caplog.text
+    html = widgets.error_html(p.last_result)
+    assert "color:#b00020" in html and "ValueError" in html
+
+
+def test_headless_call_raises():
+    with pytest.raises(ValueError, match="n must be >= 0"):
+        double(-1)
