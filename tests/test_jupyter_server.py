@@ -2,6 +2,7 @@
 
 import re
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -41,8 +42,11 @@ def _status(url: str) -> int:
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.skipif(shutil.which("make") is None, reason="`make` is not installed here")
 def test_make_lab_serves_jupyterlab_on_loopback_with_a_token(tmp_path):
     import psutil
+
+    pytest.importorskip("jupyterlab", reason="JupyterLab is not installed here (install labkit[lab])")
 
     port = _free_port()
     cmd = _lab_command(port)

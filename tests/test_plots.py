@@ -1,4 +1,5 @@
 import pandas as pd
+import pytest
 import plotly.io as pio
 
 from labkit import measure, plots
@@ -33,6 +34,7 @@ def test_dual_axis_uses_two_y_axes():
 
 
 def test_live_figure_updates_in_place(monkeypatch):
+    pytest.importorskip("IPython", reason="IPython is not installed here (install labkit[lab])")
     import IPython.display
 
     calls = []
@@ -45,7 +47,7 @@ def test_live_figure_updates_in_place(monkeypatch):
         calls.append(("display", obj, raw, display_id))
         return Handle()
 
-    monkeypatch.setattr(IPython.display, "display", fake_display)
+    monkeypatch.setattr(IPython.display, "display", fake_display, raising=True)
     df = pd.DataFrame({"step": [0, 1], "loss": [2.0, 1.0]})
     live = plots.LiveFigure(plots.line(df, "step", ["loss"], "Loss"))
     live.update(plots.line(df, "step", ["loss"], "Loss 2"))

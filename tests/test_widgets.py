@@ -1,8 +1,9 @@
 import logging
 
-import ipywidgets as w
 import pandas as pd
 import pytest
+
+w = pytest.importorskip("ipywidgets", reason="ipywidgets is not installed here (install labkit[lab])")
 
 from labkit import widgets
 
