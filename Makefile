@@ -39,7 +39,7 @@ lab: prepare
 	$(BIN)/jupyter lab --no-browser --ip 127.0.0.1 --port $(PORT) --ServerApp.root_dir=labs $(if $(filter 0,$(shell id -u)),--allow-root)
 
 test: prepare
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not gpu"
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
 
 run-labs: prepare
 	$(BIN)/labkit run-labs --smoke

@@ -23,7 +23,7 @@ from .data import shakespeare
 @dataclass(frozen=True)
 class TrainConfig:
     # Defaults train tiny-bloom to a usable checkpoint in under a minute on 2 cores.
-    steps: int = 300
+    steps: int = 240
     batch_size: int = 8
     seq_len: int = 64
     lr: float = 5e-3
