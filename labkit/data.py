@@ -7,8 +7,8 @@ usually trained on. Validation and test are whole held-out plays, so no scene le
 from __future__ import annotations
 
 import functools
-import re
 import importlib.util
+import re
 from pathlib import Path
 
 SPLITS = ("train", "validation", "test")

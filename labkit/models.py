@@ -236,14 +236,17 @@ def encode_prompt(tokenizer, prompt: str, chat: bool | None = None) -> dict[str,
     use_chat = bool(getattr(tokenizer, "chat_template", None)) if chat is None else chat
     if use_chat:
         messages = [{"role": "user", "content": prompt}]
-        enc = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        enc = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
     else:
         enc = tokenizer(prompt, return_tensors="pt")
     return {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask")}
 
 
 @torch.no_grad()
-def complete(model, tokenizer, prompt: str, max_new_tokens: int = 32, chat: bool | None = None, **generate_kwargs) -> str:
+def complete(model, tokenizer, prompt: str, max_new_tokens: int = 32, chat: bool | None = None,
+             **generate_kwargs) -> str:
     """Greedy (by default) continuation of `prompt`, only the new text."""
     enc = {k: v.to(model.device) for k, v in encode_prompt(tokenizer, prompt, chat).items()}
     generate_kwargs.setdefault("do_sample", False)

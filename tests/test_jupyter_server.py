@@ -23,7 +23,8 @@ def _free_port() -> int:
 
 
 def _lab_command(port: int) -> list[str]:
-    dry = subprocess.run(["make", "-n", "-s", "lab", f"PORT={port}"], cwd=ROOT, capture_output=True, text=True, check=True)
+    cmd = ["make", "-n", "-s", "lab", f"PORT={port}"]
+    dry = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
     (line,) = [ln for ln in dry.stdout.splitlines() if "jupyter lab" in ln]
     cmd = shlex.split(line)
     cmd[0] = str(Path(sys.executable).parent / "jupyter")  # the venv running the tests

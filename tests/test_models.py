@@ -61,7 +61,7 @@ def test_tiny_models_are_deterministic_and_load_in_dtype():
     a, _ = models.load_model("tiny-llama", device="cpu")
     b, _ = models.load_model("tiny-llama", dtype="bfloat16", device="cpu")
     assert next(b.parameters()).dtype == torch.bfloat16
-    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
         assert torch.allclose(pa.to(torch.bfloat16), pb), name
 
 
@@ -92,7 +92,7 @@ def test_local_folder_goes_through_from_pretrained(tmp_path):
     model.save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
     again, tok2 = models.load_model(str(tmp_path), device="cpu")
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values(), strict=True))
     assert tok2("ROMEO:")["input_ids"] == tok("ROMEO:")["input_ids"]
 
 

@@ -1,6 +1,6 @@
 import pandas as pd
-import pytest
 import plotly.io as pio
+import pytest
 
 from labkit import measure, plots
 
@@ -12,7 +12,9 @@ def test_setup_picks_a_renderer_that_works_in_lab_and_html():
 
 def test_line_skips_missing_points_per_series():
     df = measure.results_frame([
-        {"step": 0, "train": None, "val": 8.0}, {"step": 1, "train": 7.0, "val": None}, {"step": 2, "train": 6.0, "val": 6.5},
+        {"step": 0, "train": None, "val": 8.0},
+        {"step": 1, "train": 7.0, "val": None},
+        {"step": 2, "train": 6.0, "val": 6.5},
     ])  # fmt: skip
     fig = plots.line(df, "step", ["train", "val"], "Loss")
     assert [t.name for t in fig.data] == ["train", "val"]

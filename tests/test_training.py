@@ -68,4 +68,4 @@ def test_save_checkpoint_round_trip(tiny_bloom, tmp_path):
     training.save_checkpoint(model, tok, tmp_path)
     assert (tmp_path / "model.safetensors").exists()
     again, _ = load_model(str(tmp_path), device="cpu")
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values(), strict=True))
