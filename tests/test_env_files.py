@@ -11,7 +11,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _pyproject_requirements() -> dict[str, str]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    reqs = [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"]["lab"]]
+    extras = project["optional-dependencies"]
+    reqs = [Requirement(r) for r in project["dependencies"] + extras["lab"] + extras["engines"]]
     return {r.name: str(r.specifier) for r in reqs}
 
 

@@ -33,7 +33,26 @@ def check_01(r: dict) -> None:
     assert r["sweep_latency_ms"][-1] > r["sweep_latency_ms"][0]  # ... at the cost of latency
 
 
-CHECKS = {"00": check_00, "01": check_01}
+def check_03(r: dict) -> None:
+    assert r["parity_ok"] and r["max_relative_diff"] < 1e-4  # every format computes what PyTorch computes
+    nodes = r["bloom_nodes"]
+    assert nodes["all"] < nodes["basic"] < nodes["exported (raw)"]  # optimisation shrinks the graph
+    assert "com.microsoft:FastGelu" in r["bloom_fused_ops"]
+    assert r["fastgelu_nodes"] == r["n_layers"] == 4
+    assert r["bn_folded"] == 2
+    assert "com.microsoft.nchwc:Conv" in r["cnn_layout_ops"]  # the NCHWc layout change
+    assert r["folding_nodes"][1] < r["folding_nodes"][0]
+
+
+def check_04(r: dict) -> None:
+    assert {"torch-eager", "torchscript", "torch-compile", "onnxruntime", "openvino", "tensorrt"} <= set(r["engines"])
+    assert all(r["unavailable"].values())  # every unavailable engine carries its reason
+    assert r["ort_speedup_tiny_bloom_b1"] > 1.0  # ONNX Runtime beats eager on tiny-bloom
+    assert r["max_relative_diff"] < 1e-4  # parity held for every session
+    assert set(r["cold_start_s"]) >= {"torch-eager", "onnxruntime", "openvino"}
+
+
+CHECKS = {"00": check_00, "01": check_01, "03": check_03, "04": check_04}
 
 
 @pytest.mark.timeout(300)

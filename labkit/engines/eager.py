@@ -1,0 +1,61 @@
+"""PyTorch eager: the model as written, op by op from Python — the baseline every engine is compared to."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from .base import TORCH_DTYPES, Engine, Graph, Session, SessionInfo, Timer, torch_threads
+
+
+class TorchModuleSession(Session):
+    """Runs any callable torch module (eager, traced or compiled) under inference mode."""
+
+    def __init__(self, fn, info: SessionInfo, dtype: torch.dtype, device: torch.device):
+        self.fn, self.info, self.dtype, self.device = fn, info, dtype, device
+
+    def run(self, *inputs: torch.Tensor) -> np.ndarray:
+        inputs = cast_inputs(inputs, self.dtype, self.device)
+        with torch.inference_mode(), torch_threads(self.info.threads):
+            out = self.fn(*inputs)
+        return out.float().cpu().numpy()
+
+
+def cast_inputs(inputs: tuple[torch.Tensor, ...], dtype: torch.dtype, device: torch.device) -> tuple:
+    """Move inputs to the device; floating-point ones (images) also take the session's dtype."""
+    return tuple(t.to(device, dtype if t.is_floating_point() else t.dtype) for t in inputs)
+
+
+def module_for(graph: Graph, precision: str, device: torch.device) -> torch.nn.Module:
+    """The graph's module in the asked precision on the asked device (a copy unless fp32 on CPU)."""
+    if precision == "fp32" and device.type == "cpu":
+        return graph.module.eval()
+    return copy.deepcopy(graph.module).to(device=device, dtype=TORCH_DTYPES[precision]).eval()
+
+
+def device_for(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class TorchEager(Engine):
+    name = "torch-eager"
+    description = "PyTorch eager mode: each op dispatched from Python"
+    precisions = ("fp32", "bf16", "fp16")
+
+    def available(self) -> tuple[bool, str]:
+        return True, f"PyTorch {torch.__version__}"
+
+    def _prepare(self, graph, precision, num_threads, device: str = "cpu", **_):
+        dev = device_for(device)
+        with Timer() as t:
+            module = module_for(graph, precision, dev)
+            info = SessionInfo(self.name, precision, num_threads, str(dev), "aten", 0.0)
+            session = TorchModuleSession(module, info, TORCH_DTYPES[precision], dev)
+            session.run(*graph.example)
+        session.info = replace(info, prepare_s=t.seconds)
+        return session

@@ -1,0 +1,32 @@
+"""TorchScript: trace the model once into a static graph, freeze weights into it, fuse ops."""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from .base import TORCH_DTYPES, Engine, SessionInfo, Timer, torch_threads
+from .eager import TorchModuleSession, cast_inputs, device_for, module_for
+
+
+class TorchScript(Engine):
+    name = "torchscript"
+    description = "torch.jit.trace + freeze + optimize_for_inference (no Python in the loop)"
+    precisions = ("fp32", "bf16", "fp16")
+
+    def available(self) -> tuple[bool, str]:
+        return hasattr(torch.jit, "trace"), f"torch.jit in PyTorch {torch.__version__}"
+
+    def _prepare(self, graph, precision, num_threads, device: str = "cpu", **_):
+        dev = device_for(device)
+        module = module_for(graph, precision, dev)
+        example = cast_inputs(graph.example, TORCH_DTYPES[precision], dev)
+        with Timer() as t, torch.inference_mode(), torch_threads(num_threads), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings about Python control flow on shapes
+            traced = torch.jit.trace(module, example, strict=False, check_trace=False)
+            frozen = torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
+            frozen(*example)  # the first calls run the profiling executor's optimisation passes
+            frozen(*example)
+        info = SessionInfo(self.name, precision, num_threads, str(dev), "torch.jit", t.seconds)
+        return TorchModuleSession(frozen, info, TORCH_DTYPES[precision], dev)

@@ -1,0 +1,28 @@
+import math
+
+import pytest
+
+from labkit import runtimes
+from labkit.engines import available_engines
+
+
+def test_compare_engines_reports_every_engine_and_speedups():
+    result = runtimes.compare_engines("digits-cnn", batch_sizes=(1, 8), repeat=5, progress=False)
+    t = result.table
+    assert set(t.engine) == set(runtimes.ENGINES)
+    ran = t[t.available]
+    assert set(ran.engine) == set(available_engines())
+    eager = ran[ran.engine == "torch-eager"]
+    assert eager.speedup_vs_eager.tolist() == [1.0, 1.0]
+    assert (ran.median_ms > 0).all() and (ran.cold_start_s > 0).all()
+    missing = t[~t.available]
+    assert all(isinstance(r, str) and r for r in missing.reason)  # e.g. tensorrt: needs an NVIDIA GPU
+    assert all(math.isnan(x) for x in missing.speedup_vs_eager)
+    assert result.figure.data and runtimes.cold_start_figure(t).layout.yaxis.type == "log"
+
+
+def test_onnxruntime_beats_eager_on_tiny_bloom():
+    if "onnxruntime" not in available_engines():
+        pytest.skip("onnxruntime is not installed here (install labkit[engines])")
+    t = runtimes.compare_engines("tiny-bloom", engines=["onnxruntime"], repeat=20, progress=False).table
+    assert t.set_index("engine").loc["onnxruntime", "speedup_vs_eager"] > 1.2
