@@ -33,12 +33,28 @@ def fingerprint(graph: Graph, *options) -> str:
     return h.hexdigest()[:12]
 
 
-def export_onnx(graph: Graph, dynamic: bool = True, optimize: bool = True, path: Path | None = None) -> Path:
+def as_graph(model: torch.nn.Module | Graph, example: tuple[torch.Tensor, ...] | torch.Tensor | None = None) -> Graph:
+    """A `Graph` as is, or a plain module + example inputs wrapped as one (axis 0 of each input dynamic)."""
+    from .engines.base import Graph
+
+    if isinstance(model, Graph):
+        return model
+    if example is None:
+        raise ValueError("pass example inputs with a plain module: export_onnx(model, (x,))")
+    example = example if isinstance(example, tuple) else (example,)
+    names = tuple(f"input_{i}" for i in range(len(example)))
+    return Graph(type(model).__name__.lower(), model, example, names, {n: {0: "batch"} for n in names}, "output")
+
+
+def export_onnx(model: torch.nn.Module | Graph, example=None, dynamic: bool = True, optimize: bool = True,
+                path: Path | None = None) -> Path:
     """Export with `torch.onnx.export(dynamo=True)` (torch.export + onnxscript); cached.
 
+    `model` is a `Graph` (see `engines.graph_for`) or a module with `example` inputs.
     optimize=False keeps the graph as traced: no constant folding or BatchNorm folding by the exporter,
     so ONNX Runtime's own optimisation levels have something to show.
     """
+    graph = as_graph(model, example)
     suffix = "" if optimize else "-raw"
     path = path or cache_dir("onnx") / f"{graph.name}{suffix}-{fingerprint(graph, dynamic, optimize)}.onnx"
     if path.exists():
@@ -48,10 +64,10 @@ def export_onnx(graph: Graph, dynamic: bool = True, optimize: bool = True, path:
     dynamic_shapes = None
     if dynamic and graph.dynamic_axes:
         dims: dict[str, Dim] = {}
-        dynamic_shapes = {
-            name: {axis: dims.setdefault(sym, Dim(sym)) for axis, sym in graph.dynamic_axes.get(name, {}).items()}
+        dynamic_shapes = tuple(  # positional, so it works whatever forward()'s argument names are
+            {axis: dims.setdefault(sym, Dim(sym)) for axis, sym in graph.dynamic_axes.get(name, {}).items()}
             for name in graph.input_names
-        }  # fmt: skip
+        )
     tmp = path.with_suffix(".part.onnx")
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
@@ -64,11 +80,11 @@ def export_onnx(graph: Graph, dynamic: bool = True, optimize: bool = True, path:
     return path
 
 
-def export_openvino(graph: Graph, path: Path | None = None) -> Path:
+def export_openvino(model: torch.nn.Module | Graph, example=None, path: Path | None = None) -> Path:
     """OpenVINO IR (.xml + .bin) converted from the ONNX export."""
     import openvino as ov
 
-    onnx_path = export_onnx(graph)
+    onnx_path = export_onnx(model, example)
     path = path or onnx_path.with_suffix(".xml")
     if not path.exists():
         tmp = path.with_name(path.stem + ".part.xml")
@@ -78,8 +94,9 @@ def export_openvino(graph: Graph, path: Path | None = None) -> Path:
     return path
 
 
-def export_torchscript(graph: Graph, path: Path | None = None) -> Path:
+def export_torchscript(model: torch.nn.Module | Graph, example=None, path: Path | None = None) -> Path:
     """A traced TorchScript file, loadable without the Python class (torch.jit.load)."""
+    graph = as_graph(model, example)
     path = path or cache_dir("torchscript") / f"{graph.name}-{fingerprint(graph)}.pt"
     if not path.exists():
         with torch.no_grad(), warnings.catch_warnings():

@@ -14,7 +14,9 @@ import plotly.graph_objects as go
 import plotly.io as pio
 
 TEMPLATE = "plotly_white"
-COLORS = ("#2E6FBA", "#E4572E", "#17A398", "#F3A712", "#6C4AB6", "#8C8C8C")
+# 12 distinguishable colours (first six for the common case), so stacked bars never repeat a colour.
+COLORS = ("#2E6FBA", "#E4572E", "#17A398", "#F3A712", "#6C4AB6", "#8C8C8C",
+          "#9BC53D", "#C3423F", "#5BC0EB", "#FDE74C", "#B56576", "#404E4D")
 
 
 def in_colab() -> bool:

@@ -68,6 +68,20 @@ def test_optimization_levels_table_and_drawing(bloom_raw):
         graphopt.neighbourhood(bloom_raw, "Conv")
 
 
+def test_plain_module_and_example_export(tmp_path):
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    module = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU()).eval()
+    path = convert.export_onnx(module, (torch.randn(2, 8),), path=tmp_path / "mlp.onnx")
+    x = torch.randn(5, 8)  # another batch size: axis 0 is dynamic
+    out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input_0": x.numpy()})[0]
+    np.testing.assert_allclose(out, module(x).detach().numpy(), atol=1e-6)
+    with pytest.raises(ValueError, match="pass example inputs"):
+        convert.export_onnx(module)
+
+
 def test_bad_level():
     with pytest.raises(ValueError, match=r"choose from \['disable', 'basic', 'extended', 'all'\]"):
         convert.session_options("max")
