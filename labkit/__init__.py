@@ -24,6 +24,8 @@ def setup(seed: int = 0) -> dict:
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()  # weight-loading bars add noise, not insight
     logging.getLogger("labkit").setLevel(logging.INFO)
+    for noisy in ("torchao", "bitsandbytes"):  # optional-kernel warnings that do not apply to these labs
+        logging.getLogger(noisy).setLevel(logging.ERROR)
     torch.manual_seed(seed)
     renderer = plots.setup()
     return {"python": platform.python_version(), "torch": torch.__version__,

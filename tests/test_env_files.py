@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _pyproject_requirements() -> dict[str, str]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
-    reqs = [Requirement(r) for r in project["dependencies"] + extras["lab"] + extras["engines"]]
+    reqs = [Requirement(r) for r in project["dependencies"] + extras["lab"] + extras["engines"] + extras["quant"]]
     return {r.name: str(r.specifier) for r in reqs}
 
 
