@@ -83,7 +83,7 @@ def memory_calculator(model: str = "llama-30b", dtype: str = "float16", batch: i
     import plotly.graph_objects as go
 
     from . import plots
-    from .lifecycle import Measured
+    from .plots import Measured
 
     mem = model_memory(KNOWN_CONFIGS.get(model, model), dtype, batch, seq)
     parts = {"weights": mem.weights_bytes, "KV cache": mem.kv_cache_bytes, "activations": mem.activation_bytes}

@@ -12,7 +12,7 @@ import torch
 
 from . import convert, measure, plots
 from .engines import TOLERANCE, graph_for
-from .lifecycle import Measured
+from .plots import Measured
 
 
 def _size(*paths: Path) -> float:

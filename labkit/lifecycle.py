@@ -9,23 +9,15 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import pandas as pd
 import plotly.graph_objects as go
 import torch
 
 from . import measure, models, plots, training
+from .plots import Measured
 
 TINY_MODELS = ["tiny-bloom", "tiny-llama", "tiny-bloom-shakespeare"]
-
-
-@dataclass
-class Measured:
-    """What every lab function returns: the numbers and a picture of them."""
-
-    table: pd.DataFrame
-    figure: go.Figure
 
 
 @functools.lru_cache(maxsize=4)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -17,6 +18,14 @@ TEMPLATE = "plotly_white"
 # 12 distinguishable colours (first six for the common case), so stacked bars never repeat a colour.
 COLORS = ("#2E6FBA", "#E4572E", "#17A398", "#F3A712", "#6C4AB6", "#8C8C8C",
           "#9BC53D", "#C3423F", "#5BC0EB", "#FDE74C", "#B56576", "#404E4D")
+
+
+@dataclass
+class Measured:
+    """What every widget-friendly lab function returns: the numbers and a picture of them."""
+
+    table: pd.DataFrame
+    figure: go.Figure
 
 
 def in_colab() -> bool:

@@ -16,7 +16,7 @@ import torch
 
 from . import measure, models, plots
 from .data import shakespeare
-from .lifecycle import Measured
+from .plots import Measured
 from .quant import QUANTIZERS, QuantizedModel, quantize
 
 

@@ -14,7 +14,7 @@ import pandas as pd
 
 from . import measure, plots
 from .engines import ENGINES, check_parity, graph_for
-from .lifecycle import Measured
+from .plots import Measured
 
 
 def compare_engines(workload: str = "tiny-bloom", engines: Sequence[str] | None = None,
