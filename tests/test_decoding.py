@@ -1,0 +1,128 @@
+"""Decoding: from-scratch loops agree with generate(); cut-offs, contrastive and speculative behave."""
+
+import math
+
+import pytest
+import torch
+
+from labkit import decoding, models
+
+PROMPTS = ["ROMEO:\n", "To be, or not to be,", "KING HENRY:\nOnce more unto the"]
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return models.load_model("tiny-bloom-shakespeare", device="cpu")
+
+
+def ids_of(tok, prompt):
+    return tok(prompt, return_tensors="pt")["input_ids"]
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_step_through_greedy_equals_generate(lm, prompt):
+    model, tok = lm
+    ids = ids_of(tok, prompt)
+    out, _ = decoding.timed_generate(model, ids, decoding.greedy(12), pad_token_id=tok.pad_token_id)
+    trace = decoding.step_through(model, tok, ids, steps=12)
+    assert trace.token_ids == out[0, ids.shape[1]:].tolist()
+    assert all(s.candidates[0][1] == pytest.approx(s.chosen_prob) for s in trace.steps)  # greedy = the top bar
+    assert trace.steps[-1].cum_logprob == pytest.approx(sum(math.log(s.chosen_prob) for s in trace.steps))
+
+
+def test_step_through_matches_generate_on_the_real_llm():
+    model, tok = models.load_model("smollm2-135m", device="cpu")
+    ids = models.encode_prompt(tok, "What is the capital of France?")["input_ids"]
+    out, _ = decoding.timed_generate(model, ids, decoding.greedy(8), pad_token_id=tok.eos_token_id)
+    assert decoding.step_through(model, tok, ids, steps=8).token_ids == out[0, ids.shape[1]:].tolist()
+
+
+def test_top_k_1_and_tiny_top_p_reduce_to_greedy(lm):
+    model, tok = lm
+    ids = ids_of(tok, PROMPTS[0])
+    greedy = decoding.step_through(model, tok, ids, steps=10).token_ids
+    assert decoding.step_through(model, tok, ids, 10, do_sample=True, top_k=1, seed=3).token_ids == greedy
+    assert decoding.step_through(model, tok, ids, 10, do_sample=True, top_p=1e-6, seed=3).token_ids == greedy
+
+
+def test_seeded_sampling_is_reproducible_and_cutoffs_are_recorded(lm):
+    model, tok = lm
+    ids = ids_of(tok, PROMPTS[1])
+    a = decoding.step_through(model, tok, ids, 10, do_sample=True, temperature=0.9, top_p=0.9, seed=7)
+    b = decoding.step_through(model, tok, ids, 10, do_sample=True, temperature=0.9, top_p=0.9, seed=7)
+    assert a.token_ids == b.token_ids
+    assert all(1 <= s.kept < 4096 and s.kept_mass >= 0.9 - 1e-6 for s in a.steps)
+    k = decoding.step_through(model, tok, ids, 5, do_sample=True, top_k=7, seed=1)
+    assert all(s.kept == 7 for s in k.steps)
+
+
+def test_filter_logits_by_hand():
+    logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
+    assert torch.isfinite(decoding.filter_logits(logits, top_k=2)).tolist() == [True, True, False, False]
+    assert torch.isfinite(decoding.filter_logits(logits, top_p=0.8)).tolist() == [True, True, False, False]
+    assert torch.isfinite(decoding.filter_logits(logits, top_p=0.81)).tolist() == [True, True, True, False]
+    assert torch.isfinite(decoding.filter_logits(logits, min_p=0.5)).tolist() == [True, True, False, False]
+
+
+def test_contrastive_scores_match_the_definition():
+    probs = torch.tensor([0.6, 0.4])
+    cand = torch.tensor([[1.0, 0.0], [0.0, 1.0]])  # candidate 0 repeats the context direction
+    ctx = torch.tensor([[2.0, 0.0], [1.0, 1.0]])
+    scores = decoding.contrastive_scores(probs, cand, ctx, alpha=0.5)
+    # cand0: max cos = 1 -> 0.5*0.6 - 0.5*1 = -0.2; cand1: max cos = 1/sqrt(2) -> 0.2 - 0.3536 = -0.1536
+    assert scores.tolist() == pytest.approx([-0.2, 0.2 - 0.5 / math.sqrt(2)])
+    assert int(scores.argmax()) == 1  # the less likely but less repetitive token wins
+
+
+def test_contrastive_with_alpha_0_is_greedy(lm):
+    model, tok = lm
+    ids = ids_of(tok, PROMPTS[2])
+    out = decoding.contrastive_search(model, ids, k=4, alpha=0.0, max_new_tokens=6)
+    assert out[0, ids.shape[1]:].tolist() == decoding.step_through(model, tok, ids, steps=6).token_ids
+
+
+def test_speculative_returns_exactly_the_target_greedy_output(lm):
+    from labkit import quant
+
+    model, tok = lm
+    draft = quant.quantize("int8-dynamic", "tiny-bloom-shakespeare", model=model).model
+    ids = ids_of(tok, PROMPTS[0])
+    spec = decoding.speculative_greedy(model, draft, ids, gamma=3, max_new_tokens=12)
+    greedy = decoding.step_through(model, tok, ids, steps=12).token_ids
+    assert spec.token_ids[0, ids.shape[1]:].tolist() == greedy
+    assert 0 <= spec.acceptance_rate <= 1 and spec.target_calls <= 12
+    assisted, _ = decoding.timed_generate(model, ids, decoding.greedy(12), assistant_model=draft,
+                                          pad_token_id=tok.pad_token_id)
+    assert assisted[0, ids.shape[1]:].tolist() == greedy
+
+
+def test_prompt_lookup_equals_greedy(lm):
+    model, tok = lm
+    ids = ids_of(tok, "ROMEO:\nO Romeo, Romeo, wherefore art thou Romeo?\nROMEO:\nO Romeo,")
+    plain, _ = decoding.timed_generate(model, ids, decoding.greedy(10), pad_token_id=tok.pad_token_id)
+    lookup, _ = decoding.timed_generate(model, ids, decoding.prompt_lookup(3, 10), pad_token_id=tok.pad_token_id)
+    assert lookup.tolist() == plain.tolist()
+
+
+def test_text_metrics():
+    m = decoding.text_metrics([1, 2, 3, 4, 1, 2, 3, 4])
+    assert m["distinct_1"] == 0.5 and m["length"] == 8
+    assert m["repetition_4gram"] == pytest.approx(1 - 4 / 5)
+
+
+@pytest.mark.parametrize("method, params, message", [
+    ("sample", {"temperature": 0}, "temperature > 0"),
+    ("top-p", {"p": 1.5}, "0 < top_p <= 1"),
+    ("top-p", {"p": 0}, "0 < top_p <= 1"),
+    ("top-k", {"k": 0}, "top_k >= 1"),
+    ("beam", {"num_beams": 0}, "num_beams >= 1"),
+    ("min-p", {"p": 2.0}, "0 <= min_p <= 1"),
+])  # fmt: skip
+def test_bad_parameters_name_the_valid_range(method, params, message):
+    with pytest.raises(ValueError, match=message):
+        decoding.config_for(method, **params)
+
+
+def test_unknown_method_lists_choices():
+    with pytest.raises(ValueError, match=r"unknown method 'nucleus'; choose from \['greedy', 'beam'.*'contrastive'"):
+        decoding.config_for("nucleus")
