@@ -249,3 +249,64 @@ def timed_generate(model, input_ids: torch.Tensor, config: GenerationConfig, **k
     with torch.no_grad():
         out = model.generate(input_ids=input_ids.to(model.device), generation_config=config, **kwargs)
     return out, time.perf_counter() - start
+
+
+# --- beam search, from scratch, keeping the tree ---------------------------------------------
+@dataclass
+class BeamNode:
+    step: int
+    beam: int  # slot after this step
+    parent: int  # slot at the previous step (-1 for the prompt)
+    token: str
+    token_id: int
+    score: float  # cumulative log-probability of the beam
+
+
+@dataclass
+class BeamTrace:
+    token_ids: list[int]  # the best finished hypothesis (new tokens only)
+    score: float  # its length-normalised score
+    nodes: list[BeamNode] = field(default_factory=list)  # every running beam at every step: the tree
+    finished: list[tuple[float, list[int]]] = field(default_factory=list)
+
+
+@torch.no_grad()
+def beam_step_through(model, tokenizer, prompt_ids: torch.Tensor, num_beams: int = 4, steps: int = 12,
+                      length_penalty: float = 1.0) -> BeamTrace:
+    """Beam search as transformers 5 runs it (2·beams candidates per step, EOS beams finish with a
+    length-normalised score, all beams finish at the length limit), recording each step's beams."""
+    _check("num_beams", num_beams, num_beams >= 1, "num_beams >= 1")
+    eos = tokenizer.eos_token_id
+    out = model(input_ids=prompt_ids.to(model.device), use_cache=True)
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(num_beams)
+    logprobs = out.logits[:, -1].float().log_softmax(-1).cpu().repeat(num_beams, 1)  # (beams, vocab)
+    scores = torch.full((num_beams,), -1e9)
+    scores[0] = 0.0  # all beams start identical: only the first may expand
+    seqs: list[list[int]] = [[] for _ in range(num_beams)]
+    trace = BeamTrace([], -math.inf)
+    for step in range(steps):
+        vocab = logprobs.shape[1]
+        flat = (scores[:, None] + logprobs).view(-1)
+        top = torch.topk(flat, 2 * num_beams)
+        last = step == steps - 1
+        running: list[tuple[int, int, float]] = []
+        for rank, (value, index) in enumerate(zip(top.values.tolist(), top.indices.tolist(), strict=True)):
+            parent, token = divmod(index, vocab)
+            if (token == eos or last) and rank < num_beams:  # a finished hypothesis
+                trace.finished.append((value / ((step + 1) ** length_penalty), seqs[parent] + [token]))
+            elif token != eos and len(running) < num_beams:
+                running.append((parent, token, value))
+        if last or not running:
+            break
+        parents = torch.tensor([p for p, _, _ in running])
+        seqs = [seqs[p] + [t] for p, t, _ in running]
+        scores = torch.tensor([v for _, _, v in running])
+        trace.nodes += [BeamNode(step, slot, p, tokenizer.decode([t]), t, v) for slot, (p, t, v) in enumerate(running)]
+        cache.reorder_cache(parents.to(model.device))
+        tokens = torch.tensor([[t] for _, t, _ in running], device=model.device)
+        logprobs = model(input_ids=tokens, past_key_values=cache, use_cache=True).logits[:, -1].float()
+        logprobs = logprobs.log_softmax(-1).cpu()
+    best_score, best = max(trace.finished, key=lambda f: f[0])
+    trace.token_ids, trace.score = best, best_score
+    return trace

@@ -35,6 +35,9 @@ def test_step_through_matches_generate_on_the_real_llm():
     ids = models.encode_prompt(tok, "What is the capital of France?")["input_ids"]
     out, _ = decoding.timed_generate(model, ids, decoding.greedy(8), pad_token_id=tok.eos_token_id)
     assert decoding.step_through(model, tok, ids, steps=8).token_ids == out[0, ids.shape[1]:].tolist()
+    beams, _ = decoding.timed_generate(model, ids, decoding.beam(3, max_new_tokens=6), pad_token_id=tok.eos_token_id)
+    trace = decoding.beam_step_through(model, tok, ids, num_beams=3, steps=6)
+    assert trace.token_ids == beams[0, ids.shape[1]:].tolist()
 
 
 def test_top_k_1_and_tiny_top_p_reduce_to_greedy(lm):
@@ -126,3 +129,23 @@ def test_bad_parameters_name_the_valid_range(method, params, message):
 def test_unknown_method_lists_choices():
     with pytest.raises(ValueError, match=r"unknown method 'nucleus'; choose from \['greedy', 'beam'.*'contrastive'"):
         decoding.config_for("nucleus")
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+@pytest.mark.parametrize("num_beams", [2, 4])
+def test_beam_step_through_equals_generate(lm, prompt, num_beams):
+    model, tok = lm
+    ids = ids_of(tok, prompt)
+    out, _ = decoding.timed_generate(model, ids, decoding.beam(num_beams=num_beams, max_new_tokens=10),
+                                     pad_token_id=tok.pad_token_id)
+    trace = decoding.beam_step_through(model, tok, ids, num_beams=num_beams, steps=10)
+    assert trace.token_ids == out[0, ids.shape[1]:].tolist()
+    assert len(trace.nodes) == num_beams * 9  # the tree: every running beam at every step but the last
+    assert {n.parent for n in trace.nodes if n.step == 0} == {0}  # the first step expands one beam
+
+
+def test_beam_search_with_one_beam_is_greedy(lm):
+    model, tok = lm
+    ids = ids_of(tok, PROMPTS[1])
+    beam = decoding.beam_step_through(model, tok, ids, num_beams=1, steps=8).token_ids
+    assert beam == decoding.step_through(model, tok, ids, steps=8).token_ids
