@@ -129,19 +129,37 @@ class Trace:
     text: str = ""
 
 
+def step_through(model, tokenizer, prompt: str | torch.Tensor, method: str = "greedy", steps: int = 16,
+                 seed: int = 0, **params) -> Trace | BeamTrace:
+    """Decode `steps` tokens with `method` (same names and parameters as `config_for`), from scratch,
+    recording why each token was chosen. Beam search returns a `BeamTrace` (the tree)."""
+    cfg = config_for(method, **params)  # validates the parameters exactly as the generate() path does
+    ids = prompt if isinstance(prompt, torch.Tensor) else tokenizer(prompt, return_tensors="pt")["input_ids"]
+    if (cfg.num_beams or 1) > 1:
+        lp = 1.0 if cfg.length_penalty is None else cfg.length_penalty
+        return beam_step_through(model, tokenizer, ids, cfg.num_beams, steps, lp)
+    if cfg.prompt_lookup_num_tokens:
+        raise ValueError("prompt-lookup changes speed, not choices: step through 'greedy' to see its tokens")
+    return decode_loop(model, tokenizer, ids, steps, bool(cfg.do_sample), cfg.temperature or 1.0, cfg.top_k or 0,
+                       cfg.top_p or 1.0, cfg.min_p, cfg.repetition_penalty or 1.0, seed)
+
+
 @torch.no_grad()
-def step_through(model, tokenizer, prompt_ids: torch.Tensor, steps: int = 16, do_sample: bool = False,
-                 temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, min_p: float | None = None,
-                 seed: int = 0) -> Trace:
+def decode_loop(model, tokenizer, prompt_ids: torch.Tensor, steps: int = 16, do_sample: bool = False,
+                temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, min_p: float | None = None,
+                repetition_penalty: float = 1.0, seed: int = 0) -> Trace:
     """A decoding loop with a KV cache that records every decision. prompt_ids: (1, seq)."""
-    if do_sample:
-        _sampling(temperature, top_k, top_p, min_p)  # same validation as the generate() path
     gen = torch.Generator().manual_seed(seed)
     ids = prompt_ids.to(model.device)
     out = model(input_ids=ids, use_cache=True)
     cache, trace, cum = out.past_key_values, Trace(prompt_ids[0].tolist(), []), 0.0
     logits = out.logits[0, -1].float().cpu()  # (vocab,)
+    seen = prompt_ids[0].tolist()
     for i in range(steps):
+        if repetition_penalty != 1.0:  # transformers' rule: shrink the logits of every token already present
+            prev = torch.tensor(sorted(set(seen)))
+            old = logits[prev]
+            logits[prev] = torch.where(old > 0, old / repetition_penalty, old * repetition_penalty)
         probs = logits.softmax(-1)
         shown = (logits / temperature).softmax(-1) if do_sample else probs  # what the sampler sees
         if do_sample:
@@ -159,6 +177,7 @@ def step_through(model, tokenizer, prompt_ids: torch.Tensor, steps: int = 16, do
             tokenizer.decode([choice]), choice, float(probs[choice]), cum,
         ))  # fmt: skip
         trace.token_ids.append(choice)
+        seen.append(choice)
         if choice == tokenizer.eos_token_id:
             break
         out = model(input_ids=torch.tensor([[choice]], device=model.device), past_key_values=cache, use_cache=True)

@@ -44,18 +44,18 @@ def test_top_k_1_and_tiny_top_p_reduce_to_greedy(lm):
     model, tok = lm
     ids = ids_of(tok, PROMPTS[0])
     greedy = decoding.step_through(model, tok, ids, steps=10).token_ids
-    assert decoding.step_through(model, tok, ids, 10, do_sample=True, top_k=1, seed=3).token_ids == greedy
-    assert decoding.step_through(model, tok, ids, 10, do_sample=True, top_p=1e-6, seed=3).token_ids == greedy
+    assert decoding.step_through(model, tok, ids, "top-k", 10, seed=3, k=1).token_ids == greedy
+    assert decoding.step_through(model, tok, ids, "top-p", 10, seed=3, p=1e-6).token_ids == greedy
 
 
 def test_seeded_sampling_is_reproducible_and_cutoffs_are_recorded(lm):
     model, tok = lm
     ids = ids_of(tok, PROMPTS[1])
-    a = decoding.step_through(model, tok, ids, 10, do_sample=True, temperature=0.9, top_p=0.9, seed=7)
-    b = decoding.step_through(model, tok, ids, 10, do_sample=True, temperature=0.9, top_p=0.9, seed=7)
+    a = decoding.step_through(model, tok, ids, "top-p", 10, seed=7, p=0.9, temperature=0.9)
+    b = decoding.step_through(model, tok, ids, "top-p", 10, seed=7, p=0.9, temperature=0.9)
     assert a.token_ids == b.token_ids
     assert all(1 <= s.kept < 4096 and s.kept_mass >= 0.9 - 1e-6 for s in a.steps)
-    k = decoding.step_through(model, tok, ids, 5, do_sample=True, top_k=7, seed=1)
+    k = decoding.step_through(model, tok, ids, "top-k", 5, seed=1, k=7)
     assert all(s.kept == 7 for s in k.steps)
 
 
@@ -149,3 +149,23 @@ def test_beam_search_with_one_beam_is_greedy(lm):
     ids = ids_of(tok, PROMPTS[1])
     beam = decoding.beam_step_through(model, tok, ids, num_beams=1, steps=8).token_ids
     assert beam == decoding.step_through(model, tok, ids, steps=8).token_ids
+
+
+def test_repetition_penalty_loop_equals_generate(lm):
+    model, tok = lm
+    ids = ids_of(tok, PROMPTS[0])
+    out, _ = decoding.timed_generate(model, ids, decoding.repetition_penalty(1.5, 12), pad_token_id=tok.pad_token_id)
+    trace = decoding.step_through(model, tok, ids, "repetition-penalty", 12, penalty=1.5)
+    assert trace.token_ids == out[0, ids.shape[1]:].tolist()
+    plain = decoding.step_through(model, tok, ids, steps=12)
+    m_pen, m_plain = decoding.text_metrics(trace.token_ids), decoding.text_metrics(plain.token_ids)
+    assert m_pen["distinct_1"] >= m_plain["distinct_1"]
+
+
+def test_step_through_beam_by_name(lm):
+    model, tok = lm
+    trace = decoding.step_through(model, tok, PROMPTS[2], "beam", steps=6, num_beams=3)
+    assert isinstance(trace, decoding.BeamTrace)
+    out, _ = decoding.timed_generate(model, ids_of(tok, PROMPTS[2]), decoding.beam(3, max_new_tokens=6),
+                                     pad_token_id=tok.pad_token_id)
+    assert trace.token_ids == out[0, ids_of(tok, PROMPTS[2]).shape[1]:].tolist()
