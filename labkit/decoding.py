@@ -5,6 +5,7 @@ search (no longer shipped by transformers 5) and greedy speculative decoding wit
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable
@@ -264,6 +265,8 @@ def text_metrics(token_ids: list[int]) -> dict[str, float]:
 
 def timed_generate(model, input_ids: torch.Tensor, config: GenerationConfig, **kwargs) -> tuple[torch.Tensor, float]:
     """generate() with a wall-clock time; returns (sequences, seconds)."""
+    config = copy.deepcopy(config)
+    config.update(**{k: kwargs.pop(k) for k in list(kwargs) if k != "assistant_model" and hasattr(config, k)})
     start = time.perf_counter()
     with torch.no_grad():
         out = model.generate(input_ids=input_ids.to(model.device), generation_config=config, **kwargs)
