@@ -88,7 +88,9 @@ def next_token_cutoffs(model: str = "smollm2-135m", prompt: str = "The capital o
         colors = [plots.COLORS[0] if keep else "#d0d0d0" for keep in table[name]]
         fig.add_trace(go.Bar(x=table.token, y=table.probability, marker_color=colors, showlegend=False), 1, col)
     fig.update_yaxes(title="probability", row=1, col=1)
-    title = f"Next token after {prompt!r} (T={temperature}); kept tokens in colour"
+    entropy = float(-(probs * probs.clamp_min(1e-30).log()).sum())
+    table.attrs["entropy_nats"] = entropy
+    title = f"Next token after {prompt!r} at T={temperature} (entropy {entropy:.2f} nats); kept tokens in colour"
     return Measured(table, plots._style(fig, title))
 
 

@@ -9,7 +9,9 @@ shown in red inside the panel and logged, so a bad setting does not kill the not
 
 from __future__ import annotations
 
+import contextlib
 import html
+import inspect
 import logging
 import traceback
 from collections.abc import Callable
@@ -81,6 +83,12 @@ def panel(fn: Callable[..., Any], run_label: str = "Run", auto: bool = False, **
     Work that takes seconds waits for the button (auto=False); cheap functions can rerun on every change.
     """
     widgets = {name: _control(name, spec) for name, spec in controls.items()}
+    defaults = inspect.signature(fn).parameters
+    for name, control in widgets.items():  # sliders and dropdowns start at the function's own default
+        default = defaults[name].default if name in defaults else inspect.Parameter.empty
+        if default is not inspect.Parameter.empty and isinstance(controls[name], (tuple, list)):
+            with contextlib.suppress(Exception):  # a default outside the control's range keeps the range's
+                control.value = default
     out = w.Output()
     button = w.Button(description=run_label, button_style="primary", icon="play")
     panel_box = w.VBox([w.HBox(list(widgets.values()), layout=w.Layout(flex_flow="row wrap")), button, out])

@@ -25,6 +25,15 @@ def test_panel_builds_controls_from_short_specs():
         widgets.panel(double, n=object())
 
 
+def test_controls_start_at_the_functions_defaults():
+    def f(temperature: float = 0.7, method: str = "top-p", steps: int = 12):
+        return temperature, method, steps
+
+    p = widgets.panel(f, temperature=(0.1, 2.0, 0.1), method=["greedy", "top-p"], steps=(1, 48))
+    assert p.controls["temperature"].value == pytest.approx(0.7)
+    assert p.controls["method"].value == "top-p" and p.controls["steps"].value == 12
+
+
 def test_run_shows_the_result():
     p = widgets.panel(double, n=(0, 10))
     p.controls["n"].value = 4
