@@ -97,3 +97,98 @@ def memory_calculator(model: str = "llama-30b", dtype: str = "float16", batch: i
     fig.update_yaxes(title="GB")
     title = f"{model} in {dtype}, batch {batch} × {seq} tokens: {mem.total_gb:.1f} GB"
     return Measured(table, plots._style(fig, title))
+
+
+# --- measured on a real model (issue: labs 07) -------------------------------------------------
+def cache_bytes(cache) -> int:
+    """Bytes held by a transformers cache object (K and V of every layer)."""
+    total = 0
+    for layer in getattr(cache, "layers", []):
+        for t in (getattr(layer, "keys", None), getattr(layer, "values", None)):
+            if t is not None:
+                total += t.numel() * t.element_size()
+    return total
+
+
+def kv_cache_check(model: str = "tiny-llama", batch: int = 2, seq: int = 64, dtype: str = "float32") -> dict:
+    """The KV-cache formula against the bytes of a real cache after a forward pass over `seq` tokens."""
+    import torch
+
+    net, _ = models.load_model(model, dtype=dtype, device="cpu")
+    ids = torch.randint(0, net.config.vocab_size, (batch, seq), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        cache = net(input_ids=ids, use_cache=True).past_key_values
+    formula = model_memory(net.config, dtype if dtype in BYTES else "float32", batch, seq).kv_cache_bytes
+    return {"model": model, "batch": batch, "seq": seq, "dtype": dtype, "formula_bytes": int(formula),
+            "measured_bytes": cache_bytes(cache)}
+
+
+def prefill_decode(model: str = "tiny-llama", prompt_lens=(16, 64, 256), batch_sizes=(1, 4), new_tokens: int = 16,
+                   repeat: int = 3):
+    """Time to first token (one prefill forward) and time per output token (cached decode steps)."""
+    import torch
+
+    from . import measure
+
+    net, _ = models.load_model(model, device="cpu")
+    rows = []
+    for bs in batch_sizes:
+        for n in prompt_lens:
+            ids = torch.randint(0, net.config.vocab_size, (bs, n), generator=torch.Generator().manual_seed(n))
+
+            def prefill(ids=ids):
+                with torch.no_grad():
+                    return net(input_ids=ids, use_cache=True)
+
+            ttft = measure.benchmark(prefill, warmup=1, repeat=repeat).median
+
+            def decode():
+                out = prefill()
+                cache, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+                with torch.no_grad():
+                    for _ in range(new_tokens):
+                        out = net(input_ids=nxt, past_key_values=cache, use_cache=True)
+                        cache, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+
+            total = measure.benchmark(decode, warmup=1, repeat=repeat).median
+            rows.append({"batch": bs, "prompt_tokens": n, "ttft_ms": ttft * 1e3,
+                         "tpot_ms": (total - ttft) / new_tokens * 1e3,
+                         "decode_tok_s": bs * new_tokens / max(total - ttft, 1e-9)})
+    return measure.results_frame(rows, model=model)
+
+
+def matmul_flops(size: int = 1024, dtype: str = "float32", repeat: int = 5, device: str = "cpu") -> float:
+    """Measured dense matmul throughput in FLOP/s (2·n³ per product)."""
+    import torch
+
+    from . import measure
+
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    a = torch.randn(size, size, device=device).to(torch_dtype)
+    stats = measure.benchmark(lambda: a @ a, warmup=2, repeat=repeat)
+    return 2 * size**3 / stats.median
+
+
+def decode_roofline(model: str = "smollm2-135m", dtype: str = "float32", bandwidth_gbps: float | None = None,
+                    flops: float | None = None, batch_sizes=(1, 2, 4, 8, 16, 32, 64)):
+    """Per batch size: the bandwidth-bound and compute-bound decode limits (tokens/s) from this machine's
+    measured bandwidth and FLOP/s. Each decode step reads all weights once and does 2 FLOPs per weight per
+    sequence, so arithmetic intensity = batch × 2 / bytes-per-weight."""
+    import pandas as pd
+
+    from . import measure
+
+    mem = model_memory(model, dtype)
+    bw = (bandwidth_gbps or measure.memory_bandwidth()) * 1e9
+    fl = flops or matmul_flops(dtype=dtype if dtype in ("float32", "bfloat16") else "float32")
+    rows = []
+    for b in batch_sizes:
+        memory_bound = b * bw / mem.weights_bytes  # tokens/s if only weight reads mattered
+        compute_bound = fl / (2 * mem.params)  # tokens/s if only the FLOPs mattered (batch-independent)
+        rows.append({"batch": b, "intensity_flop_per_byte": 2 * b * mem.params / mem.weights_bytes,
+                     "memory_bound_tok_s": memory_bound, "compute_bound_tok_s": compute_bound,
+                     "limit_tok_s": min(memory_bound, compute_bound),
+                     "bound_by": "memory" if memory_bound < compute_bound else "compute"})
+    table = pd.DataFrame(rows)
+    table.attrs.update(bandwidth_GBps=bw / 1e9, tflops=fl / 1e12, weights_GB=mem.weights_bytes / 1e9)
+    return table

@@ -47,3 +47,28 @@ def test_calculator_figure_marks_gpu_sizes():
     result = anatomy.memory_calculator("llama-30b", "float16")
     assert result.table.total_GB.iloc[0] > 65
     assert any("80GB" in (a.text or "") for a in result.figure.layout.annotations)
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-bloom", "smollm2-135m"])
+def test_kv_formula_equals_a_real_cache_exactly(name):
+    check = anatomy.kv_cache_check(name, batch=2, seq=24)
+    assert check["formula_bytes"] == check["measured_bytes"] > 0
+
+
+def test_kv_formula_in_bfloat16():
+    check = anatomy.kv_cache_check("tiny-llama", batch=1, seq=16, dtype="bfloat16")
+    assert check["formula_bytes"] == check["measured_bytes"] == 2 * 4 * 4 * 32 * 2 * 16
+
+
+def test_time_to_first_token_grows_with_the_prompt():
+    t = anatomy.prefill_decode("tiny-llama", prompt_lens=(8, 512), batch_sizes=(1,), new_tokens=4, repeat=3)
+    assert t.ttft_ms.iloc[1] > t.ttft_ms.iloc[0]
+    assert (t.tpot_ms > 0).all() and (t.decode_tok_s > 0).all()
+
+
+def test_roofline_turns_compute_bound_as_the_batch_grows():
+    t = anatomy.decode_roofline("smollm2-135m", bandwidth_gbps=20.0, flops=2.5e11, batch_sizes=(1, 8, 64))
+    assert list(t.bound_by) == ["memory", "memory", "compute"]
+    assert t.memory_bound_tok_s.iloc[0] == pytest.approx(20e9 / (4 * 134_515_008))
+    assert t.intensity_flop_per_byte.tolist() == [0.5, 4.0, 32.0]  # fp32: 2 FLOPs per 4-byte weight per sequence
+    assert anatomy.matmul_flops(size=256, repeat=2) > 1e8
