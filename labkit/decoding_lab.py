@@ -3,7 +3,6 @@ speculative decoding's acceptance and speed-up."""
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 
@@ -20,11 +19,6 @@ DEFAULT_METHODS: dict[str, dict] = {
     "top-p": {"p": 0.9}, "top-k+top-p": {"k": 50, "p": 0.9}, "min-p": {"p": 0.05},
     "repetition-penalty": {"penalty": 1.3}, "prompt-lookup": {"num_tokens": 3}, "contrastive": {"k": 4, "alpha": 0.6},
 }  # fmt: skip
-
-
-@functools.lru_cache(maxsize=2)
-def _load(name: str):
-    return models.load_model(name, device="cpu")
 
 
 def prompt_ids(tokenizer, prompt: str) -> torch.Tensor:
@@ -44,7 +38,7 @@ def mean_logprob(model, ids: torch.Tensor, n_new: int) -> float:
 def compare_methods(model: str = "smollm2-135m", prompt: str = "Write a short poem about the sea.",
                     methods: dict[str, dict] | None = None, max_new_tokens: int = 32, seed: int = 0) -> Measured:
     """One prompt through every method: the text, its diversity and repetition, likelihood and speed."""
-    net, tok = _load(model)
+    net, tok = models.load_cached(model)
     ids = prompt_ids(tok, prompt)
     rows = []
     for method, params in (methods or DEFAULT_METHODS).items():
@@ -70,7 +64,7 @@ def compare_methods(model: str = "smollm2-135m", prompt: str = "Write a short po
 def next_token_cutoffs(model: str = "smollm2-135m", prompt: str = "The capital of France is", temperature: float = 1.0,
                        k: int = 5, p: float = 0.9, min_p: float = 0.1, top: int = 15) -> Measured:
     """The next-token distribution and which tokens top-k, top-p and min-p keep (kept bars in colour)."""
-    net, tok = _load(model)
+    net, tok = models.load_cached(model)
     with torch.no_grad():
         logits = net(input_ids=tok(prompt, return_tensors="pt")["input_ids"]).logits[0, -1].float()
     probs = (logits / temperature).softmax(-1)
@@ -97,7 +91,7 @@ def next_token_cutoffs(model: str = "smollm2-135m", prompt: str = "The capital o
 def temperature_entropy(model: str = "smollm2-135m", prompt: str = "The capital of France is",
                         temperatures=(0.25, 0.5, 0.75, 1.0, 1.5, 2.0)) -> Measured:
     """Entropy of the next-token distribution as temperature rescales the logits."""
-    net, tok = _load(model)
+    net, tok = models.load_cached(model)
     with torch.no_grad():
         logits = net(input_ids=tok(prompt, return_tensors="pt")["input_ids"]).logits[0, -1].float()
     rows = []
@@ -136,7 +130,7 @@ def speculative_report(target: str = "smollm2-135m", prompt: str = "Explain in o
     """Greedy vs speculative decoding (int8 draft; prompt lookup): same tokens? acceptance? speed-up?"""
     from . import quant
 
-    net, tok = _load(target)
+    net, tok = models.load_cached(target)
     draft = quant.quantize("int8-dynamic", target, model=net).model
     ids = prompt_ids(tok, prompt)
     pad = tok.pad_token_id or tok.eos_token_id
@@ -172,7 +166,7 @@ def explore(model: str = "smollm2-135m", prompt: str = "Once upon a time", metho
               "top-k+top-p": {"k": top_k, "p": top_p, "temperature": temperature}}
     if method not in params:
         raise ValueError(f"explore steps through {list(params)}; got {method!r}")
-    net, tok = _load(model)
+    net, tok = models.load_cached(model)
     trace = decoding.step_through(net, tok, prompt, method, steps, seed=seed, **params[method])
     table = pd.DataFrame([{"step": s.position, "chosen": repr(s.chosen), "p(chosen)": s.chosen_prob, "kept": s.kept,
                            "kept_mass": s.kept_mass, "top-3": [t for t, _ in s.candidates[:3]]} for s in trace.steps])

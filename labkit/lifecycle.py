@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 
 import pandas as pd
@@ -20,14 +19,9 @@ from .plots import Measured
 TINY_MODELS = ["tiny-bloom", "tiny-llama", "tiny-bloom-shakespeare"]
 
 
-@functools.lru_cache(maxsize=4)
-def _cached(name: str):
-    return models.load_model(name, device="cpu")
-
-
 def _model(model: str, loaded):
     """(model, tokenizer): the one passed in, or a cached load of `model` by name."""
-    return loaded if loaded is not None else _cached(model)
+    return loaded if loaded is not None else models.load_cached(model)
 
 
 def check_activation_memory(batch_size: int, seq_len: int, vocab_size: int, copies: int) -> None:

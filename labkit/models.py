@@ -10,6 +10,7 @@ lab can say "this will not fit" before allocating anything.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -208,6 +209,13 @@ def check_fits(estimate: MemoryEstimate, device: torch.device, headroom: float =
             f"({estimate.params / 1e6:.0f}M params), but only {free / 2**30:.1f} GiB is free; "
             "try a smaller dtype, another device, or offloading (lab 08)"
         )
+
+
+@functools.lru_cache(maxsize=4)
+def load_cached(name: str):
+    """`load_model(name, device="cpu")` once per process: for widgets that rerun on every click.
+    Callers must not change the returned model."""
+    return load_model(name, device="cpu")
 
 
 def load_model(name: str, dtype: str = "float32", device: str = "auto"):

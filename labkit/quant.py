@@ -24,12 +24,12 @@ from . import models
 
 @dataclass
 class QuantizedModel:
-    name: str
     model: torch.nn.Module | None  # a causal LM (generate() works) — None for ONNX sessions
     session: object | None  # onnxruntime.InferenceSession (forward only: exported without KV cache)
     stored_bytes: int  # weights as saved (state_dict / ONNX / GGUF file)
     resident_bytes: int  # tensor memory the weights occupy once loaded
     notes: str = ""
+    name: str = ""  # the registry name, set by quantize()
 
     @torch.no_grad()
     def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -64,10 +64,9 @@ def resident_bytes(model: torch.nn.Module) -> int:
         packed = getattr(m, "_packed_params", None)
         if packed is not None and hasattr(packed, "_weight_bias"):
             tensors += [t for t in packed._weight_bias() if t is not None]
-        for attr in ("quant_state",):  # bitsandbytes keeps 4-bit scales beside the packed weight
-            state = getattr(getattr(m, "weight", None), attr, None)
-            if state is not None and getattr(state, "absmax", None) is not None:
-                tensors.append(state.absmax)
+        state = getattr(getattr(m, "weight", None), "quant_state", None)  # bitsandbytes' 4-bit scales
+        if state is not None and getattr(state, "absmax", None) is not None:
+            tensors.append(state.absmax)
     for t in tensors:
         key = t.untyped_storage().data_ptr() if not is_traceable_wrapper_subclass(t) else id(t)
         if key not in seen:
@@ -82,13 +81,13 @@ def stored_bytes(model: torch.nn.Module) -> int:
     return buf.tell()
 
 
-def _module_result(name: str, model: torch.nn.Module, notes: str = "") -> QuantizedModel:
-    return QuantizedModel(name, model.eval(), None, stored_bytes(model), resident_bytes(model), notes)
+def _module_result(model: torch.nn.Module, notes: str = "") -> QuantizedModel:
+    return QuantizedModel(model.eval(), None, stored_bytes(model), resident_bytes(model), notes)
 
 
 def _cast(dtype: torch.dtype) -> Callable:
     def apply(model, source):
-        return _module_result(str(dtype).split(".")[-1], copy.deepcopy(model).to(dtype))
+        return _module_result(copy.deepcopy(model).to(dtype))
 
     return apply
 
@@ -97,7 +96,7 @@ def _int8_dynamic(model, source):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao.quantization is deprecated in favour of torchao
         q = torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {torch.nn.Linear}, dtype=torch.qint8)
-    return _module_result("int8-dynamic", q, "Linear weights int8 ahead of time; activations quantized per call")
+    return _module_result(q, "Linear weights int8 ahead of time; activations quantized per call")
 
 
 def _torchao_int8_weight(model, source):
@@ -105,7 +104,7 @@ def _torchao_int8_weight(model, source):
 
     q = copy.deepcopy(model)
     quantize_(q, Int8WeightOnlyConfig())
-    return _module_result("int8-weight", q, "torchao: int8 weights, dequantized to fp32 inside each matmul")
+    return _module_result(q, "torchao: int8 weights, dequantized to fp32 inside each matmul")
 
 
 def _quanto(bits: int):
@@ -116,7 +115,7 @@ def _quanto(bits: int):
         quantize(q, weights=qint4 if bits == 4 else qint8)
         freeze(q)  # replace fp32 weights by their quantized form now, not at every forward
         notes = "optimum-quanto weight-only (use torch.no_grad, not inference_mode)"
-        return _module_result(f"int{bits}-weight" if bits == 4 else "quanto-int8", q, notes)
+        return _module_result(q, notes)
 
     return apply
 
@@ -134,7 +133,7 @@ def _bnb(kind: str):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 q = AutoModelForCausalLM.from_pretrained(tmp, quantization_config=cfg, device_map="cpu")
-        return _module_result(f"bnb-{kind}", q, "bitsandbytes, quantized at load time")
+        return _module_result(q, "bitsandbytes, quantized at load time")
 
     return apply
 
@@ -166,7 +165,7 @@ def _ort(bits: int):
         session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
         size = out.stat().st_size
         notes = "ONNX Runtime " + ("dynamic int8 MatMul" if bits == 8 else "4-bit block-wise MatMulNBits")
-        return QuantizedModel(f"ort-int{bits}", None, session, size, size, notes)
+        return QuantizedModel(None, session, size, size, notes)
 
     return apply
 
@@ -181,7 +180,7 @@ def _gguf(model, source):
     path = smollm2.find_gguf() or smollm2.download_gguf()
     size = sum(int(t.n_bytes) for t in gguf.GGUFReader(str(path)).tensors)
     # labkit's fp32 SmolLM2 *is* this file dequantized, so PyTorch runs exactly the Q4_1 model's function.
-    return QuantizedModel("gguf-q4_1", model, None, size, size,
+    return QuantizedModel(model, None, size, size,
                           "GGUF Q4_1 (Q8_0 embeddings); run by PyTorch after dequantization, by llama.cpp if installed")
 
 
@@ -217,6 +216,7 @@ def quantize(name: str, source: str = "smollm2-135m", device: str = "cpu", model
     if model is None:
         model, _ = models.load_model(source, device="cpu")
     result = q.apply(model, source)
+    result.name = name
     if result.model is not None and device != "cpu" and name in ("fp32", "fp16", "bf16"):
         result.model.to(device)
     return result

@@ -1,6 +1,6 @@
 import pytest
 
-from labkit import decoding, decoding_lab
+from labkit import decoding, decoding_lab, models
 
 MODEL = "tiny-bloom-shakespeare"
 
@@ -35,7 +35,7 @@ def test_temperature_entropy_rises_and_rejects_zero():
 
 
 def test_beam_tree_figure_draws_every_node():
-    net, tok = decoding_lab._load(MODEL)
+    net, tok = models.load_cached(MODEL)
     trace = decoding.step_through(net, tok, "ROMEO:\n", "beam", steps=5, num_beams=2)
     fig = decoding_lab.beam_tree_figure(trace)
     assert len(fig.data[-1].x) == len(trace.nodes) == 8

@@ -16,7 +16,7 @@ def test_compare_steps_by_name_loads_and_caches_the_model():
     r = lifecycle.compare_steps("tiny-llama", batch_size=2, seq_len=16, repeat=2)
     assert set(r.table.phase) == {"training step", "inference step"}
     assert [t.name for t in r.figure.data] == ["training step", "inference step"]
-    assert lifecycle._cached("tiny-llama") is lifecycle._cached("tiny-llama")
+    assert models.load_cached("tiny-llama") is models.load_cached("tiny-llama")
 
 
 def test_batch_tradeoff_and_latency_budget(tiny_bloom):
