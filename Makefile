@@ -19,9 +19,9 @@ export TOKENIZERS_PARALLELISM := false
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@echo "== installing torch $(TORCH_VERSION) ($(if $(filter 1,$(GPU)),CUDA,CPU)) and labkit[lab,engines,quant,test] into $(VENV)"
+	@echo "== installing torch $(TORCH_VERSION) ($(if $(filter 1,$(GPU)),CUDA,CPU)) and labkit[lab,engines,quant,parallel,serve,test] into $(VENV)"
 	$(BIN)/python -m pip install -q $(shell GPU=$(GPU) INDEX=$(TORCH_CPU_INDEX) sh scripts/torch_index.sh) "torch==$(TORCH_VERSION)"
-	$(BIN)/python -m pip install -q -e ".[lab,engines,quant,test]"
+	$(BIN)/python -m pip install -q -e ".[lab,engines,quant,parallel,serve,test]"
 	@rm -f $(VENV)/.labkit-installed-*
 	@touch $@
 

@@ -12,7 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def _pyproject_requirements() -> dict[str, str]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
-    reqs = [Requirement(r) for r in project["dependencies"] + extras["lab"] + extras["engines"] + extras["quant"]]
+    reqs = [Requirement(r) for r in project["dependencies"] + extras["lab"] + extras["engines"] + extras["quant"]
+            + extras["parallel"] + extras["serve"]]
     return {r.name: str(r.specifier) for r in reqs}
 
 

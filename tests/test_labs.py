@@ -1,5 +1,6 @@
 """Every lab runs headless with smoke parameters; the results it recorded are asserted here."""
 
+import importlib
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,9 @@ def check_06(r: dict) -> None:
 
 
 CHECKS = {"00": check_00, "01": check_01, "03": check_03, "04": check_04, "05": check_05, "06": check_06}
+# Labs may keep their checks in their own file, tests/checks_labNN.py, defining `check(results)`.
+for _path in sorted(Path(__file__).parent.glob("checks_lab[0-9][0-9].py")):
+    CHECKS[_path.stem[-2:]] = importlib.import_module(f"{__package__}.{_path.stem}").check
 
 
 @pytest.mark.timeout(300)

@@ -1,0 +1,183 @@
+"""Start N ranks of real `torch.distributed` from a notebook or a script — or join `torchrun`'s.
+
+    from labkit.parallel.launch import run_distributed
+    results = run_distributed(tp.forward_demo, world_size=2)   # one result per rank, rank order
+
+Each rank is a fresh process (spawn): it joins a process group (gloo on CPU, NCCL when there is a
+GPU per rank), runs `fn(*args, **kwargs)` and sends its return value back. `fn` must live in an
+importable module (not a notebook cell) so the child processes can find it.
+
+Under `torchrun` (RANK/WORLD_SIZE/MASTER_ADDR already set) the same function runs in place:
+
+    torchrun --nproc_per_node=8 -m labkit.parallel.launch labkit.parallel.tp:forward_demo
+
+A rank that raises ends the whole run: the others are stopped and the error carries that rank's
+traceback — a notebook never hangs on a collective that will not complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib
+import io
+import os
+import pickle
+import queue
+import socket
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+BACKENDS = ("auto", "gloo", "nccl")
+
+
+class RankFailed(RuntimeError):
+    """A rank raised; the message holds its traceback."""
+
+
+def pick_backend(backend: str, world_size: int) -> str:
+    """'auto' -> NCCL when every rank can have its own GPU, else gloo (CPU)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose from {list(BACKENDS)}")
+    if backend == "auto":
+        return "nccl" if torch.cuda.is_available() and torch.cuda.device_count() >= world_size else "gloo"
+    if backend == "nccl" and torch.cuda.device_count() < world_size:
+        raise ValueError(f"NCCL needs one GPU per rank: {world_size} ranks, {torch.cuda.device_count()} GPUs; "
+                         "use backend='gloo' on CPU")  # fmt: skip
+    return backend
+
+
+def rank_device() -> torch.device:
+    """This rank's device: its own GPU under NCCL, else the CPU."""
+    if dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", dist.get_rank())))
+    return torch.device("cpu")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _to_bytes(value: Any) -> bytes:
+    # Plain pickle (not multiprocessing's): tensors are copied, not shared through memory that
+    # disappears when the child exits.
+    buf = io.BytesIO()
+    pickle.dump(value, buf)
+    return buf.getvalue()
+
+
+def init_from_env(backend: str = "auto", timeout_s: float = 120.0) -> None:
+    """Join the process group described by RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT (torchrun's env://)."""
+    world_size = int(os.environ["WORLD_SIZE"])
+    backend = pick_backend(backend, world_size)
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", os.environ["RANK"])))
+    dist.init_process_group(backend, init_method="env://", timeout=datetime.timedelta(seconds=timeout_s))
+
+
+def _worker(rank: int, world_size: int, port: int, backend: str, threads: int, timeout_s: float,
+            fn: Callable, args: tuple, kwargs: dict, results) -> None:  # fmt: skip
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world_size))  # fmt: skip
+    torch.set_num_threads(threads)  # ranks share the cores, as torchrun's OMP_NUM_THREADS does
+    try:
+        init_from_env(backend, timeout_s)
+        value = fn(*args, **kwargs)
+        results.put((rank, "ok", _to_bytes(value)))
+    except BaseException:  # noqa: BLE001 - every failure must reach the parent, with its traceback
+        results.put((rank, "error", traceback.format_exc()))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def run_distributed(
+    fn: Callable,
+    *args,
+    world_size: int = 2,
+    backend: str = "auto",
+    timeout: float = 300.0,
+    threads_per_rank: int | None = None,
+    **kwargs,
+) -> list:
+    """Run `fn(*args, **kwargs)` on `world_size` ranks; return the ranks' results in rank order.
+
+    Raises RankFailed (with the rank's traceback) as soon as one rank fails, and TimeoutError if the
+    ranks have not all finished within `timeout` seconds; either way no rank is left running.
+    """
+    if world_size < 1:
+        raise ValueError(f"world_size must be >= 1, got {world_size}")
+    if getattr(fn, "__module__", "__main__") == "__main__" or "<locals>" in getattr(fn, "__qualname__", ""):
+        raise ValueError(f"{fn!r} must be a top-level function in an importable module (spawned ranks import it)")
+    backend = pick_backend(backend, world_size)
+    threads = threads_per_rank or max(1, (os.cpu_count() or 1) // world_size)
+    ctx = torch.multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    port = _free_port()
+    procs = [ctx.Process(target=_worker, daemon=True,
+                         args=(r, world_size, port, backend, threads, timeout, fn, args, kwargs, results))
+             for r in range(world_size)]  # fmt: skip
+    for p in procs:
+        p.start()
+    got: dict[int, Any] = {}
+    deadline = time.monotonic() + timeout
+    try:
+        while len(got) < world_size:
+            try:
+                rank, status, payload = results.get(timeout=0.5)
+            except queue.Empty:
+                dead = [r for r, p in enumerate(procs) if r not in got and not p.is_alive() and p.exitcode != 0]
+                if dead:
+                    code = procs[dead[0]].exitcode
+                    raise RankFailed(f"rank {dead[0]} died (exit code {code}) without a result") from None
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"ranks {sorted(set(range(world_size)) - set(got))} did not finish within "
+                                       f"{timeout:.0f} s") from None  # fmt: skip
+                continue
+            if status == "error":
+                raise RankFailed(f"rank {rank} of {world_size} failed:\n{payload}")
+            got[rank] = pickle.loads(payload)
+    finally:
+        for p in procs:
+            p.join(timeout=5 if len(got) == world_size else 0.1)
+            if p.is_alive():
+                p.kill()
+                p.join()
+    return [got[r] for r in range(world_size)]
+
+
+def _resolve(target: str) -> Callable:
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m labkit.parallel.launch module:function` — spawns ranks, or runs in place under torchrun."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("target", help="module:function, e.g. labkit.parallel.tp:forward_demo")
+    parser.add_argument("--world-size", type=int, default=2)
+    parser.add_argument("--backend", default="auto", choices=BACKENDS)
+    args = parser.parse_args(argv)
+    fn = _resolve(args.target)
+    if "RANK" in os.environ and "MASTER_ADDR" in os.environ:  # launched by torchrun
+        init_from_env(args.backend)
+        try:
+            value = fn()
+            print(f"rank {dist.get_rank()}: {value!r}")
+        finally:
+            dist.destroy_process_group()
+        return 0
+    for rank, value in enumerate(run_distributed(fn, world_size=args.world_size, backend=args.backend)):
+        print(f"rank {rank}: {value!r}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
