@@ -1,0 +1,1 @@
+"""An inference server with swappable schedulers, a model repository and a load generator (labs 02, 12)."""

@@ -1,0 +1,7 @@
+"""`python -m labkit.serving serve --model smollm2-135m` / `... loadgen --clients 8`."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,79 @@
+"""`labkit serve` and `labkit loadgen`: hooks for labkit's CLI, and `python -m labkit.serving` on its own."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .app import create_app
+    from .repository import ModelRepository
+
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: listening on {args.host}: anyone who can reach it can use the model", file=sys.stderr)
+    repo = ModelRepository(args.scheduler, max_batch=args.max_batch, max_queue=args.max_queue)
+    repo.load(args.name or args.model, args.version, source=args.model, dtype=args.dtype)
+    app = create_app(repo, max_tokens_limit=args.max_tokens, request_timeout_s=args.timeout)
+    print(f"serving {args.model} ({args.scheduler}) on http://{args.host}:{args.port}/v1", file=sys.stderr)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=30)
+    finally:
+        repo.close(drain=True)
+    return 0
+
+
+def cmd_loadgen(args: argparse.Namespace) -> int:
+    from .loadgen import run_load
+
+    res = run_load(args.url, args.model, mode=args.mode, clients=args.clients, rate=args.rate,
+                   requests=args.requests, duration_s=args.duration, max_tokens=args.max_tokens)
+    print(json.dumps(res.summary, indent=2, default=float))
+    return 0 if res.summary["failed"] == 0 else 1
+
+
+def add_commands(sub) -> None:
+    """Add `serve` and `loadgen` to an argparse subparsers object."""
+    from .schedulers import SCHEDULERS
+
+    p = sub.add_parser("serve", help="OpenAI-compatible server for a model (127.0.0.1 by default)")
+    p.add_argument("--model", default="smollm2-135m", help="labkit model name, Hub id or folder")
+    p.add_argument("--name", default=None, help="name clients use in requests (default: --model)")
+    p.add_argument("--version", default="v1")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--scheduler", default="continuous", choices=list(SCHEDULERS))
+    p.add_argument("--max-batch", type=int, default=32)
+    p.add_argument("--max-queue", type=int, default=64, help="queued requests before answering 429")
+    p.add_argument("--max-tokens", type=int, default=512, help="largest max_tokens a request may ask for")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.set_defaults(func=cmd_serve)
+    p = sub.add_parser("loadgen", help="load a local server: closed loop (N clients) or open loop (Poisson)")
+    p.add_argument("--url", default="http://127.0.0.1:8000", help="loopback addresses only")
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--mode", default="closed", choices=["closed", "open"])
+    p.add_argument("--clients", type=int, default=4)
+    p.add_argument("--rate", type=float, default=4.0, help="requests per second (open loop)")
+    p.add_argument("--requests", type=int, default=32)
+    p.add_argument("--duration", type=float, default=60.0, help="stop sending after this many seconds")
+    p.add_argument("--max-tokens", type=int, default=32)
+    p.set_defaults(func=cmd_loadgen)
+
+
+def run(args: argparse.Namespace) -> int:
+    return args.func(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m labkit.serving", description="labkit inference server")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except (ValueError, RuntimeError) as err:
+        print(f"labkit {args.command}: {err}", file=sys.stderr)
+        return 2
