@@ -192,3 +192,19 @@ def decode_roofline(model: str = "smollm2-135m", dtype: str = "float32", bandwid
     table = pd.DataFrame(rows)
     table.attrs.update(bandwidth_GBps=bw / 1e9, tflops=fl / 1e12, weights_GB=mem.weights_bytes / 1e9)
     return table
+
+
+def kv_cache_curve(model: str = "llama-30b", dtype: str = "float16", batch: int = 8,
+                   contexts=(512, 1024, 2048, 4096, 8192, 16384, 32768)):
+    """KV-cache GB against context length, next to the weights: where the cache overtakes the model."""
+    import pandas as pd
+
+    from . import plots
+
+    config = KNOWN_CONFIGS.get(model, model)
+    rows = [{"context": n, "KV_cache_GB": model_memory(config, dtype, batch, n).kv_cache_bytes / 1e9,
+             "weights_GB": model_memory(config, dtype, batch, n).weights_bytes / 1e9} for n in contexts]  # fmt: skip
+    table = pd.DataFrame(rows)
+    fig = plots.line(table, "context", ["KV_cache_GB", "weights_GB"], log_x=True, xlabel="tokens per sequence",
+                     ylabel="GB", title=f"{model} {dtype}, batch {batch}: KV cache vs weights")  # fmt: skip
+    return plots.Measured(table, fig)

@@ -1,0 +1,13 @@
+"""Lab 07 (LLM anatomy): recorded results."""
+
+
+def check(r: dict) -> None:
+    assert r["kv_formula_equals_measured"] and len(r["kv_bytes"]) == 3
+    ttft = [v for _, v in sorted((int(k), v) for k, v in r["ttft_ms"].items())]
+    assert ttft[-1] > ttft[0]  # TTFT grows with prompt length
+    assert 0.5 < r["bandwidth_GBps"] < 20_000 and r["gflops"] > 1
+    for precision, pct in r["pct_of_roofline_b1"].items():
+        assert pct > 0, precision
+    assert r["bandwidth_bound_tok_s_b1"]["int8-dynamic"] > r["bandwidth_bound_tok_s_b1"]["fp32"]  # fewer bytes
+    assert r["cache_same_tokens"] and set(r["cache_variants"]) >= {"dynamic cache", "static cache"}
+    assert 352 <= r["bloom_176b_bf16_GB"] < 353 and 30 < r["llama_30b_int8_GB"] < 35
