@@ -45,7 +45,8 @@ def compare_schedulers(model: str = "tiny-bloom-shakespeare", schedulers: tuple[
                 res = run_load(server.url, model, prompts, clients=n, requests=n * requests_per_client,
                                max_tokens=max_tokens)
                 sizes = sched.batch_sizes
-                mean_batch = sum(k * v for k, v in sizes.items()) / max(1, sum(sizes.values()))
+                steps = sum(sizes.values())  # hf-continuous runs its own loop: no step counts (NaN)
+                mean_batch = sum(k * v for k, v in sizes.items()) / steps if steps else float("nan")
                 rows.append({"scheduler": name, **res.summary, "mean_decode_batch": mean_batch})
         finally:
             server.stop()
