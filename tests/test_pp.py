@@ -1,0 +1,67 @@
+"""Pipeline parallelism on 2 real gloo ranks: naive and GPipe outputs equal the unsplit model, naive
+keeps one rank busy at a time, and the measured GPipe bubble follows (p − 1)/(m + p − 1)."""
+
+import statistics
+
+import pytest
+import torch
+
+from labkit.parallel import pp
+from labkit.parallel.launch import run_distributed
+
+MICROBATCHES = (1, 2, 4, 8)
+
+
+@pytest.fixture(scope="module")
+def ranks():
+    return run_distributed(pp.pp_rank, pipeline=dict(batch=4, seq=16, steps=2, microbatches=2),
+                           bubble=dict(microbatches=MICROBATCHES, repeat=5), world_size=2, backend="gloo",
+                           timeout=240)  # fmt: skip
+
+
+def test_split_layers():
+    assert pp.split_layers(4, 2) == [(0, 2), (2, 4)]
+    assert pp.split_layers(70, 8)[-1] == (61, 70)
+    with pytest.raises(ValueError, match="cannot split"):
+        pp.split_layers(4, 5)
+
+
+@pytest.mark.parametrize("kind", ["naive", "gpipe"])
+def test_pipeline_output_equals_single_process(ranks, kind):
+    last = ranks[-1]["pipeline"]
+    assert last[f"{kind}_logits"].shape == last["reference_logits"].shape == (4, 16, 4096)
+    assert torch.allclose(last[f"{kind}_logits"], last["reference_logits"], atol=1e-5, rtol=0)
+    assert [r["pipeline"]["layers"] for r in ranks] == [(0, 2), (2, 4)]
+
+
+def test_naive_pipeline_keeps_one_rank_busy_at_a_time(ranks):
+    computes = sorted((e for r in ranks for e in r["pipeline"]["naive_events"] if e["kind"] == "compute"),
+                      key=lambda e: e["start"])  # fmt: skip
+    assert [e["rank"] for e in computes] == [0, 1, 0, 1]  # 2 steps, each through both ranks in turn
+    assert all(a["end"] <= b["start"] for a, b in zip(computes, computes[1:], strict=False))  # never overlapping
+    kinds = {e["kind"] for r in ranks for e in r["pipeline"]["naive_events"]}
+    assert kinds == {"compute", "send", "recv"}
+
+
+def test_gpipe_runs_every_microbatch_on_every_rank(ranks):
+    for r in ranks:
+        computes = [e for e in r["pipeline"]["gpipe_events"] if e["kind"] == "compute"]
+        assert [e["label"] for e in computes] == ["mb0", "mb1"]
+    assert any(e["kind"] == "recv" for e in ranks[1]["pipeline"]["gpipe_events"])
+
+
+def test_measured_bubble_follows_the_gpipe_formula(ranks):
+    for m in MICROBATCHES:
+        runs = zip(ranks[0]["bubble"]["runs"][m], ranks[1]["bubble"]["runs"][m], strict=True)
+        measured = statistics.median(pp.idle_fractions(list(pair))["bubble"] for pair in runs)
+        assert abs(measured - pp.bubble_formula(2, m)) < 0.1, (m, measured)
+
+
+def test_idle_fractions_on_a_made_up_schedule():
+    ev = lambda rank, a, b: {"rank": rank, "kind": "compute", "label": "", "start": a, "end": b}  # noqa: E731
+    # 2 stages, 3 micro-batches of 1 s each: span 4 s, each rank idle 1 s -> 1/4 = (p-1)/(m+p-1)
+    r0 = [ev(0, 0, 1), ev(0, 1, 2), ev(0, 2, 3)]
+    r1 = [ev(1, 1, 2), ev(1, 2, 3), ev(1, 3, 4)]
+    out = pp.idle_fractions([r0, r1])
+    assert out["bubble"] == pytest.approx(pp.bubble_formula(2, 3)) == pytest.approx(0.25)
+    assert out["total"] == pytest.approx(0.25)

@@ -1,0 +1,56 @@
+"""Tensor parallelism on 2 real gloo ranks: every layer and the whole model equal the unsharded one
+(from scratch and through DTensor), and a forward makes Megatron's 2 all-reduces per layer."""
+
+import pytest
+import torch
+
+from labkit.parallel import tp
+from labkit.parallel.launch import run_distributed
+
+BATCH, SEQ = 2, 16
+TOL = 1e-4  # fp32 logits; sharded matmuls sum in another order (seen: ~1e-6)
+
+
+@pytest.fixture(scope="module")
+def ranks():
+    """One launch for every check (each launch costs seconds of imports)."""
+    return run_distributed(tp.compare_rank, "tiny-llama", batch=BATCH, seq=SEQ, sweep_batches=(1, 4), repeat=2,
+                           world_size=2, backend="gloo", timeout=240)  # fmt: skip
+
+
+def test_each_layer_matches_its_unsharded_original(ranks):
+    for r in ranks:
+        assert set(r["layer_parity"]) == {"column", "row", "embedding", "mlp", "attention"}
+        assert max(r["layer_parity"].values()) < 1e-5, r["layer_parity"]
+
+
+@pytest.mark.parametrize("mode", ["scratch", "dtensor"])
+def test_full_model_matches_single_process(ranks, mode):
+    for r in ranks:
+        runs = r["runs"]
+        assert runs[mode]["logits"].shape == (BATCH, SEQ, 4096)
+        assert torch.allclose(runs[mode]["logits"], runs["single"]["logits"], atol=TOL, rtol=0)
+    assert torch.equal(ranks[0]["runs"][mode]["logits"], ranks[1]["runs"][mode]["logits"])  # every rank sees all logits
+
+
+def test_two_all_reduces_per_layer_as_megatron_says(ranks):
+    run = ranks[0]["runs"]["scratch"]
+    layers, hidden = run["layers"], 256
+    assert run["by_tag"] == {"embedding": 1, "attention": layers, "mlp": layers}
+    assert run["comm"]["all_reduce"] == 2 * layers + 1
+    assert run["comm"]["all_reduce_bytes"] == (2 * layers + 1) * BATCH * SEQ * hidden * 4  # fp32 activations
+    assert run["comm"]["all_gather"] == 1  # the vocabulary-split logits
+    assert ranks[0]["runs"]["single"]["comm"] == {}
+
+
+def test_dtensor_communicates_the_same(ranks):
+    runs = ranks[1]["runs"]
+    assert runs["dtensor"]["comm"] == runs["scratch"]["comm"]
+
+
+def test_latency_sweep_and_errors(ranks):
+    assert [s["batch"] for s in ranks[0]["sweep"]] == [1, 4] and all(s["ms"] > 0 for s in ranks[0]["sweep"])
+    with pytest.raises(ValueError, match="choose from"):
+        tp.tp_forward(mode="pipeline")
+    with pytest.raises(ValueError, match="Llama-architecture"):
+        tp.load_llama("tiny-bloom")
