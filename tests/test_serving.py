@@ -92,6 +92,20 @@ def test_unknown_scheduler_lists_choices(bard):
     assert set(SCHEDULERS) == {"sync", "dynamic", "continuous", "hf-continuous"}
 
 
+def test_cli_parses_serve_and_loadgen_and_refuses_remote_targets(capsys):
+    import argparse
+
+    from labkit.serving import cli
+
+    assert set(cli.SCHEDULER_NAMES) == set(SCHEDULERS)
+    parser = argparse.ArgumentParser()
+    cli.add_commands(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["serve", "--model", "tiny-llama", "--scheduler", "sync", "--port", "9000"])
+    assert (args.model, args.scheduler, args.port, args.host) == ("tiny-llama", "sync", 9000, "127.0.0.1")
+    assert cli.main(["loadgen", "--url", "http://10.2.3.4:8000"]) == 2
+    assert "loopback" in capsys.readouterr().err
+
+
 def test_sampling_is_seeded_and_top_p_near_zero_is_greedy(bard):
     model, tok = bard
     ids = encode_prompt(tok, PROMPTS[0])["input_ids"][0].tolist()
