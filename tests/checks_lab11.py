@@ -10,7 +10,7 @@ def check(r: dict) -> None:
     assert all(v > 0 for k, v in r["tp_ms"].items() if k != "labkit TP / DTensor")
     assert "expanded size of the tensor" in r["bloom_error_without_fix"] and r["bloom_fixed_same_tokens"]
     assert r["zi_same_as_single_process"] and len(set(r["zi_prompts"])) == 2  # different prompt per rank
-    held = {int(k): v for k, v in r["zi_weights_held_MB"].items()}
-    assert abs(held[2] / held[1] - 0.5) < 0.01  # ZeRO-3: each of 2 ranks stores half the weights
-    assert all(v > 0 for v in r["zi_aggregate_tok_s"].values())
+    full, held = r["zi_weights_held_MB"]
+    assert abs(held / full - 0.5) < 0.01  # ZeRO-3: each of 2 ranks stores half the weights
+    assert all(v > 0 for v in r["zi_aggregate_tok_s"]) and r["zi_speedup"] > 0
     assert abs(r["published_speedup_bs1"] - 5.2) < 0.05  # 230.38 / 44.02

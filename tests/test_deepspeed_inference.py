@@ -29,8 +29,9 @@ def test_zero_inference_different_prompts_equal_single_process():
     for r in ranks:
         assert r["same_as_single_process"] and r["new_tokens"] == 6
         assert r["weight_bytes_held"] == pytest.approx(r["weight_bytes_full"] / 2, rel=0.01)  # ZeRO-3 shard
-    m = zero_inference.throughput({2: ranks})
-    assert m.table.aggregate_tok_s.iloc[0] == pytest.approx(12 / max(r["seconds"] for r in ranks))
+    m = zero_inference.throughput(ranks)
+    assert m.table.aggregate_tok_s.iloc[1] == pytest.approx(12 / max(r["seconds"] for r in ranks))
+    assert m.table.aggregate_tok_s.iloc[0] == pytest.approx(6 / ranks[0]["baseline_seconds"])
 
 
 def test_bad_model_names_the_choices():
