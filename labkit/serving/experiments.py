@@ -21,10 +21,11 @@ def _serve(model: str, scheduler: str, max_batch: int, max_queue: int) -> tuple[
 
     repo = ModelRepository(scheduler, max_batch=max_batch, max_queue=max_queue)
     repo.load(model, "v1", loaded=load_cached(model))
-    return Server(create_app(repo, max_tokens_limit=4096)).start(), repo
+    return Server(create_app(repo, max_tokens_limit=4096, request_timeout_s=TIMEOUT_S)).start(), repo
 
 
 THREE = ("sync", "dynamic", "continuous")
+TIMEOUT_S = 900.0  # a synchronous server at 32 clients keeps the last one waiting for minutes on a CPU
 
 
 def compare_schedulers(model: str = "tiny-bloom-shakespeare", schedulers: tuple[str, ...] = THREE,
@@ -43,7 +44,7 @@ def compare_schedulers(model: str = "tiny-bloom-shakespeare", schedulers: tuple[
             for n in clients:
                 sched.batch_sizes.clear()
                 res = run_load(server.url, model, prompts, clients=n, requests=n * requests_per_client,
-                               max_tokens=max_tokens)
+                               max_tokens=max_tokens, timeout_s=TIMEOUT_S)
                 sizes = sched.batch_sizes
                 steps = sum(sizes.values())  # hf-continuous runs its own loop: no step counts (NaN)
                 mean_batch = sum(k * v for k, v in sizes.items()) / steps if steps else float("nan")
@@ -65,7 +66,8 @@ def open_loop(model: str = "tiny-bloom-shakespeare", schedulers: tuple[str, ...]
         try:
             run_load(server.url, model, clients=2, requests=2, max_tokens=4)
             for rate in rates:
-                res = run_load(server.url, model, mode="open", rate=rate, requests=requests, max_tokens=max_tokens)
+                res = run_load(server.url, model, mode="open", rate=rate, requests=requests, max_tokens=max_tokens,
+                               timeout_s=TIMEOUT_S)
                 rows.append({"scheduler": name, **res.summary})
         finally:
             server.stop()

@@ -199,7 +199,7 @@ class Scheduler(ABC):
         self.tokens_generated += 1
         if req.t_first is None:
             req.t_first = time.perf_counter()
-        req.on_event("token", token)
+        _notify(req, "token", token)
         if token == req.eos_token_id:
             self._finish(req, "stop")
         elif len(req.tokens) >= req.max_new_tokens:
@@ -210,7 +210,7 @@ class Scheduler(ABC):
         if req.finished.is_set():
             return
         req.finish_reason, req.t_done = reason, time.perf_counter()
-        req.on_event("error" if reason == "error" else "done", message or reason)
+        _notify(req, "error" if reason == "error" else "done", message or reason)
         req.finished.set()
 
     def _reset(self) -> None:
@@ -219,6 +219,14 @@ class Scheduler(ABC):
     @abstractmethod
     def step(self) -> None:
         """One unit of work on the worker thread (a whole request, a whole batch, or one decode step)."""
+
+
+def _notify(req: GenRequest, kind: str, value) -> None:
+    """Deliver an event; a listener that is gone (closed event loop) cancels the request, never the worker."""
+    try:
+        req.on_event(kind, value)
+    except Exception:  # noqa: BLE001
+        req.cancel()
 
 
 def req_tokens(reqs) -> int:
