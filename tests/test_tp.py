@@ -49,7 +49,8 @@ def test_dtensor_communicates_the_same(ranks):
 
 
 def test_latency_sweep_and_errors(ranks):
-    assert [s["batch"] for s in ranks[0]["sweep"]] == [1, 4] and all(s["ms"] > 0 for s in ranks[0]["sweep"])
+    assert [s["batch"] for s in ranks[0]["sweep"]] == [1, 4]
+    assert all(s["ms"] > 0 and s["single_ms"] > 0 for s in ranks[0]["sweep"])
     with pytest.raises(ValueError, match="choose from"):
         tp.tp_forward(mode="pipeline")
     with pytest.raises(ValueError, match="Llama-architecture"):

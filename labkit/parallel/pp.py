@@ -16,11 +16,15 @@ import contextlib
 import copy
 import time
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+
+if TYPE_CHECKING:  # plots (plotly, pandas) only for the caller's figures, not in every rank
+    from ..plots import Measured
 
 Event = dict  # {"rank", "kind": compute|send|recv, "label", "start", "end"} (seconds, time.time())
 
@@ -172,6 +176,8 @@ def pipeline_rank(model_name: str = "tiny-llama", batch: int = 4, seq: int = 16,
     naive timeline over `steps` generation-like steps, the GPipe timeline, and latency vs batch."""
     from .tp import load_llama
 
+    if batch % microbatches:
+        raise ValueError(f"batch {batch} does not split into {microbatches} micro-batches; use a divisor of it")
     rank, world = dist.get_rank(), dist.get_world_size()
     model = load_llama(model_name)
     lo, hi = split_layers(model.config.num_hidden_layers, world)[rank]
@@ -247,9 +253,13 @@ def bubble_rank(microbatches: tuple = (1, 2, 4, 8), rows: int = 256, hidden: int
     return {"rank": dist.get_rank(), "runs": runs}
 
 
-def pp_rank(pipeline: dict | None = None, bubble: dict | None = None) -> dict:
-    """Both experiments in one launch (imports are paid once): keyword arguments for each."""
-    return {"pipeline": pipeline_rank(**(pipeline or {})), "bubble": bubble_rank(**(bubble or {}))}
+def pp_rank(pipeline: dict | None = None, bubble: dict | None = None, tensor: dict | None = None) -> dict:
+    """Several experiments in one launch (imports are paid once): keyword arguments for `pipeline_rank`,
+    `bubble_rank` and, if given, `tp.compare_rank`."""
+    from . import tp
+
+    out = {"tensor": tp.compare_rank(**tensor)} if tensor is not None else {}
+    return {**out, "pipeline": pipeline_rank(**(pipeline or {})), "bubble": bubble_rank(**(bubble or {}))}
 
 
 # --- analysis (in the caller) -----------------------------------------------------------------
@@ -270,3 +280,48 @@ def idle_fractions(events_per_rank: list[list[Event]]) -> dict[str, float]:
 def bubble_formula(stages: int, microbatches: int) -> float:
     """GPipe's idle fraction (p − 1) / (m + p − 1)."""
     return (stages - 1) / (microbatches + stages - 1)
+
+
+def bubble_sweep(bubble_results: list[dict]) -> Measured:
+    """Measured fill/drain idle (median over repeats) and total idle per micro-batch count, vs the formula."""
+    import pandas as pd
+
+    from .. import plots
+
+    rows = []
+    for m in bubble_results[0]["runs"]:
+        runs = [idle_fractions(list(pair)) for pair in zip(*(r["runs"][m] for r in bubble_results), strict=True)]
+        rows.append({"microbatches": m, "measured_bubble": float(np.median([r["bubble"] for r in runs])),
+                     "measured_total_idle": float(np.median([r["total"] for r in runs])),
+                     "formula": bubble_formula(len(bubble_results), m),
+                     "span_ms": float(np.median([r["span_ms"] for r in runs]))})  # fmt: skip
+    table = pd.DataFrame(rows)
+    table["difference"] = table.measured_bubble - table.formula
+    fig = plots.line(table, "microbatches", ["measured_bubble", "measured_total_idle", "formula"],
+                     f"Pipeline bubble on {len(bubble_results)} ranks: measured vs (p − 1)/(m + p − 1)",
+                     ylabel="fraction of the time idle", log_x=True)  # fmt: skip
+    return plots.Measured(table, fig)
+
+
+def timeline_figure(events_per_rank: list[list[Event]], title: str):
+    """A Gantt chart: one row per rank, bars for compute / send / recv wait (ms from the first event)."""
+    import plotly.graph_objects as go
+
+    from .. import plots
+
+    events = [e for evs in events_per_rank for e in evs]
+    t0 = min(e["start"] for e in events)
+    colors = {"compute": plots.COLORS[0], "send": plots.COLORS[3], "recv": plots.COLORS[5]}
+    fig = go.Figure()
+    for kind, color in colors.items():
+        part = [e for e in events if e["kind"] == kind]
+        fig.add_trace(go.Bar(
+            y=[f"rank {e['rank']}" for e in part], x=[(e["end"] - e["start"]) * 1e3 for e in part],
+            base=[(e["start"] - t0) * 1e3 for e in part], orientation="h",
+            name=kind if kind != "recv" else "recv (waiting)",
+            marker_color=color, text=[e["label"] if kind == "compute" else "" for e in part], textposition="inside",
+            hovertemplate="%{y}: " + kind + " %{base:.2f} → +%{x:.2f} ms<extra></extra>"))  # fmt: skip
+    fig.update_layout(barmode="overlay")
+    fig.update_xaxes(title="ms since the first event")
+    fig.update_yaxes(autorange="reversed")
+    return plots._style(fig, title, "white gaps: the rank has nothing to do")

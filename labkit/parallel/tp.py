@@ -277,8 +277,9 @@ def layer_parity(seed: int = 0) -> dict[str, float]:
 
 def compare_rank(model_name: str = "tiny-llama", batch: int = 2, seq: int = 16, sweep_batches: tuple = (),
                  repeat: int = 3) -> dict:
-    """On each rank: single process, from scratch and DTensor on the same ids; the from-scratch TP
-    forward latency for each batch size in `sweep_batches`; and `layer_parity()`."""
+    """On each rank: single process, from scratch and DTensor on the same ids; for each batch size in
+    `sweep_batches` the from-scratch TP forward latency and the unsplit model's on this rank alone (the
+    same cores as one TP rank: one device vs all of them); and `layer_parity()`."""
     model = load_llama(model_name)
     ids = torch.randint(0, model.config.vocab_size, (batch, seq), generator=torch.Generator().manual_seed(0))
     runs = {m: tp_forward(model_name, ids, m, repeat=repeat, model=model) for m in MODES}
@@ -287,5 +288,7 @@ def compare_rank(model_name: str = "tiny-llama", batch: int = 2, seq: int = 16, 
     for b in sweep_batches:
         xb = torch.randint(0, model.config.vocab_size, (b, seq), generator=torch.Generator().manual_seed(b))
         _, times = _timed(tp_model, xb, 1, repeat)
-        sweep.append({"batch": b, "seq": seq, "ms": sorted(times)[len(times) // 2] * 1e3})
+        _, single = _timed(lambda x: model(input_ids=x).logits, xb, 1, repeat)  # one rank = one device's share
+        sweep.append({"batch": b, "seq": seq, "ms": sorted(times)[len(times) // 2] * 1e3,
+                      "single_ms": sorted(single)[len(single) // 2] * 1e3})  # fmt: skip
     return {"runs": runs, "sweep": sweep, "threads": torch.get_num_threads(), "layer_parity": layer_parity()}
