@@ -65,3 +65,15 @@ def test_idle_fractions_on_a_made_up_schedule():
     out = pp.idle_fractions([r0, r1])
     assert out["bubble"] == pytest.approx(pp.bubble_formula(2, 3)) == pytest.approx(0.25)
     assert out["total"] == pytest.approx(0.25)
+
+
+@pytest.mark.gpu
+def test_pipeline_on_nccl():
+    """Naive and GPipe pipelines with one GPU per stage (NCCL)."""
+    if torch.cuda.device_count() < 2:
+        pytest.skip(f"an NCCL pipeline needs 2 GPUs; this machine has {torch.cuda.device_count()}")
+    ranks = run_distributed(pp.pp_rank, pipeline=dict(batch=4, seq=16, steps=2, microbatches=2),
+                            bubble=dict(microbatches=(1, 4), repeat=3), world_size=2, backend="nccl")  # fmt: skip
+    last = ranks[-1]["pipeline"]
+    for kind in ("naive", "gpipe"):
+        assert torch.allclose(last[f"{kind}_logits"], last["reference_logits"], atol=1e-3, rtol=0)

@@ -55,3 +55,16 @@ def test_latency_sweep_and_errors(ranks):
         tp.tp_forward(mode="pipeline")
     with pytest.raises(ValueError, match="Llama-architecture"):
         tp.load_llama("tiny-bloom")
+
+
+@pytest.mark.gpu
+def test_tensor_parallel_on_nccl():
+    """The same rank functions on one GPU per rank (NCCL)."""
+    if torch.cuda.device_count() < 2:
+        pytest.skip(f"NCCL tensor parallelism needs 2 GPUs; this machine has {torch.cuda.device_count()}")
+    ranks = run_distributed(tp.compare_rank, "tiny-llama", batch=BATCH, seq=SEQ, world_size=2, backend="nccl")
+    for r in ranks:
+        assert max(r["layer_parity"].values()) < 1e-4
+        for mode in ("scratch", "dtensor"):
+            assert torch.allclose(r["runs"][mode]["logits"], r["runs"]["single"]["logits"], atol=1e-3, rtol=0)
+        assert r["runs"]["scratch"]["comm"]["all_reduce"] == 2 * r["runs"]["scratch"]["layers"] + 1

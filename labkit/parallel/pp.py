@@ -84,7 +84,7 @@ def naive_forward(stage: nn.Module, x: torch.Tensor | None, shape: tuple, rec: R
     stage's output on the last rank (the input activations elsewhere)."""
     rank, world = dist.get_rank(), dist.get_world_size()
     if rank > 0:
-        x = torch.empty(shape)
+        x = torch.empty(shape, device=next(stage.parameters()).device)
         with rec.record("recv", label):  # idle until the previous stage is done
             dist.recv(x, src=rank - 1)
     with rec.record("compute", label):
@@ -107,6 +107,7 @@ def _record_pipelining(stage_module: nn.Module, rec: Recorder) -> Iterator[None]
         starts.append(time.time())
 
     def post(_m, _a, _o):
+        _sync()  # on a GPU the kernels run asynchronously: the compute ends when they are done
         rec.events.append({"rank": rec.rank, "kind": "compute", "label": f"mb{len(starts) - 1}",
                            "start": starts[-1], "end": time.time()})  # fmt: skip
 
@@ -155,6 +156,11 @@ def gpipe_forward(schedule, x: torch.Tensor | None) -> torch.Tensor | None:
 
 
 # --- rank functions ---------------------------------------------------------------------------
+def _sync() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def _median(xs: list[float]) -> float:
     return sorted(xs)[len(xs) // 2]
 
@@ -165,6 +171,7 @@ def _time_on_all(fn, repeat: int) -> float:
         dist.barrier()
         start = time.perf_counter()
         fn()
+        _sync()
         dist.barrier()  # a pipeline step ends when its last stage ends
         times.append(time.perf_counter() - start)
     return _median(times[1:]) * 1e3
@@ -183,17 +190,18 @@ def pipeline_rank(model_name: str = "tiny-llama", batch: int = 4, seq: int = 16,
     lo, hi = split_layers(model.config.num_hidden_layers, world)[rank]
     stage = LlamaStage(model, lo, hi).eval()
     ids = torch.randint(0, model.config.vocab_size, (batch, seq), generator=torch.Generator().manual_seed(0))
+    ids = ids.to(model.device)
     shape = (batch, seq, model.config.hidden_size)
     naive, rec = None, Recorder()
     dist.barrier()
     for step in range(steps):  # like generation: the next step starts when the last stage answers
         if rank == 0 and step > 0:
             with rec.record("recv", f"step {step}"):
-                dist.recv(torch.empty(1), src=world - 1)
+                dist.recv(torch.empty(1, device=model.device), src=world - 1)
         naive = naive_forward(stage, ids, shape, rec, f"step {step}")
         if rank == world - 1 and step < steps - 1:
             with rec.record("send", f"step {step}"):
-                dist.send(torch.ones(1), dst=0)  # "the next token"
+                dist.send(torch.ones(1, device=model.device), dst=0)  # "the next token"
     gpipe_rec = Recorder()
     schedule = make_gpipe(stage, microbatches)
     gpipe_forward(schedule, ids)  # warm-up: the stages exchange shapes on the first step
@@ -213,7 +221,7 @@ def pipeline_rank(model_name: str = "tiny-llama", batch: int = 4, seq: int = 16,
     if rank == world - 1:
         with torch.no_grad():
             reference = model(input_ids=ids).logits
-        result.update(naive_logits=naive, gpipe_logits=gpipe, reference_logits=reference)
+        result.update(naive_logits=naive.cpu(), gpipe_logits=gpipe.cpu(), reference_logits=reference.cpu())
     return result
 
 
@@ -234,9 +242,11 @@ class _MatmulStage(nn.Module):
 def bubble_rank(microbatches: tuple = (1, 2, 4, 8), rows: int = 256, hidden: int = 1024, layers: int = 6,
                 repeat: int = 5) -> dict:
     """GPipe on synthetic stages for each micro-batch count: this rank's events, `repeat` times each."""
+    from .launch import rank_device
+
     torch.manual_seed(0)
-    stage = _MatmulStage(hidden, layers).eval()
-    x = torch.randn(rows, 16)
+    stage = _MatmulStage(hidden, layers).eval().to(rank_device())
+    x = torch.randn(rows, 16, device=rank_device())
     runs = {}
     for m in microbatches:
         if rows % m:

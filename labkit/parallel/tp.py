@@ -148,7 +148,7 @@ class TPLlama(nn.Module):
     @torch.no_grad()
     def forward(self, ids: torch.Tensor) -> torch.Tensor:  # (batch, seq) -> (batch, seq, vocab)
         x = self.embed(ids)
-        cos, sin = self.rotary(x, torch.arange(ids.shape[1])[None])
+        cos, sin = self.rotary(x, torch.arange(ids.shape[1], device=ids.device)[None])
         for attn, mlp, (norm1, norm2) in zip(self.attn, self.mlp, self.norms, strict=True):
             x = x + attn(norm1(x), cos, sin)
             x = x + mlp(norm2(x))
@@ -251,6 +251,8 @@ def layer_parity(seed: int = 0) -> dict[str, float]:
     from transformers import LlamaConfig
     from transformers.models.llama.modeling_llama import LlamaAttention, LlamaMLP, LlamaRotaryEmbedding
 
+    from .launch import rank_device
+
     torch.manual_seed(seed)  # same weights and inputs on every rank
     cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
                       vocab_size=96, attention_bias=True)  # fmt: skip
@@ -263,6 +265,10 @@ def layer_parity(seed: int = 0) -> dict[str, float]:
     col = ColumnParallelLinear(lin, gather_output=True)
     row_in = x.chunk(_rank_world()[1], -1)[_rank_world()[0]]  # this rank's slice of the input features
     lin_row = nn.Linear(64, 32)
+    dev = rank_device()  # NCCL reduces GPU tensors only
+    lin, emb, mlp, attn, lin_row = (mod.to(dev) for mod in (lin, emb, mlp, attn, lin_row))
+    x, ids, cos, sin, row_in = (t.to(dev) for t in (x, ids, cos, sin, row_in))
+    col = col.to(dev)
     with torch.no_grad():
         ref_attn, _ = attn(x, (cos, sin), attention_mask=None)
         diffs = {
@@ -287,6 +293,7 @@ def compare_rank(model_name: str = "tiny-llama", batch: int = 2, seq: int = 16, 
     tp_model = TPLlama(model)
     for b in sweep_batches:
         xb = torch.randint(0, model.config.vocab_size, (b, seq), generator=torch.Generator().manual_seed(b))
+        xb = xb.to(model.device)
         _, times = _timed(tp_model, xb, 1, repeat)
         _, single = _timed(lambda x: model(input_ids=x).logits, xb, 1, repeat)  # one rank = one device's share
         sweep.append({"batch": b, "seq": seq, "ms": sorted(times)[len(times) // 2] * 1e3,
