@@ -107,15 +107,34 @@ def load_offloaded(name: str, max_memory: dict, offload_dir: str | Path | None =
     folder = Path(offload_dir or tempfile.mkdtemp(prefix="labkit-offload-"))
     model = load_checkpoint_and_dispatch(model, str(checkpoint_dir(name)), device_map=placement,
                                          offload_folder=str(folder), dtype=torch.float32)  # fmt: skip
+    _share_tied_offloaded_weight(model, folder)
     return model.eval()
+
+
+def _share_tied_offloaded_weight(model: torch.nn.Module, folder: Path) -> None:
+    """Accelerate writes a tied weight to disk once, under the input embedding's name, but the LM head's
+    hook looks it up under the head's own name. Point that name at the same file (a hard link, no copy)."""
+    head = model.get_output_embeddings()
+    hook = getattr(head, "_hf_hook", None)
+    if not getattr(model.config, "tie_word_embeddings", False) or not getattr(hook, "offload", False):
+        return
+    names = {id(m): n for n, m in model.named_modules()}
+    embed_key, head_key = f"{names[id(model.get_input_embeddings())]}.weight", f"{names[id(head)]}.weight"
+    loader = hook.weights_map.dataset  # PrefixedDataset -> OffloadedWeightsLoader
+    if head_key not in loader.index and embed_key in loader.index:
+        loader.index[head_key] = loader.index[embed_key]
+        (folder / f"{head_key}.dat").hardlink_to(folder / f"{embed_key}.dat")
 
 
 def placement_table(model: torch.nn.Module) -> pd.DataFrame:
     """Module -> device and its weight bytes, from the model's `hf_device_map`."""
     named = dict(model.named_modules())
-    rows = []
+    rows, seen = [], set()
+    if getattr(model.config, "tie_word_embeddings", False):
+        seen.add(id(model.get_output_embeddings().weight))  # stored once, as the input embedding
     for module, device in model.hf_device_map.items():
-        params = named[module].parameters() if module else model.parameters()
+        params = [p for p in (named[module] if module else model).parameters() if id(p) not in seen]
+        seen.update(id(p) for p in params)  # a tied weight (embedding = LM head) is counted once
         nbytes = sum(p.numel() * p.element_size() for p in params)
         rows.append({"module": module or "(whole model)", "device": str(device), "MB": nbytes / 1e6})
     return pd.DataFrame(rows)

@@ -51,3 +51,12 @@ def test_offload_arithmetic_bloom_on_two_gpus():
         offload.offload_seconds_per_token(352, 160, 0, 2000)
     with pytest.raises(ValueError, match="between 0 and 1"):
         offload.max_memory_for("tiny-llama", 1.5)
+
+
+def test_tied_embedding_offloaded_to_disk():
+    # BLOOM ties its LM head to the input embedding: Accelerate stores it once, the head must still find it
+    result = offload.offload_latency("tiny-bloom", {"all in memory": 1.0, "all on disk": 0.0}, new_tokens=2)
+    table = result.table.set_index("scenario")
+    assert table.identical_to_in_memory.all()
+    total_mb = offload.models.estimate_memory("tiny-bloom").bytes / 1e6
+    assert table.loc["all on disk", "disk_MB"] + table.loc["all on disk", "memory_MB"] == pytest.approx(total_mb)
