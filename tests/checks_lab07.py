@@ -11,3 +11,7 @@ def check(r: dict) -> None:
     assert r["bandwidth_bound_tok_s_b1"]["int8-dynamic"] > r["bandwidth_bound_tok_s_b1"]["fp32"]  # fewer bytes
     assert r["cache_same_tokens"] and set(r["cache_variants"]) >= {"dynamic cache", "static cache"}
     assert 352 <= r["bloom_176b_bf16_GB"] < 353 and 30 < r["llama_30b_int8_GB"] < 35
+    fast = r["fast_decode_tok_s_b1"]
+    assert {"hf-eager-fp32", "ort-genai-int4"} <= set(fast) and all(v > 0 for v in fast.values())
+    assert r["fast_exact_same_tokens"]  # exact paths reproduce HF's greedy tokens
+    assert r["fast_best"] in fast
