@@ -15,8 +15,8 @@ from pathlib import Path
 
 from labkit import hardware, quant_eval
 
-INT8 = ("int8-dynamic", "int8-weight", "quanto-int8", "bnb-int8", "ort-int8")
-FOUR_BIT = ("int4-weight", "bnb-nf4", "ort-int4", "gguf-q4_1")
+INT8 = ("int8-dynamic", "int8-weight", "quanto-int8", "bnb-int8", "ort-int8", "genai-int8")
+FOUR_BIT = ("int4-weight", "bnb-nf4", "ort-int4", "genai-int4", "gguf-q4_1")
 
 
 def main() -> int:

@@ -30,6 +30,7 @@ class QuantizedModel:
     resident_bytes: int  # tensor memory the weights occupy once loaded
     notes: str = ""
     name: str = ""  # the registry name, set by quantize()
+    generator: object | None = None  # an engines.generators.Generator that decodes (when model is None)
 
     @torch.no_grad()
     def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -170,6 +171,32 @@ def _ort(bits: int):
     return apply
 
 
+class _GenAILogits:
+    """ONNX Runtime GenAI behind the `session.run(None, {"input_ids": ...})` call quality() makes."""
+
+    def __init__(self, generator):
+        self.generator = generator
+
+    def run(self, _outputs, feeds: dict) -> list:
+        return [self.generator.logits(feeds["input_ids"].tolist())]
+
+
+def _genai(precision: str):
+    def apply(model, source):
+        from .engines.generators import OrtGenAI
+
+        gen = OrtGenAI(precision)
+        ok, reason = gen.available(source)
+        if not ok:
+            raise ImportError(reason)
+        gen.load(source, threads=torch.get_num_threads())
+        notes = (f"ONNX Runtime GenAI: {precision} weights in MatMulNBits blocks of 32, int8 dot products, "
+                 "KV cache kept in place, C++ decode loop")  # fmt: skip
+        return QuantizedModel(None, _GenAILogits(gen), gen.weight_bytes, gen.weight_bytes, notes, generator=gen)
+
+    return apply
+
+
 def _gguf(model, source):
     if source != "smollm2-135m":
         raise ValueError("gguf-q4_1 is the file SmolLM2 ships in; other models need llama.cpp's converter")
@@ -200,6 +227,10 @@ QUANTIZERS: dict[str, Quantizer] = {q.name: q for q in (
     Quantizer("ort-int8", "onnxruntime", "MatMul weights int8 in the ONNX graph, dynamic activations", ("cpu",),
               _ort(8)),
     Quantizer("ort-int4", "onnxruntime", "MatMul weights 4-bit in blocks of 32 (MatMulNBits)", ("cpu",), _ort(4)),
+    Quantizer("genai-int8", "onnxruntime-genai", "weights int8 per block of 32 (MatMulNBits), activations int8 "
+              "inside the kernel; whole decode loop in C++", ("cpu",), _genai("int8")),
+    Quantizer("genai-int4", "onnxruntime-genai", "weights 4-bit per block of 32 (MatMulNBits), activations int8 "
+              "inside the kernel; whole decode loop in C++", ("cpu",), _genai("int4")),
     Quantizer("gguf-q4_1", "gguf", "4-bit blocks of 32 with scale and minimum (llama.cpp format)", ("cpu",), _gguf),
 )}  # fmt: skip
 

@@ -107,3 +107,18 @@ def test_eval_tokens_are_fixed_and_held_out(base):
     assert a.shape == (2, 256) and torch.equal(a, quant_eval.eval_tokens(base[1], budget=512))
     with pytest.raises(ValueError, match="at least one window"):
         quant_eval.eval_tokens(base[1], budget=100)
+
+
+def test_genai_int8_keeps_quality_and_decodes():
+    pytest.importorskip("onnxruntime_genai", reason="onnxruntime-genai is not installed")
+    base, tok = models.load_model("tiny-llama", device="cpu")  # Llama: what its model builder supports
+    reference = quant.quantize("fp32", "tiny-llama", model=base)
+    q = quant.quantize("genai-int8", "tiny-llama", model=base)
+    assert q.stored_bytes / reference.stored_bytes < 0.5  # int8 blocks; the input embedding stays fp32
+    window = quant_eval.eval_tokens(tok, budget=256, window=128)
+    rows = quant_eval.quality({"genai-int8": q, "fp32": reference}, reference, window).set_index("quantizer")
+    assert rows.loc["genai-int8", "perplexity"] <= 1.05 * rows.loc["fp32", "perplexity"]
+    assert rows.loc["genai-int8", "top1_agreement"] > 0.8
+    assert quant_eval.speed(q, decode_tokens=4, batch_sizes=(1, 2), vocab=len(tok))["decode_tok_s_b2"] > 0
+    with pytest.raises(ImportError, match="does not support bloom"):
+        quant.quantize("genai-int4", SOURCE)

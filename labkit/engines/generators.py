@@ -25,6 +25,9 @@ from .. import models
 from ..cache import cache_dir
 
 
+UNSUPPORTED_BY_GENAI_BUILDER = {"bloom"}  # its builder covers Llama, Mistral, Phi, Qwen, Gemma, ... (not ALiBi)
+
+
 @dataclass(frozen=True)
 class DecodeRun:
     tokens: list[list[int]]  # (batch, new_tokens) greedy continuation
@@ -110,6 +113,8 @@ class OrtGenAI(Generator):
     def available(self, model: str) -> tuple[bool, str]:
         if importlib.util.find_spec("onnxruntime_genai") is None:
             return False, "onnxruntime-genai is not installed (pip install onnxruntime-genai)"
+        if model in models.REGISTRY and models.get_config(model).model_type in UNSUPPORTED_BY_GENAI_BUILDER:
+            return False, f"the onnxruntime-genai model builder does not support {models.get_config(model).model_type}"
         return True, ""
 
     def build(self, model: str) -> Path:
@@ -127,7 +132,9 @@ class OrtGenAI(Generator):
         with open(out / "build.log", "w") as log:
             done = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=False)
         if done.returncode != 0 or not (out / "genai_config.json").exists():
-            raise RuntimeError(f"onnxruntime-genai builder failed for {model} ({self.precision}); see {out}/build.log")
+            last = (out / "build.log").read_text().strip().splitlines()[-1:] or [""]
+            raise RuntimeError(f"onnxruntime-genai builder failed for {model} ({self.precision}): {last[0]} "
+                               f"(log: {out}/build.log)")  # fmt: skip
         return out
 
     def load(self, model: str, threads: int) -> None:
