@@ -24,7 +24,6 @@ import torch
 from .. import models
 from ..cache import cache_dir
 
-
 UNSUPPORTED_BY_GENAI_BUILDER = {"bloom"}  # its builder covers Llama, Mistral, Phi, Qwen, Gemma, ... (not ALiBi)
 
 
