@@ -1,4 +1,4 @@
-"""`labkit doctor | prepare | models | run-labs` — the lab's command line."""
+"""`labkit doctor | prepare | models | run-labs | serve | loadgen` — the lab's command line."""
 
 from __future__ import annotations
 
@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="reports", help="output folder (default: reports/)")
     p.add_argument("--no-html", action="store_true", help="skip the HTML export")
     p.set_defaults(func=cmd_run_labs)
+    from .serving.cli import add_commands as add_serving_commands
+
+    add_serving_commands(sub)  # `labkit serve ...`, `labkit loadgen ...`
     return parser
 
 
