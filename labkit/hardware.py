@@ -10,6 +10,7 @@ import functools
 import importlib.util
 import os
 import platform
+import sys
 from dataclasses import asdict, dataclass, field
 
 import psutil
@@ -138,6 +139,16 @@ def _deepspeed() -> tuple[str | None, dict[str, bool]]:
     # Which ops *could* be JIT-built here, without building them (that takes minutes).
     ops: dict[str, bool] = {}
     try:
+        import contextlib
+        import io
+
+        # Importing DeepSpeed logs "Setting accelerator to CPU" to stdout (it would break `doctor --json`):
+        # keep that line out, then point its log handler back at the real stdout.
+        with contextlib.redirect_stdout(io.StringIO()) as swallowed:
+            from deepspeed.utils import logger as ds_logger
+        for handler in ds_logger.handlers:
+            if getattr(handler, "stream", None) is swallowed:
+                handler.setStream(sys.stdout)
         from deepspeed.ops.op_builder import CPUAdamBuilder, InferenceBuilder
 
         for name, builder in (("cpu_adam", CPUAdamBuilder), ("transformer_inference", InferenceBuilder)):
