@@ -10,6 +10,7 @@ Why they differ in speed at batch 1 (the decode step reads every weight once):
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import subprocess
 import sys
@@ -185,7 +186,7 @@ class LlamaCpp(Generator):
             return False, "llama-cpp-python is not installed (pip install 'labkit[peer]'; compiles for ~7 min)"
         if model != "smollm2-135m":
             return False, f"no GGUF file for {model} (llama.cpp runs the shipped SmolLM2 Q4_1 GGUF)"
-        return True, ""
+        return _llama_cpp_runs()
 
     def load(self, model: str, threads: int) -> None:
         from llama_cpp import Llama
@@ -208,6 +209,23 @@ class LlamaCpp(Generator):
             self.llm.eval([tokens[-1]])
             tokens.append(int(np.argmax(self.llm.scores[self.llm.n_tokens - 1])))
         return DecodeRun([tokens], first - start, time.perf_counter() - first)
+
+
+@functools.lru_cache(maxsize=1)
+def _llama_cpp_runs() -> tuple[bool, str]:
+    """Evaluate a few tokens in a child process first: a llama.cpp built for instructions this CPU (or VM)
+    does not enable — e.g. AMX — dies with SIGILL, which would take the notebook kernel down with it."""
+    from .. import smollm2
+
+    path = smollm2.find_gguf() or smollm2.download_gguf()
+    code = (f"from llama_cpp import Llama; llm = Llama(model_path={str(path)!r}, n_ctx=64, n_threads=1, "
+            "verbose=False); llm.eval([1, 2, 3])")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    if done.returncode == 0:
+        return True, ""
+    why = "illegal instruction: rebuild llama-cpp-python for this CPU, e.g. CMAKE_ARGS='-DGGML_NATIVE=OFF " \
+          "-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF'" if done.returncode == -4 else (done.stderr.strip()[-200:])
+    return False, f"llama.cpp failed a test run (exit {done.returncode}): {why}"
 
 
 def registry() -> dict[str, Generator]:
