@@ -2,7 +2,7 @@
 
 import pytest
 
-from labkit.parallel import zero
+from labkit.parallel import zero, zero_ranks
 
 GB = 1e9
 
@@ -25,7 +25,7 @@ def test_bad_input_names_the_choices():
     with pytest.raises(ValueError, match="dp_degree"):
         zero.zero_memory(1e6, 1, 0)
     with pytest.raises(ValueError, match="choose from"):
-        zero.measure(methods=("deepspeed-9",))
+        zero_ranks.measure(methods=("deepspeed-9",))
 
 
 def test_explorer_and_table():
@@ -38,9 +38,9 @@ def test_explorer_and_table():
 
 
 def test_measured_bytes_per_rank_match_the_formula_for_every_stage():
-    m = zero.measure(hidden=1024, layers=4, batch=2, steps=3)  # 4.2 M params, 2 gloo ranks
+    m = zero_ranks.measure(hidden=1024, layers=4, batch=2, steps=3)  # 4.2 M params, 2 gloo ranks
     df = m.table.set_index("method")
-    assert list(df.index) == list(zero.METHODS)
+    assert list(df.index) == list(zero_ranks.METHODS)
     for method, row in df.iterrows():
         assert row["measured/formula"] == pytest.approx(1.0, abs=0.05), method
         for part in ("params", "grads", "optimizer"):

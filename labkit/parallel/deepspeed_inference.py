@@ -57,7 +57,7 @@ def op_compile_time(compile_if_missing: bool = True) -> dict:
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 
-    from .zero import use_extension_cache
+    from .zero_ranks import use_extension_cache
 
     root = use_extension_cache()
     builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
