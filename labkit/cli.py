@@ -65,22 +65,16 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_run_labs(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
+    """Execute labs with papermill, export each to HTML and write OUT/index.html; non-zero if any lab failed."""
+    from .report import run_labs, write_index
+    from .runner import LABS_DIR, find_labs
 
-    from .runner import find_labs, run_lab
-
-    labs = find_labs(args.labs)
+    labs = find_labs(args.labs, Path(args.labs_dir) if args.labs_dir else LABS_DIR)
     out_dir = Path(args.out)
-    failed = []
-    for lab in (bar := tqdm(labs, desc="labs", unit="lab")):
-        bar.set_postfix_str(lab.stem)
-        try:
-            run = run_lab(lab, out_dir, smoke=args.smoke, html=not args.no_html)
-        except Exception as err:  # noqa: BLE001 - report every lab, then fail
-            failed.append(lab.stem)
-            tqdm.write(f"FAILED {lab.stem}: {type(err).__name__}: {str(err)[:500]}")
-            continue
-        tqdm.write(f"{run.lab}: {run.seconds:.1f} s -> {run.html or run.notebook}; results {run.results}")
+    reports = run_labs(labs, out_dir, smoke=args.smoke, html_export=not args.no_html)
+    index = write_index(reports, out_dir, mode="smoke" if args.smoke else "full")
+    failed = [r.lab for r in reports if not r.ok]
+    print(f"index: {index}")
     if failed:
         print(f"{len(failed)} lab(s) failed: {', '.join(failed)}", file=sys.stderr)
         return 1
@@ -98,11 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prepare", help="fetch/convert the default models into the cache")
     p.add_argument("--skip-llm", action="store_true", help="skip SmolLM2 (93 MB download)")
     p.set_defaults(func=cmd_prepare)
-    p = sub.add_parser("run-labs", help="execute labs with papermill; write notebooks + HTML")
+    p = sub.add_parser("run-labs", help="execute labs with papermill; write notebooks, HTML and an index.html")
     p.add_argument("labs", nargs="*", help="lab numbers or name parts (default: all)")
     p.add_argument("--smoke", action="store_true", help="small parameters (each lab < 90 s)")
     p.add_argument("--out", default="reports", help="output folder (default: reports/)")
-    p.add_argument("--no-html", action="store_true", help="skip the HTML export")
+    p.add_argument("--labs-dir", default=None, help="where the NN_*.ipynb labs are (default: the repo's labs/)")
+    html = p.add_mutually_exclusive_group()
+    html.add_argument("--html", dest="no_html", action="store_false", default=False,
+                      help="export each lab to HTML (the default)")
+    html.add_argument("--no-html", dest="no_html", action="store_true", help="skip the HTML export")
     p.set_defaults(func=cmd_run_labs)
     from .serving.cli import add_commands as add_serving_commands
 

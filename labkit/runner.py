@@ -88,12 +88,34 @@ def run_lab(path: Path, out_dir: Path, smoke: bool = True, parameters: dict | No
     return LabRun(path.stem, seconds, read_results(nb), executed, html_path)
 
 
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+WIDGET_NOTE = ("<p><em>Interactive controls: open the notebook in JupyterLab, Binder or Colab to use them "
+               "(a static page cannot run Python).</em></p>")
+NO_SCRIPT = "data:text/javascript,"  # an empty script: the page needs nothing from a CDN
+
+
+def static_widgets(nb) -> int:
+    """Replace widget views with a note and drop the saved widget state: rendering them would load a widget
+    manager from a CDN, and a static page has no kernel to drive them anyway. Returns how many were replaced."""
+    nb.metadata.pop("widgets", None)
+    replaced = 0
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            if WIDGET_MIME in output.get("data", {}):
+                output["data"] = {"text/html": WIDGET_NOTE, "text/plain": "(interactive controls)"}
+                replaced += 1
+    return replaced
+
+
 def export_html(notebook_path: Path) -> Path:
-    """HTML with plotly.js embedded by the notebook renderer, so plots show offline."""
+    """Self-contained HTML: plotly.js is inlined by the notebook renderer (`labkit.setup()`), require.js and the
+    widget manager are left out, so every plot draws offline. (MathJax still comes from its CDN when online.)"""
     import nbformat
     from nbconvert import HTMLExporter
 
-    body, _ = HTMLExporter().from_notebook_node(nbformat.read(notebook_path, as_version=4))
+    nb = nbformat.read(notebook_path, as_version=4)
+    static_widgets(nb)
+    body, _ = HTMLExporter(require_js_url=NO_SCRIPT).from_notebook_node(nb)
     out = notebook_path.with_suffix(".html")
     out.write_text(body, encoding="utf-8")
     return out
