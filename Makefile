@@ -15,7 +15,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install prepare lab test test-gpu run-labs doctor clean-venv
+.PHONY: install prepare lab test test-gpu run-labs report doctor clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,11 +38,19 @@ doctor: install
 lab: prepare
 	$(BIN)/jupyter lab --no-browser --ip 127.0.0.1 --port $(PORT) --ServerApp.root_dir=labs $(if $(filter 0,$(shell id -u)),--allow-root)
 
+# The browser test drives Debian's Chromium (no browser download); without apt (or root) it skips, saying why.
 test: prepare
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+		|| echo "== Chromium not installed (no apt here): the browser test will skip"
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
 
 run-labs: prepare
 	$(BIN)/labkit run-labs --smoke
+
+# Every lab executed (smoke parameters; FULL=1 for the full ones), exported to HTML that draws its plots
+# offline, and reports/index.html linking them with their recorded numbers, the hardware and the date.
+report: prepare
+	$(BIN)/labkit run-labs --html --out reports $(if $(filter 1,$(FULL)),,--smoke)
 
 # On a CUDA machine: the GPU-marked tests (plus the CPU suite's unit tests), < 8 minutes.
 test-gpu:
