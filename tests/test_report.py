@@ -17,7 +17,7 @@ from labkit.hardware import detect
 pytest.importorskip("papermill", reason="papermill is not installed here: notebooks cannot run (install labkit[lab])")
 
 ROOT = Path(__file__).resolve().parents[1]
-REAL_LAB = ROOT / "labs" / "13_capstone_serving_bloom_176b.ipynb"  # a quick real lab (~25 s in smoke mode)
+REAL_LAB = ROOT / "labs" / "00_start_here.ipynb"  # the quickest real lab (~10 s in smoke mode): a plot, a widget
 
 
 def broken_notebook(path: Path) -> Path:
@@ -32,7 +32,7 @@ def broken_notebook(path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def ran(tmp_path_factory):
-    """`labkit run-labs --smoke --html` over a labs folder holding the real lab 13 and a broken notebook."""
+    """`labkit run-labs --smoke --html` over a labs folder holding a real lab and a broken notebook."""
     root = tmp_path_factory.mktemp("run_labs")
     labs, out = root / "labs", root / "reports"
     labs.mkdir()
@@ -59,9 +59,10 @@ def test_index_links_each_lab_with_its_numbers_hardware_and_date(ran):
     rows = re.findall(r'<tr class="lab-(ok|failed)" id="([^"]+)">(.*?)</tr>\n?(?=<tr class="lab-|</tbody>)', page, re.S)
     assert [(status, lab) for status, lab, _ in rows] == [("ok", REAL_LAB.stem), ("failed", "98_broken")]
     ok_row, failed_row = rows[0][2], rows[1][2]
-    assert f'href="{REAL_LAB.stem}.html"' in ok_row and "Lab 13 — Capstone" in ok_row
+    assert f'href="{REAL_LAB.stem}.html"' in ok_row and f">{report.lab_title(REAL_LAB)}</a>" in ok_row
     results = runner.read_results(nbformat.read(out / REAL_LAB.name, as_version=4))
-    assert f"worst_error_pct</b>: {results['worst_error_pct']:.4g}" in ok_row  # a recorded number, as recorded
+    name, value = next((k, v) for k, v in results.items() if isinstance(v, float))
+    assert f"{name}</b>: {value:.4g}" in ok_row  # a recorded number, as recorded
     assert f"all {len(results)} recorded results" in ok_row
     assert 'href="98_broken.html"' in failed_row  # what ran before the error is still readable
     assert "ZeroDivisionError: this lab is broken on purpose (in cell [" in failed_row
@@ -74,7 +75,7 @@ def test_lab_page_is_self_contained(ran):
     page = (out / f"{REAL_LAB.stem}.html").read_text()
     nb = nbformat.read(out / REAL_LAB.name, as_version=4)
     figures = sum("application/vnd.plotly.v1+json" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
-    assert figures >= 5 and page.count("Plotly.newPlot") == figures
+    assert figures >= 1 and page.count("Plotly.newPlot") == figures
     assert re.search(r"plotly\.js v\d+\.\d+", page)  # the library itself is inlined
     sources = re.findall(r'<script[^>]+src="([^"]+)"', page)
     assert not [s for s in sources if "plotly" in s or "require" in s or "widgets" in s], sources
@@ -95,7 +96,7 @@ def test_lab_page_draws_every_plot_with_the_network_blocked(ran):
         drawn = page.locator(".js-plotly-plot .main-svg")
         drawn.nth(figures - 1).wait_for(state="attached", timeout=15_000)
         assert page.locator(".js-plotly-plot").count() == figures
-        assert page.locator(".js-plotly-plot .trace").count() > figures  # bars and lines, not empty axes
+        assert page.locator(".js-plotly-plot .trace").count() >= figures  # data drawn, not empty axes
     assert not [u for u in fetched if "plotly" in u], fetched  # nothing plot-related came from the network
 
 
@@ -103,7 +104,8 @@ def test_format_value_title_and_error_text():
     assert report.format_value(0.123456) == "0.1235" and report.format_value(True) == "True"
     assert report.format_value({"a": 1.0, "b": [1, 2]}) == "{a: 1, b: [1, 2]}"
     assert len(report.format_value(list(range(1000)), width=50)) == 50
-    assert report.lab_title(REAL_LAB) == "Lab 13 — Capstone: serving BLOOM-176B on a budget"
+    assert report.lab_title(ROOT / "labs" / "13_capstone_serving_bloom_176b.ipynb") == (
+        "Lab 13 — Capstone: serving BLOOM-176B on a budget")
 
     class KernelError(Exception):  # what papermill raises: the kernel's exception name and value
         ename, evalue, exec_count = "ValueError", "\x1b[31mbad\x1b[0m value", 3
