@@ -25,9 +25,11 @@ def main() -> int:
     parser.add_argument("--source", default="smollm2-135m")
     parser.add_argument("--budget", type=int, default=2048)
     parser.add_argument("--decode-tokens", type=int, default=32)
+    parser.add_argument("--quantizers", nargs="*", default=None, help="a subset (default: all; fp32 always runs)")
     args = parser.parse_args()
-    table = quant_eval.compare_quantizers(args.source, budget=args.budget, decode_tokens=args.decode_tokens,
-                                          batch_sizes=(1, 8)).table
+    names = None if not args.quantizers else ["fp32"] + [n for n in args.quantizers if n != "fp32"]
+    table = quant_eval.compare_quantizers(args.source, names=names, budget=args.budget,
+                                          decode_tokens=args.decode_tokens, batch_sizes=(1, 8)).table
     print(f"machine: {hardware.detect().summary}; {table.attrs['eval_tokens']} evaluation tokens")
     cols = ["quantizer", "stored_MiB", "size_vs_fp32", "perplexity_vs_fp32", "top1_agreement", "prefill_ms",
             "decode_tok_s_b1", "decode_speedup_b1", "decode_tok_s_b8"]
