@@ -239,9 +239,12 @@ class _MatmulStage(nn.Module):
         return torch.tanh(self.down(self.net(self.up(x))))
 
 
-def bubble_rank(microbatches: tuple = (1, 2, 4, 8), rows: int = 256, hidden: int = 1024, layers: int = 6,
+def bubble_rank(microbatches: tuple = (1, 2, 4, 8), rows: int = 1024, hidden: int = 1024, layers: int = 6,
                 repeat: int = 5) -> dict:
-    """GPipe on synthetic stages for each micro-batch count: this rank's events, `repeat` times each."""
+    """GPipe on synthetic stages for each micro-batch count: this rank's events, `repeat` times each.
+
+    Enough rows that a micro-batch's compute (~16 ms at m=8 on one CPU thread) dwarfs a gloo hand-off
+    (a few ms): otherwise the hand-offs, not the schedule, set the measured idle time."""
     from .launch import rank_device
 
     torch.manual_seed(0)
