@@ -110,12 +110,14 @@ def cache_bytes(cache) -> int:
     return total
 
 
-def kv_cache_check(model: str = "tiny-llama", batch: int = 2, seq: int = 64, dtype: str = "float32") -> dict:
+def kv_cache_check(model: str = "tiny-llama", batch: int = 2, seq: int = 64, dtype: str = "float32",
+                   device: str = "auto") -> dict:
     """The KV-cache formula against the bytes of a real cache after a forward pass over `seq` tokens."""
     import torch
 
-    net, _ = models.load_model(model, dtype=dtype, device="cpu")
+    net, _ = models.load_model(model, dtype=dtype, device=device)  # "auto": the GPU when there is one
     ids = torch.randint(0, net.config.vocab_size, (batch, seq), generator=torch.Generator().manual_seed(0))
+    ids = ids.to(net.device)
     with torch.no_grad():
         cache = net(input_ids=ids, use_cache=True).past_key_values
     formula = model_memory(net.config, dtype if dtype in BYTES else "float32", batch, seq).kv_cache_bytes
@@ -124,17 +126,18 @@ def kv_cache_check(model: str = "tiny-llama", batch: int = 2, seq: int = 64, dty
 
 
 def prefill_decode(model: str = "tiny-llama", prompt_lens=(16, 64, 256), batch_sizes=(1, 4), new_tokens: int = 16,
-                   repeat: int = 3):
+                   repeat: int = 3, device: str = "auto"):
     """Time to first token (one prefill forward) and time per output token (cached decode steps)."""
     import torch
 
     from . import measure
 
-    net, _ = models.load_model(model, device="cpu")
+    net, _ = models.load_model(model, device=device)  # "auto": the GPU when there is one (measure syncs it)
     rows = []
     for bs in batch_sizes:
         for n in prompt_lens:
             ids = torch.randint(0, net.config.vocab_size, (bs, n), generator=torch.Generator().manual_seed(n))
+            ids = ids.to(net.device)
 
             def prefill(ids=ids):
                 with torch.no_grad():
