@@ -205,8 +205,9 @@ def kv_cache_curve(model: str = "llama-30b", dtype: str = "float16", batch: int 
     from . import plots
 
     config = KNOWN_CONFIGS.get(model, model)
-    rows = [{"context": n, "KV_cache_GB": model_memory(config, dtype, batch, n).kv_cache_bytes / 1e9,
-             "weights_GB": model_memory(config, dtype, batch, n).weights_bytes / 1e9} for n in contexts]  # fmt: skip
+    mems = {n: model_memory(config, dtype, batch, n) for n in contexts}
+    rows = [{"context": n, "KV_cache_GB": m.kv_cache_bytes / 1e9, "weights_GB": m.weights_bytes / 1e9}
+            for n, m in mems.items()]
     table = pd.DataFrame(rows)
     fig = plots.line(table, "context", ["KV_cache_GB", "weights_GB"], log_x=True, xlabel="tokens per sequence",
                      ylabel="GB", title=f"{model} {dtype}, batch {batch}: KV cache vs weights")  # fmt: skip

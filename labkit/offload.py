@@ -13,7 +13,6 @@ code shows the same effect: every offloaded byte is read again for every token.
 
 from __future__ import annotations
 
-import functools
 import tempfile
 import time
 from pathlib import Path
@@ -144,11 +143,6 @@ def placement_figure(table: pd.DataFrame, title: str = "Where each block lives")
     return plots.bars(table, x="module", y="MB", color="device", ylabel="weights (MB)", title=title)
 
 
-@functools.lru_cache(maxsize=2)
-def _reference(name: str):
-    return models.load_model(name, device="cpu")
-
-
 def _decode(model, ids: torch.Tensor, new_tokens: int) -> tuple[list[int], list[float], torch.Tensor]:
     """Greedy decode with a KV cache; returns the tokens, seconds per step and the first step's logits."""
     tokens, step_s = [], []
@@ -172,7 +166,7 @@ def offload_latency(name: str = "smollm2-135m", scenarios: dict[str, float] | No
     scenarios = scenarios or SCENARIOS
     if new_tokens < 2:
         raise ValueError(f"new_tokens must be >= 2, got {new_tokens}")
-    ref, tok = _reference(name)
+    ref, tok = models.load_cached(name)  # the in-memory model every scenario must reproduce
     ids = tok(prompt, return_tensors="pt").input_ids
     ref_tokens, _, ref_logits = _decode(ref, ids, new_tokens)
     rows = []

@@ -34,7 +34,7 @@ def precision_points(model: str = "smollm2-135m", precisions=PRECISIONS, batch_s
     base, tok = models.load_model(model, device="cpu")
     rows = []
     for name in tqdm(precisions, desc=f"precisions ({model})"):
-        q = quant.quantize(name, source=model, model=_copy(base))
+        q = quant.quantize(name, source=model, model=base)  # each quantizer works on its own copy
         speed = quant_eval.speed(q, decode_tokens=new_tokens, batch_sizes=batch_sizes, vocab=len(tok))
         read = bytes_read_per_step(q.model)
         for bs in batch_sizes:
@@ -54,12 +54,6 @@ def bytes_read_per_step(model: torch.nn.Module) -> int:
     if getattr(model.config, "tie_word_embeddings", False):
         return total  # the same matrix is the LM head, read whole
     return total - quant.tensor_bytes(model.get_input_embeddings().weight)
-
-
-def _copy(model: torch.nn.Module) -> torch.nn.Module:
-    import copy
-
-    return copy.deepcopy(model)  # quantizers change modules in place
 
 
 def roofline_figure(points: pd.DataFrame, title: str = "Decode on this machine's roofline"):
