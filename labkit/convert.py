@@ -7,6 +7,7 @@ so a retrained model is exported again and an unchanged one is not.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import warnings
 from collections import Counter
@@ -47,16 +48,22 @@ def as_graph(model: torch.nn.Module | Graph, example: tuple[torch.Tensor, ...] |
 
 
 def export_onnx(model: torch.nn.Module | Graph, example=None, dynamic: bool = True, optimize: bool = True,
-                path: Path | None = None) -> Path:
+                path: Path | None = None, fused_attention: bool = True) -> Path:
     """Export with `torch.onnx.export(dynamo=True)` (torch.export + onnxscript); cached.
 
     `model` is a `Graph` (see `engines.graph_for`) or a module with `example` inputs.
     optimize=False keeps the graph as traced: no constant folding or BatchNorm folding by the exporter,
     so ONNX Runtime's own optimisation levels have something to show.
+    fused_attention=True writes attention that no ONNX Runtime fusion recognises (BLOOM's ALiBi) as one
+    standard `Attention` node (opset 23; see `export_patches`); other models are unaffected.
     """
+    from . import export_patches
+
     graph = as_graph(model, example)
-    suffix = "" if optimize else "-raw"
-    path = path or cache_dir("onnx") / f"{graph.name}{suffix}-{fingerprint(graph, dynamic, optimize)}.onnx"
+    fuse = fused_attention and bool(export_patches.patchable(graph.module))
+    suffix = ("" if optimize else "-raw") + ("-fused" if fuse else "")
+    key = fingerprint(graph, dynamic, optimize, *(["fused-attention"] if fuse else []))
+    path = path or cache_dir("onnx") / f"{graph.name}{suffix}-{key}.onnx"
     if path.exists():
         return path
     from torch.export import Dim
@@ -68,13 +75,15 @@ def export_onnx(model: torch.nn.Module | Graph, example=None, dynamic: bool = Tr
             {axis: dims.setdefault(sym, Dim(sym)) for axis, sym in graph.dynamic_axes.get(name, {}).items()}
             for name in graph.input_names
         )
+    patch = export_patches.patched_for_export(graph.module) if fuse else contextlib.nullcontext()
+    fused = {"opset_version": export_patches.OPSET, "custom_translation_table": export_patches.TRANSLATIONS}
     tmp = path.with_suffix(".part.onnx")
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad(), patch:
         warnings.simplefilter("ignore")
         torch.onnx.export(
             graph.module.eval(), graph.example, tmp, dynamo=True, input_names=list(graph.input_names),
             output_names=[graph.output_name], dynamic_shapes=dynamic_shapes, external_data=False,
-            optimize=optimize, verbose=False,
+            optimize=optimize, verbose=False, **(fused if fuse else {}),
         )  # fmt: skip
     tmp.rename(path)
     return path

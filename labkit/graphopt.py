@@ -54,9 +54,12 @@ def convert_three_ways(workload: str = "tiny-bloom") -> Measured:
     return Measured(table, fig)
 
 
-def optimization_levels(workload: str = "tiny-bloom", top: int = 10) -> Measured:
-    """Node and op-type counts of the raw ONNX graph after each ONNX Runtime optimisation level."""
-    path = convert.export_onnx(graph_for(workload), optimize=False)
+def optimization_levels(workload: str = "tiny-bloom", top: int = 10, fused_attention: bool = False) -> Measured:
+    """Node and op-type counts of the raw ONNX graph after each ONNX Runtime optimisation level.
+
+    The plain export by default (what any model gets); fused_attention=True starts from the export
+    patch's graph instead (see `labkit.export_patches`)."""
+    path = convert.export_onnx(graph_for(workload), optimize=False, fused_attention=fused_attention)
     stats = {"exported (raw)": convert.graph_stats(path)}
     for level in convert.ORT_LEVELS:
         stats[level] = convert.graph_stats(convert.optimize_onnx(path, level))

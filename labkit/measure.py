@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -71,6 +71,42 @@ def benchmark(fn: Callable[[], object], warmup: int = 3, repeat: int = 20, progr
         _sync()
         times.append(time.perf_counter() - start)
     return Stats.of(times)
+
+
+def benchmark_rounds(fns: Mapping[str, Callable[[], object]], warmup: int = 3, repeat: int = 20,
+                     rounds: int = 5, warmup_s: float = 0.0) -> dict[str, Stats]:
+    """Time several functions fairly on a machine whose speed drifts (shared VMs, clock changes).
+
+    `repeat` timed calls per function are split over `rounds` rounds; in every round each function
+    gets `warmup` untimed calls (and keeps warming until `warmup_s` seconds have passed), then its
+    share of timed ones. Drift then lands on all of them alike, which matters for the ratios.
+    Calls are grouped per function inside a round rather than alternated one by one: runtimes keep
+    their own thread pools spinning after a call, and strict alternation makes each pay for the
+    others' (measured here: every engine 3-10x slower). For the same reason a runtime needs a moment
+    to get back to its steady speed after another one ran: that is what `warmup_s` buys.
+    """
+    if not fns:
+        raise ValueError("no functions to time")
+    if warmup < 0 or repeat < 1 or rounds < 1 or warmup_s < 0:
+        raise ValueError(f"need warmup >= 0, repeat >= 1, rounds >= 1, warmup_s >= 0; "
+                         f"got {warmup}, {repeat}, {rounds}, {warmup_s}")
+    rounds = min(rounds, repeat)
+    per_round = [repeat // rounds + (i < repeat % rounds) for i in range(rounds)]
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for n in per_round:
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            calls = 0
+            while calls < warmup or time.perf_counter() - start < warmup_s:
+                fn()
+                calls += 1
+            _sync()
+            for _ in range(n):
+                start = time.perf_counter()
+                fn()
+                _sync()
+                times[name].append(time.perf_counter() - start)
+    return {name: Stats.of(t) for name, t in times.items()}
 
 
 def tokens_per_second(tokens: int, seconds: float) -> float:

@@ -150,7 +150,9 @@ def _ort(bits: int):
         ids = torch.zeros(1, 8, dtype=torch.long)
         graph = Graph(f"{source}-quant", LogitsOnly(model).eval(), (ids,), ("input_ids",),
                       {"input_ids": {0: "batch", 1: "seq"}})
-        src = export_onnx(graph)
+        # the plain export: ORT's quantizers mistake opset 23's standard Attention op for their own
+        # com.microsoft Attention and write an invalid QAttention node (seen with onnxruntime 1.32)
+        src = export_onnx(graph, fused_attention=False)
         out = src.with_name(f"{src.stem}.int{bits}.onnx")
         if not out.exists():
             if bits == 8:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
@@ -16,12 +16,20 @@ from . import measure, plots
 from .engines import ENGINES, check_parity, graph_for
 from .plots import Measured
 
+# Each round re-warms an engine for this long: after another runtime ran, one takes a few hundred
+# calls to get back to its steady speed on a 2-core machine (measured with ONNX Runtime after eager).
+WARMUP_S = 0.2
+
 
 def compare_engines(workload: str = "tiny-bloom", engines: Sequence[str] | None = None,
                     batch_sizes: Sequence[int] = (1,), seq_lens: Sequence[int] = (32,),
-                    threads: Sequence[int] = (2,), precision: str = "fp32", repeat: int = 20,
-                    progress: bool = True) -> Measured:
-    """Latency of each engine (median, p90 over `repeat` runs after warm-up) and its speed-up over eager."""
+                    threads: Sequence[int] = (2,), precision: str = "fp32", repeat: int = 20, rounds: int = 5,
+                    warmup_s: float = WARMUP_S, progress: bool = True) -> Measured:
+    """Latency of each engine (median, p90 over `repeat` runs after warm-up) and its speed-up over eager.
+
+    All engines of one shape are prepared first and then timed in `rounds` alternating rounds
+    (`measure.benchmark_rounds`), so a machine that slows down mid-run skews no ratio.
+    """
     from tqdm.auto import tqdm
 
     names = list(engines or ENGINES)
@@ -33,27 +41,63 @@ def compare_engines(workload: str = "tiny-bloom", engines: Sequence[str] | None 
     if workload == "digits-cnn":
         seq_lens = (1,)  # images have no sequence axis
     rows = []
-    grid = list(itertools.product(names, batch_sizes, seq_lens, threads))
-    for name, batch, seq, n_threads in tqdm(grid, desc=f"engines on {workload}", disable=not progress):
-        engine = ENGINES[name]
-        row = {"workload": workload, "engine": name, "batch_size": batch, "seq_len": seq, "threads": n_threads,
-               "precision": precision}
-        ok, reason = engine.available()
-        if ok and precision not in engine.precisions:
-            ok, reason = False, f"no {precision} (supports {', '.join(engine.precisions)})"
-        if not ok:
-            rows.append({**row, "available": False, "reason": reason})
-            continue
+    shapes = list(itertools.product(batch_sizes, seq_lens, threads))
+    bar = tqdm(total=len(shapes) * len(names), desc=f"engines on {workload}", disable=not progress)
+    for batch, seq, n_threads in shapes:
         graph = graph_for(workload, batch, seq)
-        session = engine.prepare(graph, precision=precision, num_threads=n_threads)
-        parity = check_parity(session, graph)  # raises if the engine computes something else
-        stats = measure.benchmark(lambda s=session, g=graph: s.run(*g.example), warmup=3, repeat=repeat)
-        rows.append({**row, "available": True, "reason": reason, "cold_start_s": session.info.prepare_s,
-                     "median_ms": stats.median * 1e3, "p90_ms": stats.p90 * 1e3,
-                     "relative_diff": parity.relative_diff})
+        sessions, ran = {}, {}
+        for name in names:
+            engine = ENGINES[name]
+            row = {"workload": workload, "engine": name, "batch_size": batch, "seq_len": seq, "threads": n_threads,
+                   "precision": precision}
+            ok, reason = engine.available()
+            if ok and precision not in engine.precisions:
+                ok, reason = False, f"no {precision} (supports {', '.join(engine.precisions)})"
+            if not ok:
+                rows.append({**row, "available": False, "reason": reason})
+            else:
+                sessions[name] = engine.prepare(graph, precision=precision, num_threads=n_threads)
+                parity = check_parity(sessions[name], graph)  # raises if the engine computes something else
+                ran[name] = {**row, "available": True, "reason": reason, "relative_diff": parity.relative_diff,
+                             "cold_start_s": sessions[name].info.prepare_s, "provider": sessions[name].info.provider}
+            bar.update()
+        timed = measure.benchmark_rounds({n: (lambda s=s, x=graph.example: s.run(*x)) for n, s in sessions.items()},
+                                         warmup=3, repeat=repeat, rounds=rounds, warmup_s=warmup_s)
+        rows += [{**ran[n], "median_ms": st.median * 1e3, "p90_ms": st.p90 * 1e3} for n, st in timed.items()]
+    bar.close()
+    order = {name: i for i, name in enumerate(names)}
+    rows.sort(key=lambda r: (order[r["engine"]], r["batch_size"], r["seq_len"], r["threads"]))
     table = measure.results_frame(rows, workload=workload)
     table["speedup_vs_eager"] = table.apply(lambda r: _speedup(table, r), axis=1)
     return Measured(table, speedup_figure(table))
+
+
+def compare_variants(workload: str, variants: Mapping[str, tuple[str, dict]], batch_size: int = 1,
+                     seq_len: int = 32, threads: int = 2, repeat: int = 100, rounds: int = 5,
+                     warmup_s: float = WARMUP_S) -> Measured:
+    """One shape, several configurations of engines: {label: (engine, prepare options)}, next to plain eager.
+
+    E.g. {"ORT, plain export": ("onnxruntime", {"fused_attention": False}), "ORT": ("onnxruntime", {})}
+    shows what one option is worth, timed in the same alternating rounds as `compare_engines`.
+    """
+    bad = {label: engine for label, (engine, _) in variants.items() if engine not in ENGINES}
+    if bad:
+        raise ValueError(f"unknown engines {bad}; choose from {list(ENGINES)}")
+    graph = graph_for(workload, batch_size, seq_len)
+    specs = {"torch-eager": ("torch-eager", {}), **variants}
+    sessions = {label: ENGINES[engine].prepare(graph, num_threads=threads, **options)
+                for label, (engine, options) in specs.items()}  # fmt: skip
+    parity = {label: check_parity(s, graph).relative_diff for label, s in sessions.items()}
+    timed = measure.benchmark_rounds({k: (lambda s=s: s.run(*graph.example)) for k, s in sessions.items()},
+                                     warmup=3, repeat=repeat, rounds=rounds, warmup_s=warmup_s)
+    eager = timed["torch-eager"].median
+    rows = [{"variant": label, "engine": specs[label][0], "options": str(specs[label][1] or ""),
+             "provider": sessions[label].info.provider, "median_ms": st.median * 1e3, "p90_ms": st.p90 * 1e3,
+             "speedup_vs_eager": eager / st.median, "relative_diff": parity[label]} for label, st in timed.items()]
+    table = measure.results_frame(rows, workload=workload, batch_size=batch_size, seq_len=seq_len, threads=threads)
+    fig = plots.bars(table, x="variant", y="speedup_vs_eager", ylabel="× faster than torch eager",
+                     title=f"{workload} b{batch_size}×s{seq_len}, {threads} threads: what each option is worth")
+    return Measured(table, fig)
 
 
 def _speedup(table: pd.DataFrame, row) -> float:

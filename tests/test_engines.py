@@ -57,6 +57,19 @@ def test_dynamic_shapes_one_session_many_shapes():
         assert engines.check_parity(session, other).ok
 
 
+def test_openvino_compiles_for_the_example_shape_unless_asked_not_to():
+    need("openvino")
+    graph = engines.graph_for("tiny-bloom", batch_size=1, seq_len=8)
+    other = engines.graph_for("tiny-bloom", batch_size=2, seq_len=12)
+    static = engines.get_engine("openvino").prepare(graph)
+    assert "static shapes" in static.info.provider
+    shapes = r"compiled for input shapes \[\(1, 8\)\], got \[\(2, 12\)\].*static_shapes=False"
+    with pytest.raises(ValueError, match=shapes):
+        static.run(*other.example)
+    dynamic = engines.get_engine("openvino").prepare(graph, static_shapes=False)
+    assert "dynamic shapes" in dynamic.info.provider and engines.check_parity(dynamic, other).ok
+
+
 def test_engine_table_lists_every_engine_with_a_reason():
     table = engines.engine_table()
     assert list(table.engine) == list(engines.ENGINES)

@@ -43,6 +43,11 @@ def check_03(r: dict) -> None:
     assert r["bn_folded"] == 2
     assert "com.microsoft.nchwc:Conv" in r["cnn_layout_ops"]  # the NCHWc layout change
     assert r["folding_nodes"][1] < r["folding_nodes"][0]
+    # BLOOM's ALiBi attention: no ORT fusion finds it; the export patch writes one Attention node per layer
+    assert r["transformer_attention_fusions"] == 0
+    assert r["attention_nodes"] == {"plain export": 0, "fused attention": r["n_layers"]}
+    assert r["nodes_after_all"]["fused attention"] < 0.7 * r["nodes_after_all"]["plain export"]
+    assert r["attention_speedups"]["ORT, fused attention"] > 1.2 and r["attention_max_relative_diff"] < 1e-4
 
 
 def check_04(r: dict) -> None:
@@ -51,6 +56,7 @@ def check_04(r: dict) -> None:
     assert r["ort_speedup_tiny_bloom_b1"] > 1.0  # ONNX Runtime beats eager on tiny-bloom
     assert r["max_relative_diff"] < 1e-4  # parity held for every session
     assert set(r["cold_start_s"]) >= {"torch-eager", "onnxruntime", "openvino"}
+    assert set(r["option_speedups"]) >= {"torch-eager", "ORT, plain export", "ORT, fused attention"}
 
 
 def check_05(r: dict) -> None:

@@ -42,6 +42,39 @@ def test_benchmark_rejects_bad_counts(warmup, repeat):
         measure.benchmark(lambda: None, warmup=warmup, repeat=repeat)
 
 
+def test_benchmark_rounds_interleaves_whole_blocks_and_keeps_ratios():
+    calls = []
+
+    def sleeper(name, seconds):
+        def fn():
+            calls.append(name)
+            time.sleep(seconds)
+
+        return fn
+
+    stats = measure.benchmark_rounds({"fast": sleeper("fast", 0.002), "slow": sleeper("slow", 0.008)},
+                                     warmup=1, repeat=5, rounds=2)
+    # round 1: fast (1 warm-up + 3 timed), slow (1 + 3); round 2: fast (1 + 2), slow (1 + 2)
+    assert calls == ["fast"] * 4 + ["slow"] * 4 + ["fast"] * 3 + ["slow"] * 3
+    assert stats["fast"].n == stats["slow"].n == 5
+    assert 2.5 < stats["slow"].median / stats["fast"].median < 5
+
+
+def test_benchmark_rounds_warms_each_block_for_warmup_s():
+    calls = []
+    stats = measure.benchmark_rounds({"f": lambda: (calls.append(1), time.sleep(0.005))}, warmup=1, repeat=2,
+                                     rounds=2, warmup_s=0.03)
+    assert stats["f"].n == 2
+    assert len(calls) >= 2 * (6 + 1)  # each of 2 rounds: ~30 ms of 5 ms warm-up calls, then 1 timed
+
+
+@pytest.mark.parametrize("fns, kwargs, match",
+                         [({}, {}, "no functions"), ({"f": lambda: None}, {"rounds": 0}, "rounds")])
+def test_benchmark_rounds_rejects_bad_input(fns, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        measure.benchmark_rounds(fns, **kwargs)
+
+
 def test_peak_memory_counts_new_tensors_at_their_peak():
     def two_buffers():
         a = torch.ones(2 * 2**20)  # 8 MiB

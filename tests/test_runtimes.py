@@ -26,3 +26,16 @@ def test_onnxruntime_beats_eager_on_tiny_bloom():
         pytest.skip("onnxruntime is not installed here (install labkit[engines])")
     t = runtimes.compare_engines("tiny-bloom", engines=["onnxruntime"], repeat=20, progress=False).table
     assert t.set_index("engine").loc["onnxruntime", "speedup_vs_eager"] > 1.2
+
+
+def test_compare_variants_times_options_of_one_engine_next_to_eager():
+    if "onnxruntime" not in available_engines():
+        pytest.skip("onnxruntime is not installed here (install labkit[engines])")
+    variants = {"plain export": ("onnxruntime", {"fused_attention": False}), "fused": ("onnxruntime", {})}
+    result = runtimes.compare_variants("tiny-bloom", variants, seq_len=16, repeat=10, rounds=2)
+    t = result.table.set_index("variant")
+    assert list(t.index) == ["torch-eager", "plain export", "fused"]
+    assert t.loc["torch-eager", "speedup_vs_eager"] == 1.0 and (t.median_ms > 0).all()
+    assert (t.relative_diff <= 1e-4).all() and result.figure.data
+    with pytest.raises(ValueError, match="unknown engines"):
+        runtimes.compare_variants("tiny-bloom", {"x": ("tvm", {})})

@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import replace
 
 import numpy as np
 import torch
 
+from .. import export_patches as patches
 from .base import TORCH_DTYPES, Engine, Graph, Session, SessionInfo, Timer, torch_threads
 
 
 class TorchModuleSession(Session):
     """Runs any callable torch module (eager, traced or compiled) under inference mode."""
 
-    def __init__(self, fn, info: SessionInfo, dtype: torch.dtype, device: torch.device):
-        self.fn, self.info, self.dtype, self.device = fn, info, dtype, device
+    def __init__(self, fn, info: SessionInfo, dtype: torch.dtype, device: torch.device, patched: bool = False):
+        self.fn, self.info, self.dtype, self.device, self.patched = fn, info, dtype, device, patched
 
     def run(self, *inputs: torch.Tensor) -> np.ndarray:
         inputs = cast_inputs(inputs, self.dtype, self.device)
-        with torch.inference_mode(), torch_threads(self.info.threads):
+        patch = patches.patched_for_export(self.fn) if self.patched else contextlib.nullcontext()
+        with torch.inference_mode(), torch_threads(self.info.threads), patch:
             out = self.fn(*inputs)
         return out.float().cpu().numpy()
 
@@ -50,12 +53,15 @@ class TorchEager(Engine):
     def available(self) -> tuple[bool, str]:
         return True, f"PyTorch {torch.__version__}"
 
-    def _prepare(self, graph, precision, num_threads, device: str = "cpu", **_):
+    def _prepare(self, graph, precision, num_threads, device: str = "cpu", export_patches: bool = False, **_):
+        """export_patches=True runs the forward that ONNX export uses (`labkit.export_patches`): it
+        separates what the rewrite itself is worth from what a runtime's fused kernel is worth."""
         dev = device_for(device)
         with Timer() as t:
             module = module_for(graph, precision, dev)
-            info = SessionInfo(self.name, precision, num_threads, str(dev), "aten", 0.0)
-            session = TorchModuleSession(module, info, TORCH_DTYPES[precision], dev)
+            kernels = "aten, export-patched forward" if export_patches else "aten"
+            info = SessionInfo(self.name, precision, num_threads, str(dev), kernels, 0.0)
+            session = TorchModuleSession(module, info, TORCH_DTYPES[precision], dev, export_patches)
             session.run(*graph.example)
         session.info = replace(info, prepare_s=t.seconds)
         return session

@@ -34,7 +34,10 @@ class OnnxRuntime(Engine):
 
         return True, f"onnxruntime {ort.__version__}: {', '.join(ort.get_available_providers())}"
 
-    def _prepare(self, graph, precision, num_threads, level: str = "all", provider: str = "cpu", **_):
+    def _prepare(self, graph, precision, num_threads, level: str = "all", provider: str = "cpu",
+                 fused_attention: bool | None = None, **_):
+        """fused_attention (default: on the CPU provider) exports BLOOM's attention as one ONNX
+        Attention node, which none of ORT's own fusions produce (see `labkit.export_patches`)."""
         import onnxruntime as ort
 
         from ..convert import export_onnx, session_options
@@ -47,7 +50,7 @@ class OnnxRuntime(Engine):
                 "GPU providers need `pip install onnxruntime-gpu` and a CUDA GPU"
             )
         with Timer() as t:
-            path = export_onnx(graph)
+            path = export_onnx(graph, fused_attention=provider == "cpu" if fused_attention is None else fused_attention)
             providers = [PROVIDERS[provider]] + (["CPUExecutionProvider"] if provider != "cpu" else [])
             sess = ort.InferenceSession(str(path), session_options(level, num_threads), providers=providers)
             session = OrtSession(sess, graph, None)

@@ -17,11 +17,14 @@ OV_PRECISION = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 
 
 class OVSession(Session):
-    def __init__(self, compiled, info: SessionInfo):
-        self.compiled, self.info = compiled, info
+    def __init__(self, compiled, info: SessionInfo, shapes: list[tuple[int, ...]] | None = None):
+        self.compiled, self.info, self.shapes = compiled, info, shapes
         self.request = compiled.create_infer_request()
 
     def run(self, *inputs: torch.Tensor) -> np.ndarray:
+        if self.shapes is not None and [tuple(t.shape) for t in inputs] != self.shapes:
+            raise ValueError(f"this OpenVINO session was compiled for input shapes {self.shapes}, got "
+                             f"{[tuple(t.shape) for t in inputs]}; prepare it with static_shapes=False for any shape")
         result = self.request.infer({i: t.detach().cpu().numpy() for i, t in enumerate(inputs)})
         return np.asarray(result[0], dtype=np.float32)
 
@@ -41,7 +44,9 @@ class OpenVINO(Engine):
             return False, f"OpenVINO sees no CPU device (devices: {devices})"
         return True, f"OpenVINO {ov.get_version().split('-')[0]}: {', '.join(devices)}"
 
-    def _prepare(self, graph, precision, num_threads, device: str = "CPU", **_):
+    def _prepare(self, graph, precision, num_threads, device: str = "CPU", static_shapes: bool = True, **_):
+        """static_shapes=True compiles for the example's shapes, as a fixed-shape deployment (or a TensorRT
+        profile) would: the plugin then plans memory and picks kernels once instead of per call."""
         import openvino as ov
 
         from ..convert import export_onnx
@@ -51,7 +56,11 @@ class OpenVINO(Engine):
             config["INFERENCE_NUM_THREADS"] = num_threads
         with Timer() as t:
             model = ov.convert_model(str(export_onnx(graph)))
-            session = OVSession(ov.Core().compile_model(model, device, config), None)
+            shapes = [tuple(t.shape) for t in graph.example] if static_shapes else None
+            if shapes:
+                model.reshape({i: list(shape) for i, shape in enumerate(shapes)})
+            session = OVSession(ov.Core().compile_model(model, device, config), None, shapes)
             session.run(*graph.example)
-        session.info = SessionInfo(self.name, precision, num_threads, device, f"{device} plugin", t.seconds)
+        kind = "static shapes" if static_shapes else "dynamic shapes"
+        session.info = SessionInfo(self.name, precision, num_threads, device, f"{device} plugin, {kind}", t.seconds)
         return session

@@ -60,7 +60,8 @@ class TensorRT(Engine):
             builder = trt.Builder(logger)
             network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
             parser = trt.OnnxParser(network, logger)
-            if not parser.parse(export_onnx(graph).read_bytes()):
+            # the plain export: opset 23's Attention op is newer than what TensorRT's parser is known to read
+            if not parser.parse(export_onnx(graph, fused_attention=False).read_bytes()):
                 errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
                 raise RuntimeError(f"TensorRT could not parse the ONNX graph: {errors}")
             config = builder.create_builder_config()
