@@ -52,6 +52,8 @@ def main() -> int:
                                             rounds=args.rounds, warmup_s=args.warmup_s).table
         report["options_tiny_bloom"] = {r.variant: {"median_ms": r.median_ms, "speedup_vs_eager": r.speedup_vs_eager}
                                         for r in options.itertuples()}  # fmt: skip
+        report["ort_matmul_ceiling_tiny_bloom"] = runtimes.matmul_ceiling(
+            "tiny-bloom", threads=args.threads, repeat=args.repeat, rounds=args.rounds, warmup_s=args.warmup_s)
     print(f"machine: {report['machine']}")
     for workload, res in report["results"].items():
         for engine, r in res.items():
@@ -60,6 +62,11 @@ def main() -> int:
                 print(f"{workload:12s} {engine:14s} median {r['median_ms']:8.3f} ms  {speedup:5.2f}× eager")
     for variant, r in report.get("options_tiny_bloom", {}).items():
         print(f"tiny-bloom   {variant:26s} median {r['median_ms']:8.3f} ms  {r['speedup_vs_eager']:5.2f}× eager")
+    if "ort_matmul_ceiling_tiny_bloom" in report:
+        c = report["ort_matmul_ceiling_tiny_bloom"]
+        print(f"tiny-bloom   ORT's {c['matmuls']} weight MatMuls alone: {c['matmuls_only_ms']:.3f} ms = "
+              f"{100 * c['matmul_share']:.0f} % of ORT's {c['ort_ms']:.3f} ms; ceiling if all else were free: "
+              f"{c['ceiling_speedup']:.2f}× eager (ORT now {c['ort_speedup']:.2f}×)")
     bloom = report["results"].get("tiny-bloom", {})
     for engine in ("onnxruntime", "openvino"):
         if engine in bloom:

@@ -57,6 +57,8 @@ def check_04(r: dict) -> None:
     assert r["max_relative_diff"] < 1e-4  # parity held for every session
     assert set(r["cold_start_s"]) >= {"torch-eager", "onnxruntime", "openvino"}
     assert set(r["option_speedups"]) >= {"torch-eager", "ORT, plain export", "ORT, fused attention"}
+    c = r["matmul_ceiling"]  # ORT's MatMuls alone: less time than the whole model, a higher ceiling
+    assert c["matmuls"] == 17 and 0 < c["matmul_share"] < 1 and c["ceiling_speedup"] > c["ort_speedup"]
 
 
 def check_05(r: dict) -> None:

@@ -39,3 +39,12 @@ def test_compare_variants_times_options_of_one_engine_next_to_eager():
     assert (t.relative_diff <= 1e-4).all() and result.figure.data
     with pytest.raises(ValueError, match="unknown engines"):
         runtimes.compare_variants("tiny-bloom", {"x": ("tvm", {})})
+
+
+def test_matmul_ceiling_times_the_models_matmuls_alone():
+    if "onnxruntime" not in available_engines():
+        pytest.skip("onnxruntime is not installed here (install labkit[engines])")
+    c = runtimes.matmul_ceiling("tiny-bloom", seq_len=16, repeat=20, rounds=2, warmup_s=0.0)
+    assert c["matmuls"] == 4 * 4 + 1  # per layer: qkv, dense, h->4h, 4h->h; plus the LM head
+    assert 0 < c["matmuls_only_ms"] < c["ort_ms"] and 0 < c["matmul_share"] < 1
+    assert c["ceiling_speedup"] > c["ort_speedup"] > 1
