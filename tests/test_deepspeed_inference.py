@@ -47,3 +47,10 @@ def test_bloom_kernel_injection_on_gpu():
                             backend="nccl", timeout=600)
     for r in ranks:
         assert r["kernel_inject"] and r["max_abs_diff"] < 5e-2  # fp16 fused kernels vs fp16 eager
+
+
+def test_op_compile_time_can_report_without_loading():
+    pytest.importorskip("deepspeed")
+    info = dsi.op_compile_time(compile_if_missing=False, load=False)
+    assert info["seconds"] is None and isinstance(info["was_cached"], bool)
+    assert info["op"].endswith("shm_comm_op") and info["extensions_dir"]

@@ -51,9 +51,11 @@ def quiet_deepspeed() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
 
 
-def op_compile_time(compile_if_missing: bool = True) -> dict:
+def op_compile_time(compile_if_missing: bool = True, load: bool = True) -> dict:
     """Build (or load from TORCH_EXTENSIONS_DIR) DeepSpeed's CPU op, timed: the first use compiles C++ (~50 s
-    on 2 cores), later uses load the cached .so. With compile_if_missing=False an uncached op is not built."""
+    on 2 cores), later uses load the cached .so. With compile_if_missing=False an uncached op is not built;
+    with load=False nothing is loaded, only whether a build is cached is reported (ninja sometimes decides
+    to rebuild a cached op, ~30 s here: a smoke run should not pay for that)."""
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 
@@ -64,7 +66,7 @@ def op_compile_time(compile_if_missing: bool = True) -> dict:
     cached = any(f.endswith(".so") for _, _, files in os.walk(os.path.join(root, builder.NAME)) for f in files)
     info = {"deepspeed": deepspeed.__version__, "op": builder.absolute_name(), "was_cached": cached,
             "extensions_dir": root, "seconds": None}
-    if cached or compile_if_missing:
+    if load and (cached or compile_if_missing):
         start = time.perf_counter()
         builder.load(verbose=False)
         info["seconds"] = time.perf_counter() - start
