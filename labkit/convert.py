@@ -117,6 +117,30 @@ def export_torchscript(model: torch.nn.Module | Graph, example=None, path: Path 
     return path
 
 
+def weight_matmuls(path: Path | str, batch_size: int, seq_len: int):
+    """A model of only the MatMuls with a constant weight in `path` (same weights, one input per K):
+    the work no graph optimisation removes, to time on its own (`runtimes.matmul_ceiling`)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    # after ORT's basic level every weight is a plain initializer (transposes of tied weights folded)
+    model = onnx.load(str(optimize_onnx(path, "basic")))
+    weights = {t.name: t for t in model.graph.initializer}
+    nodes, inputs, used = [], {}, {}
+    for node in model.graph.node:
+        if node.op_type == "MatMul" and node.input[1] in weights:
+            w = weights[node.input[1]]
+            k = w.dims[0]  # (batch, seq, k) @ (k, n)
+            inputs.setdefault(k, helper.make_tensor_value_info(f"x{k}", TensorProto.FLOAT, [batch_size, seq_len, k]))
+            nodes.append(helper.make_node("MatMul", [f"x{k}", w.name], [f"y{len(nodes)}"]))
+            used[w.name] = w
+    if not nodes:
+        raise ValueError(f"{path} has no MatMul with a constant weight")
+    outputs = [helper.make_tensor_value_info(n.output[0], TensorProto.FLOAT, None) for n in nodes]
+    graph = helper.make_graph(nodes, "weight_matmuls", list(inputs.values()), outputs, list(used.values()))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
 @dataclass(frozen=True)
 class GraphStats:
     nodes: int

@@ -2,9 +2,10 @@
 
 No ONNX Runtime fusion (its graph levels, `onnxruntime.transformers`' optimizer, onnxscript's
 `ort_fusions`) recognises BLOOM's attention: ALiBi adds a per-head linear bias to the scores, and
-the exported graph is ~40 small nodes per layer (Split, Squeeze, Transpose, Reshape, a baddbmm,
-Softmax, ...). Production exporters (optimum's model patchers, ORT GenAI's model builder) solve this
-the same way: while exporting, swap the module's Python for code whose graph maps onto a fused op.
+the exported attention stays a chain of small nodes in every layer (Split, Squeeze, Transpose,
+Reshape, a baddbmm, Softmax, ...). Production exporters (optimum's model patchers, ORT GenAI's model
+builder) solve this the same way: while exporting, swap the module's Python for code whose graph
+maps onto a fused op.
 
 Here a custom op `labkit::alibi_attention` stands for the whole attention; PyTorch runs it as
 `scaled_dot_product_attention` (so `torch.export` can trace it) and the ONNX exporter writes it as a

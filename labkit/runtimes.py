@@ -109,44 +109,28 @@ def matmul_ceiling(workload: str = "tiny-bloom", batch_size: int = 1, seq_len: i
     eager ÷ (MatMuls alone) is the speed-up ORT would reach if every other op cost nothing.
     """
     import numpy as np
-    import onnx
     import onnxruntime as ort
-    from onnx import TensorProto, helper
 
     from . import convert
 
     graph = graph_for(workload, batch_size, seq_len)
-    # after ORT's basic level, every weight is a plain initializer (transposes of tied weights folded)
-    model = onnx.load(str(convert.optimize_onnx(convert.export_onnx(graph), "basic")))
-    weights = {t.name: t for t in model.graph.initializer}
-    nodes, inputs, used = [], {}, {}
-    for node in model.graph.node:
-        if node.op_type == "MatMul" and node.input[1] in weights:
-            w = weights[node.input[1]]
-            k = w.dims[0]  # (batch, seq, k) @ (k, n)
-            inputs.setdefault(k, helper.make_tensor_value_info(f"x{k}", TensorProto.FLOAT, [batch_size, seq_len, k]))
-            nodes.append(helper.make_node("MatMul", [f"x{k}", w.name], [f"y{len(nodes)}"]))
-            used[w.name] = w
-    if not nodes:
-        raise ValueError(f"{workload!r} has no MatMul with a constant weight to time")
-    outputs = [helper.make_tensor_value_info(n.output[0], TensorProto.FLOAT, None) for n in nodes]
-    mm_model = helper.make_model(helper.make_graph(nodes, "matmuls", list(inputs.values()), outputs,
-                                                   list(used.values())), opset_imports=[helper.make_opsetid("", 17)])
+    mm_model = convert.weight_matmuls(convert.export_onnx(graph), batch_size, seq_len)
+    inputs = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in mm_model.graph.input}
     matmuls = ort.InferenceSession(mm_model.SerializeToString(), convert.session_options("all", threads),
                                    providers=["CPUExecutionProvider"])  # fmt: skip
     rng = np.random.default_rng(0)
     binding = matmuls.io_binding()  # inputs and outputs stay in ORT's buffers: no per-call copies to time
-    for k in inputs:
-        binding.bind_ortvalue_input(f"x{k}", ort.OrtValue.ortvalue_from_numpy(
-            rng.standard_normal((batch_size, seq_len, k), dtype=np.float32)))
-    for n in nodes:
-        binding.bind_output(n.output[0], "cpu")
+    for name, shape in inputs.items():
+        x = rng.standard_normal(shape, dtype=np.float32)  # (batch, seq, k)
+        binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(x))
+    for out in mm_model.graph.output:
+        binding.bind_output(out.name, "cpu")
     eager = ENGINES["torch-eager"].prepare(graph, num_threads=threads)
     full = ENGINES["onnxruntime"].prepare(graph, num_threads=threads)
     t = measure.benchmark_rounds({"eager": lambda: eager.run(*graph.example), "ort": lambda: full.run(*graph.example),
                                   "matmuls": lambda: matmuls.run_with_iobinding(binding)},
                                  repeat=repeat, rounds=rounds, warmup_s=warmup_s)  # fmt: skip
-    return {"matmuls": len(nodes), "eager_ms": t["eager"].median * 1e3, "ort_ms": t["ort"].median * 1e3,
+    return {"matmuls": len(mm_model.graph.node), "eager_ms": t["eager"].median * 1e3, "ort_ms": t["ort"].median * 1e3,
             "matmuls_only_ms": t["matmuls"].median * 1e3, "matmul_share": t["matmuls"].median / t["ort"].median,
             "ort_speedup": t["eager"].median / t["ort"].median,
             "ceiling_speedup": t["eager"].median / t["matmuls"].median}

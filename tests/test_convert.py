@@ -1,3 +1,5 @@
+import math
+
 import pytest
 
 from labkit import convert, engines, graphopt
@@ -94,3 +96,12 @@ def test_transformer_optimizer_fuses(bloom_raw):
     # Which fusions fire depends on the onnxruntime version (SkipLayerNorm needs its symbolic shape
     # inference); at least one fused op per layer must appear.
     assert sum(n for op, n in ops.items() if op.startswith("com.microsoft:")) >= 4, ops
+
+
+def test_weight_matmuls_keeps_every_weight_matmul_and_nothing_else():
+    model = convert.weight_matmuls(convert.export_onnx(engines.graph_for("tiny-bloom")), batch_size=1, seq_len=8)
+    assert {n.op_type for n in model.graph.node} == {"MatMul"} and len(model.graph.node) == 4 * 4 + 1
+    shapes = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
+    assert shapes == {"x256": [1, 8, 256], "x1024": [1, 8, 1024]}  # hidden 256; the MLP's 4h input
+    n_params = sum(p.numel() for n, p in engines.graph_for("tiny-bloom").module.named_parameters() if p.dim() == 2)
+    assert sum(math.prod(t.dims) for t in model.graph.initializer) == n_params  # every 2-D weight, once (LM head tied)
