@@ -52,25 +52,9 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def benchmark(fn: Callable[[], object], warmup: int = 3, repeat: int = 20, progress: bool = False) -> Stats:
+def benchmark(fn: Callable[[], object], warmup: int = 3, repeat: int = 20) -> Stats:
     """Time `fn()`: `warmup` untimed calls (caches, lazy init, compilation), then `repeat` timed ones."""
-    if warmup < 0 or repeat < 1:
-        raise ValueError(f"need warmup >= 0 and repeat >= 1, got warmup={warmup}, repeat={repeat}")
-    for _ in range(warmup):
-        fn()
-    _sync()
-    times = []
-    steps: Iterable[int] = range(repeat)
-    if progress:
-        from tqdm.auto import tqdm
-
-        steps = tqdm(steps, desc="benchmark", leave=False)
-    for _ in steps:
-        start = time.perf_counter()
-        fn()
-        _sync()
-        times.append(time.perf_counter() - start)
-    return Stats.of(times)
+    return benchmark_rounds({"fn": fn}, warmup=warmup, repeat=repeat, rounds=1)["fn"]
 
 
 def benchmark_rounds(fns: Mapping[str, Callable[[], object]], warmup: int = 3, repeat: int = 20,

@@ -61,8 +61,7 @@ def compare_engines(workload: str = "tiny-bloom", engines: Sequence[str] | None 
                 ran[name] = {**row, "available": True, "reason": reason, "relative_diff": parity.relative_diff,
                              "cold_start_s": sessions[name].info.prepare_s, "provider": sessions[name].info.provider}
             bar.update()
-        timed = measure.benchmark_rounds({n: (lambda s=s, x=graph.example: s.run(*x)) for n, s in sessions.items()},
-                                         warmup=3, repeat=repeat, rounds=rounds, warmup_s=warmup_s)
+        timed = _time_sessions(sessions, graph, repeat, rounds, warmup_s)
         rows += [{**ran[n], "median_ms": st.median * 1e3, "p90_ms": st.p90 * 1e3} for n, st in timed.items()]
     bar.close()
     order = {name: i for i, name in enumerate(names)}
@@ -70,6 +69,13 @@ def compare_engines(workload: str = "tiny-bloom", engines: Sequence[str] | None 
     table = measure.results_frame(rows, workload=workload)
     table["speedup_vs_eager"] = table.apply(lambda r: _speedup(table, r), axis=1)
     return Measured(table, speedup_figure(table))
+
+
+def _time_sessions(sessions: Mapping[str, object], graph, repeat: int, rounds: int,
+                   warmup_s: float) -> dict[str, measure.Stats]:
+    """Every session on the graph's example inputs, in alternating rounds (`measure.benchmark_rounds`)."""
+    fns = {name: (lambda s=s: s.run(*graph.example)) for name, s in sessions.items()}
+    return measure.benchmark_rounds(fns, warmup=3, repeat=repeat, rounds=rounds, warmup_s=warmup_s)
 
 
 def compare_variants(workload: str, variants: Mapping[str, tuple[str, dict]], batch_size: int = 1,
@@ -88,8 +94,7 @@ def compare_variants(workload: str, variants: Mapping[str, tuple[str, dict]], ba
     sessions = {label: ENGINES[engine].prepare(graph, num_threads=threads, **options)
                 for label, (engine, options) in specs.items()}  # fmt: skip
     parity = {label: check_parity(s, graph).relative_diff for label, s in sessions.items()}
-    timed = measure.benchmark_rounds({k: (lambda s=s: s.run(*graph.example)) for k, s in sessions.items()},
-                                     warmup=3, repeat=repeat, rounds=rounds, warmup_s=warmup_s)
+    timed = _time_sessions(sessions, graph, repeat, rounds, warmup_s)
     eager = timed["torch-eager"].median
     rows = [{"variant": label, "engine": specs[label][0], "options": str(specs[label][1] or ""),
              "provider": sessions[label].info.provider, "median_ms": st.median * 1e3, "p90_ms": st.p90 * 1e3,
