@@ -13,7 +13,8 @@ import argparse
 import json
 from pathlib import Path
 
-from labkit import hardware, offload, roofline
+from labkit import hardware, offload
+from labkit.experiments import roofline
 
 
 def main() -> int:

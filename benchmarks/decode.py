@@ -15,7 +15,8 @@ import json
 import math
 from pathlib import Path
 
-from labkit import fastpath, hardware
+from labkit import hardware
+from labkit.experiments import fast_decode
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = dict(prompt_tokens=128, new_tokens=64, batch_sizes=(1, 8), repeat=3)
     if args.smoke:
         args.model, sizes = "tiny-llama", dict(prompt_tokens=16, new_tokens=4, batch_sizes=(1, 2), repeat=1)
-    table = fastpath.compare_generators(args.model, args.generators, threads=args.threads, **sizes).table
+    table = fast_decode.compare_generators(args.model, args.generators, threads=args.threads, **sizes).table
     ran = table[table.available]
     missing = table[~table.available]
     report = {"machine": hardware.detect().summary, "model": args.model, "threads": args.threads, **sizes,

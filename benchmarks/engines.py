@@ -16,7 +16,8 @@ import json
 import platform
 from pathlib import Path
 
-from labkit import hardware, runtimes
+from labkit import hardware
+from labkit.experiments import engine_comparison
 
 TARGET = 2.5
 VARIANTS = {
@@ -38,7 +39,7 @@ def main() -> int:
     args = parser.parse_args()
     report = {"machine": hardware.detect().summary, "python": platform.python_version(), "results": {}}
     for workload in args.workloads:
-        table = runtimes.compare_engines(workload, batch_sizes=(1,), seq_lens=(32,), threads=(args.threads,),
+        table = engine_comparison.compare_engines(workload, batch_sizes=(1,), seq_lens=(32,), threads=(args.threads,),
                                          repeat=args.repeat, rounds=args.rounds, warmup_s=args.warmup_s).table
         missing = table[~table.available]
         ran = table[table.available]
@@ -48,11 +49,11 @@ def main() -> int:
         }  # fmt: skip
         report["results"][workload]["unavailable"] = dict(zip(missing.engine, missing.reason, strict=True))
     if "tiny-bloom" in args.workloads:
-        options = runtimes.compare_variants("tiny-bloom", VARIANTS, threads=args.threads, repeat=args.repeat,
+        options = engine_comparison.compare_variants("tiny-bloom", VARIANTS, threads=args.threads, repeat=args.repeat,
                                             rounds=args.rounds, warmup_s=args.warmup_s).table
         report["options_tiny_bloom"] = {r.variant: {"median_ms": r.median_ms, "speedup_vs_eager": r.speedup_vs_eager}
                                         for r in options.itertuples()}  # fmt: skip
-        report["ort_matmul_ceiling_tiny_bloom"] = runtimes.matmul_ceiling(
+        report["ort_matmul_ceiling_tiny_bloom"] = engine_comparison.matmul_ceiling(
             "tiny-bloom", threads=args.threads, repeat=args.repeat, rounds=args.rounds, warmup_s=args.warmup_s)
     print(f"machine: {report['machine']}")
     for workload, res in report["results"].items():

@@ -13,7 +13,8 @@ import argparse
 import json
 from pathlib import Path
 
-from labkit import hardware, quant_eval
+from labkit import hardware
+from labkit.experiments import quantization
 
 INT8 = ("int8-dynamic", "int8-weight", "quanto-int8", "bnb-int8", "ort-int8", "genai-int8")
 FOUR_BIT = ("int4-weight", "bnb-nf4", "ort-int4", "genai-int4", "gguf-q4_1")
@@ -28,7 +29,7 @@ def main() -> int:
     parser.add_argument("--quantizers", nargs="*", default=None, help="a subset (default: all; fp32 always runs)")
     args = parser.parse_args()
     names = None if not args.quantizers else ["fp32"] + [n for n in args.quantizers if n != "fp32"]
-    table = quant_eval.compare_quantizers(args.source, names=names, budget=args.budget,
+    table = quantization.compare_quantizers(args.source, names=names, budget=args.budget,
                                           decode_tokens=args.decode_tokens, batch_sizes=(1, 8)).table
     print(f"machine: {hardware.detect().summary}; {table.attrs['eval_tokens']} evaluation tokens")
     cols = ["quantizer", "stored_MiB", "size_vs_fp32", "perplexity_vs_fp32", "top1_agreement", "prefill_ms",

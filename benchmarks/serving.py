@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from labkit.serving.experiments import compare_schedulers
+    from labkit.experiments.scheduler_comparison import compare_schedulers
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -19,7 +19,7 @@ def setup(seed: int = 0) -> dict:
     import torch
     import transformers
 
-    from . import plots
+    from labkit import plots
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()  # weight-loading bars add noise, not insight

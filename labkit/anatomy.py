@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from transformers import AutoConfig, PretrainedConfig
 
-from . import models
+from labkit import models
 
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "int8": 1, "int4": 0.5}
 
@@ -38,6 +38,42 @@ def _get(cfg, *names, default=None):
         if getattr(cfg, n, None) is not None:
             return getattr(cfg, n)
     return default
+
+
+def kv_cache_bytes(model_or_config, batch: int = 1, seq: int = 2048, precision: str = "bf16") -> int:
+    """The one KV-cache formula: bytes of keys and values a decoder keeps for `batch` sequences of `seq` tokens.
+
+        bytes = Σ_layers 2 (K and V) × kv_heads × head_dim × bytes_per_value × tokens_kept(layer) × batch
+
+    kv_heads is `num_key_value_heads` (grouped-query attention: fewer K/V heads than query heads; multi-query: 1);
+    tokens_kept is `seq` for a full-attention layer and min(seq, sliding_window) for a windowed one (per layer when
+    `layer_types` alternates "sliding_attention" and "full_attention").
+
+    Args:
+        model_or_config: a registry name, a transformers config, or a config dict with "model_type".
+        batch: sequences (>= 1). seq: tokens per sequence, prompt + generated (>= 1).
+        precision: the cache's element precision (fp32 | bf16 | fp16 | int8, or an alias such as "bfloat16").
+    Returns:
+        bytes (int).
+    Raises:
+        ValueError: for batch or seq < 1 or an unknown precision (naming the choices).
+    Source: the formula in shared/reference/numbers.md (2 × layers × kv_heads × head_dim × bytes × tokens × batch).
+    """
+    from labkit import precision as precisions
+
+    if batch < 1 or seq < 1:
+        raise ValueError(f"batch and seq must be >= 1, got {batch} and {seq}")
+    per_value = precisions.bytes_per_value(precision)
+    cfg = _config(model_or_config)
+    layers = _get(cfg, "num_hidden_layers", "n_layer")
+    hidden = _get(cfg, "hidden_size", "n_embed")
+    heads = _get(cfg, "num_attention_heads", "n_head")
+    kv_heads = _get(cfg, "num_key_value_heads", default=heads)
+    head_dim = _get(cfg, "head_dim", default=hidden // heads)
+    window = _get(cfg, "sliding_window")
+    types = _get(cfg, "layer_types") or (["sliding_attention" if window else "full_attention"] * layers)
+    tokens = sum(min(seq, window) if (t == "sliding_attention" and window) else seq for t in types)
+    return int(2 * kv_heads * head_dim * per_value * tokens * batch)
 
 
 def model_memory(model_or_config, dtype: str = "bfloat16", batch: int = 1, seq: int = 2048,
@@ -82,8 +118,8 @@ def memory_calculator(model: str = "llama-30b", dtype: str = "float16", batch: i
     import pandas as pd
     import plotly.graph_objects as go
 
-    from . import plots
-    from .plots import Measured
+    from labkit import plots
+    from labkit.plots import Measured
 
     mem = model_memory(KNOWN_CONFIGS.get(model, model), dtype, batch, seq)
     parts = {"weights": mem.weights_bytes, "KV cache": mem.kv_cache_bytes, "activations": mem.activation_bytes}
@@ -130,7 +166,7 @@ def prefill_decode(model: str = "tiny-llama", prompt_lens=(16, 64, 256), batch_s
     """Time to first token (one prefill forward) and time per output token (cached decode steps)."""
     import torch
 
-    from . import measure
+    from labkit import measure
 
     net, _ = models.load_model(model, device=device)  # "auto": the GPU when there is one (measure syncs it)
     rows = []
@@ -164,7 +200,7 @@ def matmul_flops(size: int = 1024, dtype: str = "float32", repeat: int = 5, devi
     """Measured dense matmul throughput in FLOP/s (2·n³ per product)."""
     import torch
 
-    from . import measure
+    from labkit import measure
 
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     a = torch.randn(size, size, device=device).to(torch_dtype)
@@ -179,7 +215,7 @@ def decode_roofline(model: str = "smollm2-135m", dtype: str = "float32", bandwid
     sequence, so arithmetic intensity = batch × 2 / bytes-per-weight."""
     import pandas as pd
 
-    from . import measure
+    from labkit import measure
 
     mem = model_memory(model, dtype)
     bw = (bandwidth_gbps or measure.memory_bandwidth()) * 1e9
@@ -202,7 +238,7 @@ def kv_cache_curve(model: str = "llama-30b", dtype: str = "float16", batch: int 
     """KV-cache GB against context length, next to the weights: where the cache overtakes the model."""
     import pandas as pd
 
-    from . import plots
+    from labkit import plots
 
     config = KNOWN_CONFIGS.get(model, model)
     mems = {n: model_memory(config, dtype, batch, n) for n in contexts}

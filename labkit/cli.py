@@ -17,13 +17,13 @@ def format_table(rows: list[tuple[str, str]], headers: tuple[str, str] = ("item"
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from .hardware import detect
+    from labkit.hardware import detect
 
     hw = detect()
     if args.json:
         print(json.dumps(hw.to_dict(), indent=2, default=str))
     else:
-        from . import smollm2
+        from labkit.models import smollm2
 
         rows = hw.rows() + [("SmolLM2 prepared", "yes" if smollm2.is_prepared() else "no (run `labkit prepare`)")]
         print(format_table(rows))
@@ -31,7 +31,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from .models import REGISTRY, estimate_memory
+    from labkit.models import REGISTRY, estimate_memory
 
     rows = [(name, f"{estimate_memory(name).params / 1e6:.1f}M params — {spec.description}")
             for name, spec in REGISTRY.items()]
@@ -43,10 +43,9 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     """Fetch and convert the default models once, so labs start fast and offline."""
     from tqdm.auto import tqdm
 
-    from . import smollm2
-    from .data import shakespeare_tokenizer
-    from .models import shakespeare_checkpoint_dir
-    from .training import train_default_checkpoint
+    from labkit.data import shakespeare_tokenizer
+    from labkit.models import shakespeare_checkpoint_dir, smollm2
+    from labkit.training import train_default_checkpoint
 
     steps = {
         "shakespeare tokenizer": shakespeare_tokenizer,
@@ -66,8 +65,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 def cmd_run_labs(args: argparse.Namespace) -> int:
     """Execute labs with papermill, export each to HTML and write OUT/index.html; non-zero if any lab failed."""
-    from .report import run_labs, write_index
-    from .runner import LABS_DIR, find_labs
+    from labkit.notebook.report import run_labs, write_index
+    from labkit.notebook.run import LABS_DIR, find_labs
 
     labs = find_labs(args.labs, Path(args.labs_dir) if args.labs_dir else LABS_DIR)
     out_dir = Path(args.out)
@@ -102,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="export each lab to HTML (the default)")
     html.add_argument("--no-html", dest="no_html", action="store_true", help="skip the HTML export")
     p.set_defaults(func=cmd_run_labs)
-    from .serving.cli import add_commands as add_serving_commands
+    from labkit.serving.cli import add_commands as add_serving_commands
 
     add_serving_commands(sub)  # `labkit serve ...`, `labkit loadgen ...`
     return parser

@@ -12,11 +12,23 @@ import os
 import platform
 import sys
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import psutil
 
+if TYPE_CHECKING:
+    import torch
 
-class CapabilityMissing(RuntimeError):
+
+class Unavailable(RuntimeError):
+    """The one "cannot run here" error family: a package, a device or a model this machine lacks.
+
+    Every such error in labkit subclasses it (engines, models, decode backends, quantizers), so an experiment
+    that skips what cannot run catches exactly this and lets real failures through.
+    """
+
+
+class CapabilityMissing(Unavailable):
     """Raised by `require()` when a lab step needs hardware or a package this machine lacks."""
 
 
@@ -229,3 +241,32 @@ def has(capability: str) -> bool:
     except CapabilityMissing:
         return False
     return True
+
+
+DEVICES = ("auto", "cpu", "cuda", "cuda:N")
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """The one device rule: 'auto' is the first CUDA GPU when there is one, else the CPU.
+
+    Args:
+        device: "auto", "cpu", "cuda", "cuda:N" or a torch.device.
+    Returns:
+        the torch.device to run on.
+    Raises:
+        ValueError: naming the valid choices, for any other device.
+        CapabilityMissing: when a CUDA device is asked for on a machine without one.
+    """
+    import torch  # here, not at the top: `labkit doctor` must start without importing torch
+
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"unknown device {device!r}; choose from {list(DEVICES)}") from e
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"unsupported device {device!r}; choose from {list(DEVICES)}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CapabilityMissing(f"device {device!r} asked for, but this machine has no CUDA GPU; use 'cpu'")
+    return dev

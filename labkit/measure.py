@@ -47,7 +47,9 @@ class Stats:
         return {k: (v * 1e3 if k != "n" else v) for k, v in asdict(self).items() if k != "samples"}
 
 
-def _sync() -> None:
+def sync_device() -> None:
+    """Wait for queued CUDA work (when CUDA is in use), so that a clock read after it times the kernels, not
+    their launch. A no-op on the CPU, whose ops run synchronously."""
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.synchronize()
 
@@ -84,11 +86,11 @@ def benchmark_rounds(fns: Mapping[str, Callable[[], object]], warmup: int = 3, r
             while calls < warmup or time.perf_counter() - start < warmup_s:
                 fn()
                 calls += 1
-            _sync()
+            sync_device()
             for _ in range(n):
                 start = time.perf_counter()
                 fn()
-                _sync()
+                sync_device()
                 times[name].append(time.perf_counter() - start)
     return {name: Stats.of(t) for name, t in times.items()}
 
@@ -179,7 +181,7 @@ def peak_memory(fn: Callable[[], object], sample_every_s: float = 0.0005) -> Mem
     try:
         with tracker:
             fn()
-        _sync()
+        sync_device()
     finally:
         done.set()
         sampler.join()
@@ -208,7 +210,7 @@ def memory_bandwidth(size_mib: int = 256, repeat: int = 5, device: str = "cpu") 
 
 def results_frame(rows: list[dict], **meta) -> pd.DataFrame:
     """A DataFrame of benchmark rows that remembers the hardware it ran on (`df.attrs`)."""
-    from .hardware import detect
+    from labkit.hardware import detect
 
     df = pd.DataFrame(rows)
     df.attrs["hardware"] = detect().summary

@@ -20,8 +20,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from . import measure, models, plots
-from .cache import cache_dir
+from labkit import measure, models, plots
+from labkit.cache import cache_dir
 
 SCENARIOS = {"all in memory": 1.0, "half on disk": 0.5, "all on disk": 0.0}  # share of weight bytes kept in memory
 
@@ -29,7 +29,7 @@ SCENARIOS = {"all in memory": 1.0, "half on disk": 0.5, "all on disk": 0.0}  # s
 def checkpoint_dir(name: str) -> Path:
     """A safetensors checkpoint folder for a registered model (written once into the labkit cache)."""
     if name == "smollm2-135m":
-        from . import smollm2
+        from labkit.models import smollm2
 
         return smollm2.prepare() if not smollm2.is_prepared() else smollm2.converted_dir()
     if name == "tiny-bloom-shakespeare":

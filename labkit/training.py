@@ -16,8 +16,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from . import measure
-from .data import shakespeare
+from labkit import measure
+from labkit.data import shakespeare
+from labkit.memory import model_state_bytes
 
 
 @dataclass(frozen=True)
@@ -149,7 +150,7 @@ def save_checkpoint(model, tokenizer, path: Path) -> Path:
 
 def train_default_checkpoint(config: TrainConfig = TrainConfig(), progress: bool = True) -> Path:
     """Train `tiny-bloom` on Shakespeare and cache it as `tiny-bloom-shakespeare`."""
-    from .models import load_model, shakespeare_checkpoint_dir
+    from labkit.models import load_model, shakespeare_checkpoint_dir
 
     model, tok = load_model("tiny-bloom", device="cpu")
     train(model, tok, config, progress=progress)
@@ -157,17 +158,6 @@ def train_default_checkpoint(config: TrainConfig = TrainConfig(), progress: bool
 
 
 # --- training vs inference, measured -------------------------------------------------------
-def state_bytes(model, optimizer: torch.optim.Optimizer | None = None) -> dict[str, int]:
-    """Bytes held between steps: weights, gradients, optimizer state."""
-    params = sum(p.numel() * p.element_size() for p in model.parameters())
-    grads = sum(p.grad.numel() * p.grad.element_size() for p in model.parameters() if p.grad is not None)
-    opt = 0
-    if optimizer is not None:
-        tensors = (t for state in optimizer.state.values() for t in state.values() if torch.is_tensor(t))
-        opt = sum(t.numel() * t.element_size() for t in tensors)
-    return {"weights": params, "gradients": grads, "optimizer_state": opt}
-
-
 def step_costs(model, tokenizer, batch_size: int = 8, seq_len: int = 128, repeat: int = 10) -> pd.DataFrame:
     """Time and memory of one training step vs one inference step on the same batch.
 
@@ -189,7 +179,7 @@ def step_costs(model, tokenizer, batch_size: int = 8, seq_len: int = 128, repeat
         for phase, fn in steps.items():
             stats = measure.benchmark(fn, warmup=2, repeat=repeat)  # warm-up also creates AdamW state
             peak = measure.peak_memory(fn)
-            persistent = state_bytes(model, optimizer if phase == "training step" else None)
+            persistent = model_state_bytes(model, optimizer if phase == "training step" else None)
             rows.append({
                 "phase": phase, "median_ms": stats.median * 1e3, "p90_ms": stats.p90 * 1e3,
                 "peak_step_MiB": peak.tensor_bytes / 2**20,

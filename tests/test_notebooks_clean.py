@@ -46,4 +46,20 @@ def test_header_has_badges_and_a_guarded_install(notebook):
 def test_ends_by_recording_results(notebook):
     path, nb = notebook
     last_code = "".join([c for c in nb["cells"] if c["cell_type"] == "code"][-1]["source"])
-    assert "runner.record(" in last_code, f"{path.name}: last code cell must record the lab's results"
+    assert "run.record(" in last_code, f"{path.name}: last code cell must record the lab's results"
+
+
+def test_paired_with_its_percent_source(notebook):
+    """labs/NN_*.py (jupytext percent format) is the reviewable source; the .ipynb must say the same."""
+    jupytext = pytest.importorskip("jupytext", reason="jupytext is not installed (install labkit[lab])")
+    path, nb = notebook
+    source = path.with_suffix(".py")
+    assert source.exists(), f"{path.name}: no {source.name}; run `jupytext --set-formats ipynb,py:percent {path}`"
+    paired = jupytext.read(source)
+
+    def cells(cs):
+        return [(c["cell_type"], "".join(c["source"]).strip(), sorted(c.get("metadata", {}).get("tags", [])))
+                for c in cs]
+
+    assert cells(paired.cells) == cells(nb["cells"]), (
+        f"{path.name} and {source.name} differ: edit the .py and run `jupytext --sync {source}`")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .base import (
+from labkit.engines.base import (
     PRECISIONS,
     TOLERANCE,
     Engine,
@@ -20,13 +20,13 @@ from .base import (
     SessionInfo,
     check_parity,
 )
-from .compile import TorchCompile
-from .eager import TorchEager
-from .graphs import WORKLOADS, graph_for
-from .ort import OnnxRuntime
-from .ov import OpenVINO
-from .torchscript import TorchScript
-from .trt import TensorRT
+from labkit.engines.compile import TorchCompile
+from labkit.engines.eager import TorchEager
+from labkit.engines.ort import OnnxRuntime
+from labkit.engines.ov import OpenVINO
+from labkit.engines.torchscript import TorchScript
+from labkit.engines.trt import TensorRT
+from labkit.engines.workloads import WORKLOADS, graph_for
 
 ENGINES: dict[str, Engine] = {
     e.name: e for e in (TorchEager(), TorchScript(), TorchCompile(), OnnxRuntime(), OpenVINO(), TensorRT())

@@ -9,8 +9,8 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from .. import export_patches as patches
-from .base import TORCH_DTYPES, Engine, Graph, Session, SessionInfo, Timer, torch_threads
+from labkit.convert import export_patches as patches
+from labkit.engines.base import TORCH_DTYPES, Engine, Graph, Session, SessionInfo, Timer, torch_threads
 
 
 class TorchModuleSession(Session):

@@ -10,7 +10,7 @@ import importlib.util
 import numpy as np
 import torch
 
-from .base import Engine, Session, SessionInfo, Timer
+from labkit.engines.base import Engine, Session, SessionInfo, Timer
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 
@@ -40,7 +40,7 @@ class OnnxRuntime(Engine):
         Attention node, which none of ORT's own fusions produce (see `labkit.export_patches`)."""
         import onnxruntime as ort
 
-        from ..convert import export_onnx, session_options
+        from labkit.convert import export_onnx, session_options
 
         if provider not in PROVIDERS:
             raise ValueError(f"unknown provider {provider!r}; choose from {list(PROVIDERS)}")

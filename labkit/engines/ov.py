@@ -11,7 +11,7 @@ import importlib.util
 import numpy as np
 import torch
 
-from .base import Engine, Session, SessionInfo, Timer
+from labkit.engines.base import Engine, Session, SessionInfo, Timer
 
 OV_PRECISION = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 
@@ -49,7 +49,7 @@ class OpenVINO(Engine):
         profile) would: the plugin then plans memory and picks kernels once instead of per call."""
         import openvino as ov
 
-        from ..convert import export_onnx
+        from labkit.convert import export_onnx
 
         config = {"INFERENCE_PRECISION_HINT": OV_PRECISION[precision], "PERFORMANCE_HINT": "LATENCY"}
         if num_threads:

@@ -6,8 +6,8 @@ import warnings
 
 import torch
 
-from .base import TORCH_DTYPES, Engine, SessionInfo, Timer, torch_threads
-from .eager import TorchModuleSession, cast_inputs, device_for, module_for
+from labkit.engines.base import TORCH_DTYPES, Engine, SessionInfo, Timer, torch_threads
+from labkit.engines.eager import TorchModuleSession, cast_inputs, device_for, module_for
 
 
 class TorchScript(Engine):

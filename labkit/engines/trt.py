@@ -10,7 +10,7 @@ import importlib.util
 import numpy as np
 import torch
 
-from .base import Engine, Session, SessionInfo, Timer
+from labkit.engines.base import Engine, Session, SessionInfo, Timer
 
 TRT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 
@@ -53,7 +53,7 @@ class TensorRT(Engine):
     def _prepare(self, graph, precision, num_threads, max_batch: int = 32, max_seq: int = 512, **_):
         import tensorrt as trt
 
-        from ..convert import export_onnx
+        from labkit.convert import export_onnx
 
         logger = trt.Logger(trt.Logger.WARNING)
         with Timer() as t:

@@ -74,7 +74,7 @@ class Shape:
 @functools.lru_cache(maxsize=8)
 def shape(model: str = "bloom-176b") -> Shape:
     """A model from anatomy.KNOWN_CONFIGS; parameters counted on the meta device."""
-    from .. import anatomy
+    from labkit import anatomy
 
     if model not in anatomy.KNOWN_CONFIGS:
         raise ValueError(f"unknown model {model!r}; choose from {list(anatomy.KNOWN_CONFIGS)}")
@@ -235,7 +235,7 @@ def published_vs_predicted():
     """The calibration rows next to the model's predictions (ms/token vs batch, log-log)."""
     import plotly.graph_objects as go
 
-    from .. import plots
+    from labkit import plots
 
     table = fit_table()
     fig = go.Figure()
@@ -262,7 +262,7 @@ def predict(gpus: int = 8, gpu_memory_gb: float = 80.0, link_GBps: float = 300.0
     (Accelerate) on `gpus` GPUs, with the calibrated engine constants; where the time goes."""
     import plotly.graph_objects as go
 
-    from .. import plots
+    from labkit import plots
 
     if gpus < 1 or batch < 1 or new_tokens < 1 or prompt < 1:
         raise ValueError(f"gpus, batch, prompt and new_tokens must be >= 1; got {gpus}, {batch}, {prompt}, {new_tokens}"

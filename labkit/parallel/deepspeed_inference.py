@@ -29,8 +29,8 @@ import warnings
 import torch
 import torch.distributed as dist
 
-from .. import models
-from ..measure import benchmark
+from labkit import models
+from labkit.measure import benchmark
 
 MODELS = ("tiny-llama", "smollm2-135m", "tiny-bloom")
 
@@ -59,7 +59,7 @@ def op_compile_time(compile_if_missing: bool = True, load: bool = True) -> dict:
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 
-    from .zero_ranks import use_extension_cache
+    from labkit.parallel.zero_training import use_extension_cache
 
     root = use_extension_cache()
     builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
@@ -176,7 +176,7 @@ def compare_tp_ranks(model_name: str = "tiny-llama", batch: int = 2, seq: int = 
     rows = [{"method": "single process", "ms": _median_ms(lambda: forward_ids(model, ids), 1, repeat),
              "max_abs_diff": 0.0}]
     try:
-        from . import tp
+        from labkit.parallel import tp
 
         for mode, label in (("scratch", "labkit TP (from scratch)"), ("dtensor", "DTensor parallelize_module")):
             out = tp.tp_forward(model_name, ids, mode, warmup=1, repeat=repeat, model=model)
@@ -195,8 +195,8 @@ def compare_tp_ranks(model_name: str = "tiny-llama", batch: int = 2, seq: int = 
 
 def tp_table(ranks: list[dict]):
     """Rank results of `compare_tp_ranks` -> a table (slowest rank's latency) and bars."""
-    from .. import plots
-    from ..measure import results_frame
+    from labkit import plots
+    from labkit.measure import results_frame
 
     rows = []
     for per_rank in zip(*(r["rows"] for r in ranks), strict=True):

@@ -24,7 +24,7 @@ import torch.distributed as dist
 from torch import nn
 
 if TYPE_CHECKING:  # plots (plotly, pandas) only for the caller's figures, not in every rank
-    from ..plots import Measured
+    from labkit.plots import Measured
 
 Event = dict  # {"rank", "kind": compute|send|recv, "label", "start", "end"} (seconds, time.time())
 
@@ -141,7 +141,7 @@ def make_gpipe(stage_module: nn.Module, microbatches: int):
     """A GPipe schedule for this rank's stage (inference: `schedule.eval(x)` on rank 0, `.eval()` elsewhere)."""
     from torch.distributed.pipelining import PipelineStage, ScheduleGPipe
 
-    from .launch import rank_device
+    from labkit.parallel.launch import rank_device
 
     stage = PipelineStage(stage_module, dist.get_rank(), dist.get_world_size(), rank_device())
     return ScheduleGPipe(stage, n_microbatches=microbatches)
@@ -181,7 +181,7 @@ def pipeline_rank(model_name: str = "tiny-llama", batch: int = 4, seq: int = 16,
                   microbatches: int = 4, sweep_batches: tuple = (), repeat: int = 3) -> dict:
     """Tiny Llama split over the ranks: naive and GPipe logits (last rank) vs the unsplit model, the
     naive timeline over `steps` generation-like steps, the GPipe timeline, and latency vs batch."""
-    from .tp import load_llama
+    from labkit.parallel.tp import load_llama
 
     if batch % microbatches:
         raise ValueError(f"batch {batch} does not split into {microbatches} micro-batches; use a divisor of it")
@@ -245,7 +245,7 @@ def bubble_rank(microbatches: tuple = (1, 2, 4, 8), rows: int = 1024, hidden: in
 
     Enough rows that a micro-batch's compute (~16 ms at m=8 on one CPU thread) dwarfs a gloo hand-off
     (a few ms): otherwise the hand-offs, not the schedule, set the measured idle time."""
-    from .launch import rank_device
+    from labkit.parallel.launch import rank_device
 
     torch.manual_seed(0)
     stage = _MatmulStage(hidden, layers).eval().to(rank_device())
@@ -269,7 +269,7 @@ def bubble_rank(microbatches: tuple = (1, 2, 4, 8), rows: int = 1024, hidden: in
 def pp_rank(pipeline: dict | None = None, bubble: dict | None = None, tensor: dict | None = None) -> dict:
     """Several experiments in one launch (imports are paid once): keyword arguments for `pipeline_rank`,
     `bubble_rank` and, if given, `tp.compare_rank`."""
-    from . import tp
+    from labkit.parallel import tp
 
     out = {"tensor": tp.compare_rank(**tensor)} if tensor is not None else {}
     return {**out, "pipeline": pipeline_rank(**(pipeline or {})), "bubble": bubble_rank(**(bubble or {}))}
@@ -299,7 +299,7 @@ def bubble_sweep(bubble_results: list[dict]) -> Measured:
     """Measured fill/drain idle (median over repeats) and total idle per micro-batch count, vs the formula."""
     import pandas as pd
 
-    from .. import plots
+    from labkit import plots
 
     rows = []
     for m in bubble_results[0]["runs"]:
@@ -320,7 +320,7 @@ def timeline_figure(events_per_rank: list[list[Event]], title: str):
     """A Gantt chart: one row per rank, bars for compute / send / recv wait (ms from the first event)."""
     import plotly.graph_objects as go
 
-    from .. import plots
+    from labkit import plots
 
     events = [e for evs in events_per_rank for e in evs]
     t0 = min(e["start"] for e in events)

@@ -25,7 +25,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from . import comm
+from labkit.parallel import comm
 
 MODES = ("scratch", "dtensor", "single")
 
@@ -179,7 +179,7 @@ def dtensor_model(model: nn.Module) -> nn.Module:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor.parallel import parallelize_module
 
-    from .launch import rank_device
+    from labkit.parallel.launch import rank_device
 
     mesh = init_device_mesh(rank_device().type, (dist.get_world_size(),))
     return parallelize_module(copy.deepcopy(model), mesh, dtensor_plan())
@@ -188,8 +188,8 @@ def dtensor_model(model: nn.Module) -> nn.Module:
 # --- rank functions ---------------------------------------------------------------------------
 def load_llama(model_name: str = "tiny-llama") -> nn.Module:
     """A registered Llama-architecture model, on this rank's device, in fp32 eval mode."""
-    from ..models import get_config, load_model
-    from .launch import rank_device
+    from labkit.models import get_config, load_model
+    from labkit.parallel.launch import rank_device
 
     model_type = getattr(get_config(model_name), "model_type", "")
     if model_type != "llama":
@@ -251,7 +251,7 @@ def layer_parity(seed: int = 0) -> dict[str, float]:
     from transformers import LlamaConfig
     from transformers.models.llama.modeling_llama import LlamaAttention, LlamaMLP, LlamaRotaryEmbedding
 
-    from .launch import rank_device
+    from labkit.parallel.launch import rank_device
 
     torch.manual_seed(seed)  # same weights and inputs on every rank
     cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,

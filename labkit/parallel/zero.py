@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import pandas as pd
 import plotly.graph_objects as go
 
-from .. import plots
+from labkit import plots
 
 STAGES = (0, 1, 2, 3)
 PARTS = ("params", "grads", "optimizer")

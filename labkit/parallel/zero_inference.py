@@ -18,9 +18,9 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
-from .. import models, plots
-from ..measure import results_frame
-from .deepspeed_inference import disable_shm_allreduce, quiet_deepspeed
+from labkit import models, plots
+from labkit.measure import results_frame
+from labkit.parallel.deepspeed_inference import disable_shm_allreduce, quiet_deepspeed
 
 PROMPTS = ("ROMEO:\n", "JULIET:\n", "KING HENRY:\nOnce more unto the", "HAMLET:\nTo be, or not", "MACBETH:\n",
            "LADY MACBETH:\n", "OTHELLO:\n", "PORTIA:\nThe quality of mercy")

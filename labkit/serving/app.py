@@ -20,10 +20,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from . import protocol as P
-from .metrics import Counter, Gauge, Histogram, Registry
-from .repository import Deployment, ModelRepository
-from .schedulers import GenRequest, QueueFull, ShuttingDown
+from labkit.serving import protocol as P
+from labkit.serving.metrics import Counter, Gauge, Histogram, Registry
+from labkit.serving.repository import Deployment, ModelRepository
+from labkit.serving.schedulers import GenRequest, QueueFull, ShuttingDown
 
 
 class ApiError(Exception):

@@ -10,8 +10,8 @@ import sys
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from .app import create_app
-    from .repository import ModelRepository
+    from labkit.serving.app import create_app
+    from labkit.serving.repository import ModelRepository
 
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: listening on {args.host}: anyone who can reach it can use the model", file=sys.stderr)
@@ -27,7 +27,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_loadgen(args: argparse.Namespace) -> int:
-    from .loadgen import run_load
+    from labkit.serving.loadgen import run_load
 
     res = run_load(args.url, args.model, mode=args.mode, clients=args.clients, rate=args.rate,
                    requests=args.requests, duration_s=args.duration, max_tokens=args.max_tokens)

@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 import numpy as np
 import pandas as pd
 
-from ..plots import Measured, line
+from labkit.plots import Measured, line
 
 DEFAULT_PROMPTS = ("ROMEO:\n", "JULIET:\nO Romeo,", "KING HENRY:\nOnce more unto the", "HAMLET:\nTo be, or not")
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from .schedulers import Scheduler, make_scheduler
+from labkit.serving.schedulers import Scheduler, make_scheduler
 
 
 @dataclass
@@ -63,7 +63,7 @@ class ModelRepository:
             raise ValueError(f"{model!r} version {version!r} is already loaded; unload it first")
         start = time.perf_counter()
         if loaded is None:
-            from ..models import load_model
+            from labkit.models import load_model
 
             loaded = load_model(source or model, dtype=dtype, device="cpu")
         net, tok = loaded

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from .base import GenRequest, QueueFull, Scheduler, ShuttingDown, pick_tokens
-from .continuous import ContinuousScheduler
-from .dynamic import DynamicScheduler
-from .hf_continuous import HFContinuousScheduler
-from .sync import SyncScheduler
+from labkit.serving.schedulers.base import GenRequest, QueueFull, Scheduler, ShuttingDown, pick_tokens
+from labkit.serving.schedulers.continuous import ContinuousScheduler
+from labkit.serving.schedulers.dynamic import DynamicScheduler
+from labkit.serving.schedulers.hf_continuous import HFContinuousScheduler
+from labkit.serving.schedulers.sync import SyncScheduler
 
 SCHEDULERS: dict[str, type[Scheduler]] = {
     cls.name: cls for cls in (SyncScheduler, DynamicScheduler, ContinuousScheduler, HFContinuousScheduler)

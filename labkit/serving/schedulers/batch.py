@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
-from .base import GenRequest
+from labkit.serving.schedulers.base import GenRequest
 
 
 def _takes_positions(model) -> bool:

@@ -7,8 +7,8 @@ longer waits for a long one, and a free slot is filled one step after it opens.
 
 from __future__ import annotations
 
-from .base import Scheduler, pick_tokens
-from .batch import Batch
+from labkit.serving.schedulers.base import Scheduler, pick_tokens
+from labkit.serving.schedulers.batch import Batch
 
 
 class ContinuousScheduler(Scheduler):

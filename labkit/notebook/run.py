@@ -1,0 +1,121 @@
+"""Execute lab notebooks headless (papermill), record their key results, export HTML.
+
+A lab ends with `record({...})`: the dict is stored in the cell output under RESULTS_MIME, where
+`run_lab()` (and so the tests and `labkit run-labs`) read it back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+RESULTS_MIME = "application/vnd.labkit.results+json"
+LABS_DIR = Path(__file__).resolve().parents[2] / "labs"
+SMOKE_PARAMETERS = {"SMOKE": True}
+
+
+def record(results: dict) -> None:
+    """Show a lab's key results and store them where tests and reports can read them."""
+    from IPython.display import display
+
+    clean = json.loads(json.dumps(results, default=float))  # numpy scalars -> plain floats
+    text = "\n".join(f"{k}: {v}" for k, v in clean.items())
+    display({RESULTS_MIME: clean, "text/plain": text}, raw=True)
+
+
+def read_results(notebook) -> dict:
+    """The dict a notebook recorded (the last `record()` wins); {} if none."""
+    found: dict = {}
+    for cell in notebook["cells"]:
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            if RESULTS_MIME in data:
+                found = data[RESULTS_MIME]
+    return found
+
+
+def list_labs(labs_dir: Path = LABS_DIR) -> list[Path]:
+    return sorted(labs_dir.glob("[0-9][0-9]_*.ipynb"))
+
+
+def find_labs(selectors: list[str] | None, labs_dir: Path = LABS_DIR) -> list[Path]:
+    """Labs matching numbers or name parts ("01", "lifecycle"); all labs when none are given."""
+    labs = list_labs(labs_dir)
+    if not selectors:
+        return labs
+    chosen = []
+    for sel in selectors:
+        match = [p for p in labs if p.name.startswith(sel.zfill(2) + "_") or sel in p.stem]
+        if not match:
+            raise ValueError(f"no lab matches {sel!r}; labs are {[p.stem for p in labs]}")
+        chosen += [p for p in match if p not in chosen]
+    return chosen
+
+
+@dataclass
+class LabRun:
+    lab: str
+    seconds: float
+    results: dict
+    notebook: Path
+    html: Path | None
+
+
+def run_lab(path: Path, out_dir: Path, smoke: bool = True, parameters: dict | None = None,
+            html: bool = True, timeout_s: int = 600) -> LabRun:
+    """Execute one notebook with papermill into `out_dir`; optionally export it as HTML."""
+    import papermill as pm
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    params = {**(SMOKE_PARAMETERS if smoke else {}), **(parameters or {})}
+    executed = out_dir / path.name
+    env_before = os.environ.get("PYDEVD_DISABLE_FILE_VALIDATION")
+    os.environ["PYDEVD_DISABLE_FILE_VALIDATION"] = "1"  # silences a debugger warning in every kernel
+    start = time.perf_counter()
+    try:
+        nb = pm.execute_notebook(
+            str(path), str(executed), parameters=params, cwd=str(path.parent),
+            kernel_name="python3", progress_bar=False, execution_timeout=timeout_s,
+        )  # fmt: skip
+    finally:
+        if env_before is None:
+            os.environ.pop("PYDEVD_DISABLE_FILE_VALIDATION", None)
+    seconds = time.perf_counter() - start
+    html_path = export_html(executed) if html else None
+    return LabRun(path.stem, seconds, read_results(nb), executed, html_path)
+
+
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+WIDGET_NOTE = ("<p><em>Interactive controls: open the notebook in JupyterLab, Binder or Colab to use them "
+               "(a static page cannot run Python).</em></p>")
+NO_SCRIPT = "data:text/javascript,"  # an empty script: the page needs nothing from a CDN
+
+
+def static_widgets(nb) -> int:
+    """Replace widget views with a note and drop the saved widget state: rendering them would load a widget
+    manager from a CDN, and a static page has no kernel to drive them anyway. Returns how many were replaced."""
+    nb.metadata.pop("widgets", None)
+    replaced = 0
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            if WIDGET_MIME in output.get("data", {}):
+                output["data"] = {"text/html": WIDGET_NOTE, "text/plain": "(interactive controls)"}
+                replaced += 1
+    return replaced
+
+
+def export_html(notebook_path: Path) -> Path:
+    """Self-contained HTML: plotly.js is inlined by the notebook renderer (`labkit.setup()`), require.js and the
+    widget manager are left out, so every plot draws offline. (MathJax still comes from its CDN when online.)"""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    nb = nbformat.read(notebook_path, as_version=4)
+    static_widgets(nb)
+    body, _ = HTMLExporter(require_js_url=NO_SCRIPT).from_notebook_node(nb)
+    out = notebook_path.with_suffix(".html")
+    out.write_text(body, encoding="utf-8")
+    return out

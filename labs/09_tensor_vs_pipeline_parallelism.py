@@ -1,0 +1,352 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Lab 09 — Tensor vs pipeline parallelism
+#
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/inference-lab/inference-lab/blob/main/labs/09_tensor_vs_pipeline_parallelism.ipynb)
+# [![Binder](https://mybinder.org/badge_logo.svg)](https://mybinder.org/v2/gh/inference-lab/inference-lab/main?urlpath=lab/tree/labs/09_tensor_vs_pipeline_parallelism.ipynb)
+#
+# A model too big for one GPU has to be split. There are two ways to cut it:
+#
+# * **Tensor parallelism (TP)** — what DeepSpeed-Inference does: every layer is split across all GPUs
+#   (Megatron-LM's scheme). All GPUs work on every layer at once, then combine their partial results
+#   with an **all-reduce** — two per transformer layer.
+# * **Pipeline parallelism (PP)** — what Accelerate's `device_map="auto"` does, naively: GPU 0 holds the
+#   first layers, GPU 1 the next ones, and so on. A batch walks through them in turn, so **only one GPU
+#   is busy at a time**. GPipe fixes part of that by cutting the batch into micro-batches; what is left
+#   idle is the *bubble*.
+#
+# Here both run for real, with `torch.distributed` on 2 ranks (gloo on this CPU, NCCL on GPUs; the code
+# is the same under `torchrun` on 8 GPUs). We check that they compute exactly what one process computes,
+# count the all-reduces, draw each rank's timeline, and measure the bubble. Then a cost model, calibrated
+# on the published BLOOM-176B numbers (8×A100), scales the comparison up to where it matters.
+
+# %%
+# Setup. Locally `make lab` installed everything; on Colab this cell installs the lab first.
+import sys
+
+if "google.colab" in sys.modules:  # pragma: no cover - only on Colab
+    # !git clone -q --depth 1 https://github.com/inference-lab/inference-lab /content/inference-lab
+    # %pip install -q -e "/content/inference-lab[parallel]"
+    # !labkit prepare
+    sys.path.insert(0, "/content/inference-lab")
+assert sys.version_info >= (3, 11), f"Inference Lab needs Python 3.11+, this is {sys.version}"
+
+import labkit
+
+labkit.setup()
+
+# %% tags=["parameters"]
+SMOKE = False  # True: small sizes for a quick headless run
+MODEL = "tiny-llama"  # a Llama-architecture model whose heads split over 2 ranks
+BATCH, SEQ = 4, 32  # for the parity and communication checks
+SWEEP_BATCHES = (1, 2, 4, 8, 16)  # latency / throughput vs batch
+MICROBATCHES = (1, 2, 4, 8)  # GPipe micro-batch counts for the bubble
+BUBBLE_REPEAT = 7  # pipeline runs per micro-batch count (the median is reported)
+REPEAT = 5  # timed forwards per measurement
+
+# %%
+if SMOKE:
+    BATCH, SEQ, SWEEP_BATCHES, BUBBLE_REPEAT, REPEAT = 2, 16, (1, 4), 5, 2
+
+# %% [markdown]
+# ## 1. Two real ranks, one launch
+#
+# `run_distributed` starts two processes that join a process group, runs one function on each and
+# returns what each rank returned. One launch runs everything below: imports cost seconds per process,
+# the experiments themselves much less. (A rank that raises ends the run at once, with its traceback.)
+
+# %%
+import time
+
+import pandas as pd
+import torch
+
+from labkit.parallel import costmodel, pp, tp
+from labkit.parallel.launch import run_distributed
+
+start = time.perf_counter()
+ranks = run_distributed(
+    pp.pp_rank,
+    tensor=dict(model_name=MODEL, batch=BATCH, seq=SEQ, sweep_batches=SWEEP_BATCHES, repeat=REPEAT),
+    pipeline=dict(model_name=MODEL, batch=BATCH, seq=SEQ, steps=3, microbatches=min(4, BATCH), sweep_batches=SWEEP_BATCHES, repeat=REPEAT),
+    bubble=dict(microbatches=MICROBATCHES, repeat=BUBBLE_REPEAT),
+    world_size=2,
+)
+print(f"2 ranks, {ranks[0]['tensor']['threads']} thread(s) each, finished in {time.perf_counter() - start:.1f} s")
+
+# %% [markdown]
+# ## 2. Tensor parallelism: each layer, then the whole model
+#
+# A linear layer y = x·Aᵀ splits two ways. **Column-parallel**: each rank keeps some output features
+# (rows of A) and computes its slice of y — no communication. **Row-parallel**: each rank keeps some
+# input features and multiplies its slice of x; the partial results must be summed — an all-reduce.
+# Megatron chains them: column then row, so the elementwise work in between needs nothing. Attention
+# splits by heads (q, k, v column-parallel, the output projection row-parallel); the MLP splits its
+# intermediate features. Each from-scratch layer against the unsharded original (max |difference|):
+
+# %%
+pd.DataFrame([r["tensor"]["layer_parity"] for r in ranks], index=["rank 0", "rank 1"])
+
+
+# %% [markdown]
+# The whole model — from-scratch TP, DTensor's `parallelize_module` with the same plan, and one
+# unsplit process — on the same token ids:
+
+# %%
+def tp_rows(rank_result: dict) -> pd.DataFrame:
+    runs = rank_result["tensor"]["runs"]
+    ref = runs["single"]["logits"]
+    return pd.DataFrame([{"mode": m, "max |logits − single|": float((r["logits"] - ref).abs().max()),
+                          "all-reduces": r["comm"].get("all_reduce", 0), "all-reduce MB": r["comm"].get("all_reduce_bytes", 0) / 1e6,
+                          "all-gathers": r["comm"].get("all_gather", 0), "forward ms (median)": r["latency_ms"]}
+                         for m, r in runs.items()])
+
+
+tp_table = tp_rows(ranks[0])
+tp_table.round(6)
+
+# %% [markdown]
+# ## 3. How many all-reduces? Megatron's formula
+#
+# Per transformer layer: one after attention (row-parallel output projection), one after the MLP
+# (row-parallel down projection): **2 per layer in the forward**. The vocabulary-split embedding adds
+# one more, and the vocabulary-split output layer gathers the logits once. Each all-reduce moves the
+# activations: batch × seq × hidden × 4 bytes (fp32 here).
+
+# %%
+scratch = ranks[0]["tensor"]["runs"]["scratch"]
+layers, hidden = scratch["layers"], 256
+per_layer = pd.DataFrame([{"where": k, "all-reduces": v, "per layer": v / layers if k != "embedding" else None}
+                          for k, v in scratch["by_tag"].items()])
+print(f"{layers} layers: measured {scratch['comm']['all_reduce']} all-reduces; Megatron: 2 × {layers} + 1 (embedding) = {2 * layers + 1}")
+print(f"bytes per all-reduce: measured {scratch['comm']['all_reduce_bytes'] / scratch['comm']['all_reduce']:.0f}, "
+      f"formula {BATCH} × {SEQ} × {hidden} × 4 = {BATCH * SEQ * hidden * 4}")
+per_layer
+
+# %% [markdown]
+# ## 4. Pipeline parallelism: same output, a different timeline
+#
+# Rank 0 holds layers 0–1 (and the embedding), rank 1 layers 2–3 (and the output head). The naive
+# pipeline sends one whole batch through; GPipe (`torch.distributed.pipelining.ScheduleGPipe`) sends
+# micro-batches. Both must give the unsplit model's logits:
+
+# %%
+last = ranks[-1]["pipeline"]
+pp_parity = {kind: float((last[f"{kind}_logits"] - last["reference_logits"]).abs().max()) for kind in ("naive", "gpipe")}
+pp_parity
+
+# %% [markdown]
+# Each rank recorded what it did and when (one clock: the ranks share a machine). Three generation-like
+# steps through the naive pipeline — the next step can start only when the last stage has answered, as
+# in token-by-token generation. Before running the next cell, predict: how much of the time is each
+# rank busy?
+
+# %%
+pp.timeline_figure([r["pipeline"]["naive_events"] for r in ranks], "Naive pipeline (Accelerate-style): one rank busy at a time")
+
+# %%
+naive_idle = pp.idle_fractions([r["pipeline"]["naive_events"] for r in ranks])
+print(f"naive pipeline: each rank idle {naive_idle['total']:.0%} of the time (at least 50 % on 2 ranks; the rest is the "
+      "hand-over between ranks, as long as the compute itself for a model this small)")
+pp.timeline_figure([r["pipeline"]["gpipe_events"] for r in ranks], f"GPipe, {min(4, BATCH)} micro-batches: the stages overlap")
+
+# %% [markdown]
+# ## 5. Latency and throughput vs batch
+#
+# One forward over `batch × SEQ` tokens: the unsplit model on one rank's share of the machine (one
+# core: "one device"), TP over both ranks, the naive pipeline, and GPipe (up to 4 micro-batches). On a
+# CPU the ranks share a memory bus, and every gloo all-reduce or send costs tens of microseconds —
+# as much as a whole layer of this tiny model — so do not expect the split versions to win here. The
+# point is the shape of the curves and where the time goes; section 7 scales the comparison to GPUs.
+
+# %%
+from labkit import measure
+
+rows = []
+for tp_row, pipe in zip(ranks[0]["tensor"]["sweep"], ranks[0]["pipeline"]["sweep"], strict=True):
+    rows.append({"batch": tp_row["batch"], "one device": tp_row["single_ms"], "tensor parallel": tp_row["ms"],
+                 "naive pipeline": pipe["naive_ms"], "GPipe": pipe["gpipe_ms"]})
+latency = measure.results_frame(rows)
+throughput = latency.copy()
+for col in latency.columns[1:]:
+    throughput[col] = latency.batch * SEQ / (latency[col] / 1e3)
+latency.round(2)
+
+# %%
+from labkit import plots
+
+plots.line(latency, "batch", list(latency.columns[1:]), f"Forward latency, {SEQ} tokens per sequence", ylabel="ms", log_x=True)
+
+# %%
+plots.line(throughput, "batch", list(throughput.columns[1:]), "Throughput", ylabel="tokens / s", log_x=True)
+
+# %% [markdown]
+# ## 6. The bubble, measured
+#
+# To time the bubble we need stages whose work dominates everything else: here each stage is a stack of
+# 1024×1024 matmuls (a few ms per micro-batch), passing small activations. The batch is fixed and cut
+# into m micro-batches. With p stages, the first stage waits for nothing but the last one idles until
+# the pipe fills, and the first one idles while it drains: (p − 1) of (m + p − 1) slots.
+# "measured_bubble" counts exactly that fill and drain; "measured_total_idle" adds any stall between
+# micro-batches (unequal stages, other programs on this shared CPU).
+
+# %%
+bubble = pp.bubble_sweep([r["bubble"] for r in ranks])
+bubble.figure
+
+# %%
+bubble.table.round(3)
+
+# %%
+m_show = 4 if 4 in MICROBATCHES else MICROBATCHES[-1]
+pp.timeline_figure([r["bubble"]["runs"][m_show][0] for r in ranks], f"GPipe with {m_show} micro-batches on matmul stages")
+
+# %% [markdown]
+# ## 7. Scaling up on paper: BLOOM-176B on 8×A100
+#
+# The published benchmark (transformers-bloom-inference): greedy generation of 100 tokens, ms per
+# token = wall time / (batch × 100). Accelerate (bf16) is a naive pipeline over 8 GPUs; DeepSpeed-
+# Inference (fp16) is tensor parallel over 8 GPUs with fused kernels. `labkit.parallel.costmodel` adds
+# up, per decode step: streaming the weights from HBM, the matmuls, KV-cache reads, all-reduces (TP) or
+# activation hops (PP), and a per-layer overhead. Its free constants — each engine's matmul efficiency
+# and per-layer overhead — are fitted by least squares to the published rows; memory (weights + KV
+# cache + a fitted workspace term) decides where a batch no longer fits.
+
+# %%
+fit = costmodel.published_vs_predicted()
+fit.figure
+
+# %%
+fit.table.round(2)
+
+# %%
+engines = costmodel.calibrate()
+pd.DataFrame([{"engine": e.name, "strategy": e.strategy, "matmul efficiency": e.flop_efficiency,
+               "overhead per layer (ms)": e.layer_overhead_ms, "workspace factor": e.workspace,
+               "consistent range": costmodel.workspace_interval(e.name)} for e in engines.values()]).round(3)
+
+# %% [markdown]
+# Why the out-of-memory cells? Weights and KV cache alone would fit at those batches; the engines'
+# activations and buffers (the "workspace", fitted between the last batch that ran and the first that
+# did not) tip them over. Memory on the fullest GPU at the published OOM batches:
+
+# %%
+bloom, a100 = costmodel.shape("bloom-176b"), costmodel.A100_80GB
+oom_rows = [{"engine": name, "batch": b, **costmodel.memory_gb(engines[name], bloom, a100, 8, b, 110)}
+            for name, b in (("accelerate", 32), ("accelerate", 64), ("ds-inference", 128), ("ds-inference", 256))]
+oom = pd.DataFrame(oom_rows)
+oom["total_GB"] = oom[["weights", "KV cache", "workspace", "reserved"]].sum(axis=1)
+oom["fits in 80 GB"] = oom.total_GB <= 80
+oom.round(1)
+
+# %% [markdown]
+# ### Try it: GPUs × memory × link × batch
+#
+# The bars show where a token's time goes. Things to try: 2 GPUs (BLOOM no longer fits: Accelerate
+# offloads to the CPU, DeepSpeed-Inference cannot run); a PCIe link (16–32 GB/s) at batch 128; 16 GPUs.
+
+# %%
+from labkit import widgets
+
+widgets.panel(costmodel.predict, gpus=(1, 16), gpu_memory_gb=[80.0, 40.0, 141.0, 24.0],
+              link_GBps=[300.0, 450.0, 64.0, 32.0, 16.0], batch=(1, 256))
+
+# %%
+costmodel.predict(gpus=8, batch=16).figure
+
+# %% [markdown]
+# ## 8. The seed's questions
+#
+# **Why does TP give more throughput than Accelerate's pipeline?** A decode step is dominated by
+# reading every weight once. With TP, 8 GPUs each read 1/8 of the weights *at the same time*; the
+# naive pipeline reads the same bytes one GPU after another, at one GPU's bandwidth. TP pays for it with
+# 2 all-reduces per layer, but for a decode step those are small (batch × hidden numbers) and NVLink is
+# fast. DeepSpeed-Inference's fused kernels cut the per-layer overhead further.
+#
+# **When can naive PP look competitive?** When something else dominates: weights that do not fit and
+# stream from the CPU (both would crawl; TP cannot even start), a slow link (PCIe) with big batches, where
+# TP's 140 all-reduces per token grow with the batch while a pipeline sends one activation per GPU
+# boundary — and for throughput, when the pipeline is not naive but keeps several batches in flight.
+
+# %%
+bs1 = {n: costmodel.ms_per_token(e, bloom, a100, 8, 1) for n, e in engines.items()}
+slow = costmodel.predict(gpus=8, link_GBps=16.0, batch=32).table.set_index("engine")
+fast = costmodel.predict(gpus=8, link_GBps=300.0, batch=32).table.set_index("engine")
+print(f"batch 1, NVLink: weight streaming {bs1['accelerate']['weights (HBM)']:.1f} ms (pipeline) vs "
+      f"{bs1['ds-inference']['weights (HBM)']:.1f} ms (TP) of {bs1['accelerate']['ms_per_token']:.1f} vs {bs1['ds-inference']['ms_per_token']:.1f} ms/token")
+print(f"batch 32: TP / naive-PP speed-up {fast.loc['accelerate', 'ms_per_token'] / fast.loc['ds-inference', 'ms_per_token']:.1f}× on NVLink, "
+      f"{slow.loc['accelerate', 'ms_per_token'] / slow.loc['ds-inference', 'ms_per_token']:.1f}× on a 16 GB/s link "
+      f"(TP communication {slow.loc['ds-inference', 'communication_ms']:.2f} ms/token)")
+
+# %% [markdown]
+# ## What theory predicts vs what you measured
+
+# %%
+worst = fit.table.error_pct.abs().max()
+oom_cells = sorted(zip(fit.table.engine[fit.table.predicted_oom], fit.table.batch[fit.table.predicted_oom], strict=True))
+print(f"* Megatron: 2 all-reduces per layer (+1 for a vocabulary-split embedding) = {2 * layers + 1}. "
+      f"Measured: {scratch['comm']['all_reduce']} (from scratch), {ranks[0]['tensor']['runs']['dtensor']['comm']['all_reduce']} (DTensor).")
+print(f"* Splitting changes no result. Measured max |difference| vs one process: TP {tp_table.iloc[:2, 1].max():.1e}, "
+      f"naive PP {pp_parity['naive']:.1e}, GPipe {pp_parity['gpipe']:.1e}.")
+print(f"* Naive pipeline on 2 stages: each rank idle at least half the time. Measured: {naive_idle['total']:.0%}.")
+for r in bubble.table.itertuples():
+    print(f"* GPipe bubble (p − 1)/(m + p − 1) at m={r.microbatches}: {r.formula:.3f}; measured {r.measured_bubble:.3f} "
+          f"(total idle {r.measured_total_idle:.3f})")
+print(f"* Cost model vs the published BLOOM-176B rows: worst error {worst:.1f} % over {int((~fit.table.published_oom).sum())} points; "
+      f"predicted OOM at {oom_cells} (published: accelerate 64, ds-inference 256).")
+print(f"* Published batch-1 speed-up of ds-inference over accelerate: {230.38 / 44.02:.1f}×; the model's weight-streaming part alone: "
+      f"{bs1['accelerate']['weights (HBM)'] / bs1['ds-inference']['weights (HBM)']:.0f}× (one GPU vs 8 at a time).")
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. BLOOM-176B has 70 layers. How many all-reduces does one TP forward make (count the embedding)?
+# 2. A GPipe pipeline over 8 GPUs runs 4 micro-batches. What fraction of the time is idle? (3 decimals)
+# 3. With the widget: on a 16 GB/s link at batch 128, which engine is faster? Why?
+
+# %%
+answer_1 = None
+answer_2 = None
+expected_1, expected_2 = 2 * 70 + 1, round(pp.bubble_formula(8, 4), 3)
+if answer_1 is not None:
+    print("1: ✓" if answer_1 == expected_1 else f"1: ✗ {expected_1}")
+if answer_2 is not None:
+    print("2: ✓" if abs(answer_2 - expected_2) < 1e-3 else f"2: ✗ {expected_2}")
+
+# %%
+from labkit.notebook import run
+
+run.record({
+    "model": MODEL,
+    "layers": layers,
+    "layer_parity_max": max(max(r["tensor"]["layer_parity"].values()) for r in ranks),
+    "tp_max_diff": {row["mode"]: row["max |logits − single|"] for _, row in tp_table.iterrows()},
+    "all_reduces": {m: r["comm"].get("all_reduce", 0) for m, r in ranks[0]["tensor"]["runs"].items()},
+    "all_reduces_by_tag": scratch["by_tag"],
+    "all_reduce_bytes": scratch["comm"]["all_reduce_bytes"],
+    "batch": BATCH, "seq": SEQ,
+    "pp_max_diff": pp_parity,
+    "naive_idle": naive_idle["total"],
+    "latency_ms": latency.set_index("batch").to_dict(orient="list"),
+    "bubble_measured": dict(zip(bubble.table.microbatches.astype(str), bubble.table.measured_bubble, strict=True)),
+    "bubble_total_idle": dict(zip(bubble.table.microbatches.astype(str), bubble.table.measured_total_idle, strict=True)),
+    "bubble_formula": dict(zip(bubble.table.microbatches.astype(str), bubble.table.formula, strict=True)),
+    "costmodel_error_pct": {f"{r.engine}/{r.batch}": r.error_pct for r in fit.table.itertuples() if not r.published_oom},
+    "costmodel_oom": [f"{e}/{b}" for e, b in oom_cells],
+    "costmodel_constants": {e.name: {"flop_efficiency": e.flop_efficiency, "layer_overhead_ms": e.layer_overhead_ms,
+                                     "workspace": e.workspace} for e in engines.values()},
+})

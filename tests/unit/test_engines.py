@@ -1,0 +1,156 @@
+"""Every available engine computes what PyTorch eager computes, on every workload."""
+
+import numpy as np
+import pytest
+import torch
+
+from labkit import engines
+from labkit.engines import base
+
+CPU_ENGINES = ["torch-eager", "torchscript", "torch-compile", "onnxruntime", "openvino"]
+
+
+def need(name: str) -> None:
+    ok, reason = engines.ENGINES[name].available()
+    if not ok:
+        pytest.skip(f"{name} is not available here: {reason}")
+
+
+def workload_graph(workload: str, **shape):
+    from labkit.models import smollm2
+
+    if workload == "smollm2-135m" and not smollm2.is_prepared() and smollm2.find_gguf() is None:
+        try:
+            smollm2.download_gguf()
+        except RuntimeError as err:  # an offline GPU box; `make test` prepares it before the tests
+            pytest.skip(f"SmolLM2 is not prepared and cannot be downloaded here: {err}")
+    return engines.graph_for(workload, **shape)
+
+
+@pytest.mark.parametrize("workload", engines.WORKLOADS)
+@pytest.mark.parametrize("name", CPU_ENGINES)
+def test_fp32_parity_with_eager(name, workload):
+    need(name)
+    graph = workload_graph(workload, batch_size=2, seq_len=16)
+    session = engines.get_engine(name).prepare(graph, num_threads=2)
+    parity = engines.check_parity(session, graph)  # raises ParityError with the numbers
+    assert parity.ok and parity.relative_diff <= engines.TOLERANCE["fp32"]
+    assert session.info.engine == name and session.info.precision == "fp32" and session.info.threads == 2
+    assert session.info.prepare_s > 0
+
+
+@pytest.mark.parametrize("name", ["torch-eager", "openvino"])
+def test_bf16_is_close_but_not_exact(name):
+    need(name)
+    graph = engines.graph_for("tiny-llama", batch_size=1, seq_len=16)
+    parity = engines.check_parity(engines.get_engine(name).prepare(graph, precision="bf16"), graph)
+    assert 0 < parity.relative_diff <= engines.TOLERANCE["bf16"]
+
+
+def test_dynamic_shapes_one_session_many_shapes():
+    need("onnxruntime")
+    graph = engines.graph_for("tiny-bloom", batch_size=1, seq_len=8)
+    session = engines.get_engine("onnxruntime").prepare(graph)
+    for batch, seq in [(1, 8), (3, 20)]:
+        other = engines.graph_for("tiny-bloom", batch_size=batch, seq_len=seq)
+        assert session.run(*other.example).shape == (batch, seq, 4096)
+        assert engines.check_parity(session, other).ok
+
+
+def test_openvino_compiles_for_the_example_shape_unless_asked_not_to():
+    need("openvino")
+    graph = engines.graph_for("tiny-bloom", batch_size=1, seq_len=8)
+    other = engines.graph_for("tiny-bloom", batch_size=2, seq_len=12)
+    static = engines.get_engine("openvino").prepare(graph)
+    assert "static shapes" in static.info.provider
+    shapes = r"compiled for input shapes \[\(1, 8\)\], got \[\(2, 12\)\].*static_shapes=False"
+    with pytest.raises(ValueError, match=shapes):
+        static.run(*other.example)
+    dynamic = engines.get_engine("openvino").prepare(graph, static_shapes=False)
+    assert "dynamic shapes" in dynamic.info.provider and engines.check_parity(dynamic, other).ok
+
+
+def test_engine_table_lists_every_engine_with_a_reason():
+    table = engines.engine_table()
+    assert list(table.engine) == list(engines.ENGINES)
+    assert table.reason.str.len().min() > 5
+    trt = table.set_index("engine").loc["tensorrt"]
+    if not torch.cuda.is_available():
+        assert not trt.available and "GPU" in trt.reason
+
+
+def test_unknown_engine_lists_all_engines_with_status():
+    with pytest.raises(ValueError, match=r"unknown engine 'tvm'; engines: torch-eager \(available\).*tensorrt"):
+        engines.get_engine("tvm")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only error; this machine has a GPU")
+def test_unavailable_engine_says_why():
+    with pytest.raises(engines.EngineUnavailable, match=r"'tensorrt' is not available here \(needs an NVIDIA GPU"):
+        engines.get_engine("tensorrt")
+    with pytest.raises(engines.EngineUnavailable, match="needs an NVIDIA GPU"):
+        engines.ENGINES["tensorrt"].prepare(engines.graph_for("digits-cnn"))
+
+
+def test_bad_precision_and_threads_are_refused():
+    need("onnxruntime")
+    graph = engines.graph_for("digits-cnn")
+    with pytest.raises(ValueError, match=r"supports precisions \['fp32'\], not 'bf16'"):
+        engines.get_engine("onnxruntime").prepare(graph, precision="bf16")
+    with pytest.raises(ValueError, match="num_threads must be >= 1"):
+        engines.get_engine("torch-eager").prepare(graph, num_threads=0)
+    with pytest.raises(ValueError, match="unknown provider"):
+        engines.get_engine("onnxruntime").prepare(graph, provider="rocm")
+    with pytest.raises(ValueError, match="unknown workload"):
+        engines.graph_for("resnet-50")
+
+
+def test_parity_failure_raises_with_the_numbers():
+    graph = engines.graph_for("digits-cnn")
+
+    class Wrong(base.Session):
+        info = base.SessionInfo("wrong", "fp32", None, "cpu", "-", 0.0)
+
+        def run(self, *inputs):
+            return graph.reference(inputs) + 1.0
+
+    with pytest.raises(engines.ParityError, match=r"wrong \(fp32\) differs from torch eager by 1 \(relative"):
+        engines.check_parity(Wrong(), graph)
+    assert not engines.check_parity(Wrong(), graph, raise_on_fail=False).ok
+
+
+def test_the_cnn_is_actually_trained():
+    from labkit.models import cnn
+
+    assert cnn.accuracy(cnn.load_digits_cnn()) > 0.95
+    graph = engines.graph_for("digits-cnn", batch_size=4)
+    assert graph.example[0].shape == (4, 1, 8, 8) and np.isfinite(graph.reference()).all()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name, precision", [("torch-eager", "fp16"), ("torch-compile", "bf16")])
+def test_gpu_sessions_match_cpu_eager(name, precision):
+    graph = engines.graph_for("tiny-llama", batch_size=2, seq_len=16)
+    session = engines.get_engine(name).prepare(graph, precision=precision, device="cuda")
+    assert session.info.device.startswith("cuda")
+    assert engines.check_parity(session, graph).ok
+
+
+@pytest.mark.gpu
+def test_tensorrt_matches_eager():
+    ok, reason = engines.ENGINES["tensorrt"].available()
+    if not ok:
+        pytest.skip(f"TensorRT unavailable: {reason}")
+    graph = engines.graph_for("digits-cnn", batch_size=4)
+    assert engines.check_parity(engines.get_engine("tensorrt").prepare(graph), graph).ok
+
+
+@pytest.mark.gpu
+def test_onnxruntime_cuda_provider():
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        providers = ort.get_available_providers()
+        pytest.skip(f"this onnxruntime build has no CUDA provider ({providers}); needs onnxruntime-gpu")
+    graph = engines.graph_for("tiny-bloom", batch_size=2, seq_len=16)
+    assert engines.check_parity(engines.get_engine("onnxruntime").prepare(graph, provider="cuda"), graph).ok

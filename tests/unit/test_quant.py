@@ -1,0 +1,125 @@
+"""Each quantizer on the trained tiny BLOOM (fast), GGUF on SmolLM2; errors for bad combinations."""
+
+import math
+
+import pytest
+import torch
+
+from labkit import models, quant
+from labkit.experiments import quantization
+
+SOURCE = "tiny-bloom-shakespeare"
+# name -> largest allowed stored size relative to fp32 (the embedding often stays in float)
+SIZE_BOUND = {"fp32": 1.0, "fp16": 0.51, "bf16": 0.51, "int8-dynamic": 0.55, "int8-weight": 0.55,
+              "quanto-int8": 0.55, "bnb-int8": 0.55, "int4-weight": 0.45, "bnb-nf4": 0.45, "ort-int8": 0.55,
+              "ort-int4": 0.45}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def base():
+    return models.load_model(SOURCE, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def tokens(base):
+    return quantization.eval_tokens(base[1], budget=512, window=256)
+
+
+@pytest.fixture(scope="module")
+def reference(base):
+    return quant.quantize("fp32", SOURCE, model=base[0])
+
+
+def build(name: str, model):
+    try:
+        return quant.quantize(name, SOURCE, model=model)
+    except ImportError as err:  # e.g. a GPU box without the quant extra; `make test` installs it
+        pytest.skip(f"{name}: its library is not installed here ({err})")
+
+
+@pytest.mark.parametrize("name", list(SIZE_BOUND))
+def test_quantizer_shrinks_and_keeps_quality(name, base, tokens, reference):
+    q = build(name, base[0])
+    ids = tokens[:1, :16]
+    assert q.logits(ids).shape == (1, 16, 4096)
+    ratio = q.stored_bytes / reference.stored_bytes
+    assert ratio <= SIZE_BOUND[name], f"{name}: {ratio:.3f} of fp32"
+    if name not in ("fp32", "fp16", "bf16"):
+        assert ratio < 0.56  # a quantizer that saves nothing is broken
+    assert q.resident_bytes > 0
+    row = quantization.quality({name: q}, reference, tokens).iloc[0]
+    assert math.isfinite(row.perplexity)
+    ref_ppl = quantization.quality({"fp32": reference}, reference, tokens).perplexity.iloc[0]
+    assert row.perplexity <= 1.05 * ref_ppl  # within 5 % of fp32 on 510 predicted tokens
+    assert row.top1_agreement > 0.9
+
+
+def test_fp32_agrees_with_itself(reference, tokens):
+    row = quantization.quality({"fp32": reference}, reference, tokens).iloc[0]
+    assert row.top1_agreement == 1.0 and abs(row.kl_vs_fp32) < 1e-6
+
+
+def test_resident_bytes_counts_tied_weights_once(base):
+    model = base[0]
+    params = sum(p.numel() for p in model.parameters())
+    assert quant.resident_bytes(model) == 4 * params
+    assert abs(quant.stored_bytes(model) - 4 * params) / (4 * params) < 0.35  # + the tied copy and metadata
+
+
+def test_dynamic_int8_replaces_linear_layers(base):
+    q = build("int8-dynamic", base[0])
+    layer = quantization.describe_linear(q)
+    assert "Linear" in layer["layer"] and "qint8" in layer["weight"]
+
+
+def test_gguf_is_smollm2s_own_file():
+    from labkit.models import smollm2
+
+    if smollm2.find_gguf() is None:
+        try:
+            smollm2.download_gguf()
+        except RuntimeError as err:
+            pytest.skip(f"the SmolLM2 GGUF is not here and cannot be downloaded: {err}")
+    q = quant.quantize("gguf-q4_1", "smollm2-135m")
+    fp32_bytes = 4 * models.estimate_memory("smollm2-135m").params
+    assert q.stored_bytes == 96_576_768
+    assert q.stored_bytes / fp32_bytes < 0.30
+    assert quant.gguf_tensor_types(smollm2.find_gguf()) == {"F32": 61, "Q4_1": 210, "Q8_0": 1}
+
+
+def test_bad_combinations_say_why():
+    with pytest.raises(ValueError, match=r"unknown quantizer 'int3'; choose from \['fp32'"):
+        quant.quantize("int3", SOURCE)
+    with pytest.raises(ValueError, match=r"int8-dynamic \(torch.ao\) runs on \['cpu'\], not 'cuda'; on cuda use"):
+        quant.quantize("int8-dynamic", SOURCE, device="cuda")
+    with pytest.raises(ValueError, match="other models need llama.cpp"):
+        quant.quantize("gguf-q4_1", SOURCE, model=torch.nn.Linear(1, 1))
+
+
+def test_speed_measures_prefill_and_decode(base, reference):
+    s = quantization.speed(reference, prefill_tokens=32, decode_tokens=4, batch_sizes=(1, 2), vocab=4096, repeat=2)
+    assert s["prefill_ms"] > 0 and s["decode_tok_s_b1"] > 0 and s["decode_tok_s_b2"] > 0
+    ort = build("ort-int8", base[0])
+    assert math.isnan(quantization.speed(ort, prefill_tokens=32, batch_sizes=(1,), repeat=1)["decode_tok_s_b1"])
+
+
+def test_eval_tokens_are_fixed_and_held_out(base):
+    a = quantization.eval_tokens(base[1], budget=512)
+    assert a.shape == (2, 256) and torch.equal(a, quantization.eval_tokens(base[1], budget=512))
+    with pytest.raises(ValueError, match="at least one window"):
+        quantization.eval_tokens(base[1], budget=100)
+
+
+def test_genai_int8_keeps_quality_and_decodes():
+    pytest.importorskip("onnxruntime_genai", reason="onnxruntime-genai is not installed")
+    base, tok = models.load_model("tiny-llama", device="cpu")  # Llama: what its model builder supports
+    reference = quant.quantize("fp32", "tiny-llama", model=base)
+    q = quant.quantize("genai-int8", "tiny-llama", model=base)
+    assert q.stored_bytes / reference.stored_bytes < 0.5  # int8 blocks; the input embedding stays fp32
+    window = quantization.eval_tokens(tok, budget=256, window=128)
+    rows = quantization.quality({"genai-int8": q, "fp32": reference}, reference, window).set_index("quantizer")
+    assert rows.loc["genai-int8", "perplexity"] <= 1.05 * rows.loc["fp32", "perplexity"]
+    assert rows.loc["genai-int8", "top1_agreement"] > 0.8
+    assert quantization.speed(q, decode_tokens=4, batch_sizes=(1, 2), vocab=len(tok))["decode_tok_s_b2"] > 0
+    with pytest.raises(ImportError, match="does not support bloom"):
+        quant.quantize("genai-int4", SOURCE)

@@ -1,0 +1,32 @@
+"""Roofline points per precision and the static vs dynamic KV cache comparison."""
+
+import pytest
+
+from labkit import models
+from labkit.experiments import roofline
+
+
+def test_static_cache_gives_greedy_the_same_tokens():
+    result = roofline.static_vs_dynamic("tiny-llama", new_tokens=8, compile=False, repeat=1)
+    assert list(result.table.variant) == ["dynamic cache", "static cache"]
+    assert result.table.same_tokens_as_dynamic.all()
+    assert (result.table.decode_tok_s > 0).all()
+
+
+def test_precision_points_follow_the_bandwidth_formula():
+    limits = {"bandwidth_GBps": 20.0, "flops": 2e11}  # given, so the test does not measure the machine
+    points = roofline.precision_points("tiny-llama", precisions=("fp32", "bf16"), batch_sizes=(1, 2), new_tokens=4,
+                                       limits=limits)
+    params = models.estimate_memory("tiny-llama").params
+    fp32 = points[(points.precision == "fp32") & (points.batch == 1)].iloc[0]
+    embed = models.get_config("tiny-llama").vocab_size * 256 * 4  # untied input embedding: one row read per token
+    assert fp32.read_per_step_MB * 1e6 == pytest.approx(params * 4 - embed, abs=1024)  # + RoPE buffer
+    assert fp32.bandwidth_bound_tok_s == pytest.approx(20e9 / (params * 4 - embed), rel=1e-4)
+    bf16 = points[(points.precision == "bf16") & (points.batch == 1)].iloc[0]
+    assert bf16.read_per_step_MB == pytest.approx(fp32.read_per_step_MB / 2)  # half the bytes ...
+    assert bf16.bandwidth_bound_tok_s == pytest.approx(2 * fp32.bandwidth_bound_tok_s)  # ... twice the limit
+    b2 = points[(points.precision == "fp32") & (points.batch == 2)].iloc[0]
+    assert b2.intensity_flop_per_byte == pytest.approx(2 * fp32.intensity_flop_per_byte)
+    assert (points.decode_tok_s > 0).all()
+    fig = roofline.roofline_figure(points)
+    assert len(fig.data) == 3  # the roof + one series per engine/precision
