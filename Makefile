@@ -42,6 +42,8 @@ lab: prepare
 test: prepare
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
 		|| echo "== Chromium not installed (no apt here): the browser test will skip"
+	$(BIN)/ruff check labkit tests benchmarks scripts
+	$(BIN)/lint-imports
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
 
 run-labs: prepare

@@ -3,8 +3,9 @@
     python benchmarks/anatomy.py [--out reports/anatomy.json] [--model smollm2-135m] [--new-tokens 32]
 
 Reports, per precision (fp32, int8-dynamic): measured decode tokens/s ÷ (bandwidth ÷ bytes read per step),
-and the measured slowdown of all-on-disk Accelerate offload against all-in-memory. Run it on an idle
-machine: other processes skew both numbers.
+and the measured slowdown of all-on-disk Accelerate offload against all-in-memory. Both decode numbers come from
+`labkit.decoding.timing` (batch / median decode step after a warm-up). Run it on an idle machine: other processes
+skew both numbers.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import argparse
 import json
 from pathlib import Path
 
-from labkit import hardware, offload
-from labkit.experiments import roofline
+from labkit import hardware
+from labkit.experiments import big_models, roofline
 
 
 def main() -> int:
@@ -26,7 +27,7 @@ def main() -> int:
     limits = roofline.machine_limits()
     points = roofline.precision_points(args.model, precisions=("fp32", "int8-dynamic"), batch_sizes=(1,),
                                        new_tokens=args.new_tokens, limits=limits)  # fmt: skip
-    off = offload.offload_latency(args.model, new_tokens=max(4, args.new_tokens // 4)).table.set_index("scenario")
+    off = big_models.offload_latency(args.model, new_tokens=max(4, args.new_tokens // 4)).table.set_index("scenario")
     report = {
         "machine": hardware.detect().summary, "model": args.model, **limits,
         "roofline_b1": {r.precision: {"decode_tok_s": r.decode_tok_s, "bandwidth_bound_tok_s": r.bandwidth_bound_tok_s,

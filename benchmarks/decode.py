@@ -1,11 +1,12 @@
-"""LLM decode on this CPU: every generation engine against llama.cpp and the bandwidth-bound limit (JSON).
+"""LLM decode on this CPU: every decode backend against llama.cpp and the bandwidth-bound limit (JSON).
 
     python benchmarks/decode.py [--out reports/decode.json] [--model smollm2-135m] [--smoke]
 
-Same held-out prompts (128 tokens), same number of new tokens (64), greedy, 2 threads, warm-up excluded,
-medians of repeats. Prints each path's decode tokens/s at batch 1 and 8, prefill latency, weight bytes,
-% of the bandwidth-bound limit for its weight bytes, and its ratio to llama.cpp (when llama-cpp-python is
-installed: `pip install 'labkit[peer]'`; otherwise it says so). --smoke: tiny-llama, small sizes.
+Same held-out prompts (128 tokens), same number of new tokens (64), greedy, 2 threads, timed by
+`labkit.decoding.timing` (one warm-up, then medians of repeats; decode tokens/s = batch / median step time).
+Prints each path's decode tokens/s at batch 1 and 8, prefill latency, weight bytes, % of the bandwidth-bound
+limit for its weight bytes, and its ratio to llama.cpp (when llama-cpp-python is installed:
+`pip install 'labkit[peer]'`; otherwise it says so). --smoke: tiny-llama, small sizes.
 """
 
 from __future__ import annotations

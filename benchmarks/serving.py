@@ -1,4 +1,4 @@
-"""Serving benchmark (issue 9): every scheduler at 1, 4, 16, 32 concurrent clients, real HTTP on 127.0.0.1.
+"""Serving benchmark: every scheduler at 1, 4, 16, 32 concurrent clients, real HTTP on 127.0.0.1.
 
     python benchmarks/serving.py                       # SmolLM2, 64 new tokens, writes reports/serving.json
     python benchmarks/serving.py --model tiny-llama --clients 1 4 --max-tokens 16

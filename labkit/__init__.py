@@ -1,7 +1,9 @@
-"""labkit: the small library behind Inference Lab's notebooks.
+"""labkit: the library behind Inference Lab's notebooks, organised by concept.
 
-Each module is one idea (hardware, models, data, measure, plots, widgets, training, runner, cli);
-notebooks call plain functions from here and plot what they return.
+Foundations (hardware, precision, memory, cache, measure, plots, widgets), then data/ and models/, decoding/ and
+training, convert/ and engines/, quant, offload and anatomy, generation/, parallel/ and serving/; on top,
+experiments/ (what the labs call: plain arguments in, a table and a figure out) and notebook/ (papermill runs and
+reports). The layers are import contracts in pyproject.toml, checked by `lint-imports`.
 """
 
 from __future__ import annotations

@@ -44,8 +44,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from labkit.data import shakespeare_tokenizer
-    from labkit.models import shakespeare_checkpoint_dir, smollm2
-    from labkit.training import train_default_checkpoint
+    from labkit.models import shakespeare_checkpoint_dir, smollm2, train_default_checkpoint
 
     steps = {
         "shakespeare tokenizer": shakespeare_tokenizer,

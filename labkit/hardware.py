@@ -166,9 +166,9 @@ def _deepspeed() -> tuple[str | None, dict[str, bool]]:
         for name, builder in (("cpu_adam", CPUAdamBuilder), ("transformer_inference", InferenceBuilder)):
             try:
                 ops[name] = bool(builder().is_compatible(verbose=False))
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001 - an op that cannot even say if it fits is not available
                 ops[name] = False
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - a half-installed DeepSpeed still gets its version reported
         pass
     return ds_version, ops
 
@@ -225,7 +225,14 @@ _CAPABILITIES = {
 
 
 def require(capability: str) -> None:
-    """Raise `CapabilityMissing` (saying what is missing and what happens instead) unless present."""
+    """Raise `CapabilityMissing` (saying what is missing and what happens instead) unless present.
+
+    Args:
+        capability: one of "cuda", "multi-gpu", "nccl", "gloo", "onnxruntime", "openvino", "deepspeed", "avx512_bf16".
+    Raises:
+        ValueError: for an unknown capability, naming the valid ones.
+        CapabilityMissing: when this machine lacks it.
+    """
     if capability not in _CAPABILITIES:
         raise ValueError(f"unknown capability {capability!r}; choose from {sorted(_CAPABILITIES)}")
     check, instead = _CAPABILITIES[capability]

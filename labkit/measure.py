@@ -200,6 +200,13 @@ def memory_bandwidth(size_mib: int = 256, repeat: int = 5, device: str = "cpu") 
     That is the operation a batch-1 decode step is made of (every weight read once per token), so this
     is the number that bounds it. It is a ceiling, so the fastest repeat counts: other work on the
     machine can only slow a run down.
+
+    Args:
+        size_mib: size of the fp32 matrix read, MiB (choose it well above the last-level cache).
+        repeat: timed repeats after 2 warm-ups.
+        device: "cpu", "cuda" or "cuda:N" (the device whose memory is measured).
+    Returns:
+        bytes read / fastest repeat, in GB/s (1e9 bytes per second).
     """
     cols = 4096
     weights = torch.ones(size_mib * 2**20 // 4 // cols, cols, dtype=torch.float32, device=device)
@@ -209,7 +216,14 @@ def memory_bandwidth(size_mib: int = 256, repeat: int = 5, device: str = "cpu") 
 
 
 def results_frame(rows: list[dict], **meta) -> pd.DataFrame:
-    """A DataFrame of benchmark rows that remembers the hardware it ran on (`df.attrs`)."""
+    """A DataFrame of benchmark rows that remembers the hardware it ran on (`df.attrs`).
+
+    Args:
+        rows: one dict per measurement (column -> value).
+        **meta: more facts to keep in `df.attrs` (e.g. model="tiny-bloom").
+    Returns:
+        the DataFrame; attrs["hardware"] is this machine's summary, attrs["torch_threads"] the threads used.
+    """
     from labkit.hardware import detect
 
     df = pd.DataFrame(rows)

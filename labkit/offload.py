@@ -1,4 +1,4 @@
-"""Big-model inference with HF Accelerate: device maps, offload to CPU / disk, and the hooks behind them.
+"""Big-model inference with HF Accelerate: device maps, offload to CPU / disk, and the bytes behind them.
 
 The recipe Accelerate uses for a model larger than the fast device:
 
@@ -9,69 +9,84 @@ The recipe Accelerate uses for a model larger than the fast device:
 
 On a CPU-only machine the "fast" device is the CPU itself and the slow tier is disk, so the same
 code shows the same effect: every offloaded byte is read again for every token.
+
+Every function takes a model name or, better, a `models.ModelSpec` resolved once by the caller.
 """
 
 from __future__ import annotations
 
+import copy
 import tempfile
-import time
 from pathlib import Path
 
 import pandas as pd
+import plotly.graph_objects as go
 import torch
+from accelerate import infer_auto_device_map, init_empty_weights, load_checkpoint_and_dispatch
+from transformers import AutoModelForCausalLM
 
-from labkit import measure, models, plots
-from labkit.cache import cache_dir
+from labkit import models, plots
+from labkit.hardware import resolve_device
 
-SCENARIOS = {"all in memory": 1.0, "half on disk": 0.5, "all on disk": 0.0}  # share of weight bytes kept in memory
-
-
-def checkpoint_dir(name: str) -> Path:
-    """A safetensors checkpoint folder for a registered model (written once into the labkit cache)."""
-    if name == "smollm2-135m":
-        from labkit.models import smollm2
-
-        return smollm2.prepare() if not smollm2.is_prepared() else smollm2.converted_dir()
-    if name == "tiny-bloom-shakespeare":
-        models.load_model(name, device="cpu")  # trains and caches it the first time
-        return models.shakespeare_checkpoint_dir()
-    path = cache_dir("models") / f"{name}-checkpoint"
-    if not (path / "model.safetensors").exists():
-        model, tok = models.load_model(name, device="cpu")
-        model.save_pretrained(path, safe_serialization=True)
-        tok.save_pretrained(path)
-    return path
+Model = str | models.ModelSpec  # a name is resolved once, at the entry of each function
 
 
-def empty_model(name: str) -> torch.nn.Module:
-    """The architecture on the meta device: shapes and names, no memory. Weights tied, as Accelerate needs."""
-    from accelerate import init_empty_weights
-    from transformers import AutoModelForCausalLM
+def _spec(model: Model) -> models.ModelSpec:
+    return model if isinstance(model, models.ModelSpec) else models.resolve(model)
 
+
+def empty_model(model: Model) -> torch.nn.Module:
+    """The architecture on the meta device: shapes and names, no memory; weights tied, as Accelerate needs.
+
+    Args:
+        model: a model name or a resolved `models.ModelSpec`.
+    Returns:
+        the transformers model with every parameter on the meta device.
+    Raises:
+        ValueError: an unknown name.
+    """
     with init_empty_weights():
-        model = AutoModelForCausalLM.from_config(models.get_config(name))
-    model.tie_weights()  # else the map gives lm_head its own device and the forward fails on lm_head.weight
-    return model
-
-
-def fast_device() -> str | int:
-    """Where computation happens: GPU 0 when there is one, else the CPU."""
-    return 0 if torch.cuda.is_available() else "cpu"
+        empty = AutoModelForCausalLM.from_config(copy.deepcopy(_spec(model).config))  # the spec's stays as it is
+    empty.tie_weights()  # else the map gives lm_head its own device and the forward fails on lm_head.weight
+    return empty
 
 
 def execution_device() -> torch.device:
-    """Where inputs go (an offloaded model's `.device` can be "meta")."""
-    return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    """Where an offloaded model computes and where its inputs go (its own `.device` can be "meta").
+
+    Returns:
+        `hardware.resolve_device("auto")`, with the GPU index made explicit (cuda:N) when there is a GPU.
+    """
+    device = resolve_device("auto")
+    return torch.device("cuda", torch.cuda.current_device()) if device.type == "cuda" else device
 
 
-def max_memory_for(name: str, in_memory: float) -> dict:
-    """A `max_memory` budget that keeps `in_memory` (0..1) of the weight bytes on the fast device.
+def fast_device() -> str | int:
+    """The execution device as Accelerate names it in `max_memory` and device maps.
+
+    Returns:
+        the GPU index (int) when there is a GPU, else "cpu".
+    """
+    device = execution_device()
+    return device.index if device.type == "cuda" else "cpu"
+
+
+def max_memory_for(model: Model, in_memory: float) -> dict:
+    """A `max_memory` budget that keeps `in_memory` of the fp32 weight bytes on the fast device.
 
     On a GPU the rest goes to CPU RAM up to the same budget, then disk; on a CPU the rest goes to disk.
+
+    Args:
+        model: a model name or a resolved `models.ModelSpec`.
+        in_memory: share of the weight bytes allowed in memory, 0..1 (1.0: everything fits).
+    Returns:
+        {fast_device(): bytes, ["cpu": bytes,] "disk": bytes}, Accelerate's `max_memory` format.
+    Raises:
+        ValueError: in_memory outside 0..1 (checked before the name is resolved).
     """
     if not 0.0 <= in_memory <= 1.0:
         raise ValueError(f"in_memory is a share of the weights between 0 and 1, got {in_memory}")
-    total = models.estimate_memory(name).bytes
+    total = _spec(model).weight_bytes("fp32")
     # 1.0: room for everything. At least 1 MiB: Accelerate cannot load a checkpoint with every module on disk.
     budget = 2 * total if in_memory >= 1.0 else max(int(total * in_memory), 1 << 20)
     memory = {fast_device(): budget}
@@ -81,33 +96,53 @@ def max_memory_for(name: str, in_memory: float) -> dict:
     return memory
 
 
-def device_map(name: str, max_memory: dict) -> dict[str, str | int]:
-    """Accelerate's placement of each top-level block under `max_memory` (no weights loaded)."""
-    from accelerate import infer_auto_device_map
-
-    model = empty_model(name)
-    placement = dict(infer_auto_device_map(model, max_memory=max_memory, clean_result=False,
-                                           no_split_module_classes=model._no_split_modules))  # fmt: skip
+def _placement(empty: torch.nn.Module, max_memory: dict) -> dict[str, str | int]:
+    placement = dict(infer_auto_device_map(empty, max_memory=max_memory, clean_result=False,
+                                           no_split_module_classes=empty._no_split_modules))  # fmt: skip
     if all(device == "disk" for device in placement.values()):
-        # Accelerate only loads a checkpoint if some module stays off disk: keep the final norm in memory.
-        named = dict(model.named_modules())
+        # Accelerate only loads a checkpoint if some module stays off disk: keep the smallest block in memory.
+        named = dict(empty.named_modules())
         with_params = [m for m in placement if any(True for _ in named[m].parameters())]
         smallest = min(with_params, key=lambda m: sum(p.numel() for p in named[m].parameters()))
         placement[smallest] = fast_device()
     return placement
 
 
-def load_offloaded(name: str, max_memory: dict, offload_dir: str | Path | None = None) -> torch.nn.Module:
-    """Load `name` with what does not fit in `max_memory` offloaded (disk files under `offload_dir`)."""
-    from accelerate import load_checkpoint_and_dispatch
+def device_map(model: Model, max_memory: dict) -> dict[str, str | int]:
+    """Accelerate's placement of each top-level block under `max_memory` (no weights loaded).
 
-    model = empty_model(name)
-    placement = device_map(name, max_memory)
+    Args:
+        model: a model name or a resolved `models.ModelSpec`.
+        max_memory: device -> bytes, e.g. from `max_memory_for()`.
+    Returns:
+        module name -> device (GPU index, "cpu" or "disk"), in forward order. When every block would go to disk,
+        the smallest one is kept on the fast device (Accelerate needs one off disk to load).
+    """
+    return _placement(empty_model(model), max_memory)
+
+
+def load_offloaded(model: Model, max_memory: dict, offload_dir: str | Path | None = None) -> torch.nn.Module:
+    """Load a model (fp32) with what does not fit in `max_memory` offloaded; the meta model is built once.
+
+    Args:
+        model: a model name or a resolved `models.ModelSpec` (its checkpoint is written on first use).
+        max_memory: device -> bytes, e.g. from `max_memory_for()`.
+        offload_dir: folder for the offloaded weights (a new temporary folder when None).
+    Returns:
+        the dispatched model in eval mode; `hf_device_map` says where each block lives. Inputs go to
+        `execution_device()`.
+    Raises:
+        ValueError: an unknown name. ModelNotAvailable: a model with no weights here.
+    """
+    spec = _spec(model)
+    spec.require_weights()
+    empty = empty_model(spec)
+    placement = _placement(empty, max_memory)
     folder = Path(offload_dir or tempfile.mkdtemp(prefix="labkit-offload-"))
-    model = load_checkpoint_and_dispatch(model, str(checkpoint_dir(name)), device_map=placement,
-                                         offload_folder=str(folder), dtype=torch.float32)  # fmt: skip
-    _share_tied_offloaded_weight(model, folder)
-    return model.eval()
+    loaded = load_checkpoint_and_dispatch(empty, str(spec.checkpoint_dir), device_map=placement,
+                                          offload_folder=str(folder), dtype=torch.float32)  # fmt: skip
+    _share_tied_offloaded_weight(loaded, folder)
+    return loaded.eval()
 
 
 def _share_tied_offloaded_weight(model: torch.nn.Module, folder: Path) -> None:
@@ -126,108 +161,52 @@ def _share_tied_offloaded_weight(model: torch.nn.Module, folder: Path) -> None:
 
 
 def placement_table(model: torch.nn.Module) -> pd.DataFrame:
-    """Module -> device and its weight bytes, from the model's `hf_device_map`."""
+    """Where each block of a dispatched model lives and how many weight bytes it holds.
+
+    Args:
+        model: a model from `load_offloaded()` (it has `hf_device_map`).
+    Returns:
+        DataFrame with columns module, device, MB (1e6 bytes); a tied weight (embedding = LM head) counted once.
+    """
     named = dict(model.named_modules())
     rows, seen = [], set()
     if getattr(model.config, "tie_word_embeddings", False):
         seen.add(id(model.get_output_embeddings().weight))  # stored once, as the input embedding
     for module, device in model.hf_device_map.items():
         params = [p for p in (named[module] if module else model).parameters() if id(p) not in seen]
-        seen.update(id(p) for p in params)  # a tied weight (embedding = LM head) is counted once
+        seen.update(id(p) for p in params)
         nbytes = sum(p.numel() * p.element_size() for p in params)
         rows.append({"module": module or "(whole model)", "device": str(device), "MB": nbytes / 1e6})
     return pd.DataFrame(rows)
 
 
-def placement_figure(table: pd.DataFrame, title: str = "Where each block lives"):
+def placement_figure(table: pd.DataFrame, title: str = "Where each block lives") -> go.Figure:
+    """Bar chart of `placement_table()`: MB of weights per block, coloured by device.
+
+    Args:
+        table: from `placement_table()`. title: the figure title.
+    Returns:
+        a plotly Figure.
+    """
     return plots.bars(table, x="module", y="MB", color="device", ylabel="weights (MB)", title=title)
-
-
-def _decode(model, ids: torch.Tensor, new_tokens: int) -> tuple[list[int], list[float], torch.Tensor]:
-    """Greedy decode with a KV cache; returns the tokens, seconds per step and the first step's logits."""
-    tokens, step_s = [], []
-    with torch.no_grad():
-        out = model(input_ids=ids, use_cache=True)
-        first_logits = out.logits[:, -1].float().cpu()
-        for _ in range(new_tokens):
-            nxt = out.logits[:, -1:].argmax(-1)
-            tokens.append(int(nxt))
-            start = time.perf_counter()
-            out = model(input_ids=nxt.to(ids.device), past_key_values=out.past_key_values, use_cache=True)
-            step_s.append(time.perf_counter() - start)
-    return tokens, step_s, first_logits
-
-
-def offload_latency(name: str = "smollm2-135m", scenarios: dict[str, float] | None = None,
-                    prompt: str = "The quick brown fox", new_tokens: int = 8) -> plots.Measured:
-    """Per-token decode latency with all / part / none of the weights in memory; outputs must be identical."""
-    from tqdm.auto import tqdm
-
-    scenarios = scenarios or SCENARIOS
-    if new_tokens < 2:
-        raise ValueError(f"new_tokens must be >= 2, got {new_tokens}")
-    ref, tok = models.load_cached(name)  # the in-memory model every scenario must reproduce
-    ids = tok(prompt, return_tensors="pt").input_ids
-    ref_tokens, _, ref_logits = _decode(ref, ids, new_tokens)
-    rows = []
-    for label, share in tqdm(scenarios.items(), desc=f"offload scenarios ({name})"):
-        with tempfile.TemporaryDirectory(prefix="labkit-offload-") as folder:
-            model = load_offloaded(name, max_memory_for(name, share), folder)
-            table = placement_table(model)
-            _decode(model, ids, 2)  # warm-up: first reads fill the OS page cache
-            tokens, step_s, logits = _decode(model, ids.to(execution_device()), new_tokens)
-            disk_mb = table[table.device == "disk"].MB.sum()
-            rows.append({"scenario": label, "in_memory_share": share, "memory_MB": table.MB.sum() - disk_mb,
-                         "disk_MB": disk_mb, "ms_per_token": 1e3 * measure.Stats.of(step_s).median,
-                         "MB_moved_per_token": disk_mb,
-                         "identical_to_in_memory": tokens == ref_tokens and torch.equal(logits.cpu(), ref_logits)})
-            del model
-    result = pd.DataFrame(rows)
-    base = result.ms_per_token[result.in_memory_share.idxmax()]
-    result["slowdown"] = result.ms_per_token / base
-    extra_s = (result.ms_per_token - base) / 1e3
-    result["effective_GBps"] = (result.MB_moved_per_token / 1e3 / extra_s).where(extra_s > 0)
-    result = measure.results_frame(result.to_dict("records"), model=name)
-    fig = plots.bars(result, x="scenario", y="ms_per_token", ylabel="ms per generated token",
-                     title=f"{name}: decode latency as weights move from memory to disk")  # fmt: skip
-    return plots.Measured(result, fig)
-
-
-def trace_hooks(model: torch.nn.Module, input_ids: torch.Tensor) -> pd.DataFrame:
-    """One forward, stepping through Accelerate's hooks: when each block's weights arrive and leave."""
-    events, t0 = [], time.perf_counter()
-    originals = []
-    for module_name, module in model.named_modules():
-        hook = getattr(module, "_hf_hook", None)
-        if hook is None or not hasattr(hook, "pre_forward"):
-            continue
-
-        offloaded = bool(getattr(hook, "offload", False))
-
-        def wrap(fn, kind, module_name=module_name, offloaded=offloaded):
-            def traced(*args, **kwargs):
-                events.append({"module": module_name, "event": kind, "offloaded": offloaded,
-                               "t_ms": 1e3 * (time.perf_counter() - t0)})  # fmt: skip
-                return fn(*args, **kwargs)
-
-            return traced
-
-        originals.append(hook)
-        hook.pre_forward, hook.post_forward = wrap(hook.pre_forward, "weights in"), wrap(hook.post_forward, "done")
-    try:
-        with torch.no_grad():
-            model(input_ids=input_ids.to(execution_device()))
-    finally:
-        for hook in originals:  # drop the instance attributes: the class's methods apply again
-            del hook.pre_forward, hook.post_forward
-    return pd.DataFrame(events)
 
 
 def offload_seconds_per_token(weights_gb: float, fast_memory_gb: float, link_gbps: float, fast_gbps: float,
                               batch: int = 1) -> dict:
     """Bytes / bandwidth: a decode step reads every weight once, the offloaded part over the slow link.
 
-    Returns the step time and the per-token time (step / batch: a batch shares each weight read).
+    step_s = resident_GB / fast_gbps + streamed_GB / link_gbps, with resident_GB = min(weights, fast memory); a
+    batch shares each weight read, so s_per_token = step_s / batch. This is the bandwidth-bound floor of memory-bound
+    decoding (the roofline model, Williams et al., CACM 2009), with compute and overlap of transfers ignored.
+
+    Args:
+        weights_gb: weight bytes (GB). fast_memory_gb: memory for weights on the fast device(s) (GB).
+        link_gbps: bandwidth of the link the rest streams over (GB/s). fast_gbps: fast memory bandwidth (GB/s).
+        batch: sequences decoded together (>= 1).
+    Returns:
+        {"resident_GB", "streamed_GB", "step_s", "s_per_token"}.
+    Raises:
+        ValueError: a size or bandwidth <= 0 (fast memory < 0), or batch < 1.
     """
     if min(weights_gb, link_gbps, fast_gbps) <= 0 or fast_memory_gb < 0 or batch < 1:
         raise ValueError("sizes and bandwidths must be positive and batch >= 1")

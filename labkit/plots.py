@@ -59,7 +59,14 @@ def _in_kernel() -> bool:
     return shell is not None and getattr(shell, "kernel", None) is not None
 
 
-def _style(fig: go.Figure, title: str, subtitle: str | None = None) -> go.Figure:
+def style(fig: go.Figure, title: str, subtitle: str | None = None) -> go.Figure:
+    """Give a figure the lab's look: title (and a smaller subtitle), template, colours, size, legend below.
+
+    Args:
+        fig: any plotly figure. title: its title. subtitle: a second, smaller line (e.g. the hardware).
+    Returns:
+        the same figure, restyled.
+    """
     text = title if not subtitle else f"{title}<br><sup>{subtitle}</sup>"
     fig.update_layout(
         title=text, template=TEMPLATE, colorway=list(COLORS), height=420,
@@ -74,19 +81,34 @@ def _hardware(df: pd.DataFrame) -> str | None:
 
 def line(df: pd.DataFrame, x: str, ys: list[str], title: str, xlabel: str | None = None,
          ylabel: str | None = None, log_x: bool = False, log_y: bool = False) -> go.Figure:
-    """One line per column in `ys` (rows with NaN in a column are skipped for that line)."""
+    """One line per column in `ys` (rows with NaN in a column are skipped for that line).
+
+    Args:
+        df: the table. x: the column on the x axis. ys: columns drawn as lines. title: the figure's title.
+        xlabel, ylabel: axis titles (default: the column names). log_x, log_y: logarithmic axes.
+    Returns:
+        a plotly Figure in the lab's style.
+    """
     fig = go.Figure()
     for y in ys:
         part = df[[x, y]].dropna()
         fig.add_trace(go.Scatter(x=part[x], y=part[y], mode="lines+markers", name=y))
     fig.update_xaxes(title=xlabel or x, type="log" if log_x else None)
     fig.update_yaxes(title=ylabel or (ys[0] if len(ys) == 1 else None), type="log" if log_y else None)
-    return _style(fig, title, _hardware(df))
+    return style(fig, title, _hardware(df))
 
 
 def bars(df: pd.DataFrame, x: str, y: str, title: str, color: str | None = None,
          ylabel: str | None = None, text_format: str = ".3g") -> go.Figure:
-    """Bars of `y` per `x` (grouped by `color` if given), values printed on the bars."""
+    """Bars of `y` per `x` (grouped by `color` if given), values printed on the bars.
+
+    Args:
+        df: the table. x: the category column. y: the bar heights. title: the figure's title.
+        color: a column to group bars by (one colour per value). ylabel: the y axis title.
+        text_format: d3 format of the printed values.
+    Returns:
+        a plotly Figure in the lab's style.
+    """
     fig = go.Figure()
     groups = [(None, df)] if color is None else list(df.groupby(color, sort=False))
     for name, part in groups:
@@ -94,7 +116,7 @@ def bars(df: pd.DataFrame, x: str, y: str, title: str, color: str | None = None,
                              text=part[y], texttemplate=f"%{{text:{text_format}}}", textposition="outside"))
     fig.update_layout(barmode="group", showlegend=color is not None)
     fig.update_yaxes(title=ylabel or y)
-    return _style(fig, title, _hardware(df))
+    return style(fig, title, _hardware(df))
 
 
 def dual_axis(df: pd.DataFrame, x: str, left: str, right: str, title: str, log_x: bool = False) -> go.Figure:
@@ -107,7 +129,7 @@ def dual_axis(df: pd.DataFrame, x: str, left: str, right: str, title: str, log_x
         yaxis=dict(title=left, color=COLORS[0]),
         yaxis2=dict(title=right, overlaying="y", side="right", color=COLORS[1]),
     )  # fmt: skip
-    return _style(fig, title, _hardware(df))
+    return style(fig, title, _hardware(df))
 
 
 def mime_bundle(fig: go.Figure) -> dict:
@@ -135,3 +157,4 @@ class LiveFigure:
 
     def update(self, fig: go.Figure) -> None:
         self._handle.update(mime_bundle(fig), raw=True)
+

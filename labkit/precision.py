@@ -46,6 +46,10 @@ def canonical(precision: str | torch.dtype) -> str:
 def torch_dtype(precision: str | torch.dtype) -> torch.dtype:
     """The torch dtype that stores a floating-point precision (int8 -> torch.int8).
 
+    Args:
+        precision: one of PRECISIONS (but int4) or an alias.
+    Returns:
+        torch.float32, torch.bfloat16, torch.float16 or torch.int8.
     Raises:
         ValueError: for an unknown name, or for int4 (torch has no 4-bit dtype; quantizers pack it).
     """
@@ -56,12 +60,28 @@ def torch_dtype(precision: str | torch.dtype) -> torch.dtype:
 
 
 def bytes_per_value(precision: str | torch.dtype) -> float:
-    """Storage bytes of one value: 4, 2, 2, 1 or 0.5 (block scales and zero points not included)."""
+    """Storage bytes of one value: 4, 2, 2, 1 or 0.5 (block scales and zero points not included).
+
+    Args:
+        precision: one of PRECISIONS or an alias accepted by `canonical`.
+    Returns:
+        bytes per value (float: int4 is 0.5).
+    Raises:
+        ValueError: for an unknown precision, naming the choices.
+    """
     return BYTES[canonical(precision)]
 
 
 def tolerance(precision: str | torch.dtype) -> float:
-    """Parity tolerance (relative to the largest |fp32 output|) of a floating-point precision."""
+    """Parity tolerance of a floating-point precision, relative to the largest |fp32 output|.
+
+    Args:
+        precision: fp32, bf16 or fp16 (or an alias).
+    Returns:
+        the largest allowed |output - fp32 eager output| / max |fp32 eager output|.
+    Raises:
+        ValueError: for int8/int4 or an unknown name.
+    """
     key = canonical(precision)
     if key not in TOLERANCE:
         raise ValueError(f"no parity tolerance for {key}; choose from {list(TOLERANCE)}")
@@ -70,7 +90,13 @@ def tolerance(precision: str | torch.dtype) -> float:
 
 def native_half(device: str | torch.device = "cpu") -> str:
     """The 16-bit float this device computes natively: bf16 on CPUs and GPUs of compute capability >= 8.0
-    (Ampere and later), fp16 on older GPUs such as the T4 (7.5), where bf16 is emulated."""
+    (Ampere and later), fp16 on older GPUs such as the T4 (7.5), where bf16 is emulated.
+
+    Args:
+        device: "cpu", "cuda", "cuda:N" or a torch.device.
+    Returns:
+        "bf16" or "fp16".
+    """
     dev = torch.device(device)
     if dev.type == "cuda":
         major, _ = torch.cuda.get_device_capability(dev)

@@ -3,12 +3,14 @@
     q = quantize("int8-dynamic", "smollm2-135m")      # -> QuantizedModel
     q.logits(input_ids), q.model.generate(...), q.stored_bytes
 
-Every quantizer says which devices it runs on; an unsupported combination raises before any work.
+Every quantizer says which devices, packages and models it needs; a combination that cannot run here raises
+`QuantizerUnavailable` (a `hardware.Unavailable`) before any work, and a real failure inside one raises as it is.
 """
 
 from __future__ import annotations
 
 import copy
+import importlib.util
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -16,24 +18,34 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
 from labkit import models
+from labkit.convert import Graph, export_onnx
+from labkit.convert import genai as genai_format
+from labkit.engines.workloads import LogitsOnly
+from labkit.hardware import Unavailable, resolve_device
 from labkit.memory import resident_bytes, stored_bytes, tensor_bytes  # noqa: F401  (re-exported)
+from labkit.models import smollm2
+
+
+class QuantizerUnavailable(Unavailable):
+    """A quantizer cannot run here: its package is missing, or it does not support this device or model."""
 
 
 @dataclass
 class QuantizedModel:
     model: torch.nn.Module | None  # a causal LM (generate() works) — None for ONNX sessions
-    session: object | None  # onnxruntime.InferenceSession (forward only: exported without KV cache)
+    session: object | None  # an object with onnxruntime's run(None, {"input_ids": ...}) (forward only, no KV cache)
     stored_bytes: int  # weights as saved (state_dict / ONNX / GGUF file)
     resident_bytes: int  # tensor memory the weights occupy once loaded
     notes: str = ""
     name: str = ""  # the registry name, set by quantize()
-    generator: object | None = None  # an engines.generators.Generator that decodes (when model is None)
+    genai: genai_format.GenAIModel | None = None  # ORT GenAI quantizers: the model folder (generation.backend_for)
 
     @torch.no_grad()
     def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """(batch, seq) -> (batch, seq, vocab) float32 logits."""
+        """(batch, seq) token ids -> (batch, seq, vocab) float32 logits, on the CPU."""
         if self.session is not None:
             return torch.from_numpy(self.session.run(None, {"input_ids": input_ids.numpy()})[0]).float()
         return self.model(input_ids=input_ids.to(self.model.device), use_cache=False).logits.float().cpu()
@@ -46,6 +58,38 @@ class Quantizer:
     what: str  # what is quantized, and when
     devices: tuple[str, ...]
     apply: Callable[[torch.nn.Module, str], QuantizedModel]
+    requires: str | None = None  # the module it imports (None: torch itself)
+    check: Callable[[str], None] | None = None  # raises Unavailable when the quantizer does not cover this model
+
+    def ensure_available(self, source: str, device: str | torch.device = "cpu") -> torch.device:
+        """Check, without doing any work, that this quantizer can run on `source` at `device` here.
+
+        Returns:
+            the resolved torch.device.
+        Raises:
+            ValueError: for an unknown device string, naming the valid ones.
+            QuantizerUnavailable: the device is not one it runs on, or its package is not installed.
+            Unavailable: the model is not supported (e.g. BLOOM for ORT GenAI), or a CUDA device is asked for on a
+                machine without one (`hardware.CapabilityMissing`).
+        """
+        kind = "cuda" if str(device).startswith("cuda") else resolve_device(device).type  # validates the string
+        if kind not in self.devices:
+            other = [n for n, x in QUANTIZERS.items() if kind in x.devices and n != "fp32"]
+            raise QuantizerUnavailable(f"{self.name} ({self.library}) runs on {list(self.devices)}, not {device!r}; "
+                                       f"on {kind} use one of {other}")  # fmt: skip
+        if self.requires and not _installed(self.requires):
+            raise QuantizerUnavailable(f"{self.name} needs {self.library}, which is not installed here "
+                                       f"(pip install {self.library})")  # fmt: skip
+        if self.check is not None:
+            self.check(source)
+        return resolve_device(device)
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # the parent package of a dotted name is missing
+        return False
 
 
 def _module_result(model: torch.nn.Module, notes: str = "") -> QuantizedModel:
@@ -67,7 +111,7 @@ def _int8_dynamic(model, source):
 
 
 def _torchao_int8_weight(model, source):
-    from torchao.quantization import Int8WeightOnlyConfig, quantize_
+    from torchao.quantization import Int8WeightOnlyConfig, quantize_  # optional package
 
     q = copy.deepcopy(model)
     quantize_(q, Int8WeightOnlyConfig())
@@ -76,7 +120,7 @@ def _torchao_int8_weight(model, source):
 
 def _quanto(bits: int):
     def apply(model, source):
-        from optimum.quanto import freeze, qint4, qint8, quantize
+        from optimum.quanto import freeze, qint4, qint8, quantize  # optional package
 
         q = copy.deepcopy(model)
         quantize(q, weights=qint4 if bits == 4 else qint8)
@@ -89,8 +133,6 @@ def _quanto(bits: int):
 
 def _bnb(kind: str):
     def apply(model, source):
-        from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
         if kind == "int8":
             cfg = BitsAndBytesConfig(load_in_8bit=True)
         else:
@@ -107,11 +149,7 @@ def _bnb(kind: str):
 
 def _ort(bits: int):
     def apply(model, source):
-        import onnxruntime as ort
-
-        from labkit.convert import export_onnx
-        from labkit.engines.base import Graph
-        from labkit.engines.workloads import LogitsOnly
+        import onnxruntime as ort  # optional package
 
         ids = torch.zeros(1, 8, dtype=torch.long)
         graph = Graph(f"{source}-quant", LogitsOnly(model).eval(), (ids,), ("input_ids",),
@@ -140,37 +178,33 @@ def _ort(bits: int):
 
 
 class _GenAILogits:
-    """ONNX Runtime GenAI behind the `session.run(None, {"input_ids": ...})` call quality() makes."""
+    """An ORT GenAI model behind the `session.run(None, {"input_ids": ...})` call `QuantizedModel.logits` makes."""
 
-    def __init__(self, generator):
-        self.generator = generator
+    def __init__(self, built: genai_format.GenAIModel):
+        self.built = built
 
     def run(self, _outputs, feeds: dict) -> list:
-        return [self.generator.logits(feeds["input_ids"].tolist())]
+        return [self.built.logits(feeds["input_ids"].tolist())]
 
 
 def _genai(precision: str):
     def apply(model, source):
-        from labkit.generation.backends import OrtGenAI
-
-        gen = OrtGenAI(precision)
-        ok, reason = gen.available(source)
-        if not ok:
-            raise ImportError(reason)
-        gen.load(source, threads=torch.get_num_threads())
+        path = genai_format.build_genai(models.checkpoint_dir(source), precision)
+        built = genai_format.load_genai(path, precision, threads=torch.get_num_threads())
         notes = (f"ONNX Runtime GenAI: {precision} weights in MatMulNBits blocks of 32, int8 dot products, "
                  "KV cache kept in place, C++ decode loop")  # fmt: skip
-        return QuantizedModel(None, _GenAILogits(gen), gen.weight_bytes, gen.weight_bytes, notes, generator=gen)
+        size = built.weight_bytes
+        return QuantizedModel(None, _GenAILogits(built), size, size, notes, genai=built)
 
     return apply
 
 
-def _gguf(model, source):
-    if source != "smollm2-135m":
-        raise ValueError("gguf-q4_1 is the file SmolLM2 ships in; other models need llama.cpp's converter")
-    import gguf
+def _genai_covers(source: str) -> None:
+    genai_format.check_available(models.get_config(source).model_type)
 
-    from labkit.models import smollm2
+
+def _gguf(model, source):
+    import gguf  # optional package
 
     path = smollm2.find_gguf() or smollm2.download_gguf()
     size = sum(int(t.n_bytes) for t in gguf.GGUFReader(str(path)).tensors)
@@ -179,54 +213,79 @@ def _gguf(model, source):
                           "GGUF Q4_1 (Q8_0 embeddings); run by PyTorch after dequantization, by llama.cpp if installed")
 
 
+def _smollm2_only(source: str) -> None:
+    if source != "smollm2-135m":
+        raise QuantizerUnavailable("gguf-q4_1 is the file SmolLM2 ships in; other models need llama.cpp's converter")
+
+
 QUANTIZERS: dict[str, Quantizer] = {q.name: q for q in (
     Quantizer("fp32", "torch", "nothing: the reference", ("cpu", "cuda"), _cast(torch.float32)),
     Quantizer("fp16", "torch", "every weight and activation in float16", ("cpu", "cuda"), _cast(torch.float16)),
     Quantizer("bf16", "torch", "every weight and activation in bfloat16", ("cpu", "cuda"), _cast(torch.bfloat16)),
     Quantizer("int8-dynamic", "torch.ao", "Linear weights int8 offline, activations int8 at run time", ("cpu",),
               _int8_dynamic),
-    Quantizer("int8-weight", "torchao", "Linear weights int8, math in fp32", ("cpu", "cuda"), _torchao_int8_weight),
+    Quantizer("int8-weight", "torchao", "Linear weights int8, math in fp32", ("cpu", "cuda"), _torchao_int8_weight,
+              "torchao"),
     Quantizer("int4-weight", "optimum-quanto", "Linear weights int4 (groups), math in fp32", ("cpu", "cuda"),
-              _quanto(4)),
-    Quantizer("quanto-int8", "optimum-quanto", "Linear weights int8, math in fp32", ("cpu", "cuda"), _quanto(8)),
+              _quanto(4), "optimum.quanto"),
+    Quantizer("quanto-int8", "optimum-quanto", "Linear weights int8, math in fp32", ("cpu", "cuda"), _quanto(8),
+              "optimum.quanto"),
     Quantizer("bnb-int8", "bitsandbytes", "LLM.int8(): int8 weights, outliers kept in fp16", ("cpu", "cuda"),
-              _bnb("int8")),
-    Quantizer("bnb-nf4", "bitsandbytes", "4-bit NormalFloat weights, fp32 compute", ("cpu", "cuda"), _bnb("nf4")),
+              _bnb("int8"), "bitsandbytes"),
+    Quantizer("bnb-nf4", "bitsandbytes", "4-bit NormalFloat weights, fp32 compute", ("cpu", "cuda"), _bnb("nf4"),
+              "bitsandbytes"),
     Quantizer("ort-int8", "onnxruntime", "MatMul weights int8 in the ONNX graph, dynamic activations", ("cpu",),
-              _ort(8)),
-    Quantizer("ort-int4", "onnxruntime", "MatMul weights 4-bit in blocks of 32 (MatMulNBits)", ("cpu",), _ort(4)),
+              _ort(8), "onnxruntime"),
+    Quantizer("ort-int4", "onnxruntime", "MatMul weights 4-bit in blocks of 32 (MatMulNBits)", ("cpu",), _ort(4),
+              "onnxruntime"),
     Quantizer("genai-int8", "onnxruntime-genai", "weights int8 per block of 32 (MatMulNBits), activations int8 "
-              "inside the kernel; whole decode loop in C++", ("cpu",), _genai("int8")),
+              "inside the kernel; whole decode loop in C++", ("cpu",), _genai("int8"), "onnxruntime_genai",
+              _genai_covers),
     Quantizer("genai-int4", "onnxruntime-genai", "weights 4-bit per block of 32 (MatMulNBits), activations int8 "
-              "inside the kernel; whole decode loop in C++", ("cpu",), _genai("int4")),
-    Quantizer("gguf-q4_1", "gguf", "4-bit blocks of 32 with scale and minimum (llama.cpp format)", ("cpu",), _gguf),
+              "inside the kernel; whole decode loop in C++", ("cpu",), _genai("int4"), "onnxruntime_genai",
+              _genai_covers),
+    Quantizer("gguf-q4_1", "gguf", "4-bit blocks of 32 with scale and minimum (llama.cpp format)", ("cpu",), _gguf,
+              "gguf", _smollm2_only),
 )}  # fmt: skip
 
 
 def quantize(name: str, source: str = "smollm2-135m", device: str = "cpu", model=None) -> QuantizedModel:
-    """Quantize a registered model (or `model`, loaded from `source`) with quantizer `name`."""
+    """Quantize a registered model with quantizer `name`.
+
+    Args:
+        name: one of QUANTIZERS (e.g. "int8-dynamic", "ort-int4", "genai-int4", "gguf-q4_1").
+        source: the registered model name (the checkpoint ORT GenAI builds from; the model loaded when `model` is
+            None).
+        device: "cpu", "cuda", "cuda:N" or "auto"; float casts (fp32/fp16/bf16) are moved there.
+        model: the fp32 source model, already loaded on the CPU (each quantizer works on its own copy).
+    Returns:
+        a QuantizedModel: `model` (a transformers LM) or `session` (ONNX, forward only; `genai` for ORT GenAI),
+        stored and resident bytes, notes.
+    Raises:
+        ValueError: for an unknown quantizer or device string, naming the valid choices.
+        Unavailable: before any work, when it cannot run here (`QuantizerUnavailable`: device, package, model;
+            `convert.genai.GenAIUnavailable`; `hardware.CapabilityMissing` for CUDA without a GPU).
+    """
     if name not in QUANTIZERS:
         raise ValueError(f"unknown quantizer {name!r}; choose from {list(QUANTIZERS)}")
     q = QUANTIZERS[name]
-    if device not in q.devices:
-        other = [n for n, x in QUANTIZERS.items() if device in x.devices and n != "fp32"]
-        raise ValueError(f"{name} ({q.library}) runs on {list(q.devices)}, not {device!r}; "
-                         f"on {device} use one of {other}")
+    dev = q.ensure_available(source, device)
     if model is None:
         model, _ = models.load_model(source, device="cpu")
     result = q.apply(model, source)
     result.name = name
-    if result.model is not None and device != "cpu" and name in ("fp32", "fp16", "bf16"):
-        result.model.to(device)
+    if result.model is not None and dev.type != "cpu" and name in ("fp32", "fp16", "bf16"):
+        result.model.to(dev)
     return result
 
 
 def gguf_tensor_types(path: Path) -> dict[str, int]:
     """How many tensors of each GGUF type a file holds (e.g. {'Q4_1': 210, 'F32': 61, 'Q8_0': 1})."""
-    import gguf
+    import gguf  # optional package
 
     types = [t.tensor_type.name for t in gguf.GGUFReader(str(path)).tensors]
     return {k: types.count(k) for k in sorted(set(types))}
 
 
-__all__ = ["QUANTIZERS", "QuantizedModel", "Quantizer", "quantize", "resident_bytes", "stored_bytes"]
+__all__ = ["QUANTIZERS", "QuantizedModel", "Quantizer", "QuantizerUnavailable", "quantize", "resident_bytes",
+           "stored_bytes"]  # fmt: skip

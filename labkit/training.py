@@ -1,7 +1,8 @@
-"""Lab 01's subject: a training loop next to an inference step, measured side by side.
+"""A training loop next to an inference step, measured side by side.
 
 Training = mini-batch -> forward -> loss -> backward -> optimizer step, repeated for hours and
 tuned for throughput. Inference = one forward pass, no gradients, tuned for latency.
+Every function takes a model (and its tokenizer), never a model name: names belong to `labkit.models`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from labkit import measure
 from labkit.data import shakespeare
@@ -23,7 +25,17 @@ from labkit.memory import model_state_bytes
 
 @dataclass(frozen=True)
 class TrainConfig:
-    # Defaults train tiny-bloom to a usable checkpoint in under a minute on 2 cores.
+    """A training recipe. The defaults train tiny-bloom to a usable checkpoint in under a minute on 2 CPU cores.
+
+    Args:
+        steps: optimizer steps. batch_size: sequences per step. seq_len: tokens per sequence.
+        lr: peak learning rate (AdamW). betas: AdamW's moment decay rates. warmup_steps: linear warm-up steps.
+        eval_every: steps between validation evaluations. eval_batches: validation batches per evaluation.
+        seed: seeds the batch sampler. max_chars: cut each split to this many characters (quick runs).
+    Raises:
+        ValueError: a count < 1 or a learning rate <= 0.
+    """
+
     steps: int = 240
     batch_size: int = 8
     seq_len: int = 64
@@ -45,13 +57,29 @@ class TrainConfig:
 
 @functools.lru_cache(maxsize=8)
 def token_stream(split: str, tokenizer, max_chars: int | None = None) -> torch.Tensor:
-    """A whole split tokenized once into one long 1-D tensor of ids."""
+    """A whole split tokenized once (cached) into one long tensor of ids.
+
+    Args:
+        split: "train", "validation" or "test". tokenizer: a transformers tokenizer.
+        max_chars: cut the split's text to this many characters first.
+    Returns:
+        int64 tensor of shape (tokens,).
+    """
     ids = tokenizer(shakespeare(split, max_chars), return_attention_mask=False)["input_ids"]
     return torch.tensor(ids, dtype=torch.long)
 
 
 def get_batch(tokens: torch.Tensor, batch_size: int, seq_len: int, generator: torch.Generator) -> torch.Tensor:
-    """Random windows of `seq_len` tokens: (batch, seq). The model shifts them into targets."""
+    """Random windows of a token stream; the model shifts them into next-token targets itself.
+
+    Args:
+        tokens: (tokens,) ids from `token_stream()`. batch_size, seq_len: the batch shape.
+        generator: the torch.Generator that picks the window starts (deterministic batches).
+    Returns:
+        int64 tensor of shape (batch_size, seq_len).
+    Raises:
+        ValueError: the stream is not longer than seq_len.
+    """
     if tokens.numel() <= seq_len:
         raise ValueError(f"corpus has {tokens.numel()} tokens, fewer than seq_len={seq_len}")
     starts = torch.randint(0, tokens.numel() - seq_len, (batch_size,), generator=generator)
@@ -59,7 +87,14 @@ def get_batch(tokens: torch.Tensor, batch_size: int, seq_len: int, generator: to
 
 
 def train_step(model, optimizer, batch: torch.Tensor) -> float:
-    """One optimisation step; returns the loss."""
+    """One optimisation step: forward, next-token loss, backward, gradient clipping (norm 1), optimizer step.
+
+    Args:
+        model: a transformers causal LM (put in train mode). optimizer: over its parameters.
+        batch: (batch, seq) token ids on the model's device.
+    Returns:
+        the batch's mean cross-entropy loss before the update (nats per token).
+    """
     model.train()
     loss = model(input_ids=batch, labels=batch).loss  # forward + next-token cross-entropy
     loss.backward()  # gradients for every parameter
@@ -71,28 +106,39 @@ def train_step(model, optimizer, batch: torch.Tensor) -> float:
 
 @torch.no_grad()
 def inference_step(model, batch: torch.Tensor) -> torch.Tensor:
-    """One forward pass: no graph is recorded, nothing is saved for a backward pass."""
+    """One forward pass: no graph is recorded, nothing is saved for a backward pass.
+
+    Args:
+        model: a transformers causal LM (put in eval mode). batch: (batch, seq) token ids on its device.
+    Returns:
+        logits of shape (batch, seq, vocab).
+    """
     model.eval()
     return model(input_ids=batch).logits  # (batch, seq, vocab)
 
 
 @torch.no_grad()
 def evaluate(model, batches: list[torch.Tensor]) -> float:
+    """Mean next-token cross-entropy (nats per token) over (batch, seq) batches, in eval mode, without gradients."""
     model.eval()
     return sum(model(input_ids=b, labels=b).loss.item() for b in batches) / len(batches)
 
 
 @dataclass
 class TrainResult:
+    """What `train()` returns: the loss history and the training throughput (tokens per second)."""
+
     history: pd.DataFrame  # step, train_loss, val_loss (NaN between evals), seconds
     tokens_per_second: float
 
     @property
     def first_val_loss(self) -> float:
+        """Validation loss before the first step."""
         return float(self.history["val_loss"].dropna().iloc[0])
 
     @property
     def final_val_loss(self) -> float:
+        """Validation loss after the last step."""
         return float(self.history["val_loss"].dropna().iloc[-1])
 
 
@@ -103,9 +149,18 @@ def train(
     on_eval: Callable[[pd.DataFrame], None] | None = None,
     progress: bool = True,
 ) -> TrainResult:
-    """Train a causal LM on Shakespeare; `on_eval(history)` is called after each evaluation."""
-    from tqdm.auto import tqdm
+    """Train a causal LM on Shakespeare's training plays with AdamW and a warm-up + cosine schedule.
 
+    Args:
+        model: a transformers causal LM (trained in place, on the device it is on).
+        tokenizer: its tokenizer (the corpus is tokenized once per split and cached).
+        config: steps, batch size, sequence length, learning rate, evaluation cadence, seed.
+        on_eval: called with the history so far (a DataFrame) after each evaluation, e.g. to update a live plot.
+        progress: show a progress bar.
+    Returns:
+        TrainResult: history (step, train_loss, val_loss with NaN between evaluations, seconds) and training
+        tokens per second. The model is left in eval mode.
+    """
     gen = torch.Generator().manual_seed(config.seed)
     train_tokens = token_stream("train", tokenizer, config.max_chars)
     val_tokens = token_stream("validation", tokenizer, config.max_chars)
@@ -142,19 +197,16 @@ def _warmup_cosine(config: TrainConfig) -> Callable[[int], float]:
 
 
 def save_checkpoint(model, tokenizer, path: Path) -> Path:
-    """safetensors weights + config + tokenizer, loadable with `from_pretrained(path)`."""
+    """Save safetensors weights, config and tokenizer into a folder, loadable with `from_pretrained(path)`.
+
+    Args:
+        model: a transformers model. tokenizer: its tokenizer. path: the folder (created if missing).
+    Returns:
+        `path`.
+    """
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
     return path
-
-
-def train_default_checkpoint(config: TrainConfig = TrainConfig(), progress: bool = True) -> Path:
-    """Train `tiny-bloom` on Shakespeare and cache it as `tiny-bloom-shakespeare`."""
-    from labkit.models import load_model, shakespeare_checkpoint_dir
-
-    model, tok = load_model("tiny-bloom", device="cpu")
-    train(model, tok, config, progress=progress)
-    return save_checkpoint(model, tok, shakespeare_checkpoint_dir())
 
 
 # --- training vs inference, measured -------------------------------------------------------
@@ -162,6 +214,15 @@ def step_costs(model, tokenizer, batch_size: int = 8, seq_len: int = 128, repeat
     """Time and memory of one training step vs one inference step on the same batch.
 
     The model's weights are restored afterwards, so measuring does not train it.
+
+    Args:
+        model: a transformers causal LM. tokenizer: its tokenizer (the batch comes from the validation plays).
+        batch_size, seq_len: the batch shape. repeat: timed runs per phase (after 2 warm-ups).
+    Returns:
+        DataFrame, one row per phase ("training step", "inference step"): median_ms, p90_ms, peak_step_MiB (tensor
+        memory allocated during one step), persistent_MiB and its parts (weights, gradients, optimizer state).
+    Raises:
+        ValueError: batch_size or seq_len < 1.
     """
     if batch_size < 1 or seq_len < 1:
         raise ValueError(f"batch_size and seq_len must be >= 1, got {batch_size}, {seq_len}")
@@ -194,9 +255,16 @@ def step_costs(model, tokenizer, batch_size: int = 8, seq_len: int = 128, repeat
 
 def batch_sweep(model, batch_sizes=(1, 2, 4, 8, 16, 32), seq_len: int = 64, repeat: int = 10,
                 progress: bool = True) -> pd.DataFrame:
-    """Inference latency and throughput over batch size: the serving trade-off in one table."""
-    from tqdm.auto import tqdm
+    """Inference latency and throughput over batch size: the serving trade-off in one table.
 
+    Args:
+        model: a transformers causal LM. batch_sizes: batch sizes to time (each >= 1).
+        seq_len: tokens per sequence (random ids). repeat: timed forwards per batch size. progress: progress bar.
+    Returns:
+        DataFrame, one row per batch size: latency_ms (median), p90_ms, sequences_per_s, tokens_per_s.
+    Raises:
+        ValueError: an empty list or a batch size < 1.
+    """
     if not batch_sizes or min(batch_sizes) < 1:
         raise ValueError(f"batch sizes must be >= 1, got {batch_sizes}")
     device = next(model.parameters()).device

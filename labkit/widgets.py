@@ -81,6 +81,15 @@ def panel(fn: Callable[..., Any], run_label: str = "Run", auto: bool = False, **
     """Controls for `fn`'s arguments plus a Run button and an output area.
 
     Work that takes seconds waits for the button (auto=False); cheap functions can rerun on every change.
+
+    Args:
+        fn: the function to call with the controls' values; what it returns (a figure, a table, a `Measured`)
+            is shown in the output area. An exception is shown there too, not raised (test `fn` itself).
+        run_label: the button's text. auto: rerun on every change instead of waiting for the button.
+        **controls: argument name -> a (min, max[, step]) tuple (slider), a list (dropdown), a bool (checkbox)
+            or a str (text box).
+    Returns:
+        the ipywidgets VBox (controls, button, output).
     """
     widgets = {name: _control(name, spec) for name, spec in controls.items()}
     defaults = inspect.signature(fn).parameters

@@ -49,7 +49,7 @@ BATCH_SIZE = 16  # sequences per training mini-batch
 SEQ_LEN = 128  # tokens per sequence
 LEARNING_RATE = 5e-3
 EVAL_EVERY = 50  # steps between validation-loss checks
-MAX_CHARS = None  # cut the corpus (None: all 34 training plays)
+MAX_CHARS = None  # cut the corpus (None: all the training plays)
 SWEEP_BATCHES = [1, 2, 4, 8, 16, 32, 64]  # inference batch sizes to time
 REPEAT = 10  # timed repeats per measurement
 
@@ -75,17 +75,21 @@ pd.DataFrame([{"split": s, "plays": len(data.split_plays(s)), "characters": len(
 # %% [markdown]
 # ## 2. The model: a tiny BLOOM
 #
-# Same architecture as BLOOM-176B (ALiBi positions, tied embeddings), shrunk to 4 layers of width
-# 256, with a 4096-token BPE vocabulary trained on the training plays. `estimate_memory` counts its
-# parameters on PyTorch's *meta* device: shapes without storage, so even a 176B model costs nothing.
+# Same architecture as BLOOM-176B (ALiBi positions, tied embeddings), shrunk to a few narrow layers,
+# with a small BPE vocabulary trained on the training plays (the cell prints both). `estimate_memory`
+# counts its parameters on PyTorch's *meta* device: shapes without storage, so even BLOOM-176B costs nothing.
 
 # %%
 from labkit import models
+from labkit.models import specs
 
 model, tokenizer = models.load_model("tiny-bloom", device="cpu")
 estimate = models.estimate_memory("tiny-bloom")
-print(f"{estimate.params:,} parameters = {estimate.bytes / 2**20:.1f} MiB in float32")
-print(f"BLOOM-176B for comparison: {models.estimate_memory(models.get_config('tiny-bloom').__class__(n_layer=70, hidden_size=14336, n_head=112, vocab_size=250880), 'bfloat16').gib:.0f} GiB in bfloat16")
+print(f"{model.config.n_layer} layers of width {model.config.hidden_size}, vocabulary {model.config.vocab_size}: "
+      f"{estimate.params:,} parameters = {estimate.bytes / 2**20:.1f} MiB in {estimate.dtype}")
+bloom = models.estimate_memory("bloom-176b", "bf16")  # specs.MODEL_CONFIGS["bloom-176b"], counted on the meta device
+print(f"BLOOM-176B for comparison: {bloom.params / 1e9:.1f} B parameters = {bloom.bytes / 1e9:.0f} GB in {bloom.dtype} "
+      f"(published: {specs.BLOOM_176B_BF16_GB} GB)")
 
 # %%
 import torch

@@ -24,8 +24,8 @@
 # | part | here | what it does |
 # |---|---|---|
 # | access layer | FastAPI routes (`labkit.serving.app`) | parse and validate requests (OpenAI-compatible API), say no early (4xx, 429) |
-# | queue | one bounded queue per model version | absorb bursts; full → `429 Retry-After` instead of unbounded waiting |
-# | scheduler | `labkit.serving.schedulers` | decide which requests run together on the model (lab 12 compares them) |
+# | queue | one bounded queue per model version (`labkit.serving.engine`) | absorb bursts; full → `429 Retry-After` instead of unbounded waiting |
+# | scheduler | `labkit.serving.policies` | decide which requests run together on the model (lab 12 compares them) |
 # | model repository | `labkit.serving.repository` | load / unload named models and versions, route traffic, canary, roll back |
 # | backend | PyTorch in one worker thread | the model itself (labs 03–05 make it faster) |
 # | metrics | `GET /metrics` (Prometheus text) | queue depth, batch size, requests by status, TTFT / per-token / end-to-end latency |
@@ -70,7 +70,7 @@ if TORCH_THREADS:  # on a busy 2-core machine one thread avoids OpenMP spin-wait
 # ## 1. The model repository
 #
 # Clients ask for a *name* (`"assistant"`); the repository maps it to a loaded *version*. The first
-# version loaded is the stable one. Each version gets its own queue and scheduler thread.
+# version loaded is the stable one. Each version gets its own queue and engine (one worker thread that owns the model).
 
 # %%
 from labkit.serving.repository import ModelRepository
@@ -139,13 +139,25 @@ refusals
 
 # %% [markdown]
 # A burst of concurrent clients against a queue of 8: what does not fit is told to come back
-# later (429 with `Retry-After`). Nothing is dropped silently: every request sent is counted.
+# later (429 with `Retry-After`). Nothing is dropped silently: every request sent is counted, by the
+# clients (the load generator) and by the server (its `/metrics`, read before and after the burst).
 
 # %%
+from labkit.serving import metrics
 from labkit.serving.loadgen import run_load
 
+
+def server_count(status: int) -> float:
+    """Requests for "assistant" the server has answered with `status` so far."""
+    return metrics.total(metrics.parse(client.get("/metrics").text), "labkit_requests_total", model="assistant",
+                         status=status)
+
+
+before_burst = {s: server_count(s) for s in (200, 429)}
 burst = run_load(server.url, "assistant", [PROMPT], clients=BURST, requests=BURST, max_tokens=MAX_TOKENS)
 accounting = {k: burst.summary[k] for k in ("sent", "succeeded", "rejected", "failed", "rejected_by_status")}
+server_saw = {str(s): server_count(s) - before_burst[s] for s in (200, 429)}
+print("the server counted:", server_saw)
 accounting
 
 # %% [markdown]
@@ -154,8 +166,6 @@ accounting
 # `/metrics` is what Prometheus scrapes. A few lines of it:
 
 # %%
-from labkit.serving import metrics
-
 text = client.get("/metrics").text
 print("\n".join(ln for ln in text.splitlines() if ln.startswith(("labkit_requests_total", "labkit_queue_depth",
                                                                   "labkit_running_batch_size", "labkit_generated"))))
@@ -167,11 +177,11 @@ print(f"mean time to first token so far: {ttft_mean * 1e3:.0f} ms")
 # %% [markdown]
 # ## 5. Canary release and rollback
 #
-# Version 2 is the same model in bfloat16: half the memory — is it as good, as fast? Rather than
+# Version 2 is the same model in bf16 (bfloat16): half the memory — is it as good, as fast? Rather than
 # switching everyone at once, send it a **canary** share of the traffic and compare.
 
 # %%
-repo.load("assistant", "v2", source=MODEL, dtype="bfloat16")
+repo.load("assistant", "v2", source=MODEL, dtype="bf16")
 repo.set_canary("assistant", "v2", CANARY_SHARE)
 before = metrics.parse(client.get("/metrics").text)
 canary = run_load(server.url, "assistant", [PROMPT], clients=4, requests=CANARY_REQUESTS, max_tokens=MAX_TOKENS)
@@ -216,8 +226,10 @@ print(f"* Theory: a {CANARY_SHARE:.0%} canary gets {CANARY_SHARE:.0%} ± {sd:.0%
 little_n = s["requests_per_s"] * canary.records.e2e_s.mean()
 print(f"* Theory (Little's law, closed loop): clients in the system = throughput × mean latency = 4.\n"
       f"  Measured: {s['requests_per_s']:.2f} req/s × {canary.records.e2e_s.mean():.3f} s = {little_n:.2f}.")
-print(f"* Theory: with a queue bound nothing is lost: sent = succeeded + rejected + failed.\n"
-      f"  Measured: {accounting['sent']} = {accounting['succeeded']} + {accounting['rejected']} + {accounting['failed']}.")
+print(f"* Theory: with a queue bound nothing is lost: each of the {BURST} requests is answered or refused.\n"
+      f"  Measured: clients sent {accounting['sent']}: {accounting['succeeded']} answered + {accounting['rejected']} "
+      f"refused + {accounting['failed']} lost; the server counted {server_saw['200']:.0f} answered (200) and "
+      f"{server_saw['429']:.0f} refused (429).")
 
 # %% [markdown]
 # ## Exercises
@@ -246,6 +258,8 @@ run.record({
     "stream_pieces": len(pieces),
     "refusal_statuses": refusals.set_index("request").status.to_dict(),
     "burst": accounting,
+    "burst_clients": BURST,
+    "burst_server_statuses": server_saw,
     "canary_target": CANARY_SHARE,
     "canary_measured": float(measured_share),
     "canary_requests": CANARY_REQUESTS,

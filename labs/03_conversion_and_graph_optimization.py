@@ -170,7 +170,7 @@ transformer_ops
 # BLOOM adds ALiBi — a per-head penalty proportional to the distance between tokens — to its attention
 # scores. That pattern is in none of ORT's fusion rules, so above the attention stayed a chain of small nodes
 # in every layer (the table below counts them). Production exporters (optimum's model patchers, ORT GenAI's model builder) do what
-# `labkit.export_patches` does: *while exporting*, swap the module's Python for code whose graph maps
+# `labkit.convert.export_patches` does: *while exporting*, swap the module's Python for code whose graph maps
 # onto a fused op. Here a custom op `labkit::alibi_attention` runs as `scaled_dot_product_attention` in
 # PyTorch and is written to ONNX as **one standard `Attention` node** (opset 23), with ALiBi + the causal
 # mask as its additive bias. Eager PyTorch keeps running transformers' code; engines get the patched

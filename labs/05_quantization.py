@@ -125,24 +125,27 @@ pd.DataFrame({"answer": answers})
 # ## 5. How much memory does a model need? A calculator
 #
 # Weights = parameters × bytes per parameter; the KV cache grows with batch × context
-# (lab 07 measures it). Check two claims: "a 30B Llama takes about 32 GB" and "BLOOM needs
-# 352 GB in bf16".
+# (lab 07 measures it). Check two claims: the seed's "a 30B Llama takes about 32 GB" and the published
+# BLOOM-176B figure printed below (from `labkit.models.specs`).
 
 # %%
-from labkit import anatomy
+from labkit import precision
+from labkit.experiments import llm_anatomy
+from labkit.models import specs
 
-claims = pd.concat([anatomy.memory_calculator(m, d, 1, 2048).table for m, d in
-                    [("llama-30b", "float16"), ("llama-30b", "int8"), ("bloom-176b", "bfloat16"), ("bloom-176b", "int8")]])
+print(f"Published: BLOOM-176B needs {specs.BLOOM_176B_BF16_GB} GB in bf16.")
+claims = pd.concat([llm_anatomy.memory_calculator(m, p, 1, 2048).table for m, p in
+                    [("llama-30b", "fp16"), ("llama-30b", "int8"), ("bloom-176b", "bf16"), ("bloom-176b", "int8")]])
 claims.round(1)
 
 # %%
-anatomy.memory_calculator("llama-30b", "float16", batch=8, seq=4096).figure
+llm_anatomy.memory_calculator("llama-30b", "fp16", batch=8, seq=4096).figure
 
 # %%
 from labkit import widgets
 
-widgets.panel(anatomy.memory_calculator, model=list(anatomy.KNOWN_CONFIGS) + ["smollm2-135m", "tiny-llama"],
-              dtype=list(anatomy.BYTES), batch=(1, 256), seq=(128, 32768, 128), auto=True)
+widgets.panel(llm_anatomy.memory_calculator, model=list(llm_anatomy.CALCULATOR_MODELS),
+              precision=list(precision.PRECISIONS), batch=(1, 256), seq=(128, 32768, 128), auto=True)
 
 # %% [markdown]
 # ## What theory predicts vs what you measured
@@ -182,7 +185,7 @@ if SOURCE == "smollm2-135m":
 # %%
 answer_1 = None  # GB
 answer_2 = None  # quantizer name
-expected_1 = claims[claims.model == "llama-30b"].params_B.iloc[0] * 0.5
+expected_1 = claims[claims.model == "llama-30b"].params_B.iloc[0] * precision.bytes_per_value("int4")
 expected_2 = ok[f"decode_tok_s_b{b}"].idxmax()
 if answer_1 is not None:
     print("1: ✓" if abs(answer_1 - expected_1) < 0.5 else f"1: ✗ {expected_1:.1f} GB")
@@ -203,6 +206,6 @@ run.record({
     f"decode_speedup_b{b}": ok[f"decode_speedup_b{b}"].dropna().to_dict(),
     "best_int8": best_int8,
     "smallest_4bit": smallest_4bit,
-    "claims_GB": {f"{r.model}/{r.dtype}": r.weights_GB for r in claims.itertuples()},
+    "claims_GB": {f"{r.model}/{r.precision}": r.weights_GB for r in claims.itertuples()},
     "hardware": table.attrs["hardware"],
 })

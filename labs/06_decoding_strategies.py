@@ -56,6 +56,11 @@ if SMOKE:  # the Shakespeare-trained tiny BLOOM from lab 01: same code, seconds 
 
 # %% [markdown]
 # ## 1. One prompt, every method
+#
+# Each method generates exactly `MAX_NEW_TOKENS` tokens (end-of-text is suppressed until then, so every row
+# does the same work), timed by `labkit.decoding.timing`: one warm-up, then three timed generations;
+# `tokens_per_s` is new tokens ÷ the median whole generation, prompt included. The text shown is the last
+# timed generation's.
 
 # %%
 from labkit import decoding

@@ -70,15 +70,19 @@ if SMOKE:  # tiny Llama (same architecture, 4 layers): seconds instead of minute
 #
 # $$\text{KV bytes} = 2 \times \text{layers} \times \text{kv\_heads} \times \text{head\_dim} \times \text{bytes per element} \times \text{tokens} \times \text{batch}$$
 #
-# Llama-style models with grouped-query attention (GQA) have fewer KV heads than query heads — SmolLM2
-# has 9 query heads but 3 KV heads, so its cache is 3× smaller than multi-head attention's would be.
+# Llama-style models with grouped-query attention (GQA) have fewer KV heads than query heads, so their
+# cache is smaller than multi-head attention's would be by the ratio printed below.
 
 # %%
 import pandas as pd
 
 from labkit import anatomy
+from labkit.experiments import llm_anatomy
 
-kv = pd.DataFrame([anatomy.kv_cache_check(MODEL, batch=b, seq=s) for b, s in [(1, 32), (2, 64), (4, 128)]])
+d = anatomy.dims(MODEL)
+print(f"{MODEL}: {d.heads} query heads, {d.kv_heads} KV heads: the cache is {d.heads / d.kv_heads:g}× smaller "
+      f"than with one KV head per query head")
+kv = pd.DataFrame([llm_anatomy.kv_cache_check(MODEL, batch=b, seq=s) for b, s in [(1, 32), (2, 64), (4, 128)]])
 kv["equal"] = kv.formula_bytes == kv.measured_bytes
 kv
 
@@ -87,25 +91,26 @@ kv
 # batch 8, somewhere past a few thousand tokens the cache is bigger than the model itself:
 
 # %%
-anatomy.kv_cache_curve("llama-30b", "float16", batch=8).figure
+llm_anatomy.kv_cache_curve("llama-30b", "fp16", batch=8).figure
 
 # %%
-from labkit import widgets
+from labkit import precision, widgets
 
-widgets.panel(anatomy.memory_calculator, model=list(anatomy.KNOWN_CONFIGS) + ["smollm2-135m", "tiny-llama"],
-              dtype=list(anatomy.BYTES), batch=(1, 256), seq=(128, 32768, 128), auto=True)
+widgets.panel(llm_anatomy.memory_calculator, model=list(llm_anatomy.CALCULATOR_MODELS),
+              precision=list(precision.PRECISIONS), batch=(1, 256), seq=(128, 32768, 128), auto=True)
 
 # %% [markdown]
 # ## 2. Prefill vs decode: TTFT and TPOT
 #
-# TTFT is one forward pass over the prompt; TPOT is the average time of the cached decode steps
-# that follow. Longer prompts make prefill slower; a decode step barely cares about the prompt
-# length (it reads the cache, which is small next to the weights here).
+# TTFT is the time from the start of `generate()` to the first new token (one forward pass over the
+# prompt); TPOT is the median time of the cached decode steps that follow (`labkit.decoding.timing`:
+# a warm-up, then repeats). Longer prompts make prefill slower; a decode step barely cares about the
+# prompt length (it reads the cache, which is small next to the weights here).
 
 # %%
 from labkit import plots
 
-pd_table = anatomy.prefill_decode(MODEL, prompt_lens=PROMPT_LENS, batch_sizes=BATCH_SIZES, new_tokens=NEW_TOKENS)
+pd_table = llm_anatomy.prefill_decode(MODEL, prompt_lens=PROMPT_LENS, batch_sizes=BATCH_SIZES, new_tokens=NEW_TOKENS)
 pd_table["batch"] = pd_table["batch"].astype(str)
 plots.line(pd_table.pivot(index="prompt_tokens", columns="batch", values="ttft_ms").add_prefix("TTFT ms, batch ")
            .join(pd_table.pivot(index="prompt_tokens", columns="batch", values="tpot_ms").add_prefix("TPOT ms, batch "))
@@ -131,7 +136,7 @@ from labkit.experiments import roofline
 limits = roofline.machine_limits()
 print(f"measured: {limits['bandwidth_GBps']:.1f} GB/s read bandwidth, {limits['flops'] / 1e9:.0f} GFLOP/s fp32 matmul; "
       f"ridge point {limits['flops'] / 1e9 / limits['bandwidth_GBps']:.1f} FLOP/byte")
-bounds = anatomy.decode_roofline(MODEL, "float32", bandwidth_gbps=limits["bandwidth_GBps"], flops=limits["flops"])
+bounds = llm_anatomy.decode_roofline(MODEL, "fp32", bandwidth_gbps=limits["bandwidth_GBps"], flops=limits["flops"])
 bounds.round(2)
 
 # %% [markdown]
@@ -186,15 +191,19 @@ fast.table[[c for c in fast_cols if c in fast.table]].round(2)
 # %% [markdown]
 # ## 7. Budgets of the big models
 #
-# The seed's claims: "BLOOM needs 352 GB in bf16"; "a 30B Llama takes about 32 GB".
+# The claims to check: the published BLOOM-176B figure (printed below, from `labkit.models.specs`) and
+# the seed's "a 30B Llama takes about 32 GB".
 
 # %%
-budgets = pd.concat([anatomy.memory_calculator(m, d, 1, 2048).table for m, d in
-                     [("bloom-176b", "bfloat16"), ("bloom-176b", "int8"), ("llama-30b", "float16"), ("llama-30b", "int8")]])
+from labkit.models import specs
+
+print(f"Published: BLOOM-176B needs {specs.BLOOM_176B_BF16_GB} GB in bf16.")
+budgets = pd.concat([llm_anatomy.memory_calculator(m, p, 1, 2048).table for m, p in
+                     [("bloom-176b", "bf16"), ("bloom-176b", "int8"), ("llama-30b", "fp16"), ("llama-30b", "int8")]])
 budgets.round(1)
 
 # %%
-anatomy.memory_calculator("bloom-176b", "bfloat16", batch=8, seq=2048).figure
+llm_anatomy.memory_calculator("bloom-176b", "bf16", batch=8, seq=2048).figure
 
 # %% [markdown]
 # ## What theory predicts vs what you measured
@@ -203,8 +212,9 @@ anatomy.memory_calculator("bloom-176b", "bfloat16", batch=8, seq=2048).figure
 b1 = points[points.batch == ROOFLINE_BATCHES[0]].set_index("precision")
 ttft = pd_table[pd_table.batch == str(BATCH_SIZES[0])].set_index("prompt_tokens").ttft_ms
 tpot = pd_table[pd_table.batch == str(BATCH_SIZES[0])].set_index("prompt_tokens").tpot_ms
-bloom = budgets[(budgets.model == "bloom-176b") & (budgets.dtype == "bfloat16")].iloc[0]
-llama8 = budgets[(budgets.model == "llama-30b") & (budgets.dtype == "int8")].iloc[0]
+bloom = budgets[(budgets.model == "bloom-176b") & (budgets.precision == "bf16")].iloc[0]
+llama16 = budgets[(budgets.model == "llama-30b") & (budgets.precision == "fp16")].iloc[0]
+llama8 = budgets[(budgets.model == "llama-30b") & (budgets.precision == "int8")].iloc[0]
 print(f"* Theory: the KV cache is 2·layers·kv_heads·head_dim·bytes·tokens·batch. Measured: formula == real cache in "
       f"{int(kv.equal.sum())}/{len(kv)} shapes.")
 print(f"* Theory: prefill time grows with the prompt. Measured TTFT (batch {BATCH_SIZES[0]}): "
@@ -220,20 +230,20 @@ print(f"* Theory: fewer bytes per token and less overhead per step decode faster
       f"HF eager fp32 ({fast_b1.loc[best, 'pct_of_bound']:.0f} % of its bandwidth bound)"
       + (f"; {fast_b1.loc[best, 'vs_llama_cpp']:.2f}× llama.cpp." if "llama.cpp" in fast_b1.index else
          "; llama.cpp not measured here (" + fast.table.set_index("generator").reason.get("llama.cpp", "") + ")."))
-print(f"* Theory: BLOOM-176B needs 352 GB in bf16. Calculator: {bloom.weights_GB:.1f} GB of weights. "
-      f"A 30B Llama at 8 bits: {llama8.weights_GB:.1f} GB (≈ 32 GB only at int8; fp16 doubles it).")
+print(f"* Published: BLOOM-176B needs {specs.BLOOM_176B_BF16_GB} GB in bf16. Calculator: {bloom.weights_GB:.1f} GB of "
+      f"weights. A 30B Llama: {llama16.weights_GB:.1f} GB of weights in fp16, {llama8.weights_GB:.1f} GB in int8 — "
+      "the seed's figure holds at 8 bits only.")
 
 # %% [markdown]
 # ## Exercises
 #
-# 1. How many KV-cache bytes does one extra token add to SmolLM2's cache at batch 1 in float32?
+# 1. How many KV-cache bytes does one extra token add to SmolLM2's cache at batch 1 in fp32?
 # 2. At which batch size does fp32 decode on this machine stop being memory-bound (see the bounds table)?
 
 # %%
 answer_1 = None  # bytes
 answer_2 = None  # batch size
-cfg = anatomy.model_memory(MODEL, "float32", batch=1, seq=1)
-expected_1 = cfg.kv_cache_bytes
+expected_1 = anatomy.kv_cache_bytes(MODEL, batch=1, seq=1, precision="fp32")
 compute_bound = bounds[bounds.bound_by == "compute"]
 expected_2 = int(compute_bound.batch.min()) if len(compute_bound) else None
 if answer_1 is not None:

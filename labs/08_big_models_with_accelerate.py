@@ -66,9 +66,11 @@ if SMOKE:  # tiny Llama: the same architecture and the same code, 20 MB instead 
 import pandas as pd
 
 from labkit import models, offload
+from labkit.experiments import big_models
 
-total_mb = models.estimate_memory(MODEL).bytes / 1e6
-maps = {label: offload.device_map(MODEL, offload.max_memory_for(MODEL, share)) for label, share in offload.SCENARIOS.items()}
+spec = models.resolve(MODEL)  # the name, resolved once: config, parameter count, checkpoint folder
+total_mb = spec.weight_bytes("fp32") / 1e6
+maps = {label: offload.device_map(spec, offload.max_memory_for(spec, share)) for label, share in big_models.SCENARIOS.items()}
 print(f"{MODEL}: {total_mb:.0f} MB of fp32 weights; compute device: {offload.execution_device()}")
 pd.DataFrame({label: pd.Series(m) for label, m in maps.items()}).fillna("(inside a larger block)")
 
@@ -76,7 +78,7 @@ pd.DataFrame({label: pd.Series(m) for label, m in maps.items()}).fillna("(inside
 # ## 2. Load with part of the model on disk and look at the placement
 
 # %%
-half = offload.load_offloaded(MODEL, offload.max_memory_for(MODEL, 0.5))
+half = offload.load_offloaded(spec, offload.max_memory_for(spec, 0.5))
 placement = offload.placement_table(half)
 offload.placement_figure(placement, title=f"{MODEL} with half its bytes allowed in memory")
 
@@ -91,21 +93,10 @@ placement.groupby("device").MB.sum().round(1)
 # `post_forward` puts them back on `meta`. Below, each hook call is timestamped during one forward.
 
 # %%
-import plotly.graph_objects as go
 import torch
 
-from labkit import plots
-
-events = offload.trace_hooks(half, torch.tensor([[1, 2, 3, 4]]))
-spans = events.pivot_table(index="module", columns="event", values="t_ms", aggfunc="first").dropna()
-spans = spans.join(events.groupby("module").offloaded.first()).sort_values("weights in")
-spans = spans[spans.index.str.count(r"\.") <= 2]  # blocks, not every sub-layer
-fig = go.Figure([go.Bar(y=spans.index[spans.offloaded == off], x=(spans["done"] - spans["weights in"])[spans.offloaded == off],
-                        base=spans["weights in"][spans.offloaded == off], orientation="h",
-                        name="offloaded: weights loaded by the hook" if off else "resident in memory")
-                 for off in (False, True)])
-fig.update_layout(xaxis_title="ms since the forward started", yaxis=dict(autorange="reversed"), height=520)
-plots._style(fig, f"{MODEL}: one forward, hook by hook")
+events = big_models.trace_hooks(half, torch.tensor([[1, 2, 3, 4]]))
+big_models.hook_timeline_figure(events, f"{MODEL}: one forward, hook by hook")  # blocks, not every sub-layer
 
 # %%
 events.head(12)
@@ -114,11 +105,12 @@ events.head(12)
 # ## 4. What offload costs per token
 #
 # Three loads of the same checkpoint — everything in memory, about half on disk, everything on disk —
-# each generating the same greedy tokens. The outputs must be bit-identical: offload moves bytes, it
-# does not change the math.
+# each generating the same greedy tokens, timed by `labkit.decoding.timing.time_greedy` (the decode timing every
+# lab uses: one warm-up generation, then the median time per decode step). The outputs must be bit-identical:
+# offload moves bytes, it does not change the math.
 
 # %%
-offload_run = offload.offload_latency(MODEL, new_tokens=NEW_TOKENS)
+offload_run = big_models.offload_latency(MODEL, new_tokens=NEW_TOKENS)
 offload_run.figure
 
 # %%
@@ -128,24 +120,31 @@ offload_run.table.round(2)
 # ## 5. 15 s/token vs 10 ms/token, from bytes and bandwidth
 #
 # A decode step reads every weight once. Whatever does not sit in fast memory crosses a slower link
-# every step. BLOOM-176B is 352 GB in bf16 (lab 07). Published numbers (`shared/reference/numbers.md`):
-# A100-80GB HBM ≈ 2 TB/s; Accelerate on 8×A100 (naive pipeline: one GPU works at a time) 230 ms/token
-# at batch 1 and 10.9 ms/token at batch 32; on 2×A100 with offload ≈ 15 s/token.
+# every step. The published facts come from `labkit.models.specs`: BLOOM-176B's bf16 weight bytes (the same
+# count `models.estimate_memory("bloom-176b", "bf16")` makes on the meta device), the A100-80GB datasheet
+# (HBM bandwidth), Accelerate's measured ms/token on 8×A100 (naive pipeline: one GPU works at a time) at
+# batch 1 and 32, and the seed's seconds per token on 2×A100 with offload.
 
 # %%
-bloom_gb, a100_gb, hbm_gbps = 352, 80, 2000
-eight = offload.offload_seconds_per_token(bloom_gb, 8 * a100_gb, link_gbps=1, fast_gbps=hbm_gbps)  # nothing streamed
-two = offload.offload_seconds_per_token(bloom_gb, 2 * a100_gb, link_gbps=1, fast_gbps=hbm_gbps)
-implied_link = two["streamed_GB"] / (15 - two["resident_GB"] / hbm_gbps)  # the link speed that gives 15 s
-batch32 = offload.offload_seconds_per_token(bloom_gb, 8 * a100_gb, link_gbps=1, fast_gbps=hbm_gbps, batch=32)
+from labkit.models import specs
+
+bloom_gb, a100 = specs.BLOOM_176B_BF16_GB, specs.A100_80GB
+hbm_gbps = a100.hbm_TBps * 1e3
+published = specs.PUBLISHED_MS_PER_TOKEN["accelerate"]  # batch -> ms per token
+offload_s = specs.ACCELERATE_2XA100_OFFLOAD_S_PER_TOKEN
+eight = offload.offload_seconds_per_token(bloom_gb, 8 * a100.memory_GB, link_gbps=1, fast_gbps=hbm_gbps)  # nothing streamed
+two = offload.offload_seconds_per_token(bloom_gb, 2 * a100.memory_GB, link_gbps=1, fast_gbps=hbm_gbps)
+implied_link = two["streamed_GB"] / (offload_s - two["resident_GB"] / hbm_gbps)  # the link speed that gives the published s/token
+batch32 = offload.offload_seconds_per_token(bloom_gb, 8 * a100.memory_GB, link_gbps=1, fast_gbps=hbm_gbps, batch=32)
 disk = offload_run.table[offload_run.table.in_memory_share == 0].iloc[0]
+print(f"BLOOM-176B bf16: {bloom_gb} GB; {a100.name}: {a100.memory_GB:.0f} GB at {hbm_gbps:.0f} GB/s. Source: {specs.BLOOM_SOURCE}")
 arithmetic = pd.DataFrame([
     {"case": "8×A100, all in HBM, batch 1 (one GPU at a time)", "predicted_ms_per_token": 1e3 * eight["s_per_token"],
-     "published_ms_per_token": 230.38},
+     "published_ms_per_token": published[1]},
     {"case": "8×A100, batch 32 (32 tokens share each weight read)", "predicted_ms_per_token": 1e3 * batch32["s_per_token"],
-     "published_ms_per_token": 10.89},
+     "published_ms_per_token": published[32]},
     {"case": f"2×A100 + offload: {two['streamed_GB']:.0f} GB over a {implied_link:.1f} GB/s link",
-     "predicted_ms_per_token": 15_000, "published_ms_per_token": 15_000},
+     "predicted_ms_per_token": 1e3 * offload_s, "published_ms_per_token": 1e3 * offload_s},
 ])
 arithmetic.round(1)
 
@@ -153,8 +152,10 @@ arithmetic.round(1)
 # ## What theory predicts vs what you measured
 
 # %%
+from labkit import measure
+
 t = offload_run.table.set_index("scenario")
-mem_gbps = __import__("labkit").measure.memory_bandwidth()
+mem_gbps = measure.memory_bandwidth()
 print(f"* Theory: offloading changes where bytes live, not the math. Measured: outputs identical in "
       f"{int(t.identical_to_in_memory.sum())}/{len(t)} scenarios.")
 print(f"* Theory: every offloaded byte is read again for every token. Measured on {MODEL}: "
@@ -164,10 +165,11 @@ if pd.notna(disk.effective_GBps):
     print(f"* The extra time per token implies {disk.effective_GBps:.2f} GB/s for the offloaded bytes, against "
           f"{mem_gbps:.1f} GB/s of raw memory bandwidth: the 'disk' here is mostly the OS page cache, and the hook's "
           "per-tensor copies, not the drive, set the pace.")
-print(f"* Theory: at batch 1, naive pipelining on 8×A100 reads {bloom_gb} GB at {hbm_gbps} GB/s, one GPU at a time: "
-      f"{1e3 * eight['s_per_token']:.0f} ms/token (published: 230 ms). Batch 32 shares each read across 32 tokens: "
-      f"{1e3 * batch32['s_per_token']:.1f} ms/token (published: 10.9 ms). With 2 GPUs, {two['streamed_GB']:.0f} GB must "
-      f"cross a ~{implied_link:.0f} GB/s host link per token: 15 s/token. Same model, 1000× apart — bytes ÷ bandwidth.")
+print(f"* Theory: at batch 1, naive pipelining on 8×A100 reads {bloom_gb} GB at {hbm_gbps:.0f} GB/s, one GPU at a time: "
+      f"{1e3 * eight['s_per_token']:.0f} ms/token (published: {published[1]:.0f} ms). Batch 32 shares each read across 32 tokens: "
+      f"{1e3 * batch32['s_per_token']:.1f} ms/token (published: {published[32]:.1f} ms). With 2 GPUs, {two['streamed_GB']:.0f} GB must "
+      f"cross a ~{implied_link:.0f} GB/s host link per token: {offload_s:.0f} s/token. "
+      f"Same model, {1e3 * offload_s / published[32]:.0f}× apart — bytes ÷ bandwidth.")
 
 # %% [markdown]
 # ## Exercises
@@ -178,7 +180,7 @@ print(f"* Theory: at batch 1, naive pipelining on 8×A100 reads {bloom_gb} GB at
 # %%
 answer_1 = None  # GB
 answer_2 = None  # seconds
-four = offload.offload_seconds_per_token(bloom_gb, 4 * a100_gb, link_gbps=implied_link, fast_gbps=hbm_gbps)
+four = offload.offload_seconds_per_token(bloom_gb, 4 * a100.memory_GB, link_gbps=implied_link, fast_gbps=hbm_gbps)
 if answer_1 is not None:
     print("1: ✓" if abs(answer_1 - four["streamed_GB"]) < 1 else f"1: ✗ {four['streamed_GB']:.0f} GB")
 if answer_2 is not None:
@@ -189,6 +191,7 @@ from labkit.notebook import run
 
 run.record({
     "model": MODEL,
+    "fast_device": str(offload.fast_device()),
     "placements": {label: sorted(set(map(str, m.values()))) for label, m in maps.items()},
     "identical": t.identical_to_in_memory.to_dict(),
     "disk_MB": t.disk_MB.to_dict(),

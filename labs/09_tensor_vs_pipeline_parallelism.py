@@ -73,20 +73,21 @@ if SMOKE:
 import time
 
 import pandas as pd
-import torch
 
-from labkit.parallel import costmodel, pp, tp
+from labkit.experiments import parallelism
+from labkit.models import specs
+from labkit.parallel import costmodel, pp
 from labkit.parallel.launch import run_distributed
 
 start = time.perf_counter()
 ranks = run_distributed(
-    pp.pp_rank,
+    parallelism.modes_rank,
     tensor=dict(model_name=MODEL, batch=BATCH, seq=SEQ, sweep_batches=SWEEP_BATCHES, repeat=REPEAT),
     pipeline=dict(model_name=MODEL, batch=BATCH, seq=SEQ, steps=3, microbatches=min(4, BATCH), sweep_batches=SWEEP_BATCHES, repeat=REPEAT),
     bubble=dict(microbatches=MICROBATCHES, repeat=BUBBLE_REPEAT),
     world_size=2,
 )
-print(f"2 ranks, {ranks[0]['tensor']['threads']} thread(s) each, finished in {time.perf_counter() - start:.1f} s")
+print(f"2 ranks, {ranks[0].tensor.threads} thread(s) each, finished in {time.perf_counter() - start:.1f} s")
 
 # %% [markdown]
 # ## 2. Tensor parallelism: each layer, then the whole model
@@ -99,7 +100,7 @@ print(f"2 ranks, {ranks[0]['tensor']['threads']} thread(s) each, finished in {ti
 # intermediate features. Each from-scratch layer against the unsharded original (max |difference|):
 
 # %%
-pd.DataFrame([r["tensor"]["layer_parity"] for r in ranks], index=["rank 0", "rank 1"])
+parallelism.layer_parity_table([r.tensor for r in ranks])
 
 
 # %% [markdown]
@@ -107,16 +108,7 @@ pd.DataFrame([r["tensor"]["layer_parity"] for r in ranks], index=["rank 0", "ran
 # unsplit process — on the same token ids:
 
 # %%
-def tp_rows(rank_result: dict) -> pd.DataFrame:
-    runs = rank_result["tensor"]["runs"]
-    ref = runs["single"]["logits"]
-    return pd.DataFrame([{"mode": m, "max |logits − single|": float((r["logits"] - ref).abs().max()),
-                          "all-reduces": r["comm"].get("all_reduce", 0), "all-reduce MB": r["comm"].get("all_reduce_bytes", 0) / 1e6,
-                          "all-gathers": r["comm"].get("all_gather", 0), "forward ms (median)": r["latency_ms"]}
-                         for m, r in runs.items()])
-
-
-tp_table = tp_rows(ranks[0])
+tp_table = ranks[0].tensor.table()
 tp_table.round(6)
 
 # %% [markdown]
@@ -128,14 +120,9 @@ tp_table.round(6)
 # activations: batch × seq × hidden × 4 bytes (fp32 here).
 
 # %%
-scratch = ranks[0]["tensor"]["runs"]["scratch"]
-layers, hidden = scratch["layers"], 256
-per_layer = pd.DataFrame([{"where": k, "all-reduces": v, "per layer": v / layers if k != "embedding" else None}
-                          for k, v in scratch["by_tag"].items()])
-print(f"{layers} layers: measured {scratch['comm']['all_reduce']} all-reduces; Megatron: 2 × {layers} + 1 (embedding) = {2 * layers + 1}")
-print(f"bytes per all-reduce: measured {scratch['comm']['all_reduce_bytes'] / scratch['comm']['all_reduce']:.0f}, "
-      f"formula {BATCH} × {SEQ} × {hidden} × 4 = {BATCH * SEQ * hidden * 4}")
-per_layer
+scratch = ranks[0].tensor.runs["scratch"]
+layers = scratch.layers
+parallelism.megatron_table(scratch)
 
 # %% [markdown]
 # ## 4. Pipeline parallelism: same output, a different timeline
@@ -145,8 +132,7 @@ per_layer
 # micro-batches. Both must give the unsplit model's logits:
 
 # %%
-last = ranks[-1]["pipeline"]
-pp_parity = {kind: float((last[f"{kind}_logits"] - last["reference_logits"]).abs().max()) for kind in ("naive", "gpipe")}
+pp_parity = ranks[-1].pipeline.max_diff()  # the last stage holds the logits
 pp_parity
 
 # %% [markdown]
@@ -156,13 +142,13 @@ pp_parity
 # rank busy?
 
 # %%
-pp.timeline_figure([r["pipeline"]["naive_events"] for r in ranks], "Naive pipeline (Accelerate-style): one rank busy at a time")
+parallelism.timeline_figure([r.pipeline.naive_events for r in ranks], "Naive pipeline (Accelerate-style): one rank busy at a time")
 
 # %%
-naive_idle = pp.idle_fractions([r["pipeline"]["naive_events"] for r in ranks])
+naive_idle = pp.idle_fractions([r.pipeline.naive_events for r in ranks])
 print(f"naive pipeline: each rank idle {naive_idle['total']:.0%} of the time (at least 50 % on 2 ranks; the rest is the "
       "hand-over between ranks, as long as the compute itself for a model this small)")
-pp.timeline_figure([r["pipeline"]["gpipe_events"] for r in ranks], f"GPipe, {min(4, BATCH)} micro-batches: the stages overlap")
+parallelism.timeline_figure([r.pipeline.gpipe_events for r in ranks], f"GPipe, {min(4, BATCH)} micro-batches: the stages overlap")
 
 # %% [markdown]
 # ## 5. Latency and throughput vs batch
@@ -174,16 +160,7 @@ pp.timeline_figure([r["pipeline"]["gpipe_events"] for r in ranks], f"GPipe, {min
 # point is the shape of the curves and where the time goes; section 7 scales the comparison to GPUs.
 
 # %%
-from labkit import measure
-
-rows = []
-for tp_row, pipe in zip(ranks[0]["tensor"]["sweep"], ranks[0]["pipeline"]["sweep"], strict=True):
-    rows.append({"batch": tp_row["batch"], "one device": tp_row["single_ms"], "tensor parallel": tp_row["ms"],
-                 "naive pipeline": pipe["naive_ms"], "GPipe": pipe["gpipe_ms"]})
-latency = measure.results_frame(rows)
-throughput = latency.copy()
-for col in latency.columns[1:]:
-    throughput[col] = latency.batch * SEQ / (latency[col] / 1e3)
+latency, throughput = parallelism.latency_tables(ranks)
 latency.round(2)
 
 # %%
@@ -205,7 +182,7 @@ plots.line(throughput, "batch", list(throughput.columns[1:]), "Throughput", ylab
 # micro-batches (unequal stages, other programs on this shared CPU).
 
 # %%
-bubble = pp.bubble_sweep([r["bubble"] for r in ranks])
+bubble = parallelism.bubble_sweep(ranks)
 bubble.figure
 
 # %%
@@ -213,7 +190,7 @@ bubble.table.round(3)
 
 # %%
 m_show = 4 if 4 in MICROBATCHES else MICROBATCHES[-1]
-pp.timeline_figure([r["bubble"]["runs"][m_show][0] for r in ranks], f"GPipe with {m_show} micro-batches on matmul stages")
+parallelism.timeline_figure([r.bubble.runs[m_show][0] for r in ranks], f"GPipe with {m_show} micro-batches on matmul stages")
 
 # %% [markdown]
 # ## 7. Scaling up on paper: BLOOM-176B on 8×A100
@@ -245,13 +222,7 @@ pd.DataFrame([{"engine": e.name, "strategy": e.strategy, "matmul efficiency": e.
 # did not) tip them over. Memory on the fullest GPU at the published OOM batches:
 
 # %%
-bloom, a100 = costmodel.shape("bloom-176b"), costmodel.A100_80GB
-oom_rows = [{"engine": name, "batch": b, **costmodel.memory_gb(engines[name], bloom, a100, 8, b, 110)}
-            for name, b in (("accelerate", 32), ("accelerate", 64), ("ds-inference", 128), ("ds-inference", 256))]
-oom = pd.DataFrame(oom_rows)
-oom["total_GB"] = oom[["weights", "KV cache", "workspace", "reserved"]].sum(axis=1)
-oom["fits in 80 GB"] = oom.total_GB <= 80
-oom.round(1)
+parallelism.oom_table(engines).round(1)
 
 # %% [markdown]
 # ### Try it: GPUs × memory × link × batch
@@ -262,11 +233,13 @@ oom.round(1)
 # %%
 from labkit import widgets
 
-widgets.panel(costmodel.predict, gpus=(1, 16), gpu_memory_gb=[80.0, 40.0, 141.0, 24.0],
-              link_GBps=[300.0, 450.0, 64.0, 32.0, 16.0], batch=(1, 256))
+a100, gpus = specs.A100_80GB, specs.BLOOM_BENCHMARK_GPUS  # the published benchmark's node
+memories = list(dict.fromkeys([a100.memory_GB, *(g.memory_GB for g in specs.GPUS.values())]))  # datasheets
+links = list(dict.fromkeys([a100.link_GBps, *(g.link_GBps for g in specs.GPUS.values())]))
+widgets.panel(costmodel.predict, gpus=(1, 16), gpu_memory_gb=memories, link_GBps=links, batch=(1, 256))
 
 # %%
-costmodel.predict(gpus=8, batch=16).figure
+costmodel.predict(gpus=gpus, batch=16).figure
 
 # %% [markdown]
 # ## 8. The seed's questions
@@ -283,9 +256,10 @@ costmodel.predict(gpus=8, batch=16).figure
 # boundary — and for throughput, when the pipeline is not naive but keeps several batches in flight.
 
 # %%
-bs1 = {n: costmodel.ms_per_token(e, bloom, a100, 8, 1) for n, e in engines.items()}
-slow = costmodel.predict(gpus=8, link_GBps=16.0, batch=32).table.set_index("engine")
-fast = costmodel.predict(gpus=8, link_GBps=300.0, batch=32).table.set_index("engine")
+bloom = costmodel.shape("bloom-176b")
+bs1 = {n: costmodel.ms_per_token(e, bloom, a100, gpus, 1) for n, e in engines.items()}
+slow = costmodel.predict(gpus=gpus, link_GBps=16.0, batch=32).table.set_index("engine")
+fast = costmodel.predict(gpus=gpus, link_GBps=a100.link_GBps, batch=32).table.set_index("engine")
 print(f"batch 1, NVLink: weight streaming {bs1['accelerate']['weights (HBM)']:.1f} ms (pipeline) vs "
       f"{bs1['ds-inference']['weights (HBM)']:.1f} ms (TP) of {bs1['accelerate']['ms_per_token']:.1f} vs {bs1['ds-inference']['ms_per_token']:.1f} ms/token")
 print(f"batch 32: TP / naive-PP speed-up {fast.loc['accelerate', 'ms_per_token'] / fast.loc['ds-inference', 'ms_per_token']:.1f}× on NVLink, "
@@ -298,8 +272,10 @@ print(f"batch 32: TP / naive-PP speed-up {fast.loc['accelerate', 'ms_per_token']
 # %%
 worst = fit.table.error_pct.abs().max()
 oom_cells = sorted(zip(fit.table.engine[fit.table.predicted_oom], fit.table.batch[fit.table.predicted_oom], strict=True))
+published = specs.PUBLISHED_MS_PER_TOKEN
+published_oom = [f"{e} {min(b for b, ms in rows.items() if ms is None)}" for e, rows in published.items()]
 print(f"* Megatron: 2 all-reduces per layer (+1 for a vocabulary-split embedding) = {2 * layers + 1}. "
-      f"Measured: {scratch['comm']['all_reduce']} (from scratch), {ranks[0]['tensor']['runs']['dtensor']['comm']['all_reduce']} (DTensor).")
+      f"Measured: {scratch.comm.count('all_reduce')} (from scratch), {ranks[0].tensor.runs['dtensor'].comm.count('all_reduce')} (DTensor).")
 print(f"* Splitting changes no result. Measured max |difference| vs one process: TP {tp_table.iloc[:2, 1].max():.1e}, "
       f"naive PP {pp_parity['naive']:.1e}, GPipe {pp_parity['gpipe']:.1e}.")
 print(f"* Naive pipeline on 2 stages: each rank idle at least half the time. Measured: {naive_idle['total']:.0%}.")
@@ -307,8 +283,9 @@ for r in bubble.table.itertuples():
     print(f"* GPipe bubble (p − 1)/(m + p − 1) at m={r.microbatches}: {r.formula:.3f}; measured {r.measured_bubble:.3f} "
           f"(total idle {r.measured_total_idle:.3f})")
 print(f"* Cost model vs the published BLOOM-176B rows: worst error {worst:.1f} % over {int((~fit.table.published_oom).sum())} points; "
-      f"predicted OOM at {oom_cells} (published: accelerate 64, ds-inference 256).")
-print(f"* Published batch-1 speed-up of ds-inference over accelerate: {230.38 / 44.02:.1f}×; the model's weight-streaming part alone: "
+      f"predicted OOM at {oom_cells} (published: {', '.join(published_oom)}).")
+print(f"* Published batch-1 speed-up of ds-inference over accelerate: {published['accelerate'][1] / published['ds-inference'][1]:.1f}×; "
+      f"the model's weight-streaming part alone: "
       f"{bs1['accelerate']['weights (HBM)'] / bs1['ds-inference']['weights (HBM)']:.0f}× (one GPU vs 8 at a time).")
 
 # %% [markdown]
@@ -321,7 +298,7 @@ print(f"* Published batch-1 speed-up of ds-inference over accelerate: {230.38 / 
 # %%
 answer_1 = None
 answer_2 = None
-expected_1, expected_2 = 2 * 70 + 1, round(pp.bubble_formula(8, 4), 3)
+expected_1, expected_2 = 2 * specs.MODEL_CONFIGS["bloom-176b"]["n_layer"] + 1, round(pp.bubble_formula(8, 4), 3)
 if answer_1 is not None:
     print("1: ✓" if answer_1 == expected_1 else f"1: ✗ {expected_1}")
 if answer_2 is not None:
@@ -333,11 +310,11 @@ from labkit.notebook import run
 run.record({
     "model": MODEL,
     "layers": layers,
-    "layer_parity_max": max(max(r["tensor"]["layer_parity"].values()) for r in ranks),
+    "layer_parity_max": max(max(r.tensor.layer_parity.values()) for r in ranks),
     "tp_max_diff": {row["mode"]: row["max |logits − single|"] for _, row in tp_table.iterrows()},
-    "all_reduces": {m: r["comm"].get("all_reduce", 0) for m, r in ranks[0]["tensor"]["runs"].items()},
-    "all_reduces_by_tag": scratch["by_tag"],
-    "all_reduce_bytes": scratch["comm"]["all_reduce_bytes"],
+    "all_reduces": {m: r.comm.count("all_reduce") for m, r in ranks[0].tensor.runs.items()},
+    "all_reduces_by_tag": scratch.comm.by_tag("all_reduce"),
+    "all_reduce_bytes": scratch.comm.nbytes("all_reduce"),
     "batch": BATCH, "seq": SEQ,
     "pp_max_diff": pp_parity,
     "naive_idle": naive_idle["total"],

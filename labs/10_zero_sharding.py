@@ -72,10 +72,12 @@ if SMOKE:
 
 # %%
 from labkit import plots
+from labkit.experiments import zero_sharding
+from labkit.models import specs
 from labkit.parallel import zero
-from labkit.parallel import zero_training
 
-table = zero.memory_table(params_list=(1e9, 7.5e9, 176e9), dp_degrees=(1, 2, 4, 8, 16, 64))
+bloom_params = specs.BLOOM_176B_BF16_GB * 1e9 / 2  # BLOOM-176B: 2 bytes per bf16 parameter
+table = zero.memory_table(params_list=(1e9, 7.5e9, bloom_params), dp_degrees=(1, 2, 4, 8, 16, 64))
 fig = plots.line(table[table.params_B == 7.5].pivot(index="dp_degree", columns="stage", values="total_GB")
                  .rename(columns=lambda s: f"stage {s}").reset_index(), "dp_degree",
                  [f"stage {s}" for s in zero.STAGES], "7.5 B parameters: GB per device vs data-parallel degree",
@@ -102,7 +104,7 @@ table[table.dp_degree.isin([1, 8, 64])].pivot_table(index=["params_B", "dp_degre
 import time
 
 start = time.perf_counter()
-measured = zero_training.measure(hidden=HIDDEN, layers=LAYERS, steps=STEPS, world_size=WORLD_SIZE)
+measured = zero_sharding.train_all_methods(hidden=HIDDEN, layers=LAYERS, steps=STEPS, world_size=WORLD_SIZE)
 measure_s = time.perf_counter() - start
 df = measured.table
 print(f"{df.params_M.iloc[0]:.1f} M parameters, {WORLD_SIZE} ranks, {measure_s:.0f} s for all methods")
@@ -138,7 +140,7 @@ print(f"largest difference: {loss_spread:.2e}")
 # 3Ψ (parameters gathered in the forward *and* again in the backward).
 
 # %%
-zero_training.comm_figure(df)
+zero_sharding.comm_figure(df)
 
 # %%
 df[["method", "comm_MB_per_step", "comm_formula_MB", "comm_ops"]]
@@ -161,7 +163,7 @@ widgets.panel(zero.memory_explorer, params_billion=(0.1, 200.0, 0.1), dp_degree=
               bytes_per_param=[2, 4], bytes_per_grad=[2, 4], bytes_per_optimizer_state=[12, 8, 16], auto=True)
 
 # %%
-zero.memory_explorer(params_billion=176, dp_degree=8, stage=3).figure
+zero.memory_explorer(params_billion=bloom_params / 1e9, dp_degree=8, stage=3).figure
 
 # %% [markdown]
 # ## What theory predicts vs what you measured
@@ -187,7 +189,7 @@ ratios = t["measured/formula"]
 
 # %%
 answer_1 = None  # your smallest dp degree
-expected_1 = next(n for n in range(1, 1025) if zero.zero_memory(176e9, 3, n).total <= 80e9)
+expected_1 = next(n for n in range(1, 1025) if zero.zero_memory(bloom_params, 3, n).total <= specs.A100_80GB.memory_GB * 1e9)
 if answer_1 is not None:
     print("1: ✓" if answer_1 == expected_1 else f"1: ✗ it is {expected_1}")
 

@@ -67,14 +67,15 @@ if SMOKE:
 # inference is the shared-memory all-reduce. (Production training would also compile `DeepSpeedCPUAdam`.)
 
 # %%
+from labkit.parallel import deepspeed_env
 from labkit.parallel import deepspeed_inference as dsi
 
-ops = dsi.op_compile_time(compile_if_missing=not SMOKE, load=not SMOKE)
-print("DeepSpeed", ops["deepspeed"], "| op", ops["op"], "| cache", ops["extensions_dir"])
-if ops["seconds"] is None:
-    print(f"op build/load skipped in smoke mode (cached build: {ops['was_cached']}; a first build takes about 50 s on 2 cores)")
+ops = deepspeed_env.op_compile_time(compile_if_missing=not SMOKE, load=not SMOKE)
+print("DeepSpeed", ops.deepspeed, "| op", ops.op, "| cache", ops.extensions_dir)
+if ops.seconds is None:
+    print(f"op build/load skipped in smoke mode (cached build: {ops.was_cached}; a first build takes about 50 s on 2 cores)")
 else:
-    print(f"{'loaded from cache' if ops['was_cached'] else 'compiled'} in {ops['seconds']:.2f} s")
+    print(f"{'loaded from cache' if ops.was_cached else 'compiled'} in {ops.seconds:.2f} s")
 
 # %% [markdown]
 # On these CPUs that shared-memory all-reduce crashes the process during `init_inference`, so every rank
@@ -111,9 +112,9 @@ tp_result.table
 
 # %%
 bloom = run_distributed(dsi.bloom_alibi_demo, "tiny-bloom", world_size=WORLD_SIZE)
-print("without the fix:", bloom[0]["error_without_fix"])
-print("with the fix:   same tokens as one process:", all(r["same_tokens"] for r in bloom),
-      f"| max logit difference {max(r['max_abs_diff'] for r in bloom):.1e}")
+print("without the fix:", bloom[0].error_without_fix)
+print("with the fix:   same tokens as one process:", all(r.same_tokens for r in bloom),
+      f"| max logit difference {max(r.max_abs_diff for r in bloom):.1e}")
 
 # %% [markdown]
 # ## 3. ZeRO-Inference: a different prompt on every rank
@@ -150,31 +151,34 @@ zi.table.round(2)
 #
 # `replace_with_kernel_inject=True` replaces each BLOOM block with DeepSpeed's fused CUDA kernels (fused
 # QKV + bias + softmax, fewer launches and copies, pre-allocated KV cache). It needs a CUDA GPU: the code path
-# below runs under `make test-gpu` (`tests/test_deepspeed_inference.py::test_bloom_kernel_injection_on_gpu`).
+# below runs under `make test-gpu` (`tests/unit/test_deepspeed_inference.py::test_bloom_kernel_injection_on_gpu`).
 
 # %%
 import torch
 
 if torch.cuda.is_available():
     inj = run_distributed(dsi.autotp_ranks, "tiny-bloom", kernel_inject=True, world_size=1, backend="nccl")
-    print(f"kernel injection: {inj[0]['autotp_ms']:.2f} ms vs eager fp16 {inj[0]['single_ms']:.2f} ms "
-          f"(max |diff| {inj[0]['max_abs_diff']:.1e})")
+    print(f"kernel injection: {inj[0].autotp_ms:.2f} ms vs eager fp16 {inj[0].single_ms:.2f} ms "
+          f"(max |diff| {inj[0].max_abs_diff:.1e})")
 else:
     print("skipped: kernel injection needs a CUDA GPU (DeepSpeed's fused transformer kernels are CUDA-only)")
 
 # %% [markdown]
 # What kernel injection achieved at scale — published, not measured here (BLOOM-176B, 8×A100-80GB, ms per
-# generated token; huggingface/transformers-bloom-inference):
-#
-# | batch | 1 | 8 | 16 | 32 | 64 | 128 |
-# |---|---|---|---|---|---|---|
-# | Accelerate bf16 (pipeline) | 230.38 | 31.78 | 17.84 | 10.89 | oom | |
-# | ds-inference fp16 (TP + kernels) | 44.02 | 5.70 | 3.01 | 1.68 | 1.00 | 0.69 |
+# generated token, empty = out of memory; Accelerate bf16 is a naive pipeline, ds-inference fp16 is TP + fused
+# kernels). The rows live in `labkit.models.specs`, with their source:
 
 # %%
-published = {"accelerate": {1: 230.38, 8: 31.78, 16: 17.84, 32: 10.89},
-             "ds-inference": {1: 44.02, 8: 5.70, 16: 3.01, 32: 1.68, 64: 1.00, 128: 0.69}}
-speedup_published = {b: published["accelerate"][b] / published["ds-inference"][b] for b in published["accelerate"]}
+import pandas as pd
+
+from labkit.models import specs
+
+published = specs.PUBLISHED_MS_PER_TOKEN
+print(specs.BLOOM_SOURCE)
+pd.DataFrame(published).T.rename_axis(index="ms per token", columns="batch")
+
+# %%
+speedup_published = {b: ms / published["ds-inference"][b] for b, ms in published["accelerate"].items() if ms is not None}
 print("ds-inference speed-up over accelerate (published):", {b: round(v, 1) for b, v in speedup_published.items()})
 
 # %% [markdown]
@@ -184,7 +188,7 @@ print("ds-inference speed-up over accelerate (published):", {b: round(v, 1) for 
 tpt = tp_result.table.set_index("method")
 print(f"* Theory: tensor parallelism is exact. Measured max logit difference: AutoTP "
       f"{tpt.loc['DeepSpeed AutoTP', 'max_abs_diff']:.1e}"
-      + (f", labkit TP {tpt.loc['labkit TP (from scratch)', 'max_abs_diff']:.1e}" if "labkit TP (from scratch)" in tpt.index else ""))
+      f", labkit TP {tpt.loc['labkit TP (from scratch)', 'max_abs_diff']:.1e}")
 print(f"* Theory: TP divides the weights per rank by N but adds 2 all-reduces per layer. Measured on 2 shared "
       f"cores: AutoTP {tpt.loc['DeepSpeed AutoTP', 'vs_single']:.2f}× the single-process latency.")
 zt = zi.table
@@ -193,7 +197,7 @@ print(f"* Theory: ZeRO-Inference throughput ≈ N × one stream's. Measured: {zt
       f"({zt.speedup.iloc[1]:.2f}×, ideal {WORLD_SIZE}× on {WORLD_SIZE} GPUs); each rank holds "
       f"{zt.weights_held_per_rank_MB.iloc[1]:.1f} MB of {zt.weights_held_per_rank_MB.iloc[0]:.1f} MB weights.")
 print(f"* Theory: ZeRO-3 computes exactly what one process computes. Same tokens on every rank: "
-      f"{all(r['same_as_single_process'] for r in zi_ranks)}")
+      f"{all(r.same_as_single_process for r in zi_ranks)}")
 
 # %% [markdown]
 # ## Exercises
@@ -214,21 +218,21 @@ if answer_3 is not None:
 from labkit.notebook import run
 
 run.record({
-    "deepspeed_version": ops["deepspeed"],
-    "op_compile_s": ops["seconds"],
-    "op_was_cached": ops["was_cached"],
+    "deepspeed_version": ops.deepspeed,
+    "op_compile_s": ops.seconds,
+    "op_was_cached": ops.was_cached,
+    "op_extensions_dir": ops.extensions_dir,
+    "op_build_dir": ops.build_dir,
     "tp_model": TP_MODEL,
     "tp_methods": list(tpt.index),
     "tp_ms": tpt.ms.to_dict(),
     "tp_max_abs_diff": tpt.max_abs_diff.to_dict(),
-    "tp_errors": tpt["error"].dropna().to_dict() if "error" in tpt else {},
-    "bloom_error_without_fix": bloom[0]["error_without_fix"],
-    "bloom_fixed_same_tokens": all(r["same_tokens"] for r in bloom),
-    "zi_same_as_single_process": all(r["same_as_single_process"] for r in zi_ranks),
-    "zi_prompts": [r["prompt"] for r in zi_ranks],
+    "bloom_error_without_fix": bloom[0].error_without_fix,
+    "bloom_fixed_same_tokens": all(r.same_tokens for r in bloom),
+    "zi_same_as_single_process": all(r.same_as_single_process for r in zi_ranks),
+    "zi_prompts": [r.prompt for r in zi_ranks],
     "zi_aggregate_tok_s": zt.aggregate_tok_s.tolist(),
     "zi_speedup": float(zt.speedup.iloc[1]),
     "zi_weights_held_MB": zt.weights_held_per_rank_MB.tolist(),
-    "published_speedup_bs1": expected_3,
     "kernel_inject_ran": bool(torch.cuda.is_available()),
 })

@@ -19,11 +19,11 @@
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/inference-lab/inference-lab/blob/main/labs/13_capstone_serving_bloom_176b.ipynb)
 # [![Binder](https://mybinder.org/badge_logo.svg)](https://mybinder.org/v2/gh/inference-lab/inference-lab/main?urlpath=lab/tree/labs/13_capstone_serving_bloom_176b.ipynb)
 #
-# BLOOM-176B is the seed's running example: 176 billion parameters, 352 GB in 16-bit — more than four
-# 80 GB GPUs can hold. This lab plans serving it the way an engineer would, with the tools of the
+# BLOOM-176B is the seed's running example: a model whose 16-bit weights alone outgrow any single GPU
+# (section 1 counts them). This lab plans serving it the way an engineer would, with the tools of the
 # earlier labs:
 #
-# 1. **memory** (lab 07): weights, KV cache and activations for a dtype and a batch;
+# 1. **memory** (lab 07): weights, KV cache and activations for a precision and a batch;
 # 2. **which backends fit** on a given set of GPUs: Accelerate's naive pipeline (with CPU offload when the
 #    GPUs are too small, lab 08), DeepSpeed-Inference's tensor parallelism (labs 09, 11) and ZeRO-Inference
 #    (labs 10, 11), with and without its weights in CPU memory;
@@ -33,7 +33,8 @@
 # 5. the seed's **open question**: why can a benchmark seem to show Accelerate ahead of
 #    DeepSpeed-Inference? Answered with the model, the published numbers and a measurement made here.
 #
-# Nothing below is typed in: every number is computed by the code in `labkit.capstone` or measured.
+# Nothing below is typed in: every number is read from `labkit.models.specs` (the published facts), computed by
+# `labkit.experiments.serving_plan` and `benchmark_traps`, or measured.
 
 # %%
 # Setup. Locally `make lab` installed everything; on Colab this cell installs the lab first.
@@ -50,12 +51,14 @@ import labkit
 labkit.setup()
 
 # %% tags=["parameters"]
+from labkit.models import specs
+
 SMOKE = False  # True: small sizes for a quick headless run
-GPU_TYPE = "A100-80GB SXM"  # the published benchmark's GPUs
-GPUS = 8
-DTYPE = "bfloat16"
+GPU_TYPE = specs.A100_80GB.name  # the published benchmark's GPUs (a key of specs.GPUS)
+GPUS = specs.BLOOM_BENCHMARK_GPUS  # as many as the published benchmark
+PRECISION = "bf16"  # of the weights: bf16 | fp16 | int8
 BATCH = 16
-PROMPT, NEW_TOKENS = 10, 100  # the published benchmark: short prompts, 100 new tokens
+PROMPT, NEW_TOKENS = 10, specs.BLOOM_BENCHMARK_NEW_TOKENS  # short prompts, new tokens as published
 SMALL_MODEL = "tiny-llama"  # the measured part: a tiny Llama on 2 CPU ranks
 SMALL_BATCHES = (1, 4, 16)
 SMALL_SEQ = 16
@@ -68,25 +71,25 @@ if SMOKE:
 # %% [markdown]
 # ## 1. How much memory?
 #
-# The calculator of lab 07 on BLOOM-176B's configuration (70 layers, hidden 14336, 112 heads, vocabulary
-# 250880): weights = parameters × bytes; KV cache = 2 × layers × heads × head_dim × bytes × tokens × batch.
+# The calculator of lab 07 on BLOOM-176B's configuration (printed below, from `labkit.models.specs`):
+# weights = parameters × bytes; KV cache = 2 × layers × KV heads × head_dim × bytes × tokens × batch.
 
 # %%
 import math
 
 import pandas as pd
 
-from labkit import anatomy
+from labkit.experiments import benchmark_traps, llm_anatomy, serving_plan
+from labkit.parallel import costmodel
 
-from labkit.experiments import serving_plan
-
-memory = anatomy.memory_calculator("bloom-176b", DTYPE, BATCH, PROMPT + NEW_TOKENS)
+print("BLOOM-176B:", specs.MODEL_CONFIGS["bloom-176b"])
+memory = llm_anatomy.memory_calculator("bloom-176b", PRECISION, BATCH, PROMPT + NEW_TOKENS)
 memory.figure
 
 # %%
-gpu = serving_plan.GPU_TYPES[GPU_TYPE]
+gpu = specs.GPUS[GPU_TYPE]
 weights_GB = memory.table.weights_GB.iloc[0]
-print(f"{memory.table.params_B.iloc[0]:.1f} B parameters: {weights_GB:.0f} GB of weights in {DTYPE}, "
+print(f"{memory.table.params_B.iloc[0]:.1f} B parameters: {weights_GB:.0f} GB of weights in {PRECISION}, "
       f"{memory.table['KV cache_GB'].iloc[0]:.2f} GB of KV cache for {BATCH} × {PROMPT + NEW_TOKENS} tokens.")
 print(f"Weights alone need at least {math.ceil(weights_GB / gpu.memory_GB)} × {gpu.name} ({gpu.memory_GB:g} GB each).")
 memory.table.round(2)
@@ -100,7 +103,7 @@ memory.table.round(2)
 # the embedding) it has gathered, and the full-depth KV cache of its own sequences.
 
 # %%
-plan = serving_plan.plan(GPU_TYPE, GPUS, dtype=DTYPE, batch=BATCH, prompt=PROMPT, new_tokens=NEW_TOKENS)
+plan = serving_plan.plan(GPU_TYPE, GPUS, precision=PRECISION, batch=BATCH, prompt=PROMPT, new_tokens=NEW_TOKENS)
 plan.figure
 
 # %%
@@ -110,8 +113,8 @@ plan.table[["backend", "how", "fits", "why", "memory_per_gpu_GB", "offloaded_GB"
 # How many GPUs does each backend need at batch 1? (ms/token; empty = will not fit.)
 
 # %%
-gpu_counts = (1, 2, 4, 8, 16)
-by_count = pd.DataFrame({g: serving_plan.plan(GPU_TYPE, g, dtype=DTYPE, batch=1).table.set_index("backend").ms_per_token
+gpu_counts = sorted({1, 2, 4, GPUS, 2 * GPUS})
+by_count = pd.DataFrame({g: serving_plan.plan(GPU_TYPE, g, precision=PRECISION, batch=1).table.set_index("backend").ms_per_token
                          for g in gpu_counts})
 by_count.columns = [f"{g} GPUs" for g in gpu_counts]
 min_gpus = {b: next((g for g in gpu_counts if not math.isnan(by_count.loc[b, f"{g} GPUs"])), None) for b in by_count.index}
@@ -128,7 +131,7 @@ by_count.round(1)
 plan.table[["backend", "ms_per_token", "tokens_per_s", "request_latency_s"] + [c for c in plan.table if c.endswith("_ms")]].round(3)
 
 # %%
-sweep = serving_plan.batch_sweep(GPU_TYPE, GPUS, DTYPE)
+sweep = serving_plan.batch_sweep(GPU_TYPE, GPUS, PRECISION)
 sweep.figure
 
 # %%
@@ -137,10 +140,11 @@ sweep.table.pivot(index="batch", columns="backend", values="request_latency_s").
 # %% [markdown]
 # ## 4. Side by side with the published table
 #
-# The published rows (8×A100-80GB, 100 new tokens, huggingface/transformers-bloom-inference) next to what
-# `serving_plan.plan` predicts for the same set-up — including where it runs out of memory.
+# The published rows (`specs.BLOOM_SOURCE`) next to what `serving_plan.plan` predicts for the same set-up —
+# including where it runs out of memory.
 
 # %%
+print(specs.BLOOM_SOURCE)
 published = serving_plan.published_check()
 published.figure
 
@@ -150,8 +154,9 @@ published.table.round(2)
 # %%
 timed = published.table.dropna(subset=["error_pct"])
 worst_error = timed.error_pct.abs().max()
-print(f"worst error over {len(timed)} published points: {worst_error:.1f} % (the cost model's stated error: "
-      f"< {serving_plan.STATED_ERROR_PCT:g} %); out-of-memory cells agree: {bool(published.table.oom_agrees.all())}")
+fit_residual = costmodel.fit_residual_pct()  # the calibration's own worst error on these rows (in-sample)
+print(f"worst error over {len(timed)} published points: {worst_error:.1f} % (the cost model's in-sample fit residual: "
+      f"{fit_residual:.1f} %); out-of-memory cells agree: {bool(published.table.oom_agrees.all())}")
 
 # %% [markdown]
 # ## 5. ZeRO-Inference: one stream per GPU
@@ -177,11 +182,14 @@ print(f"zero-offload at batch {BATCH}: {moved / z.ms_per_token:.0%} of its time 
 # %% [markdown]
 # ## 6. Why can a benchmark show Accelerate ahead of DeepSpeed-Inference?
 #
-# At equal batch, the published rows put DeepSpeed-Inference 5–7× ahead. Yet comparisons that show the
-# opposite are easy to produce — each row below is one, computed from the published rows and from the model.
+# At equal batch, the published rows put DeepSpeed-Inference several times ahead (the second row below). Yet
+# comparisons that show the opposite are easy to produce — each row below is one, computed from the published
+# rows and from the model.
 
 # %%
-traps = serving_plan.accounting_traps(big_batch=32, new_tokens=NEW_TOKENS)
+ran = [{b for b, ms in row.items() if ms is not None} for row in specs.PUBLISHED_MS_PER_TOKEN.values()]
+TRAPS_BATCH = max(set.intersection(*ran))  # the largest batch both engines ran in the published benchmark
+traps = benchmark_traps.accounting_traps(big_batch=TRAPS_BATCH, new_tokens=NEW_TOKENS)
 traps.figure
 
 # %%
@@ -190,13 +198,13 @@ traps.table.round(2)
 # %%
 crossover = traps.table.attrs["startup_crossover_tokens"]
 links = traps.table.attrs["crossover_link_GBps"]
-print(f"* ms/token is a throughput: Accelerate at batch 32 'beats' DeepSpeed at batch 1, but at equal batch it is "
+print(f"* ms/token is a throughput: Accelerate at batch {TRAPS_BATCH} 'beats' DeepSpeed at batch 1, but at equal batch it is "
       f"{traps.table['accelerate / ds-inference'].iloc[1]:.1f}× slower, and each of its requests waits "
       f"{traps.table.accelerate.iloc[2]:.0f} s instead of {traps.table['ds-inference'].iloc[2]:.1f} s.")
-print(f"* Start-up: with an unsharded checkpoint DeepSpeed needs {serving_plan.STARTUP_S['ds-inference (unsharded)']:.0f} s "
-      f"to Accelerate's {serving_plan.STARTUP_S['accelerate']:.0f} s; it catches up only after {crossover:.0f} generated tokens "
-      f"at batch 1 (a pre-sharded checkpoint starts in {serving_plan.STARTUP_S['ds-inference (pre-sharded)']:.0f} s).")
-print(f"* The link: below {links[1]:.2f} GB/s (batch 1) or {links[32]:.2f} GB/s (batch 32) between GPUs the model has "
+print(f"* Start-up: with an unsharded checkpoint DeepSpeed needs {specs.STARTUP_S['ds-inference (unsharded)']:.0f} s "
+      f"to Accelerate's {specs.STARTUP_S['accelerate']:.0f} s; it catches up only after {crossover:.0f} generated tokens "
+      f"at batch 1 (a pre-sharded checkpoint starts in {specs.STARTUP_S['ds-inference (pre-sharded)']:.0f} s).")
+print(f"* The link: below {links[1]:.2f} GB/s (batch 1) or {links[TRAPS_BATCH]:.2f} GB/s (batch {TRAPS_BATCH}) between GPUs the model has "
       "the naive pipeline ahead: tensor parallelism all-reduces 2× per layer, the pipeline sends one activation per GPU.")
 
 # %% [markdown]
@@ -212,11 +220,11 @@ import time
 from labkit.parallel.launch import run_distributed
 
 start = time.perf_counter()
-ranks = run_distributed(serving_plan.tp_vs_pipeline_rank, SMALL_MODEL, batches=SMALL_BATCHES, seq=SMALL_SEQ,
+ranks = run_distributed(benchmark_traps.tp_vs_pipeline_rank, SMALL_MODEL, batches=SMALL_BATCHES, seq=SMALL_SEQ,
                         repeat=REPEAT, world_size=2)
-print(f"2 ranks, {ranks[0]['threads']} thread(s) each, {time.perf_counter() - start:.1f} s; "
-      f"max |TP logits − pipeline logits| = {ranks[-1]['max_diff_tp_vs_pipeline']:.1e}")
-small = serving_plan.small_scale(ranks)
+print(f"2 ranks, {ranks[0].threads} thread(s) each, {time.perf_counter() - start:.1f} s; "
+      f"max |TP logits − pipeline logits| = {ranks[-1].max_diff_tp_vs_pipeline:.1e}")
+small = benchmark_traps.small_scale(ranks)
 small.figure
 
 # %%
@@ -225,7 +233,7 @@ small_ms.round(3)
 
 # %%
 tp_check = small.table.attrs["tp_model"]
-print("Tensor parallel on this machine, model = one device ÷ 2 + (2 × layers + 1) × one measured all-reduce:")
+print("Tensor parallel on this machine, model = one device ÷ ranks + (2 × layers + 1) × one measured all-reduce:")
 tp_check.round(3)
 
 # %%
@@ -245,40 +253,41 @@ print(f"* Equal batch {b_hi}, measured: tensor parallel {small_ms.loc[b_hi, 'ten
 # %% [markdown]
 # ## 7. Plan your own
 #
-# Pick the GPUs (type, count, memory — 0 keeps the type's — and GPU-to-GPU link bandwidth), the dtype and
-# the batch. Try 2 GPUs (only offloading backends fit), an L4 (PCIe, 24 GB), int8 weights, or batch 256.
+# Pick the GPUs (type, count, memory — 0 keeps the type's — and GPU-to-GPU link bandwidth), the weights'
+# precision and the batch. Try 2 GPUs (only offloading backends fit), an L4 (PCIe), int8 weights, or batch 256.
 
 # %%
 import ipywidgets as w
 
 from labkit import widgets
 
-widgets.panel(serving_plan.plan, gpu_type=list(serving_plan.GPU_TYPES), gpus=(1, 16),
-              gpu_memory_gb=w.Dropdown(options=[("type's own", 0.0), ("24 GB", 24.0), ("40 GB", 40.0), ("80 GB", 80.0),
-                                                ("141 GB", 141.0)], value=0.0, description="gpu_memory_gb"),
-              link_GBps=w.Dropdown(options=[("type's own", 0.0), ("NVLink 4 (450 GB/s)", 450.0), ("NVLink 3 (300 GB/s)", 300.0),
-                                            ("PCIe 4 (32 GB/s)", 32.0), ("10 GbE (1.25 GB/s)", 1.25),
-                                            ("1 GbE (0.125 GB/s)", 0.125)], value=0.0, description="link_GBps"),
-              dtype=list(serving_plan.DTYPES), batch=(1, 256))
+memory_options = [(f"{gb:g} GB", gb) for gb in sorted({g.memory_GB for g in specs.GPUS.values()})]
+link_options = [(f"{', '.join(g.name for g in specs.GPUS.values() if g.link_GBps == gbps)} link ({gbps:g} GB/s)", gbps)
+                for gbps in sorted({g.link_GBps for g in specs.GPUS.values()}, reverse=True)]
+link_options += [(f"{name} ({gbps:g} GB/s)", gbps) for name, gbps in specs.ETHERNET_GBPS.items()]
+widgets.panel(serving_plan.plan, gpu_type=list(specs.GPUS), gpus=(1, 2 * GPUS),
+              gpu_memory_gb=w.Dropdown(options=[("type's own", 0.0), *memory_options], value=0.0, description="gpu_memory_gb"),
+              link_GBps=w.Dropdown(options=[("type's own", 0.0), *link_options], value=0.0, description="link_GBps"),
+              precision=list(serving_plan.PRECISIONS), batch=(1, 256))
 
 # %% [markdown]
 # ## What theory predicts vs what you measured
 
 # %%
 pt = plan.table.set_index("backend")
-print(f"* Weights: 176 B parameters × 2 bytes ≈ 352 GB (published). Calculator: {weights_GB:.1f} GB.")
-print(f"* Cost model vs the published rows: stated error < {serving_plan.STATED_ERROR_PCT:g} %; the capstone's plan: worst "
+print(f"* Weights: published {specs.BLOOM_176B_BF16_GB} GB in bf16. Calculator ({PRECISION}): {weights_GB:.1f} GB.")
+print(f"* Cost model vs the published rows: in-sample fit residual {fit_residual:.1f} %; the capstone's plan: worst "
       f"{worst_error:.1f} % over {len(timed)} points, OOM cells agree: {bool(published.table.oom_agrees.all())}.")
-published_bs1 = {engine: row[1] for engine, row in serving_plan.cm.PUBLISHED.items()}
+published_bs1 = {engine: row[1] for engine, row in specs.PUBLISHED_MS_PER_TOKEN.items()}
 print(f"* Published batch-1 ratio accelerate / ds-inference: {published_bs1['accelerate'] / published_bs1['ds-inference']:.1f}×; predicted here: "
-      f"{by_count.loc['accelerate', '8 GPUs'] / by_count.loc['ds-inference', '8 GPUs']:.1f}×.")
+      f"{by_count.loc['accelerate', f'{GPUS} GPUs'] / by_count.loc['ds-inference', f'{GPUS} GPUs']:.1f}×.")
 zl = sweep.table[sweep.table.backend == "zero-offload"].dropna().set_index("batch")
 print(f"* ZeRO-Inference: weight traffic per step does not depend on the batch, so throughput grows with it while a "
       f"request's latency barely moves. zero-offload, batch {zl.index[0]} → {zl.index[-1]}: {zl.tokens_per_s.iloc[0]:.2f} → "
       f"{zl.tokens_per_s.iloc[-1]:.1f} tokens/s, latency {zl.request_latency_s.iloc[0]:.0f} → {zl.request_latency_s.iloc[-1]:.0f} s.")
-print(f"* Decode roofline: batch-1 step ≥ weights / HBM bandwidth = {weights_GB / 8 / (gpu.hbm_TBps * 1e3) * 1e3:.1f} ms on 8 GPUs "
-      f"in parallel (TP); the model's TP weight-streaming term: "
-      f"{serving_plan.plan(GPU_TYPE, 8, batch=1).table.set_index('backend').loc['ds-inference', 'weights (HBM)_ms']:.1f} ms/token.")
+print(f"* Decode roofline: batch-1 step ≥ weights / HBM bandwidth = {weights_GB / GPUS / (gpu.hbm_TBps * 1e3) * 1e3:.1f} ms on "
+      f"{GPUS} GPUs in parallel (TP); the model's TP weight-streaming term: "
+      f"{serving_plan.plan(GPU_TYPE, GPUS, precision=PRECISION, batch=1).table.set_index('backend').loc['ds-inference', 'weights (HBM)_ms']:.1f} ms/token.")
 print(f"* Tensor parallelism on a slow link: theory says communication dominates. Measured on 2 CPU ranks at batch {b_hi}: "
       f"TP {small_ms.loc[b_hi, 'tensor parallel']:.2f} vs naive pipeline {small_ms.loc[b_hi, 'naive pipeline']:.2f} ms/token.")
 
@@ -293,7 +302,8 @@ print(f"* Tensor parallelism on a slow link: theory says communication dominates
 # %%
 answer_1 = None
 answer_2 = None
-expected_1 = next(g for g in range(1, 17) if serving_plan.plan("H100-80GB SXM", g, dtype="int8", batch=1).table.fits.iloc[1])
+expected_1 = next(g for g in range(1, 17)
+                  if serving_plan.plan("H100-80GB SXM", g, precision="int8", batch=1).table.set_index("backend").fits["ds-inference"])
 expected_2 = round(crossover)
 if answer_1 is not None:
     print("1: ✓" if answer_1 == expected_1 else f"1: ✗ {expected_1}")
@@ -304,22 +314,26 @@ if answer_2 is not None:
 from labkit.notebook import run
 
 run.record({
-    "gpu": GPU_TYPE, "gpus": GPUS, "dtype": DTYPE, "batch": BATCH,
+    "gpu": GPU_TYPE, "gpus": GPUS, "precision": PRECISION, "batch": BATCH, "new_tokens": NEW_TOKENS,
     "weights_GB": weights_GB,
     "fits": pt.fits.to_dict(),
     "ms_per_token": pt.ms_per_token.to_dict(),
     "request_latency_s": pt.request_latency_s.to_dict(),
+    "gpu_counts": list(gpu_counts),
     "min_gpus_batch1": min_gpus,
     "published_error_pct": {f"{r.engine}/{r.batch}": r.error_pct for r in timed.itertuples()},
+    "published_predicted_ms": {f"{r.engine}/{r.batch}": r.predicted_ms for r in timed.itertuples()},
+    "predicted_oom": [f"{r.engine}/{r.batch}" for r in published.table.itertuples() if math.isnan(r.predicted_ms)],
     "published_oom_agrees": bool(published.table.oom_agrees.all()),
     "worst_error_pct": worst_error,
-    "stated_error_pct": serving_plan.STATED_ERROR_PCT,
+    "fit_residual_pct": fit_residual,
     "zero_offload_tokens_per_s": zero["zero-offload"].dropna().to_dict(),
+    "traps_batch": TRAPS_BATCH,
     "traps_looks_faster": dict(zip(traps.table.source + ": " + traps.table.comparison, traps.table["looks faster"], strict=True)),
     "startup_crossover_tokens": crossover,
     "crossover_link_GBps": links,
     "small_ms_per_token": {s: small_ms[s].to_dict() for s in small_ms.columns},
-    "small_tp_vs_pipeline_max_diff": ranks[-1]["max_diff_tp_vs_pipeline"],
+    "small_tp_vs_pipeline_max_diff": ranks[-1].max_diff_tp_vs_pipeline,
     "small_all_reduce_ms": tp_check.all_reduce_ms.tolist(),
     "small_mismatched_pipeline_looks_ahead": bool(mismatched),
 })

@@ -16,6 +16,13 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _port_open(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -76,4 +83,4 @@ def test_make_lab_serves_jupyterlab_on_loopback_with_a_token(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-    assert proc.returncode is not None
+    assert not _port_open(port), "the server still listens after it was stopped"

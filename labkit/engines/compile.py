@@ -6,8 +6,10 @@ import shutil
 
 import torch
 
-from labkit.engines.base import TORCH_DTYPES, Engine, SessionInfo, Timer, torch_threads
-from labkit.engines.eager import TorchModuleSession, cast_inputs, device_for, module_for
+from labkit.engines.base import Engine, SessionInfo, Timer, torch_threads
+from labkit.engines.eager import TorchModuleSession, cast_inputs, module_for
+from labkit.hardware import resolve_device
+from labkit.precision import torch_dtype
 
 
 class TorchCompile(Engine):
@@ -24,11 +26,11 @@ class TorchCompile(Engine):
 
     def _prepare(self, graph, precision, num_threads, device: str = "cpu", mode: str | None = None,
                  dynamic: bool = False, **_):
-        dev = device_for(device)
+        dev = resolve_device(device)
         module = module_for(graph, precision, dev)
         compiled = torch.compile(module, backend="inductor", mode=mode, dynamic=dynamic)
-        example = cast_inputs(graph.example, TORCH_DTYPES[precision], dev)
+        example = cast_inputs(graph.example, torch_dtype(precision), dev)
         with Timer() as t, torch.inference_mode(), torch_threads(num_threads):
             compiled(*example)  # compilation happens here, on the first call
         info = SessionInfo(self.name, precision, num_threads, str(dev), "inductor", t.seconds)
-        return TorchModuleSession(compiled, info, TORCH_DTYPES[precision], dev)
+        return TorchModuleSession(compiled, info, torch_dtype(precision), dev)

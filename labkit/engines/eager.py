@@ -9,8 +9,11 @@ from dataclasses import replace
 import numpy as np
 import torch
 
+from labkit.convert import Graph
 from labkit.convert import export_patches as patches
-from labkit.engines.base import TORCH_DTYPES, Engine, Graph, Session, SessionInfo, Timer, torch_threads
+from labkit.engines.base import Engine, Session, SessionInfo, Timer, torch_threads
+from labkit.hardware import resolve_device
+from labkit.precision import torch_dtype
 
 
 class TorchModuleSession(Session):
@@ -36,13 +39,7 @@ def module_for(graph: Graph, precision: str, device: torch.device) -> torch.nn.M
     """The graph's module in the asked precision on the asked device (a copy unless fp32 on CPU)."""
     if precision == "fp32" and device.type == "cpu":
         return graph.module.eval()
-    return copy.deepcopy(graph.module).to(device=device, dtype=TORCH_DTYPES[precision]).eval()
-
-
-def device_for(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    return copy.deepcopy(graph.module).to(device=device, dtype=torch_dtype(precision)).eval()
 
 
 class TorchEager(Engine):
@@ -54,14 +51,15 @@ class TorchEager(Engine):
         return True, f"PyTorch {torch.__version__}"
 
     def _prepare(self, graph, precision, num_threads, device: str = "cpu", export_patches: bool = False, **_):
-        """export_patches=True runs the forward that ONNX export uses (`labkit.export_patches`): it
-        separates what the rewrite itself is worth from what a runtime's fused kernel is worth."""
-        dev = device_for(device)
+        """device: "cpu", "cuda", "cuda:N" or "auto" (`hardware.resolve_device`). export_patches=True runs the
+        forward that ONNX export uses (`convert.export_patches`): it separates what the rewrite itself is worth
+        from what a runtime's fused kernel is worth."""
+        dev = resolve_device(device)
         with Timer() as t:
             module = module_for(graph, precision, dev)
             kernels = "aten, export-patched forward" if export_patches else "aten"
             info = SessionInfo(self.name, precision, num_threads, str(dev), kernels, 0.0)
-            session = TorchModuleSession(module, info, TORCH_DTYPES[precision], dev, export_patches)
+            session = TorchModuleSession(module, info, torch_dtype(precision), dev, export_patches)
             session.run(*graph.example)
         session.info = replace(info, prepare_s=t.seconds)
         return session

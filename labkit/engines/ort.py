@@ -10,6 +10,7 @@ import importlib.util
 import numpy as np
 import torch
 
+from labkit.convert import export_onnx, session_options
 from labkit.engines.base import Engine, Session, SessionInfo, Timer
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
@@ -30,17 +31,15 @@ class OnnxRuntime(Engine):
     def available(self) -> tuple[bool, str]:
         if importlib.util.find_spec("onnxruntime") is None:
             return False, "onnxruntime is not installed (pip install onnxruntime)"
-        import onnxruntime as ort
+        import onnxruntime as ort  # optional package
 
         return True, f"onnxruntime {ort.__version__}: {', '.join(ort.get_available_providers())}"
 
     def _prepare(self, graph, precision, num_threads, level: str = "all", provider: str = "cpu",
                  fused_attention: bool | None = None, **_):
         """fused_attention (default: on the CPU provider) exports BLOOM's attention as one ONNX
-        Attention node, which none of ORT's own fusions produce (see `labkit.export_patches`)."""
-        import onnxruntime as ort
-
-        from labkit.convert import export_onnx, session_options
+        Attention node, which none of ORT's own fusions produce (see `convert.export_patches`)."""
+        import onnxruntime as ort  # optional package
 
         if provider not in PROVIDERS:
             raise ValueError(f"unknown provider {provider!r}; choose from {list(PROVIDERS)}")

@@ -11,9 +11,10 @@ import importlib.util
 import numpy as np
 import torch
 
+from labkit.convert import export_onnx
 from labkit.engines.base import Engine, Session, SessionInfo, Timer
 
-OV_PRECISION = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+OV_PRECISION = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}  # labkit.precision name -> OpenVINO's hint
 
 
 class OVSession(Session):
@@ -37,7 +38,7 @@ class OpenVINO(Engine):
     def available(self) -> tuple[bool, str]:
         if importlib.util.find_spec("openvino") is None:
             return False, "openvino is not installed (pip install openvino)"
-        import openvino as ov
+        import openvino as ov  # optional package
 
         devices = ov.Core().available_devices
         if "CPU" not in devices:
@@ -47,9 +48,7 @@ class OpenVINO(Engine):
     def _prepare(self, graph, precision, num_threads, device: str = "CPU", static_shapes: bool = True, **_):
         """static_shapes=True compiles for the example's shapes, as a fixed-shape deployment (or a TensorRT
         profile) would: the plugin then plans memory and picks kernels once instead of per call."""
-        import openvino as ov
-
-        from labkit.convert import export_onnx
+        import openvino as ov  # optional package
 
         config = {"INFERENCE_PRECISION_HINT": OV_PRECISION[precision], "PERFORMANCE_HINT": "LATENCY"}
         if num_threads:

@@ -6,8 +6,10 @@ import warnings
 
 import torch
 
-from labkit.engines.base import TORCH_DTYPES, Engine, SessionInfo, Timer, torch_threads
-from labkit.engines.eager import TorchModuleSession, cast_inputs, device_for, module_for
+from labkit.engines.base import Engine, SessionInfo, Timer, torch_threads
+from labkit.engines.eager import TorchModuleSession, cast_inputs, module_for
+from labkit.hardware import resolve_device
+from labkit.precision import torch_dtype
 
 
 class TorchScript(Engine):
@@ -19,9 +21,9 @@ class TorchScript(Engine):
         return hasattr(torch.jit, "trace"), f"torch.jit in PyTorch {torch.__version__}"
 
     def _prepare(self, graph, precision, num_threads, device: str = "cpu", **_):
-        dev = device_for(device)
+        dev = resolve_device(device)
         module = module_for(graph, precision, dev)
-        example = cast_inputs(graph.example, TORCH_DTYPES[precision], dev)
+        example = cast_inputs(graph.example, torch_dtype(precision), dev)
         with Timer() as t, torch.inference_mode(), torch_threads(num_threads), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer warnings about Python control flow on shapes
             traced = torch.jit.trace(module, example, strict=False, check_trace=False)
@@ -29,4 +31,4 @@ class TorchScript(Engine):
             frozen(*example)  # the first calls run the profiling executor's optimisation passes
             frozen(*example)
         info = SessionInfo(self.name, precision, num_threads, str(dev), "torch.jit", t.seconds)
-        return TorchModuleSession(frozen, info, TORCH_DTYPES[precision], dev)
+        return TorchModuleSession(frozen, info, torch_dtype(precision), dev)

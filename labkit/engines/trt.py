@@ -10,9 +10,8 @@ import importlib.util
 import numpy as np
 import torch
 
+from labkit.convert import export_onnx
 from labkit.engines.base import Engine, Session, SessionInfo, Timer
-
-TRT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 
 
 class TensorRTSession(Session):
@@ -46,14 +45,12 @@ class TensorRT(Engine):
             return False, "needs an NVIDIA GPU with CUDA; this machine has none"
         if importlib.util.find_spec("tensorrt") is None:
             return False, "the tensorrt package is not installed (pip install tensorrt)"
-        import tensorrt as trt
+        import tensorrt as trt  # optional package (GPU machines)
 
         return True, f"TensorRT {trt.__version__} on {torch.cuda.get_device_name(0)}"
 
     def _prepare(self, graph, precision, num_threads, max_batch: int = 32, max_seq: int = 512, **_):
-        import tensorrt as trt
-
-        from labkit.convert import export_onnx
+        import tensorrt as trt  # optional package (GPU machines)
 
         logger = trt.Logger(trt.Logger.WARNING)
         with Timer() as t:

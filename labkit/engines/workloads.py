@@ -7,7 +7,7 @@ import functools
 import torch
 
 from labkit import models
-from labkit.engines.base import Graph
+from labkit.convert import Graph
 from labkit.models import cnn
 
 WORKLOADS = ("tiny-bloom", "tiny-llama", "smollm2-135m", cnn.NAME)
@@ -55,7 +55,19 @@ def _module(name: str) -> torch.nn.Module:
 
 
 def graph_for(name: str, batch_size: int = 1, seq_len: int = 32) -> Graph:
-    """A workload by name with example inputs of the given shape (real digits for the CNN)."""
+    """A workload by name with example inputs of the given shape.
+
+    Args:
+        name: one of WORKLOADS: "tiny-bloom", "tiny-llama", "smollm2-135m" (causal LMs: (batch, seq) token ids ->
+            (batch, seq, vocab) logits, no KV cache) or "digits-cnn" ((batch, 1, 8, 8) images -> (batch, 10)).
+        batch_size: examples in the batch (>= 1).
+        seq_len: tokens per example for the LMs (>= 1; ignored by the CNN). Token ids are random but seeded by the
+            shape; the CNN gets real digits.
+    Returns:
+        a `convert.Graph` (the module is loaded once per process and shared between shapes).
+    Raises:
+        ValueError: for an unknown workload (naming the valid ones) or a size < 1.
+    """
     if name not in WORKLOADS:
         raise ValueError(f"unknown workload {name!r}; choose from {list(WORKLOADS)}")
     if batch_size < 1 or seq_len < 1:

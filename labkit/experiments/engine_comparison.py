@@ -1,4 +1,5 @@
-"""Lab 04's measurement: every engine on one workload over batch × sequence × threads.
+"""Graph runtimes compared: every engine on one workload over batch × sequence × threads, options of one engine
+side by side, and the MatMul-only ceiling of a graph runtime.
 
 Cold start (export, optimisation, compilation, first run) is reported apart from steady-state
 latency; engines that cannot run here stay in the table with the reason.
@@ -10,11 +11,14 @@ import itertools
 import math
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
-from labkit import measure, plots
-from labkit.engines import ENGINES, check_parity, graph_for
+from labkit import convert, measure, plots
+from labkit.engines import ENGINES, check_parity, get_engine, graph_for
 from labkit.plots import Measured
+from labkit.precision import canonical
 
 # Each round re-warms an engine for this long: after another runtime ran, one takes a few hundred
 # calls to get back to its steady speed on a 2-core machine (measured with ONNX Runtime after eager).
@@ -29,13 +33,27 @@ def compare_engines(workload: str = "tiny-bloom", engines: Sequence[str] | None 
 
     All engines of one shape are prepared first and then timed in `rounds` alternating rounds
     (`measure.benchmark_rounds`), so a machine that slows down mid-run skews no ratio.
-    """
-    from tqdm.auto import tqdm
 
+    Args:
+        workload: one of `engines.WORKLOADS`.
+        engines: engine names (default all of `engines.ENGINES`); torch-eager is always added as the baseline.
+        batch_sizes, seq_lens, threads: the grid of shapes and thread counts (the CNN has no sequence axis).
+        precision: "fp32", "bf16" or "fp16" (or an alias such as "bfloat16"); engines without it get a row saying so.
+        repeat: timed calls per round. rounds: alternating rounds. warmup_s: re-warm each engine this long per round.
+        progress: show a progress bar.
+    Returns:
+        Measured: one row per engine and shape (workload, engine, batch_size, seq_len, threads, precision,
+        available, reason, relative_diff, cold_start_s (s), provider, median_ms, p90_ms, speedup_vs_eager) and a
+        speed-up chart. Engines that cannot run here keep a row with available=False and the reason.
+    Raises:
+        ValueError: for unknown engine names or an unknown precision, naming the valid ones.
+        ParityError: when a session computes something else than eager (beyond the precision's tolerance).
+    """
     names = list(engines or ENGINES)
     unknown = [n for n in names if n not in ENGINES]
     if unknown:
         raise ValueError(f"unknown engines {unknown}; choose from {list(ENGINES)}")
+    precision = canonical(precision)  # "float32" and friends accepted here, "fp32" shown
     if "torch-eager" not in names:
         names.insert(0, "torch-eager")  # the baseline every speed-up is measured against
     if workload == "digits-cnn":
@@ -85,6 +103,17 @@ def compare_variants(workload: str, variants: Mapping[str, tuple[str, dict]], ba
 
     E.g. {"ORT, plain export": ("onnxruntime", {"fused_attention": False}), "ORT": ("onnxruntime", {})}
     shows what one option is worth, timed in the same alternating rounds as `compare_engines`.
+
+    Args:
+        workload: one of `engines.WORKLOADS`. variants: label -> (engine name, options for `Engine.prepare`).
+        batch_size, seq_len, threads: the one shape and thread count.
+        repeat, rounds, warmup_s: as for `compare_engines`.
+    Returns:
+        Measured: one row per variant, "torch-eager" first (variant, engine, options, provider, median_ms, p90_ms,
+        speedup_vs_eager, relative_diff), and a chart of the speed-ups.
+    Raises:
+        ValueError: for unknown engine names. EngineUnavailable: a variant's engine cannot run here.
+        ParityError: a variant computes something else than eager.
     """
     bad = {label: engine for label, (engine, _) in variants.items() if engine not in ENGINES}
     if bad:
@@ -112,11 +141,18 @@ def matmul_ceiling(workload: str = "tiny-bloom", batch_size: int = 1, seq_len: i
 
     The MatMuls (same weights and shapes, in one session) are work no graph optimisation removes, so
     eager ÷ (MatMuls alone) is the speed-up ORT would reach if every other op cost nothing.
-    """
-    import numpy as np
-    import onnxruntime as ort
 
-    from labkit import convert
+    Args:
+        workload: a transformer of `engines.WORKLOADS`. batch_size, seq_len, threads: the shape and thread count.
+        repeat, rounds, warmup_s: as for `compare_engines`.
+    Returns:
+        {"matmuls": number of weight MatMuls, "eager_ms", "ort_ms", "matmuls_only_ms": medians in ms,
+        "matmul_share": MatMuls' time / ORT's, "ort_speedup": eager / ORT, "ceiling_speedup": eager / MatMuls}.
+    Raises:
+        EngineUnavailable: when onnxruntime is not installed.
+    """
+    ort_engine = get_engine("onnxruntime")  # EngineUnavailable, before any work, when it is not installed
+    import onnxruntime as ort  # optional package
 
     graph = graph_for(workload, batch_size, seq_len)
     mm_model = convert.weight_matmuls(convert.export_onnx(graph), batch_size, seq_len)
@@ -131,7 +167,7 @@ def matmul_ceiling(workload: str = "tiny-bloom", batch_size: int = 1, seq_len: i
     for out in mm_model.graph.output:
         binding.bind_output(out.name, "cpu")
     eager = ENGINES["torch-eager"].prepare(graph, num_threads=threads)
-    full = ENGINES["onnxruntime"].prepare(graph, num_threads=threads)
+    full = ort_engine.prepare(graph, num_threads=threads)
     t = measure.benchmark_rounds({"eager": lambda: eager.run(*graph.example), "ort": lambda: full.run(*graph.example),
                                   "matmuls": lambda: matmuls.run_with_iobinding(binding)},
                                  repeat=repeat, rounds=rounds, warmup_s=warmup_s)  # fmt: skip
@@ -150,6 +186,13 @@ def _speedup(table: pd.DataFrame, row) -> float:
 
 
 def speedup_figure(table: pd.DataFrame):
+    """Speed-up over eager of each engine that ran, one bar per shape.
+
+    Args:
+        table: `compare_engines`' table.
+    Returns:
+        a bar figure.
+    """
     ran = table[table.available].copy()
     ran["shape"] = ran.apply(lambda r: f"b{r.batch_size}×s{r.seq_len}, {r.threads} thr", axis=1)
     ran.attrs = table.attrs
@@ -159,7 +202,13 @@ def speedup_figure(table: pd.DataFrame):
 
 
 def cold_start_figure(table: pd.DataFrame):
-    """What the first request pays: export / optimisation / compilation, per engine."""
+    """What the first request pays: export / optimisation / compilation, per engine (log scale).
+
+    Args:
+        table: `compare_engines`' table (cold_start_s, seconds).
+    Returns:
+        a bar figure with the largest cold start of each engine.
+    """
     ran = table[table.available].groupby("engine", sort=False, as_index=False).cold_start_s.max()
     ran.attrs = table.attrs
     fig = plots.bars(ran, x="engine", y="cold_start_s", ylabel="seconds (log scale)",
@@ -170,6 +219,12 @@ def cold_start_figure(table: pd.DataFrame):
 
 def engine_latency(workload: str = "tiny-bloom", engine: str = "onnxruntime", batch_size: int = 1,
                    seq_len: int = 32, threads: int = 2, precision: str = "fp32", repeat: int = 20) -> Measured:
-    """One engine at one shape, next to eager: the widget-sized version of `compare_engines`."""
+    """One engine at one shape, next to eager: the widget-sized version of `compare_engines`.
+
+    Args:
+        workload, engine: what to run. batch_size, seq_len, threads, precision, repeat: as for `compare_engines`.
+    Returns:
+        Measured: `compare_engines`' table and figure for eager and `engine`.
+    """
     return compare_engines(workload, [engine], (batch_size,), (seq_len,), (threads,), precision, repeat,
                            progress=False)

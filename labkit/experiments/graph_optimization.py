@@ -1,4 +1,5 @@
-"""Lab 03's measurements: one model converted three ways, and what graph optimisation changes."""
+"""Conversion and graph optimisation measured: one model converted three ways, what each ONNX Runtime optimisation
+level changes in the graph, constant folding on a hand-made graph, and small drawings of subgraphs."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ import plotly.graph_objects as go
 import torch
 
 from labkit import convert, measure, plots
-from labkit.engines import TOLERANCE, graph_for
+from labkit.convert import Graph
+from labkit.engines import graph_for
 from labkit.plots import Measured
+from labkit.precision import tolerance
 
 
 def _size(*paths: Path) -> float:
@@ -20,8 +23,16 @@ def _size(*paths: Path) -> float:
 
 
 def convert_three_ways(workload: str = "tiny-bloom") -> Measured:
-    """ONNX, OpenVINO IR and TorchScript files of one model: time to convert, size, parity."""
-    import onnxruntime as ort
+    """ONNX, OpenVINO IR and TorchScript files of one model: time to convert, size, parity with eager.
+
+    Args:
+        workload: one of `engines.WORKLOADS`.
+    Returns:
+        Measured: one row per format (format, file, seconds to convert (cached files: ~0), MiB on disk,
+        max_abs_diff, relative_diff, parity_ok: relative_diff <= the fp32 tolerance of `labkit.precision`), and a
+        chart of the file sizes.
+    """
+    import onnxruntime as ort  # optional packages
     import openvino as ov
 
     graph = graph_for(workload)
@@ -48,7 +59,7 @@ def convert_three_ways(workload: str = "tiny-bloom") -> Measured:
     scale = float(np.abs(ref).max()) or 1.0
     for row in rows:
         diff = float(np.abs(outputs[row["format"]] - ref).max())
-        row.update(max_abs_diff=diff, relative_diff=diff / scale, parity_ok=diff / scale <= TOLERANCE["fp32"])
+        row.update(max_abs_diff=diff, relative_diff=diff / scale, parity_ok=diff / scale <= tolerance("fp32"))
     table = measure.results_frame(rows, workload=workload)
     fig = plots.bars(table, x="format", y="MiB", title=f"{workload}: file size per format", ylabel="MiB")
     return Measured(table, fig)
@@ -57,8 +68,15 @@ def convert_three_ways(workload: str = "tiny-bloom") -> Measured:
 def optimization_levels(workload: str = "tiny-bloom", top: int = 10, fused_attention: bool = False) -> Measured:
     """Node and op-type counts of the raw ONNX graph after each ONNX Runtime optimisation level.
 
-    The plain export by default (what any model gets); fused_attention=True starts from the export
-    patch's graph instead (see `labkit.export_patches`)."""
+    Args:
+        workload: one of `engines.WORKLOADS`.
+        top: op types shown by name (the most frequent over all levels); the others are summed as "other".
+        fused_attention: start from the export patch's graph (see `convert.export_patches`) instead of the plain
+            export that any model gets.
+    Returns:
+        Measured: one row per level ("exported (raw)", then `convert.ORT_LEVELS`) with nodes and per-op counts, and a
+        stacked bar chart.
+    """
     path = convert.export_onnx(graph_for(workload), optimize=False, fused_attention=fused_attention)
     stats = {"exported (raw)": convert.graph_stats(path)}
     for level in convert.ORT_LEVELS:
@@ -76,8 +94,8 @@ def optimization_levels(workload: str = "tiny-bloom", top: int = 10, fused_atten
     fig = go.Figure([go.Bar(name=op, x=table.level, y=table[op]) for op in [*common, "other"]])
     fig.update_layout(barmode="stack")
     fig.update_yaxes(title="nodes")
-    return Measured(table, plots._style(fig, f"{workload}: ONNX graph after each ORT optimisation level",
-                                        table.attrs["hardware"]))
+    return Measured(table, plots.style(fig, f"{workload}: ONNX graph after each ORT optimisation level",
+                                       table.attrs["hardware"]))
 
 
 class _Folding(torch.nn.Module):
@@ -92,9 +110,12 @@ class _Folding(torch.nn.Module):
 
 
 def constant_folding_demo() -> dict:
-    """A hand-made graph whose weight arithmetic ORT's BASIC level precomputes once."""
-    from labkit.engines.base import Graph
+    """A hand-made graph whose weight arithmetic ORT's BASIC level precomputes once.
 
+    Returns:
+        {"ops_before", "ops_after": op -> count, "nodes_before", "nodes_after": node counts} of the raw export and
+        of the graph after ORT's basic level.
+    """
     g = Graph("folding-demo", _Folding().eval(), (torch.randn(4, 16),), ("x",), {"x": {0: "batch"}}, "y")
     path = convert.export_onnx(g, optimize=False)
     before, after = convert.graph_stats(path), convert.graph_stats(convert.optimize_onnx(path, "basic"))
@@ -103,8 +124,16 @@ def constant_folding_demo() -> dict:
 
 
 def neighbourhood(path: Path, op: str, radius: int = 2) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """Nodes within `radius` edges of the first `op` node: ([(id, op_type)], [(from, to)])."""
-    import onnx
+    """The subgraph within `radius` edges of the first `op` node of an ONNX file.
+
+    Args:
+        path: an ONNX file. op: an op type, e.g. "FastGelu". radius: edges to walk, up- and downstream.
+    Returns:
+        ([(node id, op_type)], [(from id, to id)]) for `dag_figure`.
+    Raises:
+        ValueError: when the graph has no `op` node.
+    """
+    import onnx  # optional package
 
     nodes = list(onnx.load(str(path)).graph.node)
     names = {id(n): f"n{i}" for i, n in enumerate(nodes)}
@@ -134,7 +163,13 @@ def neighbourhood(path: Path, op: str, radius: int = 2) -> tuple[list[tuple[str,
 
 
 def dag_figure(nodes: list[tuple[str, str]], edges: list[tuple[str, str]], title: str) -> go.Figure:
-    """A small left-to-right drawing of a subgraph: columns are topological depth."""
+    """A small left-to-right drawing of a subgraph: columns are topological depth.
+
+    Args:
+        nodes, edges: a subgraph as `neighbourhood` returns it. title: the figure's title.
+    Returns:
+        a plotly figure, one labelled square per node and an arrow per edge.
+    """
     depth = {n: 0 for n, _ in nodes}
     for _ in nodes:  # longest-path layering; the graphs drawn here are tiny
         for a, b in edges:
@@ -154,4 +189,4 @@ def dag_figure(nodes: list[tuple[str, str]], edges: list[tuple[str, str]], title
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
     fig.update_layout(showlegend=False, height=300)
-    return plots._style(fig, title)
+    return plots.style(fig, title)

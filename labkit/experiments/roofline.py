@@ -7,39 +7,55 @@ sequence, while reading every weight byte once. Arithmetic intensity = 2·batch�
 
 from __future__ import annotations
 
-import time
-
 import pandas as pd
 import plotly.graph_objects as go
 import torch
+from tqdm.auto import tqdm
 
 from labkit import anatomy, measure, models, plots, quant
-from labkit.experiments import quantization
+from labkit.decoding import timing
 
 PRECISIONS = ("fp32", "bf16", "int8-dynamic")
 
 
 def machine_limits(bandwidth_gbps: float | None = None, flops: float | None = None) -> dict:
-    """Measured read bandwidth (GB/s) and fp32 matmul FLOP/s of this machine (pass numbers to skip measuring)."""
+    """Measured read bandwidth and fp32 matmul throughput of this machine (pass numbers to skip measuring).
+
+    Args:
+        bandwidth_gbps: read bandwidth, GB/s (None: measured). flops: matmul FLOP/s (None: measured).
+    Returns:
+        {"bandwidth_GBps": `measure.memory_bandwidth()`, GB/s; "flops": `anatomy.matmul_flops()`, FLOP/s}.
+    """
     return {"bandwidth_GBps": bandwidth_gbps or measure.memory_bandwidth(),
             "flops": flops or anatomy.matmul_flops()}  # fmt: skip
 
 
 def precision_points(model: str = "smollm2-135m", precisions=PRECISIONS, batch_sizes=(1, 8), new_tokens: int = 16,
-                     limits: dict | None = None) -> pd.DataFrame:
-    """Per precision and batch: measured decode tokens/s, the bandwidth-bound limit and % of it reached."""
-    from tqdm.auto import tqdm
+                     limits: dict | None = None, prompt_tokens: int = 8, repeat: int = 3) -> pd.DataFrame:
+    """Per quantizer and batch: measured decode tokens/s, the bandwidth-bound limit and the share of it reached.
 
+    Decode tokens/s is `decoding.timing.time_greedy`'s (batch / median step, after a warm-up). The bound is
+    batch × bandwidth / bytes read per step (`bytes_read_per_step`): every weight byte read once per step.
+
+    Args:
+        model: a registry name with weights. precisions: `quant.QUANTIZERS` names whose result is a torch model.
+        batch_sizes: sequences per step. new_tokens: tokens per generation (>= 2). limits: `machine_limits()`
+            (measured when None). prompt_tokens: random prompt length. repeat: timed generations.
+    Returns:
+        DataFrame: engine, precision, batch, weight_MB, read_per_step_MB, decode_tok_s, bandwidth_bound_tok_s,
+        pct_of_roofline, intensity_flop_per_byte (2·batch·params / bytes read), achieved_gflops; attrs carry the
+        limits and the hardware.
+    """
     limits = limits or machine_limits()
     params = models.estimate_memory(model).params
     base, tok = models.load_model(model, device="cpu")
     rows = []
     for name in tqdm(precisions, desc=f"precisions ({model})"):
         q = quant.quantize(name, source=model, model=base)  # each quantizer works on its own copy
-        speed = quantization.speed(q, decode_tokens=new_tokens, batch_sizes=batch_sizes, vocab=len(tok))
         read = bytes_read_per_step(q.model)
         for bs in batch_sizes:
-            tok_s = speed[f"decode_tok_s_b{bs}"]
+            ids = timing.random_prompt(bs, prompt_tokens, len(tok), seed=bs)
+            tok_s = timing.time_greedy(q.model, ids, new_tokens, warmup=1, repeat=repeat).decode_tok_s
             bound = bs * limits["bandwidth_GBps"] * 1e9 / read  # every weight byte read once per step
             rows.append({"engine": f"torch eager {name}", "precision": name, "batch": bs,
                          "weight_MB": q.resident_bytes / 1e6, "read_per_step_MB": read / 1e6, "decode_tok_s": tok_s,
@@ -50,15 +66,27 @@ def precision_points(model: str = "smollm2-135m", precisions=PRECISIONS, batch_s
 
 
 def bytes_read_per_step(model: torch.nn.Module) -> int:
-    """Weight bytes a decode step reads: all of them, except an untied input embedding (one row per token)."""
+    """Weight bytes a decode step reads: all of them, except an untied input embedding (one row per token).
+
+    Args:
+        model: a transformers causal LM (quantized or not).
+    Returns:
+        bytes (int), from `quant.resident_bytes` minus the input embedding when it is not tied to the LM head.
+    """
     total = quant.resident_bytes(model)
     if getattr(model.config, "tie_word_embeddings", False):
         return total  # the same matrix is the LM head, read whole
     return total - quant.tensor_bytes(model.get_input_embeddings().weight)
 
 
-def roofline_figure(points: pd.DataFrame, title: str = "Decode on this machine's roofline"):
-    """Attainable GFLOP/s = min(peak, bandwidth × intensity), log-log, with each measured point."""
+def roofline_figure(points: pd.DataFrame, title: str = "Decode on this machine's roofline") -> go.Figure:
+    """Attainable GFLOP/s = min(peak, bandwidth × intensity), log-log, with each measured point.
+
+    Args:
+        points: `precision_points`' table (its attrs hold bandwidth_GBps and flops). title: the figure's title.
+    Returns:
+        the roof, the ridge point and one marker series per engine.
+    """
     bw, peak = points.attrs["bandwidth_GBps"], points.attrs["flops"] / 1e9
     lo = min(points.intensity_flop_per_byte.min() / 2, 0.1)
     hi = max(points.intensity_flop_per_byte.max() * 4, 4 * peak / bw)
@@ -72,42 +100,35 @@ def roofline_figure(points: pd.DataFrame, title: str = "Decode on this machine's
     fig.add_vline(x=peak / bw, line_dash="dot", annotation_text=f"ridge {peak / bw:.0f} FLOP/byte")
     fig.update_layout(xaxis=dict(title="arithmetic intensity (FLOP per weight byte)", type="log"),
                       yaxis=dict(title="GFLOP/s", type="log"))  # fmt: skip
-    return plots._style(fig, title, plots._hardware(points))
-
-
-def _decode_seconds(model, ids: torch.Tensor, new_tokens: int, **generate_kwargs) -> tuple[float, list[int]]:
-    kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
-    with torch.inference_mode():
-        start = time.perf_counter()
-        out = model.generate(ids, **kwargs, **generate_kwargs)
-    return time.perf_counter() - start, out[0, ids.shape[1]:].tolist()
+    return plots.style(fig, title, plots._hardware(points))
 
 
 def static_vs_dynamic(model: str = "tiny-llama", new_tokens: int = 32, compile: bool = True,
                       repeat: int = 3) -> plots.Measured:
     """Greedy decode with the default dynamic KV cache vs a static (pre-allocated) cache, eager and compiled.
 
-    A static cache has fixed shapes, which is what lets `torch.compile` build one graph for every
-    decode step; a dynamic cache grows by concatenation each step. The first compiled call pays the
-    compilation, reported separately from the steady state. Every variant must produce the same tokens.
-    """
-    from transformers import CompileConfig
+    A static cache has fixed shapes, which is what lets `torch.compile` build one graph for every decode step; a
+    dynamic cache grows by concatenation each step. Each variant is one `decoding.timing.time_greedy` run: its
+    warm-up generation (which pays any compilation) is reported as first_call_s, apart from the steady state.
 
+    Args:
+        model: a registry name with weights. new_tokens: tokens per generation (>= 2). compile: add the
+            static cache + torch.compile variant (`timing.static_cache_compile`). repeat: timed generations.
+    Returns:
+        Measured: table (variant, first_call_s, decode_tok_s = batch 1 / median step, same_tokens_as_dynamic) and
+        a bar figure. Every variant must produce the dynamic cache's tokens.
+    """
     net, tok = models.load_model(model, device="cpu")
     ids = tok("ROMEO:\n", return_tensors="pt").input_ids
     variants = {"dynamic cache": {}, "static cache": {"cache_implementation": "static", "disable_compile": True}}
     if compile:
-        config = CompileConfig(fullgraph=False, dynamic=False)
-        config._compile_all_devices = True  # transformers only auto-compiles on accelerators unless asked
-        variants["static cache + torch.compile"] = {"cache_implementation": "static", "compile_config": config}
+        variants["static cache + torch.compile"] = timing.static_cache_compile()
     rows, reference = [], None
     for label, kwargs in variants.items():
-        first_s, tokens = _decode_seconds(net, ids, new_tokens, **kwargs)
-        reference = reference or tokens
-        runs = [_decode_seconds(net, ids, new_tokens, **kwargs)[0] for _ in range(repeat)]
-        steady = measure.Stats.of(runs).median
-        rows.append({"variant": label, "first_call_s": first_s, "decode_tok_s": new_tokens / steady,
-                     "same_tokens_as_dynamic": tokens == reference})  # fmt: skip
+        run = timing.time_greedy(net, ids, new_tokens, warmup=1, repeat=repeat, pad_token_id=0, **kwargs)
+        reference = reference or run.tokens
+        rows.append({"variant": label, "first_call_s": run.warmups_s[0], "decode_tok_s": run.decode_tok_s,
+                     "same_tokens_as_dynamic": run.tokens == reference})  # fmt: skip
     table = measure.results_frame(rows, model=model, new_tokens=new_tokens)
     fig = plots.bars(table, x="variant", y="decode_tok_s", ylabel="tokens/s (batch 1, steady state)",
                      title=f"{model}: dynamic vs static KV cache")  # fmt: skip

@@ -1,6 +1,7 @@
-"""Lab-facing experiments: the same load against each scheduler, measured over real HTTP.
+"""The same load against each scheduler, measured over real HTTP on 127.0.0.1.
 
-Widget-friendly: plain arguments in, `Measured(table, figure)` out.
+Widget-friendly: plain arguments in, `Measured(table, figure)` out. Server throughput and latency come from the
+load generator (`serving.loadgen`): what clients experienced, not a single-stream model timing.
 """
 
 from __future__ import annotations
@@ -9,16 +10,14 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from labkit.measure import results_frame
-from labkit.plots import Measured, _style
+from labkit.models import load_cached
+from labkit.plots import Measured, style
 from labkit.serving.app import Server, create_app
 from labkit.serving.loadgen import DEFAULT_PROMPTS, LoadResult, run_load
-from labkit.serving.repository import ModelRepository
-from labkit.serving.schedulers import SCHEDULERS
+from labkit.serving.repository import SCHEDULERS, ModelRepository
 
 
 def _serve(model: str, scheduler: str, max_batch: int, max_queue: int) -> tuple[Server, ModelRepository]:
-    from labkit.models import load_cached
-
     repo = ModelRepository(scheduler, max_batch=max_batch, max_queue=max_queue)
     repo.load(model, "v1", loaded=load_cached(model))
     return Server(create_app(repo, max_tokens_limit=4096, request_timeout_s=TIMEOUT_S)).start(), repo
@@ -31,21 +30,32 @@ TIMEOUT_S = 900.0  # a synchronous server at 32 clients keeps the last one waiti
 def compare_schedulers(model: str = "tiny-bloom-shakespeare", schedulers: tuple[str, ...] = THREE,
                        clients: tuple[int, ...] = (1, 4, 16), requests_per_client: int = 2, max_tokens: int = 32,
                        max_batch: int = 32, prompts: tuple[str, ...] = DEFAULT_PROMPTS) -> Measured:
-    """Closed-loop load at each concurrency against a fresh server per scheduler (same weights)."""
-    unknown = [s for s in schedulers if s not in SCHEDULERS]
-    if unknown:
-        raise ValueError(f"unknown scheduler(s) {unknown}; choose from {list(SCHEDULERS)}")
+    """Closed-loop load at each concurrency against a fresh server per scheduler (same weights).
+
+    Args:
+        model: a labkit model name. schedulers: which to compare (from serving.repository.SCHEDULERS).
+        clients: concurrent clients per run. requests_per_client: requests each client sends.
+        max_tokens: new tokens per request. max_batch: batch slots of every engine.
+        prompts: cycled through by the requests.
+    Returns:
+        Measured: one row per (scheduler, clients) with loadgen's summary (tokens_per_s, ttft_p50_s, ... in s)
+        and mean_decode_batch (sequences per decode step; NaN for 'hf-continuous', which counts no steps);
+        the figure is tokens/s against clients.
+    Raises:
+        ValueError: an unknown scheduler, naming the valid ones.
+    """
+    _check(schedulers)
     rows = []
     for name in schedulers:
         server, repo = _serve(model, name, max_batch, max_queue=max(clients) * 2)
         try:
             run_load(server.url, model, prompts, clients=2, requests=2, max_tokens=4)  # warm-up
-            sched = repo.route(model).scheduler
+            engine = repo.route(model).engine
             for n in clients:
-                sched.batch_sizes.clear()
+                engine.batch_sizes.clear()
                 res = run_load(server.url, model, prompts, clients=n, requests=n * requests_per_client,
                                max_tokens=max_tokens, timeout_s=TIMEOUT_S)
-                sizes = sched.batch_sizes
+                sizes = engine.batch_sizes
                 steps = sum(sizes.values())  # hf-continuous runs its own loop: no step counts (NaN)
                 mean_batch = sum(k * v for k, v in sizes.items()) / steps if steps else float("nan")
                 rows.append({"scheduler": name, **res.summary, "mean_decode_batch": mean_batch})
@@ -59,7 +69,18 @@ def compare_schedulers(model: str = "tiny-bloom-shakespeare", schedulers: tuple[
 def open_loop(model: str = "tiny-bloom-shakespeare", schedulers: tuple[str, ...] = ("sync", "continuous"),
               rates: tuple[float, ...] = (2.0, 8.0), requests: int = 16, max_tokens: int = 32,
               max_batch: int = 32) -> Measured:
-    """Poisson arrivals at each rate: below capacity latency is flat, above it the queue (and p99) grows."""
+    """Poisson arrivals at each rate: below capacity latency is flat, above it the queue (and p99) grows.
+
+    Args:
+        model: a labkit model name. schedulers: which to compare. rates: arrivals per second.
+        requests: requests per rate (also each engine's queue bound). max_tokens: new tokens per request.
+        max_batch: batch slots of every engine.
+    Returns:
+        Measured: one row per (scheduler, rate) with loadgen's summary; the figure is p99 latency (s) against rate.
+    Raises:
+        ValueError: an unknown scheduler, naming the valid ones.
+    """
+    _check(schedulers)
     rows = []
     for name in schedulers:
         server, _repo = _serve(model, name, max_batch, max_queue=requests)
@@ -76,18 +97,37 @@ def open_loop(model: str = "tiny-bloom-shakespeare", schedulers: tuple[str, ...]
                                      "end-to-end p99 (s)", xlabel="arrivals per second"))
 
 
+def _check(schedulers: tuple[str, ...]) -> None:
+    unknown = [s for s in schedulers if s not in SCHEDULERS]
+    if unknown:
+        raise ValueError(f"unknown scheduler(s) {unknown}; choose from {list(SCHEDULERS)}")
+
+
 def by_scheduler(df: pd.DataFrame, x: str, y: str, title: str, ylabel: str, xlabel: str | None = None) -> go.Figure:
-    """One line per scheduler."""
+    """One line per scheduler: column `y` against column `x` (log x axis).
+
+    Args:
+        df: a table with a 'scheduler' column. x, y: the columns to plot. title: the figure's title.
+        ylabel: the y axis title. xlabel: the x axis title (default: `x`).
+    Returns:
+        a plotly Figure in the lab's style.
+    """
     fig = go.Figure()
     for name, part in df.groupby("scheduler", sort=False):
         fig.add_trace(go.Scatter(x=part[x], y=part[y], mode="lines+markers", name=str(name)))
     fig.update_xaxes(title=xlabel or x, type="log")
     fig.update_yaxes(title=ylabel)
-    return _style(fig, title, df.attrs.get("hardware"))
+    return style(fig, title, df.attrs.get("hardware"))
 
 
 def timeline(result: LoadResult, title: str = "Where each request's time went") -> go.Figure:
-    """One bar per request: waiting for its first token (queue + prefill), then decoding."""
+    """One bar per request: waiting for its first token (queue + prefill), then decoding.
+
+    Args:
+        result: a `run_load` result. title: the figure's title.
+    Returns:
+        a plotly Figure, time (s since the load started) on the x axis.
+    """
     ok = result.records.dropna(subset=["ttft_s"]).sort_values("sent_s")
     fig = go.Figure([
         go.Bar(y=ok["index"].astype(str), x=ok.ttft_s, base=ok.sent_s, orientation="h", name="waiting → first token"),
@@ -97,4 +137,4 @@ def timeline(result: LoadResult, title: str = "Where each request's time went") 
     fig.update_layout(barmode="overlay")
     fig.update_xaxes(title="seconds since the load started")
     fig.update_yaxes(title="request", autorange="reversed")
-    return _style(fig, title)
+    return style(fig, title)

@@ -1,20 +1,28 @@
-"""Models by name: the registry (tiny BLOOM / Llama, SmolLM2 from PyPI, Hub ids), their configs and memory."""
+"""Models by name: the registry (tiny BLOOM / Llama, SmolLM2 from PyPI, published architectures, Hub ids), resolved
+once into a ModelSpec; loading with a memory check; prompting."""
 
-from labkit.models.registry import (  # noqa: F401  (the package's public names)
-    DTYPES,
-    REGISTRY,
-    SEED,
+from labkit.models.loading import (  # noqa: F401  (the package's public names)
     MemoryEstimate,
-    ModelNotAvailable,
-    ModelSpec,
     available_memory,
     check_fits,
     complete,
     encode_prompt,
     estimate_memory,
-    get_config,
-    list_models,
     load_cached,
     load_model,
+)
+from labkit.models.registry import (  # noqa: F401
+    REGISTRY,
+    SEED,
+    ModelNotAvailable,
+    ModelSpec,
+    RegistryEntry,
+    checkpoint_dir,
+    count_params,
+    get_config,
+    list_models,
+    load_weights,
+    resolve,
     shakespeare_checkpoint_dir,
+    train_default_checkpoint,
 )

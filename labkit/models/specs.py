@@ -64,8 +64,14 @@ PUBLISHED_HELD_OUT_MS_PER_TOKEN = {
     "ds-inference-int8": {1: 89.09, 8: 11.44, 16: 5.88, 32: 3.09, 64: 1.71, 128: 1.02, 256: 0.71, 512: None},
     "ds-zero": {1: 283.0, 8: 34.88, 16: None},
 }
+# The benchmark's set-up, same page: 8×A100-80GB with 512 GB of host memory, greedy, 100 new tokens per sequence.
+BLOOM_BENCHMARK_GPUS = 8
+BLOOM_BENCHMARK_NEW_TOKENS = 100
+BLOOM_BENCHMARK_HOST_GB = 512.0
 # Start-up to ready, seconds, same page.
 STARTUP_S = {"accelerate": 121.0, "ds-inference (pre-sharded)": 60.0, "ds-inference (unsharded)": 662.0,
              "ds-zero": 462.0}
 # "Accelerate on 2×A100 with CPU offload: about 15 s per token" (the seed's source, HF blog 2022-09).
 ACCELERATE_2XA100_OFFLOAD_S_PER_TOKEN = 15.0
+# Ethernet line rates (IEEE 802.3: 1 and 10 Gbit/s) in GB/s per direction, for "a slow link between GPUs".
+ETHERNET_GBPS = {"1 GbE": 1 / 8, "10 GbE": 10 / 8}

@@ -18,7 +18,12 @@ SMOKE_PARAMETERS = {"SMOKE": True}
 
 
 def record(results: dict) -> None:
-    """Show a lab's key results and store them where tests and reports can read them."""
+    """Show a lab's key results and store them where tests and reports can read them.
+
+    Args:
+        results: name -> JSON-serialisable value (numpy scalars become floats); `run_lab` and
+            `read_results` read them back from the executed notebook's output under RESULTS_MIME.
+    """
     from IPython.display import display
 
     clean = json.loads(json.dumps(results, default=float))  # numpy scalars -> plain floats
@@ -38,6 +43,13 @@ def read_results(notebook) -> dict:
 
 
 def list_labs(labs_dir: Path = LABS_DIR) -> list[Path]:
+    """The lab notebooks, in order.
+
+    Args:
+        labs_dir: the folder holding NN_*.ipynb (default: the repository's labs/).
+    Returns:
+        paths of labs/NN_*.ipynb sorted by number.
+    """
     return sorted(labs_dir.glob("[0-9][0-9]_*.ipynb"))
 
 

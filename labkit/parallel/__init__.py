@@ -1,4 +1,7 @@
 """Parallelism with real `torch.distributed`: launching ranks, tensor / pipeline parallelism, ZeRO, DeepSpeed.
 
-One module per mode; each runs as 2 gloo ranks on a CPU and unchanged under `torchrun` on GPUs.
+launch (ranks from a notebook or torchrun; `time_on_all_ranks`), comm (the one collective counter), deepspeed_env
+(DeepSpeed's set-up), then one module per mode: tp, pp, zero + zero_training, zero_inference, deepspeed_inference;
+costmodel scales the comparison to published GPU clusters. Each mode runs as 2 gloo ranks on a CPU and unchanged
+under `torchrun` on GPUs; rank functions return frozen dataclasses (picklable, with a `table()`).
 """

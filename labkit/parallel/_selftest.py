@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from labkit.parallel.comm import CommCounter, CommLog, all_gather, all_reduce
+
 
 def rank_and_sum() -> dict:
     """Each rank contributes rank + 1; all-reduce sums them."""
@@ -23,3 +25,15 @@ def fail_on_rank(bad_rank: int = 1) -> None:
     if dist.get_rank() == bad_rank:
         raise ValueError(f"deliberate failure on rank {bad_rank}")
     dist.barrier()
+
+
+def collectives() -> CommLog:
+    """A tagged all-reduce and all-gather as labkit's layers issue them, then untagged collectives as a library
+    would (an all-reduce of 40 bytes, a reduce-scatter of 32, an all-gather into 32), all counted."""
+    with CommCounter() as counter:
+        all_reduce(torch.ones(4, 8), "attention")  # 128 bytes
+        all_gather(torch.ones(2, 3), -1, "lm_head")  # 24 bytes from each rank, 48 gathered
+        dist.all_reduce(torch.ones(10))
+        dist.reduce_scatter_tensor(torch.empty(4), torch.ones(8))
+        dist.all_gather_into_tensor(torch.empty(8), torch.ones(4))
+    return counter.log

@@ -1,12 +1,18 @@
-"""Counting collectives: how many all-reduces a forward pass makes, how many bytes, and from where.
+"""Counting collectives: how many all-reduces a step makes, how many bytes, and from which layer.
 
-    with comm.counting() as log:
+    with comm.CommCounter() as counter:
         logits = tp_model(ids)
-    log.summary()   # {"all_reduce": 9, "all_reduce_bytes": ..., "all_gather": 1, ...}
+    counter.log.summary()   # {"all_reduce": 9, "all_reduce_bytes": ..., "all_gather": 1, ...}
 
-labkit's own tensor-parallel layers call `all_reduce` / `all_gather` here (which record, then call
-torch.distributed); DTensor's collectives are counted with `DTensorCounter`, a CommDebugMode that
-also adds up bytes.
+One counter sees every collective a rank issues, whoever issues it (labkit's tensor-parallel layers, DTensor,
+DeepSpeed, DDP, ZeroRedundancyOptimizer, FSDP2): it is a TorchDispatchMode, and every torch.distributed
+collective is a `c10d` or `_c10d_functional` operator. labkit's own layers call `all_reduce` / `all_gather` here,
+which label their collectives with a tag ("attention", "mlp", ...), so the log can also say where each came from.
+
+Bytes per call are the size of the whole tensor being reduced or gathered (an all-gather's output, a
+reduce-scatter's input). `CommLog.traffic_bytes` turns them into what one rank sends with ring algorithms:
+2× for an all-reduce (a reduce-scatter then an all-gather), 1× for the others, the (N − 1)/N factor left out —
+the accounting of ZeRO's communication analysis (Rajbhandari et al., 2019, section 7).
 """
 
 from __future__ import annotations
@@ -14,86 +20,138 @@ from __future__ import annotations
 import contextlib
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
+from torch.utils._python_dispatch import TorchDispatchMode, is_traceable_wrapper_subclass_type
+
+# (namespace, operator) -> (collective, index of the argument whose bytes count)
+_OPS = {
+    ("c10d", "allreduce_"): ("all_reduce", 0), ("c10d", "allgather_"): ("all_gather", 0),
+    ("c10d", "_allgather_base_"): ("all_gather", 0), ("c10d", "reduce_scatter_"): ("reduce_scatter", 1),
+    ("c10d", "_reduce_scatter_base_"): ("reduce_scatter", 1), ("c10d", "broadcast_"): ("broadcast", 0),
+    ("c10d", "reduce_"): ("reduce", 0), ("c10d", "alltoall_base_"): ("all_to_all", 1),
+    ("_c10d_functional", "all_reduce"): ("all_reduce", 0), ("_c10d_functional", "all_reduce_"): ("all_reduce", 0),
+    ("_c10d_functional", "all_gather_into_tensor"): ("all_gather", 0),
+    ("_c10d_functional", "reduce_scatter_tensor"): ("reduce_scatter", 0),
+}  # fmt: skip
+TRAFFIC_FACTOR = {"all_reduce": 2}  # ring all-reduce = reduce-scatter + all-gather; every other collective: 1
 
 
-@dataclass
+class Collective(NamedTuple):
+    """One collective call: its kind, the tag of the labkit layer that issued it (None: someone else), bytes."""
+
+    op: str
+    tag: str | None
+    nbytes: int
+
+
+@dataclass(frozen=True)
 class CommLog:
-    """Collectives seen while counting: (op, tag, bytes) per call."""
+    """The collectives a block issued on this rank, in order (picklable: it travels back from a rank)."""
 
-    calls: list[tuple[str, str, int]] = field(default_factory=list)
+    calls: tuple[Collective, ...] = ()
 
     def count(self, op: str, tag: str | None = None) -> int:
-        return sum(1 for o, t, _ in self.calls if o == op and (tag is None or t == tag))
+        """Calls of collective `op` ("all_reduce", "all_gather", ...), only those tagged `tag` if given."""
+        return sum(1 for c in self.calls if c.op == op and (tag is None or c.tag == tag))
 
     def nbytes(self, op: str) -> int:
-        return sum(b for o, _, b in self.calls if o == op)
+        """Bytes of the tensors `op` reduced or gathered, summed over its calls."""
+        return sum(c.nbytes for c in self.calls if c.op == op)
 
     def by_tag(self, op: str = "all_reduce") -> dict[str, int]:
-        return dict(Counter(t for o, t, _ in self.calls if o == op))
+        """Calls of `op` per labkit layer tag (untagged calls left out)."""
+        return dict(Counter(c.tag for c in self.calls if c.op == op and c.tag is not None))
 
     def summary(self) -> dict[str, int]:
-        ops = sorted({o for o, _, _ in self.calls})
+        """{op: calls, f"{op}_bytes": bytes} for every collective seen (empty when none was)."""
+        ops = sorted({c.op for c in self.calls})
         return {k: v for op in ops for k, v in ((op, self.count(op)), (f"{op}_bytes", self.nbytes(op)))}
 
+    def traffic_by_op(self) -> dict[str, int]:
+        """Bytes one rank sends per collective kind with ring algorithms (all-reduce 2×, the others 1×)."""
+        out: dict[str, int] = {}
+        for c in self.calls:
+            out[c.op] = out.get(c.op, 0) + TRAFFIC_FACTOR.get(c.op, 1) * c.nbytes
+        return out
 
-_ACTIVE: list[CommLog] = []
+    def traffic_bytes(self) -> int:
+        """Total bytes one rank sends through collectives (see `traffic_by_op`)."""
+        return sum(self.traffic_by_op().values())
+
+
+_TAGS: list[str] = []
 
 
 @contextlib.contextmanager
-def counting() -> Iterator[CommLog]:
-    """Record every collective labkit's layers make inside the block."""
-    log = CommLog()
-    _ACTIVE.append(log)
+def _tagged(tag: str) -> Iterator[None]:
+    _TAGS.append(tag)
     try:
-        yield log
+        yield
     finally:
-        _ACTIVE.remove(log)
+        _TAGS.pop()
 
 
-def _record(op: str, tag: str, t: torch.Tensor) -> None:
-    for log in _ACTIVE:
-        log.calls.append((op, tag, t.numel() * t.element_size()))
+def _nbytes(x) -> int:
+    if isinstance(x, torch.Tensor):
+        return x.numel() * x.element_size()
+    return sum(_nbytes(v) for v in x) if isinstance(x, (list, tuple)) else 0
+
+
+class CommCounter(TorchDispatchMode):
+    """Records every collective issued inside `with CommCounter() as counter:`; read `counter.log` after."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._calls: list[Collective] = []
+
+    @property
+    def log(self) -> CommLog:
+        return CommLog(tuple(self._calls))
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if isinstance(func, torch._ops.HigherOrderOperator):
+            return func(*args, **(kwargs or {}))
+        if any(is_traceable_wrapper_subclass_type(t) for t in types):
+            return NotImplemented  # let DTensor turn the op into plain collectives first; they come back here
+        known = _OPS.get((func.namespace, func._opname))
+        if known is not None:
+            op, index = known
+            size = _nbytes(args[index])
+            if func._opname == "all_gather_into_tensor":
+                size *= args[1]  # (input, group_size, group_name): the output is group_size inputs
+            self._calls.append(Collective(op, _TAGS[-1] if _TAGS else None, size))
+        return func(*args, **(kwargs or {}))
 
 
 def all_reduce(t: torch.Tensor, tag: str) -> torch.Tensor:
-    """Sum `t` over all ranks, in place (recorded under `tag`)."""
-    _record("all_reduce", tag, t)
+    """Sum `t` over all ranks, in place; a CommCounter records the call under `tag`.
+
+    Args:
+        t: any shape; every rank passes a tensor of the same shape. tag: the layer kind issuing it.
+    Returns:
+        `t`, now the sum over ranks (unchanged outside a process group of 2 or more).
+    """
     if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t)
+        with _tagged(tag):
+            dist.all_reduce(t)
     return t
 
 
 def all_gather(t: torch.Tensor, dim: int, tag: str) -> torch.Tensor:
-    """Concatenate every rank's `t` along `dim` (recorded under `tag`, with this rank's bytes)."""
-    _record("all_gather", tag, t)
+    """Concatenate every rank's `t` along `dim`; a CommCounter records the call under `tag`.
+
+    Args:
+        t: this rank's part; every rank's has the same shape. dim: the dimension to concatenate. tag: as above.
+    Returns:
+        the parts of ranks 0..N-1 concatenated along `dim` (`t` itself outside a process group).
+    """
     if not (dist.is_initialized() and dist.get_world_size() > 1):
         return t
     parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, t.contiguous())
+    with _tagged(tag):
+        dist.all_gather(parts, t.contiguous())
     return torch.cat(parts, dim=dim)
-
-
-def _dtensor_counter_base():
-    from torch.distributed.tensor.debug import CommDebugMode
-
-    return CommDebugMode
-
-
-class DTensorCounter(_dtensor_counter_base()):
-    """CommDebugMode that also sums the input bytes of each collective DTensor issues."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.log = CommLog()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = super().__torch_dispatch__(func, types, args, kwargs)
-        name = getattr(getattr(func, "_overloadpacket", None), "__name__", "")
-        if out is not NotImplemented and name in ("all_reduce", "all_gather_into_tensor", "reduce_scatter_tensor"):
-            op = "all_gather" if name.startswith("all_gather") else name
-            self.log.calls.append((op, "dtensor", args[0].numel() * args[0].element_size()))
-        return out

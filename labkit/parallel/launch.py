@@ -1,7 +1,7 @@
 """Start N ranks of real `torch.distributed` from a notebook or a script — or join `torchrun`'s.
 
     from labkit.parallel.launch import run_distributed
-    results = run_distributed(tp.forward_demo, world_size=2)   # one result per rank, rank order
+    results = run_distributed(tp.tp_forward, "tiny-llama", world_size=2)   # one result per rank, in rank order
 
 Each rank is a fresh process (spawn): it joins a process group (gloo on CPU, NCCL when there is a
 GPU per rank), runs `fn(*args, **kwargs)` and sends its return value back. `fn` must live in an
@@ -9,7 +9,7 @@ importable module (not a notebook cell) so the child processes can find it.
 
 Under `torchrun` (RANK/WORLD_SIZE/MASTER_ADDR already set) the same function runs in place:
 
-    torchrun --nproc_per_node=8 -m labkit.parallel.launch labkit.parallel.tp:forward_demo
+    torchrun --nproc_per_node=8 -m labkit.parallel.launch labkit.parallel.tp:layer_parity
 
 A rank that raises ends the whole run: the others are stopped and the error carries that rank's
 traceback — a notebook never hangs on a collective that will not complete.
@@ -33,6 +33,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from labkit.hardware import resolve_device
+from labkit.measure import Stats, sync_device
+
 BACKENDS = ("auto", "gloo", "nccl")
 
 
@@ -41,7 +44,11 @@ class RankFailed(RuntimeError):
 
 
 def pick_backend(backend: str, world_size: int) -> str:
-    """'auto' -> NCCL when every rank can have its own GPU, else gloo (CPU)."""
+    """The process-group backend: 'auto' -> NCCL when every rank can have its own GPU, else gloo (CPU).
+
+    Raises:
+        ValueError: for an unknown backend, or NCCL with fewer GPUs than ranks.
+    """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose from {list(BACKENDS)}")
     if backend == "auto":
@@ -53,10 +60,45 @@ def pick_backend(backend: str, world_size: int) -> str:
 
 
 def rank_device() -> torch.device:
-    """This rank's device: its own GPU under NCCL, else the CPU."""
+    """This rank's device (`hardware.resolve_device` applied to the rank): its own GPU under NCCL, else the CPU.
+
+    Returns:
+        cuda:LOCAL_RANK when the process group uses NCCL, else cpu.
+    """
     if dist.is_initialized() and dist.get_backend() == "nccl":
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", dist.get_rank())))
-    return torch.device("cpu")
+        return resolve_device(f"cuda:{int(os.environ.get('LOCAL_RANK', dist.get_rank()))}")
+    return resolve_device("cpu")
+
+
+def time_on_all_ranks(fn: Callable[[], object], warmup: int = 1, repeat: int = 3) -> Stats:
+    """Time `fn()` on every rank at once: all ranks start together and a call ends when the slowest rank ends.
+
+    Each call: barrier, clock, `fn()`, device sync (a GPU call ends when its kernels end, not when they are
+    launched), barrier, clock. A tensor- or pipeline-parallel step is as slow as its slowest rank, so every rank
+    reports the same step time. Outside a process group (one process) the barriers are skipped.
+
+    Args:
+        fn: the work of one step on this rank (every rank must call this function, or the barriers hang).
+        warmup: untimed calls first (lazy init, caches, a pipeline's shape exchange).
+        repeat: timed calls (>= 1).
+    Returns:
+        measure.Stats of the timed calls, in seconds (`.median * 1e3` for milliseconds).
+    Raises:
+        ValueError: for warmup < 0 or repeat < 1.
+    """
+    if warmup < 0 or repeat < 1:
+        raise ValueError(f"need warmup >= 0 and repeat >= 1, got {warmup} and {repeat}")
+    barrier = dist.barrier if dist.is_initialized() else (lambda: None)
+    times = []
+    for i in range(warmup + repeat):
+        barrier()
+        start = time.perf_counter()
+        fn()
+        sync_device()
+        barrier()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return Stats.of(times)
 
 
 def _free_port() -> int:
@@ -107,10 +149,19 @@ def run_distributed(
     threads_per_rank: int | None = None,
     **kwargs,
 ) -> list:
-    """Run `fn(*args, **kwargs)` on `world_size` ranks; return the ranks' results in rank order.
+    """Run `fn(*args, **kwargs)` on `world_size` ranks (fresh spawned processes); return their results.
 
-    Raises RankFailed (with the rank's traceback) as soon as one rank fails, and TimeoutError if the
-    ranks have not all finished within `timeout` seconds; either way no rank is left running.
+    Args:
+        fn: a top-level function of an importable module (spawned ranks import it; not a notebook cell).
+        *args, **kwargs: passed to `fn` on every rank (pickled).
+        world_size: ranks (>= 1). backend: "auto" (NCCL with a GPU per rank, else gloo), "gloo" or "nccl".
+        timeout: seconds for the whole run. threads_per_rank: torch threads per rank (default: cores / ranks).
+    Returns:
+        each rank's return value, in rank order (plain pickle: frozen dataclasses and tensors travel back).
+    Raises:
+        ValueError: for a bad world_size or backend, or a function the ranks cannot import.
+        RankFailed: (with the rank's traceback) as soon as one rank fails.
+        TimeoutError: if the ranks have not all finished within `timeout`; either way no rank is left running.
     """
     if world_size < 1:
         raise ValueError(f"world_size must be >= 1, got {world_size}")
@@ -161,7 +212,7 @@ def _resolve(target: str) -> Callable:
 def main(argv: list[str] | None = None) -> int:
     """`python -m labkit.parallel.launch module:function` — spawns ranks, or runs in place under torchrun."""
     parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("target", help="module:function, e.g. labkit.parallel.tp:forward_demo")
+    parser.add_argument("target", help="module:function, e.g. labkit.parallel.tp:layer_parity")
     parser.add_argument("--world-size", type=int, default=2)
     parser.add_argument("--backend", default="auto", choices=BACKENDS)
     args = parser.parse_args(argv)

@@ -1,4 +1,4 @@
-"""Tensor parallelism (Megatron-style): every rank holds a slice of every layer and all ranks work at once.
+"""Tensor parallelism (Megatron, Shoeybi et al. 2019): every rank holds a slice of every layer, all work at once.
 
 From scratch: `ColumnParallelLinear` (split output features, no communication), `RowParallelLinear`
 (split input features, one all-reduce of the partial sums), `VocabParallelEmbedding`, head-split
@@ -6,26 +6,33 @@ attention and the Megatron MLP (column then row: one all-reduce per block). `TPL
 into a tensor-parallel copy of a Llama-architecture model. The library path shards the same model
 with DTensor's `parallelize_module`. Rank functions (run them with `run_distributed`):
 
-    tp_forward(model_name, input_ids, mode="scratch" | "dtensor" | "single") -> logits, latency, comms
+    tp_forward(model_name, input_ids, mode="scratch" | "dtensor" | "single") -> TPRun (logits, latency, comms)
     layer_parity()          every layer against its unsharded original
-    compare_rank(...)       scratch vs DTensor vs single process, plus a latency sweep over batch
 
 Only Llama-architecture models are supported (BLOOM's ALiBi slopes would need splitting per head too).
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import time
 import warnings
+from dataclasses import dataclass
 
+import pandas as pd
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor import Replicate
+from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+from transformers import LlamaConfig
+from transformers.models.llama import modeling_llama as llama
 
+from labkit import models
+from labkit.measure import Stats
 from labkit.parallel import comm
+from labkit.parallel.launch import rank_device, time_on_all_ranks
 
 MODES = ("scratch", "dtensor", "single")
 
@@ -121,11 +128,9 @@ class ParallelAttention(nn.Module):
         self.o = RowParallelLinear(attn.o_proj, tag="attention")
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
-
         b, s, _ = x.shape
         q, k, v = (p(x).view(b, s, -1, self.head_dim).transpose(1, 2) for p in (self.q, self.k, self.v))
-        q, k = apply_rotary_pos_emb(q, k, cos, sin)  # (batch, local heads, seq, head_dim)
+        q, k = llama.apply_rotary_pos_emb(q, k, cos, sin)  # (batch, local heads, seq, head_dim)
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
         return self.o(out.transpose(1, 2).reshape(b, s, -1))  # (batch, seq, hidden) after the all-reduce
 
@@ -157,15 +162,10 @@ class TPLlama(nn.Module):
 
 # --- the library path: DTensor ----------------------------------------------------------------
 def dtensor_plan() -> dict:
-    """The same split as TPLlama, written as a DTensor plan for a Hugging Face Llama."""
-    from torch.distributed.tensor import Replicate
-    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
-
+    """The same split as TPLlama, written as a DTensor plan for a Hugging Face Llama (module name -> style)."""
     return {
         "model.embed_tokens": RowwiseParallel(input_layouts=Replicate()),  # vocab rows split, partial sums
-        "model.layers.*.self_attn.q_proj": ColwiseParallel(),
-        "model.layers.*.self_attn.k_proj": ColwiseParallel(),
-        "model.layers.*.self_attn.v_proj": ColwiseParallel(),
+        **{f"model.layers.*.self_attn.{p}_proj": ColwiseParallel() for p in "qkv"},
         "model.layers.*.self_attn.o_proj": RowwiseParallel(),
         "model.layers.*.mlp.gate_proj": ColwiseParallel(),
         "model.layers.*.mlp.up_proj": ColwiseParallel(),
@@ -176,50 +176,69 @@ def dtensor_plan() -> dict:
 
 def dtensor_model(model: nn.Module) -> nn.Module:
     """A copy of `model` sharded over all ranks with `parallelize_module` (1-D mesh)."""
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.tensor.parallel import parallelize_module
-
-    from labkit.parallel.launch import rank_device
-
     mesh = init_device_mesh(rank_device().type, (dist.get_world_size(),))
     return parallelize_module(copy.deepcopy(model), mesh, dtensor_plan())
 
 
 # --- rank functions ---------------------------------------------------------------------------
 def load_llama(model_name: str = "tiny-llama") -> nn.Module:
-    """A registered Llama-architecture model, on this rank's device, in fp32 eval mode."""
-    from labkit.models import get_config, load_model
-    from labkit.parallel.launch import rank_device
+    """A registered Llama-architecture model, on this rank's device, in fp32 eval mode.
 
-    model_type = getattr(get_config(model_name), "model_type", "")
+    Args:
+        model_name: a registry name whose config has model_type "llama" (e.g. "tiny-llama", "smollm2-135m").
+    Returns:
+        the `*ForCausalLM` model on `rank_device()`.
+    Raises:
+        ValueError: for a model of another architecture.
+    """
+    model_type = getattr(models.get_config(model_name), "model_type", "")
     if model_type != "llama":
         raise ValueError(f"tensor parallelism here needs a Llama-architecture model; {model_name!r} is "
                          f"{model_type!r}; choose e.g. 'tiny-llama'")  # fmt: skip
-    model, _ = load_model(model_name, device="cpu")
+    model, _ = models.load_model(model_name, device="cpu")
     return model.to(rank_device())
 
 
-def _timed(fn, ids: torch.Tensor, warmup: int, repeat: int) -> tuple[torch.Tensor, list[float]]:
-    times = []
-    for i in range(warmup + repeat):
-        if dist.is_initialized():
-            dist.barrier()  # every rank starts together: a TP step is as slow as its slowest rank
-        start = time.perf_counter()
-        with torch.no_grad():
-            out = fn(ids)
-        if ids.is_cuda:
-            torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return out, times
+@dataclass(frozen=True, eq=False)
+class TPRun:
+    """One rank's tensor-parallel forward (mode "single": the unsplit one). logits: (batch, seq, vocab) on the CPU,
+    full on every rank; latency: seconds per forward (`time_on_all_ranks`); comm: one more forward's collectives."""
+
+    mode: str
+    rank: int
+    logits: torch.Tensor
+    latency: Stats
+    comm: comm.CommLog
+    layers: int
+    hidden: int
+
+    @property
+    def latency_ms(self) -> float:
+        """Median forward latency, ms."""
+        return self.latency.median * 1e3
+
+    def table(self, reference: torch.Tensor | None = None) -> pd.DataFrame:
+        """One row: mode, (max |logits − reference| if given), all-reduces and MB, all-gathers, median ms."""
+        diff = {} if reference is None else {"max |logits − single|": float((self.logits - reference).abs().max())}
+        return pd.DataFrame([{"mode": self.mode, **diff, "all-reduces": self.comm.count("all_reduce"),
+                              "all-reduce MB": self.comm.nbytes("all_reduce") / 1e6,
+                              "all-gathers": self.comm.count("all_gather"), "forward ms (median)": self.latency_ms}])
 
 
 def tp_forward(model_name: str = "tiny-llama", input_ids: torch.Tensor | None = None, mode: str = "scratch",
-               warmup: int = 1, repeat: int = 3, model: nn.Module | None = None) -> dict:
-    """One rank's part of a tensor-parallel forward (or the whole forward with mode='single').
+               warmup: int = 1, repeat: int = 3, model: nn.Module | None = None) -> TPRun:
+    """Rank function: one rank's part of a tensor-parallel forward (the whole forward with mode="single").
 
-    Returns {"mode", "rank", "logits" (batch, seq, vocab) on the CPU, "latency_ms" (median), "times_ms",
-    "comm" {"all_reduce": n, "all_reduce_bytes": b, ...}, "by_tag" {layer kind: all-reduces}}.
+    Args:
+        model_name: a Llama-architecture registry name (ignored when `model` is given).
+        input_ids: (batch, seq) ids, the same on every rank; default (2, 16) ids from a fixed seed.
+        mode: "scratch" (TPLlama), "dtensor" (parallelize_module) or "single" (the unsplit model).
+        warmup, repeat: untimed and timed forwards (`time_on_all_ranks`).
+        model: an already loaded model (it is copied, not changed).
+    Returns:
+        TPRun with the full logits, the latency and the collectives one forward issued.
+    Raises:
+        ValueError: for an unknown mode (naming the choices) or a model that is not a Llama.
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose from {list(MODES)}")
@@ -228,47 +247,44 @@ def tp_forward(model_name: str = "tiny-llama", input_ids: torch.Tensor | None = 
                                                                 generator=torch.Generator().manual_seed(0))
     ids = ids.to(model.device)
     if mode == "single":
-        net, counter = (lambda x: model(input_ids=x).logits), contextlib.nullcontext(comm.CommLog())
+        net = lambda x: model(input_ids=x).logits  # noqa: E731
     elif mode == "scratch":
-        tp_model = TPLlama(model)
-        net, counter = tp_model, comm.counting()
+        net = TPLlama(model)
     else:
         dmodel = dtensor_model(model)
-        net, counter = (lambda x: dmodel(input_ids=x).logits), comm.DTensorCounter()
-    with warnings.catch_warnings():  # DTensor's module hooks warn about backward hooks; this is inference
+        net = lambda x: dmodel(input_ids=x).logits  # noqa: E731
+    counter = comm.CommCounter()
+    with warnings.catch_warnings(), torch.no_grad():  # DTensor's module hooks warn about backward hooks
         warnings.filterwarnings("ignore", message="For backward hooks to be called")
-        _, times = _timed(net, ids, warmup, repeat)
-        with counter as seen, torch.no_grad():  # one more forward, counted on its own
+        latency = time_on_all_ranks(lambda: net(ids), warmup, repeat)
+        with counter:  # one more forward, counted on its own
             logits = net(ids)
-    log = seen.log if isinstance(seen, comm.DTensorCounter) else seen
-    return {"mode": mode, "rank": _rank_world()[0], "logits": logits.float().cpu(),
-            "latency_ms": sorted(times)[len(times) // 2] * 1e3, "times_ms": [t * 1e3 for t in times],
-            "comm": log.summary(), "by_tag": log.by_tag("all_reduce"), "layers": model.config.num_hidden_layers}
+    return TPRun(mode, _rank_world()[0], logits.float().cpu(), latency, counter.log,
+                 model.config.num_hidden_layers, model.config.hidden_size)
 
 
 def layer_parity(seed: int = 0) -> dict[str, float]:
-    """Max |sharded − unsharded| for each from-scratch layer, on this rank (all ranks must agree)."""
-    from transformers import LlamaConfig
-    from transformers.models.llama.modeling_llama import LlamaAttention, LlamaMLP, LlamaRotaryEmbedding
+    """Rank function: max |sharded − unsharded| for each from-scratch layer (all ranks must agree).
 
-    from labkit.parallel.launch import rank_device
-
-    torch.manual_seed(seed)  # same weights and inputs on every rank
+    Args:
+        seed: weights and inputs (the same on every rank).
+    Returns:
+        {"column" | "row" | "embedding" | "mlp" | "attention": max absolute difference} on this rank.
+    """
+    torch.manual_seed(seed)
     cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
                       vocab_size=96, attention_bias=True)  # fmt: skip
     cfg._attn_implementation = "sdpa"  # causal when no mask is given, as in the full model
     x = torch.randn(2, 5, 64)  # (batch, seq, hidden)
-    lin = nn.Linear(64, 96)
-    emb, ids = nn.Embedding(96, 64), torch.randint(0, 96, (2, 5))
-    mlp, attn = LlamaMLP(cfg), LlamaAttention(cfg, layer_idx=0).eval()
-    cos, sin = LlamaRotaryEmbedding(cfg)(x, torch.arange(5)[None])
+    lin, emb, ids = nn.Linear(64, 96), nn.Embedding(96, 64), torch.randint(0, 96, (2, 5))
+    mlp, attn = llama.LlamaMLP(cfg), llama.LlamaAttention(cfg, layer_idx=0).eval()
+    cos, sin = llama.LlamaRotaryEmbedding(cfg)(x, torch.arange(5)[None])
     col = ColumnParallelLinear(lin, gather_output=True)
     row_in = x.chunk(_rank_world()[1], -1)[_rank_world()[0]]  # this rank's slice of the input features
     lin_row = nn.Linear(64, 32)
     dev = rank_device()  # NCCL reduces GPU tensors only
-    lin, emb, mlp, attn, lin_row = (mod.to(dev) for mod in (lin, emb, mlp, attn, lin_row))
+    lin, emb, mlp, attn, lin_row, col = (mod.to(dev) for mod in (lin, emb, mlp, attn, lin_row, col))
     x, ids, cos, sin, row_in = (t.to(dev) for t in (x, ids, cos, sin, row_in))
-    col = col.to(dev)
     with torch.no_grad():
         ref_attn, _ = attn(x, (cos, sin), attention_mask=None)
         diffs = {
@@ -279,23 +295,3 @@ def layer_parity(seed: int = 0) -> dict[str, float]:
             "attention": ParallelAttention(attn, cfg)(x, cos, sin) - ref_attn,
         }
     return {k: float(v.abs().max()) for k, v in diffs.items()}
-
-
-def compare_rank(model_name: str = "tiny-llama", batch: int = 2, seq: int = 16, sweep_batches: tuple = (),
-                 repeat: int = 3) -> dict:
-    """On each rank: single process, from scratch and DTensor on the same ids; for each batch size in
-    `sweep_batches` the from-scratch TP forward latency and the unsplit model's on this rank alone (the
-    same cores as one TP rank: one device vs all of them); and `layer_parity()`."""
-    model = load_llama(model_name)
-    ids = torch.randint(0, model.config.vocab_size, (batch, seq), generator=torch.Generator().manual_seed(0))
-    runs = {m: tp_forward(model_name, ids, m, repeat=repeat, model=model) for m in MODES}
-    sweep = []
-    tp_model = TPLlama(model)
-    for b in sweep_batches:
-        xb = torch.randint(0, model.config.vocab_size, (b, seq), generator=torch.Generator().manual_seed(b))
-        xb = xb.to(model.device)
-        _, times = _timed(tp_model, xb, 1, repeat)
-        _, single = _timed(lambda x: model(input_ids=x).logits, xb, 1, repeat)  # one rank = one device's share
-        sweep.append({"batch": b, "seq": seq, "ms": sorted(times)[len(times) // 2] * 1e3,
-                      "single_ms": sorted(single)[len(single) // 2] * 1e3})  # fmt: skip
-    return {"runs": runs, "sweep": sweep, "threads": torch.get_num_threads(), "layer_parity": layer_parity()}

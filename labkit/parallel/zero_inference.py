@@ -1,6 +1,6 @@
 """ZeRO-Inference: ZeRO stage 3 with parameters offloaded to CPU memory, every rank serving its *own* prompts.
 
-    rows = run_distributed(zero_inference.generate_ranks, "tiny-bloom", PROMPTS, world_size=2)
+    runs = run_distributed(zero_inference.generate_ranks, "tiny-bloom", PROMPTS, world_size=2)
 
 Unlike tensor parallelism (all ranks work on one request), each ZeRO-3 rank runs a whole model forward on
 its own batch; the rank only *stores* 1/N of the weights and all-gathers each layer just before using it.
@@ -12,22 +12,31 @@ script (huggingface/transformers-bloom-inference): reduce_bucket_size = h², sta
 
 from __future__ import annotations
 
-import time
+from dataclasses import asdict, dataclass
 
 import pandas as pd
 import torch
 import torch.distributed as dist
 
 from labkit import models, plots
+from labkit.decoding.timing import DecodeRun, time_greedy
 from labkit.measure import results_frame
-from labkit.parallel.deepspeed_inference import disable_shm_allreduce, quiet_deepspeed
+from labkit.memory import model_state_bytes
+from labkit.parallel.deepspeed_env import join_deepspeed
+from labkit.parallel.launch import rank_device
 
 PROMPTS = ("ROMEO:\n", "JULIET:\n", "KING HENRY:\nOnce more unto the", "HAMLET:\nTo be, or not", "MACBETH:\n",
            "LADY MACBETH:\n", "OTHELLO:\n", "PORTIA:\nThe quality of mercy")
 
 
 def ds_zero_config(hidden: int, offload: bool = True) -> dict:
-    """The ZeRO-Inference config of the BLOOM ds-zero script, for a model of hidden size h."""
+    """The ZeRO-Inference config of the BLOOM ds-zero script (huggingface/transformers-bloom-inference).
+
+    Args:
+        hidden: the model's hidden size h (bucket sizes are h² and 0.9 h²). offload: parameters in CPU memory.
+    Returns:
+        a DeepSpeed config dict (stage 3, one sequence per rank).
+    """
     return {
         "zero_optimization": {
             "stage": 3,
@@ -42,63 +51,104 @@ def ds_zero_config(hidden: int, offload: bool = True) -> dict:
     }  # fmt: skip
 
 
-def _generate(model, tok, prompt: str, new_tokens: int, device, synced: bool) -> tuple[list[int], float]:
-    enc = tok(prompt, return_tensors="pt").to(device)
-    start = time.perf_counter()
-    with torch.no_grad():
-        out = model.generate(**enc, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                             pad_token_id=tok.pad_token_id or tok.eos_token_id, synced_gpus=synced)
-    return out[0, enc["input_ids"].shape[1]:].tolist(), time.perf_counter() - start
+@dataclass(frozen=True)
+class ZeroInferenceRun:
+    """One rank's `generate_ranks`: its prompt and greedy tokens, the ZeRO-3 decode (DecodeRun, seconds), the
+    single-process baseline's (rank 0 only, else None), and the weight bytes of the whole model and of its shard."""
+
+    rank: int
+    world_size: int
+    model: str
+    prompt: str
+    text: str
+    tokens: tuple[int, ...]
+    decode: DecodeRun
+    baseline: DecodeRun | None
+    same_as_single_process: bool | None
+    weight_bytes_full: int
+    weight_bytes_held: int
+    offload: bool
+
+    @property
+    def new_tokens(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def seconds(self) -> float:
+        """Wall time of the timed generation (prefill + every step), seconds."""
+        return self.decode.total_s
+
+    def table(self) -> pd.DataFrame:
+        """One row: the scalar fields, with the decode's ttft_ms, tpot_ms and decode_tok_s."""
+        row = {k: v for k, v in asdict(self).items() if k not in ("tokens", "decode", "baseline")}
+        return pd.DataFrame([{**row, **self.decode.row()}])
 
 
 def generate_ranks(model_name: str = "tiny-bloom", prompts: tuple[str, ...] = PROMPTS, new_tokens: int = 16,
-                   offload: bool = True, reference: bool = True) -> dict:
-    """Rank function: ZeRO-3 (+ CPU offload) greedy generation of this rank's prompt; the single-process
-    model's tokens for the same prompt alongside (reference=True) to prove the sharded run is exact."""
-    import deepspeed
+                   offload: bool = True, reference: bool = True) -> ZeroInferenceRun:
+    """Rank function: ZeRO-3 (+ CPU offload) greedy generation of this rank's own prompt.
 
-    quiet_deepspeed()
-    disable_shm_allreduce()
-    deepspeed.init_distributed(dist_backend=dist.get_backend())
+    Timing goes through `decoding.timing.time_greedy` (after a 2-token warm-up, one timed generation). Before the
+    sharded run, rank 0 times the whole model alone with every core (the baseline) while the other ranks wait.
+
+    Args:
+        model_name: a registry name. prompts: one per rank at least (rank i takes prompts[i]).
+        new_tokens: tokens generated (exactly this many). offload: ZeRO-3 parameters in CPU memory.
+        reference: also generate with the unsplit model, to prove the sharded run gives the same tokens.
+    Returns:
+        ZeroInferenceRun for this rank.
+    Raises:
+        ValueError: with fewer prompts than ranks.
+    """
     rank, world = dist.get_rank(), dist.get_world_size()
     if len(prompts) < world:
         raise ValueError(f"need a prompt per rank: {len(prompts)} prompts for {world} ranks")
+    join_deepspeed()
+    import deepspeed  # optional extra (labkit[parallel]), slow to import: only these ranks pay for it
+
     prompt = prompts[rank]  # a different request on every rank
     model, tok = models.load_model(model_name, device="cpu")
-    device = torch.device("cuda", rank) if dist.get_backend() == "nccl" else torch.device("cpu")
-    ref_tokens = _generate(model.to(device), tok, prompt, new_tokens, device, synced=False)[0] if reference else None
-    # Baseline: one process with the whole model and every core serves one stream, the other ranks idle.
-    baseline_s = None
+    device = rank_device()
+    model = model.to(device)
+    ids = tok(prompt, return_tensors="pt")["input_ids"].to(device)
+    ref = time_greedy(model, ids, new_tokens, warmup=0, repeat=1) if reference else None  # also warms up
+    baseline = None
     dist.barrier()
-    if rank == 0:
+    if rank == 0:  # one process with the whole model and every core serves one stream; the other ranks idle
         threads = torch.get_num_threads()
         torch.set_num_threads(threads * world if device.type == "cpu" else threads)
-        baseline_s = _generate(model, tok, prompt, new_tokens, device, synced=False)[1]
+        baseline = time_greedy(model, ids, new_tokens, warmup=0 if reference else 1, repeat=1)
         torch.set_num_threads(threads)
     dist.barrier()
-    full_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    full_bytes = model_state_bytes(model)["weights"]
     engine = deepspeed.initialize(model=model, config=ds_zero_config(model.config.hidden_size, offload))[0]
     engine.module.eval()
-    held = sum(p.ds_tensor.numel() * p.ds_tensor.element_size() for p in engine.module.parameters())
-    _generate(engine.module, tok, prompt, 2, device, synced=True)  # warm-up
+    held = sum(p.ds_tensor.numel() * p.ds_tensor.element_size() for p in engine.module.parameters())  # the shards
+    with torch.no_grad():  # warm-up: 2 tokens are enough to gather every layer once
+        engine.module.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=2, do_sample=False,
+                               pad_token_id=model.generation_config.pad_token_id or 0, synced_gpus=True)
     dist.barrier()
-    tokens, seconds = _generate(engine.module, tok, prompt, new_tokens, device, synced=True)
-    return {"rank": rank, "world_size": world, "model": model_name, "prompt": prompt,
-            "text": tok.decode(tokens, skip_special_tokens=True), "tokens": tokens, "new_tokens": len(tokens),
-            "seconds": seconds, "tokens_per_s": len(tokens) / seconds, "same_as_single_process":
-            tokens == ref_tokens if reference else None, "weight_bytes_full": full_bytes,
-            "weight_bytes_held": held, "offload": offload, "baseline_seconds": baseline_s}  # fmt: skip
+    run = time_greedy(engine.module, ids, new_tokens, warmup=0, repeat=1, synced_gpus=True)
+    tokens = run.tokens[0]
+    return ZeroInferenceRun(rank, world, model_name, prompt, tok.decode(tokens, skip_special_tokens=True),
+                            tuple(tokens), run, baseline, tokens == ref.tokens[0] if reference else None,
+                            full_bytes, held, offload)  # fmt: skip
 
 
-def throughput(ranks: list[dict]) -> plots.Measured:
-    """Aggregate tokens/s: one process with the whole model (rank 0, all cores) vs ZeRO-3 with one stream per
-    rank (Σ tokens / slowest rank)."""
-    n, world = ranks[0]["new_tokens"], len(ranks)
-    wall = max(r["seconds"] for r in ranks)
-    rows = [{"setup": "1 process, whole model", "streams": 1, "tokens": n, "wall_s": ranks[0]["baseline_seconds"],
-             "weights_held_per_rank_MB": ranks[0]["weight_bytes_full"] / 1e6},
-            {"setup": f"ZeRO-3 on {world} ranks", "streams": world, "tokens": sum(r["new_tokens"] for r in ranks),
-             "wall_s": wall, "weights_held_per_rank_MB": ranks[0]["weight_bytes_held"] / 1e6}]
+def throughput(ranks: list[ZeroInferenceRun]) -> plots.Measured:
+    """Aggregate tokens/s: one process with the whole model (rank 0, all cores) vs ZeRO-3, one stream per rank.
+
+    Args:
+        ranks: every rank's ZeroInferenceRun, rank order.
+    Returns:
+        Measured: per setup streams, tokens, wall_s (DecodeRun.total_s; ZeRO-3: the slowest rank),
+        weights held per rank (MB), aggregate_tok_s = tokens / wall_s, per_stream_tok_s, speedup over one process.
+    """
+    n, world = ranks[0].new_tokens, len(ranks)
+    rows = [{"setup": "1 process, whole model", "streams": 1, "tokens": n, "wall_s": ranks[0].baseline.total_s,
+             "weights_held_per_rank_MB": ranks[0].weight_bytes_full / 1e6},
+            {"setup": f"ZeRO-3 on {world} ranks", "streams": world, "tokens": sum(r.new_tokens for r in ranks),
+             "wall_s": max(r.seconds for r in ranks), "weights_held_per_rank_MB": ranks[0].weight_bytes_held / 1e6}]
     df = results_frame(rows)
     df["aggregate_tok_s"] = df.tokens / df.wall_s
     df["per_stream_tok_s"] = df.aggregate_tok_s / df.streams
@@ -108,6 +158,13 @@ def throughput(ranks: list[dict]) -> plots.Measured:
     return plots.Measured(df, fig)
 
 
-def outputs_table(ranks: list[dict]) -> pd.DataFrame:
-    return pd.DataFrame([{k: r[k] for k in ("rank", "prompt", "text", "tokens_per_s", "same_as_single_process")}
-                         for r in ranks])
+def outputs_table(ranks: list[ZeroInferenceRun]) -> pd.DataFrame:
+    """Per rank: its prompt, the generated text, its decode speed and whether it equals one process's tokens.
+
+    Args:
+        ranks: every rank's ZeroInferenceRun, rank order.
+    Returns:
+        DataFrame with rank, prompt, text, decode_tok_s (DecodeRun: 1 / median decode step), same_as_single_process.
+    """
+    return pd.DataFrame([{"rank": r.rank, "prompt": r.prompt, "text": r.text, "decode_tok_s": r.decode.decode_tok_s,
+                          "same_as_single_process": r.same_as_single_process} for r in ranks])

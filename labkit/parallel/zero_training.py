@@ -1,40 +1,33 @@
 """ZeRO measured: train on real ranks with DeepSpeed stages 0–3, ZeroRedundancyOptimizer and FSDP2, and read the
 bytes each rank holds for parameters, gradients and optimizer states from the tensors themselves (not RSS).
 
-    zero_ranks.measure()          # every method on 2 gloo ranks; measured vs formula MB per rank
-    run_distributed(zero_ranks.train_ranks, world_size=2)   # the raw per-rank rows
+    runs = run_distributed(zero_training.train_ranks, world_size=2)   # per rank: a RankTraining, one run per method
 
-The byte convention is zero.py's; METHODS says which one each method follows.
+The byte convention is zero.py's (ZeRO, Rajbhandari et al. 2019); METHODS says which one each method follows.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 
 import pandas as pd
-import plotly.graph_objects as go
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.optim import ZeroRedundancyOptimizer
+from torch.nn.parallel import DistributedDataParallel
 
-from labkit import plots
-from labkit.cache import cache_dir
-from labkit.measure import results_frame
-from labkit.parallel.zero import comm_volume, stacked_bars, zero_memory
+from labkit.memory import tensor_bytes
+from labkit.parallel.comm import CommCounter, CommLog
+from labkit.parallel.deepspeed_env import join_deepspeed
 
 # method -> (the ZeRO stage it corresponds to, its bytes convention (P, G, K) in fp32)
 METHODS = {"deepspeed-0": (0, (4, 4, 8)), "deepspeed-1": (1, (4, 4, 12)), "deepspeed-2": (2, (4, 4, 12)),
            "deepspeed-3": (3, (4, 4, 12)), "torch-zero-redundancy": (1, (4, 4, 8)), "torch-fsdp2": (3, (4, 4, 8))}
-
-# --- measuring real ranks ----------------------------------------------------------------------
-def use_extension_cache() -> str:
-    """Point TORCH_EXTENSIONS_DIR into labkit's cache: DeepSpeed compiles its C++/CUDA ops there once."""
-    path = os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(cache_dir("torch_extensions")))
-    return path
 
 
 def mlp(hidden: int = 1024, layers: int = 8, seed: int = 0) -> nn.Sequential:
@@ -54,6 +47,11 @@ def _batch(step: int, hidden: int, batch: int) -> tuple[torch.Tensor, torch.Tens
     return x[r * batch:(r + 1) * batch], y[r * batch:(r + 1) * batch]
 
 
+# Why not labkit.memory.model_state_bytes: it adds up numel × element size of `p.grad` and `optimizer.state`, which
+# is right for one process and wrong under ZeRO: stage 3 leaves `p.data` empty (the shard is `p.ds_tensor`), the
+# fp32 master partitions and flat gradient buffers live in DeepSpeed's own attributes, not in `optimizer.state`, and
+# parameters / gradients are views into one flat buffer, which must count once. So bytes are read per storage,
+# deduplicated by its address; memory.tensor_bytes gives each storage's size.
 def _storage_bytes(tensors: Iterator[torch.Tensor], seen: set[int]) -> int:
     """Bytes of storages not counted yet (views into one flat buffer count once)."""
     total = 0
@@ -68,7 +66,7 @@ def _storage_bytes(tensors: Iterator[torch.Tensor], seen: set[int]) -> int:
         if key in seen or s.nbytes() == 0:
             continue
         seen.add(key)
-        total += s.nbytes()
+        total += tensor_bytes(t)
     return total
 
 
@@ -112,7 +110,13 @@ def _optimizer_tensors(opt) -> Iterator[torch.Tensor]:
 
 
 def held_bytes(model: nn.Module, opt) -> dict[str, int]:
-    """Bytes this rank holds for params, grads and optimizer states, read from the tensors; other buffers apart."""
+    """Bytes this rank holds for its model states, read from the tensors (ZeRO shards, flat buffers deduplicated).
+
+    Args:
+        model: the trained module (its parameters may be ZeRO-3 or FSDP2 shards). opt: its (wrapped) optimizer.
+    Returns:
+        {"params", "grads", "optimizer": model-state bytes, "buffers": everything else the optimizer holds}.
+    """
     seen: set[int] = set()
     out = {"params": _storage_bytes(_param_tensors(model), seen),
            "grads": _storage_bytes(_grad_tensors(model, opt), seen),
@@ -120,42 +124,6 @@ def held_bytes(model: nn.Module, opt) -> dict[str, int]:
     gathered = (p.data for p in model.parameters() if hasattr(p, "ds_tensor"))  # ZeRO-3 params still gathered
     out["buffers"] = _storage_bytes(_tensors_in(opt), seen) + _storage_bytes(gathered, seen)  # e.g. buckets
     return out
-
-
-# c10d op -> (index of the argument whose bytes count, factor): what one rank moves per call with ring
-# algorithms (all-reduce = reduce-scatter + all-gather = 2x its tensor; the (N-1)/N factor is left out).
-COLLECTIVES = {"allreduce_": (0, 2), "allgather_": (0, 1), "_allgather_base_": (0, 1), "reduce_scatter_": (1, 1),
-               "_reduce_scatter_base_": (1, 1), "broadcast_": (0, 1), "reduce_": (0, 1), "alltoall_base_": (1, 1),
-               "all_reduce": (0, 2), "all_gather_into_tensor": (0, 1), "reduce_scatter_tensor": (0, 1)}
-
-
-def _nbytes(x) -> int:
-    if isinstance(x, torch.Tensor):
-        return x.numel() * x.element_size()
-    return sum(_nbytes(v) for v in x) if isinstance(x, (list, tuple)) else 0
-
-
-class CommCounter(TorchDispatchMode):
-    """Bytes this rank passes through collectives, per op: sees every c10d op, whoever calls it
-    (DeepSpeed, DDP, ZeroRedundancyOptimizer, FSDP2, DTensor)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.bytes: dict[str, int] = {}
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        ns, name = func.namespace, func._opname
-        if ns in ("c10d", "_c10d_functional") and name in COLLECTIVES:
-            index, factor = COLLECTIVES[name]
-            size = _nbytes(args[index])
-            if ns == "_c10d_functional" and name == "all_gather_into_tensor":
-                size *= args[1]  # (input, group_size, group_name): the output is group_size inputs
-            self.bytes[name] = self.bytes.get(name, 0) + factor * size
-        return func(*args, **(kwargs or {}))
-
-    @property
-    def total(self) -> int:
-        return sum(self.bytes.values())
 
 
 # --- one training run per method, on every rank -------------------------------------------------
@@ -173,8 +141,74 @@ def _ds_config(stage: int, batch: int, bucket: int) -> dict:
     }  # fmt: skip
 
 
-def _train(method: str, hidden: int, layers: int, batch: int, steps: int, lr: float) -> dict:
+@dataclass(frozen=True)
+class TrainingRun:
+    """One method's training on one rank. Bytes held after the last backward (all model states live):
+    params, grads, optimizer (model states), buffers (anything else, e.g. communication buckets);
+    grads_end_of_backward: the largest gradient bytes seen as the first layer's gradients arrived.
+    comm: the last step's collectives. losses: the mean loss over ranks after each step. seconds: wall time."""
+
+    method: str
+    rank: int
+    world_size: int
+    numel: int
+    params: int
+    grads: int
+    optimizer: int
+    buffers: int
+    grads_end_of_backward: int
+    comm: CommLog
+    losses: tuple[float, ...]
+    seconds: float
+
+    @property
+    def stage(self) -> int:
+        """The ZeRO stage this method corresponds to."""
+        return METHODS[self.method][0]
+
+    def row(self) -> dict:
+        """A flat table row: every field, with comm as bytes sent per step (ring) and per collective."""
+        out = {k: v for k, v in asdict(self).items() if k not in ("comm", "losses")}
+        return {**out, "comm_bytes": self.comm.traffic_bytes(), "comm_ops": self.comm.traffic_by_op(),
+                "final_loss": self.losses[-1]}
+
+
+@dataclass(frozen=True)
+class RankTraining:
+    """What `train_ranks` returns on one rank: one TrainingRun per method, in order."""
+
+    rank: int
+    runs: tuple[TrainingRun, ...]
+
+    def table(self) -> pd.DataFrame:
+        """One row per method (see `TrainingRun.row`); bytes are this rank's."""
+        return pd.DataFrame([r.row() for r in self.runs])
+
+
+def _setup(method: str, model: nn.Module, batch: int, hidden: int, lr: float):
+    """(forward, backward, step, optimizer) of one method around `model`."""
+    if method.startswith("deepspeed"):
+        import deepspeed  # optional extra (labkit[parallel]), slow to import
+
+        stage = int(method[-1])
+        engine, opt, _, _ = deepspeed.initialize(model=model, optimizer=torch.optim.AdamW(model.parameters(), lr=lr),
+                                                 config=_ds_config(stage, batch, bucket=max(hidden * hidden // 4, 1)))
+        return engine, engine.backward, engine.step, opt
+    if method == "torch-zero-redundancy":  # DDP + ZeroRedundancyOptimizer ~ stage 1
+        forward = DistributedDataParallel(model, gradient_as_bucket_view=True)  # grads live in DDP's buckets
+        opt = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=torch.optim.AdamW, lr=lr)
+    else:  # torch-fsdp2: fully_shard ~ stage 3
+        for block in model:
+            if isinstance(block, nn.Linear):
+                fully_shard(block)
+        forward = fully_shard(model)
+        opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    return forward, (lambda loss: loss.backward()), opt.step, opt
+
+
+def _train(method: str, hidden: int, layers: int, batch: int, steps: int, lr: float) -> TrainingRun:
     """`steps` AdamW steps of one method; bytes held read after the last backward (all three parts live)."""
+    start = time.perf_counter()
     model = mlp(hidden, layers)
     numel = sum(p.numel() for p in model.parameters())
     # The first layer's gradients arrive last: when they do, every gradient of the step has been computed.
@@ -184,36 +218,12 @@ def _train(method: str, hidden: int, layers: int, batch: int, steps: int, lr: fl
         peak["grads"] = max(peak["grads"], _storage_bytes(_grad_tensors(model, opt), set()))
     for p in model[0].parameters():
         p.register_post_accumulate_grad_hook(_on_grad)
-    if method.startswith("deepspeed"):
-        import deepspeed
-
-        stage = int(method[-1])
-        engine, opt, _, _ = deepspeed.initialize(model=model, optimizer=torch.optim.AdamW(model.parameters(), lr=lr),
-                                                 config=_ds_config(stage, batch, bucket=max(hidden * hidden // 4, 1)))
-        forward, backward, step = engine, engine.backward, engine.step
-    elif method == "torch-zero-redundancy":  # DDP + ZeroRedundancyOptimizer ~ stage 1
-        from torch.distributed.optim import ZeroRedundancyOptimizer
-        from torch.nn.parallel import DistributedDataParallel
-
-        forward = DistributedDataParallel(model, gradient_as_bucket_view=True)  # grads live in DDP's buckets
-        opt = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=torch.optim.AdamW, lr=lr)
-        backward, step = (lambda loss: loss.backward()), opt.step
-    elif method == "torch-fsdp2":  # fully_shard ~ stage 3
-        from torch.distributed.fsdp import fully_shard
-
-        for block in model:
-            if isinstance(block, nn.Linear):
-                fully_shard(block)
-        forward = fully_shard(model)
-        opt = torch.optim.AdamW(model.parameters(), lr=lr)
-        backward, step = (lambda loss: loss.backward()), opt.step
-    else:
-        raise ValueError(f"unknown method {method!r}; choose from {list(METHODS)}")
-    losses, comm, held = [], CommCounter(), {}
+    forward, backward, step, opt = _setup(method, model, batch, hidden, lr)
+    losses, counter, held = [], CommCounter(), {}
     for i in range(steps):
         x, y = _batch(i, hidden, batch)
         last = i == steps - 1
-        with comm if last else contextlib.nullcontext():
+        with counter if last else contextlib.nullcontext():
             loss = nn.functional.mse_loss(forward(x), y)
             backward(loss)
             if last:
@@ -224,82 +234,25 @@ def _train(method: str, hidden: int, layers: int, batch: int, steps: int, lr: fl
         mean = loss.detach().clone()
         dist.all_reduce(mean)
         losses.append(mean.item() / dist.get_world_size())
-    return {"method": method, "numel": numel, **held, "grads_end_of_backward": peak["grads"],
-            "comm_bytes": comm.total, "comm_ops": dict(comm.bytes), "losses": losses}
+    return TrainingRun(method, dist.get_rank(), dist.get_world_size(), numel, **held,
+                       grads_end_of_backward=peak["grads"], comm=counter.log, losses=tuple(losses),
+                       seconds=time.perf_counter() - start)
 
 
 def train_ranks(methods: tuple[str, ...] = tuple(METHODS), hidden: int = 1024, layers: int = 8, batch: int = 4,
-                steps: int = 3, lr: float = 1e-3) -> list[dict]:
-    """Rank function (run it with `run_distributed`): every method in turn on a fresh copy of one MLP."""
-    from labkit.parallel.deepspeed_inference import disable_shm_allreduce, quiet_deepspeed
+                steps: int = 3, lr: float = 1e-3) -> RankTraining:
+    """Rank function (run it with `run_distributed`): every method in turn on a fresh copy of one MLP.
 
-    quiet_deepspeed()
-    use_extension_cache()
-    disable_shm_allreduce()  # an inference-only op: training need not compile it
-    rows = []
-    for method in methods:
-        start = time.perf_counter()
-        row = _train(method, hidden, layers, batch, steps, lr)
-        rows.append({**row, "rank": dist.get_rank(), "world_size": dist.get_world_size(),
-                     "seconds": time.perf_counter() - start})
-    return rows
-
-
-# --- in the notebook: run the ranks, compare with the formula ------------------------------------
-def measure(hidden: int = 2048, layers: int = 6, batch: int = 4, steps: int = 3,
-            methods: tuple[str, ...] = tuple(METHODS), world_size: int = 2) -> plots.Measured:
-    """Train with every method on `world_size` real ranks; measured vs formula bytes per rank (MB)."""
+    Args:
+        methods: names from METHODS. hidden, layers: the MLP, (hidden² + hidden) × layers parameters.
+        batch: rows per rank per step. steps: AdamW steps. lr: learning rate.
+    Returns:
+        RankTraining with one TrainingRun per method.
+    Raises:
+        ValueError: for a method not in METHODS (before anything is built).
+    """
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown methods {unknown}; choose from {list(METHODS)}")
-    from labkit.parallel.launch import run_distributed
-
-    ranks = run_distributed(train_ranks, tuple(methods), hidden=hidden, layers=layers, batch=batch, steps=steps,
-                            world_size=world_size, timeout=900)
-    return compare(ranks)
-
-
-def model_state_grads(row: dict) -> int:
-    """The gradient bytes ZeRO's formula counts. DeepSpeed's stage 1 (and 0) hold a full gradient at the end of
-    backward, then all-reduce it and keep only their partition; stages 2–3 reduce bucket by bucket as backward
-    runs, so what they keep after backward is the partition."""
-    return row["grads_end_of_backward"] if row["method"] in ("deepspeed-0", "deepspeed-1") else row["grads"]
-
-
-def compare(ranks: list[list[dict]]) -> plots.Measured:
-    """Rank results -> one row per method: measured MB (the larger over ranks) next to the formula's."""
-    rows = []
-    for method_rows in zip(*ranks, strict=True):
-        r0 = method_rows[0]
-        stage, (p, g, k) = METHODS[r0["method"]]
-        f = zero_memory(r0["numel"], stage, r0["world_size"], k, p, g)
-        grads = max(model_state_grads(r) for r in method_rows)
-        measured = {part: max(r[part] for r in method_rows) for part in ("params", "optimizer", "buffers")}
-        total = measured["params"] + grads + measured["optimizer"]
-        rows.append({
-            "method": r0["method"], "stage": stage, "bytes P/G/K": f"{p}/{g}/{k}", "params_M": r0["numel"] / 1e6,
-            "params_MB": measured["params"] / 1e6, "grads_MB": grads / 1e6, "optimizer_MB": measured["optimizer"] / 1e6,
-            "total_MB": total / 1e6, "formula_MB": f.total / 1e6, "measured/formula": total / f.total,
-            "formula_params_MB": f.params / 1e6, "formula_grads_MB": f.grads / 1e6,
-            "formula_optimizer_MB": f.optimizer / 1e6, "other_buffers_MB": measured["buffers"] / 1e6,
-            "grads_kept_after_backward_MB": max(r["grads"] for r in method_rows) / 1e6,
-            "comm_MB_per_step": r0["comm_bytes"] / 1e6,
-            "comm_formula_MB": comm_volume(r0["numel"], stage, 4) / 1e6, "comm_ops": r0["comm_ops"],
-            "final_loss": r0["losses"][-1], "seconds": r0["seconds"],
-        })  # fmt: skip
-    df = results_frame(rows, world_size=ranks[0][0]["world_size"])
-    fig = stacked_bars(df, "method", ["params_MB", "grads_MB", "optimizer_MB"],
-                       f"Model-state bytes per rank, {df.params_M.iloc[0]:.1f} M params on {len(ranks)} ranks (fp32)",
-                       "MB per rank")
-    fig.add_trace(go.Scatter(x=df.method, y=df.formula_MB, mode="markers", name="formula",
-                             marker=dict(symbol="line-ew-open", size=40, line=dict(width=3, color="black"))))
-    return plots.Measured(df, fig)
-
-
-def comm_figure(df: pd.DataFrame) -> go.Figure:
-    """Bytes per rank per training step through collectives: measured vs the ZeRO paper's 2Ψ / 3Ψ."""
-    long = pd.concat([df[["method"]].assign(kind="measured", MB=df.comm_MB_per_step),
-                      df[["method"]].assign(kind="formula (2Ψ, stage 3: 3Ψ)", MB=df.comm_formula_MB)])
-    long.attrs = df.attrs
-    return plots.bars(long, "method", "MB", "Communication per training step, per rank", color="kind",
-                      ylabel="MB per rank per step", text_format=".0f")
+    join_deepspeed()  # DeepSpeed's extension cache, logging and shm op (an inference-only op training need not build)
+    return RankTraining(dist.get_rank(), tuple(_train(m, hidden, layers, batch, steps, lr) for m in methods))

@@ -1,1 +1,7 @@
-"""An inference server with swappable schedulers, a model repository and a load generator (labs 02, 12)."""
+"""An inference server with swappable batching policies, a model repository and a load generator.
+
+request (Request, SamplingParams, status) -> engine (admission, the worker loop; policies: sync | dynamic |
+continuous; kv_batch: the model runner; hf_engine: transformers' continuous batching) -> handlers and app (the
+OpenAI-compatible HTTP API) -> repository (versions, canary), metrics (Prometheus text), loadgen, cli.
+Nothing is imported here: `labkit serve --help` must not import torch.
+"""

@@ -6,8 +6,12 @@ import argparse
 import json
 import sys
 
+from labkit.serving.limits import Limits  # dataclasses only: cheap to import
+
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    """Load `--model` and serve it until interrupted; returns the exit status."""
+    # Imported here, not at the top: building the parser (every `labkit` command) must not import torch.
     import uvicorn
 
     from labkit.serving.app import create_app
@@ -15,7 +19,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: listening on {args.host}: anyone who can reach it can use the model", file=sys.stderr)
-    repo = ModelRepository(args.scheduler, max_batch=args.max_batch, max_queue=args.max_queue)
+    repo = ModelRepository(args.scheduler, limits=Limits(max_batch=args.max_batch, max_queue=args.max_queue))
     repo.load(args.name or args.model, args.version, source=args.model, dtype=args.dtype)
     app = create_app(repo, max_tokens_limit=args.max_tokens, request_timeout_s=args.timeout)
     print(f"serving {args.model} ({args.scheduler}) on http://{args.host}:{args.port}/v1", file=sys.stderr)
@@ -27,7 +31,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_loadgen(args: argparse.Namespace) -> int:
-    from labkit.serving.loadgen import run_load
+    """Drive a local server and print the summary; exit status 1 if any request failed."""
+    from labkit.serving.loadgen import run_load  # pandas and httpx: only when the command runs
 
     res = run_load(args.url, args.model, mode=args.mode, clients=args.clients, rate=args.rate,
                    requests=args.requests, duration_s=args.duration, max_tokens=args.max_tokens)
@@ -35,7 +40,7 @@ def cmd_loadgen(args: argparse.Namespace) -> int:
     return 0 if res.summary["failed"] == 0 else 1
 
 
-# Spelled out, not imported: building the parser must not import torch (tests check it matches SCHEDULERS).
+# Spelled out, not imported: building the parser must not import torch (a test checks it matches SCHEDULERS).
 SCHEDULER_NAMES = ("sync", "dynamic", "continuous", "hf-continuous")
 
 
@@ -45,7 +50,7 @@ def add_commands(sub) -> None:
     p.add_argument("--model", default="smollm2-135m", help="labkit model name, Hub id or folder")
     p.add_argument("--name", default=None, help="name clients use in requests (default: --model)")
     p.add_argument("--version", default="v1")
-    p.add_argument("--dtype", default="float32")
+    p.add_argument("--dtype", default="fp32", help="fp32 | bf16 | fp16")
     p.add_argument("--scheduler", default="continuous", choices=SCHEDULER_NAMES)
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--max-queue", type=int, default=64, help="queued requests before answering 429")
@@ -67,10 +72,12 @@ def add_commands(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run the command `add_commands` attached to the parsed arguments."""
     return args.func(args)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m labkit.serving serve|loadgen ...`; returns the exit status (2 for bad input)."""
     parser = argparse.ArgumentParser(prog="python -m labkit.serving", description="labkit inference server")
     add_commands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)

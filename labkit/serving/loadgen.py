@@ -26,7 +26,13 @@ DEFAULT_PROMPTS = ("ROMEO:\n", "JULIET:\nO Romeo,", "KING HENRY:\nOnce more unto
 
 
 def check_loopback(url: str) -> None:
-    """Refuse anything but this machine: a load generator must not be pointed at someone else's server."""
+    """Refuse anything but this machine: a load generator must not be pointed at someone else's server.
+
+    Args:
+        url: the server's base URL.
+    Raises:
+        ValueError: for any host but localhost or a loopback address.
+    """
     host = urlparse(url).hostname or ""
     if host == "localhost":
         return
@@ -40,6 +46,8 @@ def check_loopback(url: str) -> None:
 
 @dataclass
 class LoadResult:
+    """What a load run measured: one record per request sent, and the summary (`summarize`)."""
+
     records: pd.DataFrame  # one row per request sent
     summary: dict  # throughput, latency percentiles, accounting
 
@@ -127,7 +135,22 @@ def _run(coro):
 def run_load(url: str, model: str, prompts: list[str] | tuple[str, ...] = DEFAULT_PROMPTS, mode: str = "closed",
              clients: int = 4, rate: float = 4.0, requests: int = 32, duration_s: float = 60.0, max_tokens: int = 32,
              temperature: float = 0.0, timeout_s: float = 120.0, seed: int = 0) -> LoadResult:
-    """Drive the server at `url` (loopback only) and measure what every request experienced."""
+    """Drive the server at `url` (loopback only) and measure what every request experienced.
+
+    Args:
+        url: the server's base URL (127.0.0.1, ::1 or localhost). model: the model name to request.
+        prompts: cycled through by the requests. mode: 'closed' (`clients` users, each waits for its answer)
+            or 'open' (Poisson arrivals at `rate` per second).
+        clients: concurrent users (closed loop). rate: arrivals per second (open loop).
+        requests: requests to send in all. duration_s: stop sending after this many seconds.
+        max_tokens: new tokens per request. temperature: 0 = greedy. timeout_s: per request (s).
+        seed: seeds the arrivals and each request's sampling seed.
+    Returns:
+        LoadResult: records (index, sent_s, status, ttft_s, e2e_s, tokens, tpot_s, version, error; times in s)
+        and the summary (see `summarize`).
+    Raises:
+        ValueError: a non-loopback URL, an unknown mode (naming the valid ones) or a non-positive count.
+    """
     check_loopback(url)
     if mode not in ("closed", "open"):
         raise ValueError(f"unknown mode {mode!r}; choose from ['closed', 'open']")
@@ -143,6 +166,15 @@ def run_load(url: str, model: str, prompts: list[str] | tuple[str, ...] = DEFAUL
 
 
 def summarize(df: pd.DataFrame, wall_s: float, **meta) -> dict:
+    """Throughput, latency percentiles and accounting of a load run.
+
+    Args:
+        df: one row per request (`LoadResult.records`). wall_s: the run's wall time (s).
+        **meta: extra keys copied into the summary (mode, clients, rate).
+    Returns:
+        sent, succeeded (HTTP 200), rejected (another status, by status), failed (no answer); requests_per_s and
+        tokens_per_s over the wall time; TTFT, TPOT and end-to-end percentiles of the successful requests (s).
+    """
     ok = df[df.status == 200]
     rejected = df[df.status.notna() & (df.status != 200)]
 
@@ -160,7 +192,14 @@ def summarize(df: pd.DataFrame, wall_s: float, **meta) -> dict:
 
 
 def sweep(url: str, model: str, clients: list[int] = (1, 4, 16), requests_per_client: int = 4, **kw) -> Measured:
-    """Closed-loop runs at rising concurrency: the latency-throughput curve of one server."""
+    """Closed-loop runs at rising concurrency: the latency-throughput curve of one server.
+
+    Args:
+        url: the server's base URL (loopback). model: the model name. clients: concurrency levels.
+        requests_per_client: requests each client sends per level. **kw: more `run_load` arguments.
+    Returns:
+        Measured: one summary row per concurrency level, and the latency-throughput figure.
+    """
     rows = []
     for n in clients:
         res = run_load(url, model, mode="closed", clients=n, requests=n * requests_per_client, **kw)
@@ -169,7 +208,14 @@ def sweep(url: str, model: str, clients: list[int] = (1, 4, 16), requests_per_cl
 
 
 def latency_throughput_figure(df: pd.DataFrame, by: str | None = None, title: str | None = None):
-    """Median / p99 latency against tokens/s, one line per `by` value (e.g. scheduler)."""
+    """Median / p99 latency against tokens/s, one line per `by` value (e.g. scheduler).
+
+    Args:
+        df: summary rows (`summarize`). by: a column to draw one line per value of (median latency only).
+        title: the figure's title.
+    Returns:
+        a plotly Figure.
+    """
     import plotly.graph_objects as go
 
     if by is None:

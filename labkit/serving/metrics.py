@@ -22,6 +22,8 @@ def _labels(labels: Labels) -> str:
 
 
 class Metric:
+    """A named metric with its help text; subclasses render their samples as text lines."""
+
     kind = "untyped"
 
     def __init__(self, name: str, help: str):
@@ -33,6 +35,8 @@ class Metric:
 
 
 class Counter(Metric):
+    """A value that only goes up, per label set: `inc(amount, **labels)`."""
+
     kind = "counter"
 
     def __init__(self, name: str, help: str):
@@ -62,6 +66,8 @@ class Gauge(Metric):
 
 
 class Histogram(Metric):
+    """Observations counted into cumulative buckets (upper bounds, s by default), with their sum and count."""
+
     kind = "histogram"
 
     def __init__(self, name: str, help: str, buckets: tuple[float, ...] = LATENCY_BUCKETS):
@@ -92,6 +98,8 @@ class Histogram(Metric):
 
 
 class Registry:
+    """The metrics a server exposes; `render()` is the text a Prometheus scrape reads."""
+
     def __init__(self) -> None:
         self.metrics: list[Metric] = []
 
@@ -107,7 +115,13 @@ _LINE = re.compile(r'^([a-zA-Z_:][\w:]*)(\{[^}]*\})?\s+(\S+)$')
 
 
 def parse(text: str) -> dict[tuple[str, Labels], float]:
-    """Prometheus text -> {(name, labels): value} (comments skipped)."""
+    """Read Prometheus text back (comments skipped).
+
+    Args:
+        text: a scrape, e.g. GET /metrics.
+    Returns:
+        {(metric name, sorted ((label, value), ...)): sample value}.
+    """
     out = {}
     for line in text.splitlines():
         m = _LINE.match(line.strip())
@@ -119,6 +133,13 @@ def parse(text: str) -> dict[tuple[str, Labels], float]:
 
 
 def total(parsed: dict, name: str, **match: str) -> float:
-    """Sum of a metric's samples whose labels include `match`."""
+    """Sum of a metric's samples whose labels include `match`.
+
+    Args:
+        parsed: the output of `parse`. name: a sample name (e.g. "labkit_requests_total").
+        **match: labels the samples must have (e.g. status="200").
+    Returns:
+        the sum (0.0 if none match).
+    """
     want = {(k, str(v)) for k, v in match.items()}
     return sum(v for (n, labels), v in parsed.items() if n == name and want <= set(labels))

@@ -62,6 +62,11 @@ def response(rid: str, model: str, chat: bool, choices: list[dict], usage: dict 
     return body
 
 
+def model_card(model: str, created: float, versions: list[str]) -> dict:
+    """One entry of GET /v1/models (`created`: Unix time in s), with labkit's loaded versions added."""
+    return {"id": model, "object": "model", "created": int(created), "owned_by": "labkit", "versions": versions}
+
+
 def usage(prompt: int, completion: int) -> dict:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 

@@ -1,8 +1,8 @@
-"""Model management: named models with versions, each served by its own scheduler; canary and rollback.
+"""Model management: named models with versions, each served by its own engine; canary and rollback.
 
-    repo = ModelRepository()
+    repo = ModelRepository("continuous", max_batch=8)                     # scheduler and limits for every version
     repo.load("shakespeare", "v1", source="tiny-bloom-shakespeare")       # the first version is stable
-    repo.load("shakespeare", "v2", source="tiny-bloom-shakespeare", dtype="bfloat16")
+    repo.load("shakespeare", "v2", source="tiny-bloom-shakespeare", dtype="bf16")
     repo.set_canary("shakespeare", "v2", share=0.2)                       # 20 % of traffic to v2
     repo.rollback("shakespeare")                                          # all traffic back to v1, v2 unloaded
 """
@@ -16,7 +16,39 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from labkit.serving.schedulers import Scheduler, make_scheduler
+from labkit import precision
+from labkit.models import load_model
+from labkit.serving.engine import BatchEngine, Engine
+from labkit.serving.hf_engine import HFEngine
+from labkit.serving.limits import Limits
+from labkit.serving.policies import get_policy
+
+SCHEDULERS = ("sync", "dynamic", "continuous", "hf-continuous")  # labkit's three policies, then transformers'
+
+
+def _check_scheduler(name: str) -> None:
+    if name not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler {name!r}; choose from {list(SCHEDULERS)}")
+
+
+def make_engine(scheduler: str, model, tokenizer, limits: Limits | None = None, **overrides) -> Engine:
+    """A started engine for `model`.
+
+    Args:
+        scheduler: 'sync', 'dynamic' or 'continuous' (labkit's engine with that batching policy), or
+            'hf-continuous' (transformers' continuous batching).
+        model: a transformers causal LM. tokenizer: its tokenizer.
+        limits: base limits (defaults when None). **overrides: limits by name (max_batch, max_queue, ...).
+    Returns:
+        the engine, its worker thread running.
+    Raises:
+        ValueError: an unknown scheduler or limit (naming the valid ones), or a model 'hf-continuous' cannot run.
+    """
+    _check_scheduler(scheduler)
+    limits = Limits.of(limits, **overrides)
+    if scheduler == "hf-continuous":
+        return HFEngine(model, tokenizer, limits).start()
+    return BatchEngine(model, tokenizer, get_policy(scheduler), limits).start()
 
 
 @dataclass
@@ -26,19 +58,19 @@ class Deployment:
     model: str
     version: str
     source: str  # a labkit model name, Hub id or folder
-    dtype: str
-    scheduler: Scheduler
+    dtype: str  # one of labkit.precision.PRECISIONS
+    engine: Engine
     load_s: float
     loaded_at: float = field(default_factory=time.time)
 
     @property
     def tokenizer(self):
-        return self.scheduler.tokenizer
+        return self.engine.tokenizer
 
     @property
     def context(self) -> int:
         """Longest prompt + completion the model can take (2048 for ALiBi models without a limit)."""
-        return int(getattr(self.scheduler.model.config, "max_position_embeddings", None) or 2048)
+        return int(getattr(self.engine.model.config, "max_position_embeddings", None) or 2048)
 
 
 @dataclass
@@ -49,26 +81,48 @@ class _Route:
 
 
 class ModelRepository:
-    def __init__(self, scheduler: str = "continuous", seed: int = 0, **limits):
-        self.default_scheduler, self.default_limits = scheduler, limits
+    """Served models by name and version, each version with its own engine; routes requests, canary included.
+
+    Args:
+        scheduler: the default scheduler of every version (one of SCHEDULERS).
+        seed: seeds the canary split, so it is reproducible.
+        limits: default limits of every version. **overrides: limits by name (max_batch=8, max_queue=16, ...).
+    Raises:
+        ValueError: an unknown scheduler or limit, naming the valid ones.
+    """
+
+    def __init__(self, scheduler: str = "continuous", seed: int = 0, limits: Limits | None = None, **overrides):
+        _check_scheduler(scheduler)
+        self.default_scheduler, self.default_limits = scheduler, Limits.of(limits, **overrides)
         self.deployments: dict[tuple[str, str], Deployment] = {}
         self.routes: dict[str, _Route] = {}
         self._rng = random.Random(seed)  # seeded: a canary split is reproducible
         self._lock = threading.Lock()
 
-    def load(self, model: str, version: str, source: str | None = None, dtype: str = "float32",
+    def load(self, model: str, version: str, source: str | None = None, dtype: str = "fp32",
              scheduler: str | None = None, loaded=None, **limits) -> Deployment:
-        """Load `source` (default: `model`) and start a scheduler for it; `loaded` = a ready (model, tokenizer)."""
+        """Load a version of a served model and start its engine.
+
+        Args:
+            model: the name clients send. version: this version's name (the first loaded is the stable one).
+            source: a labkit model name, Hub id or folder (default: `model`).
+            dtype: fp32 | bf16 | fp16 (aliases such as "bfloat16" accepted).
+            scheduler: this version's scheduler (default: the repository's). loaded: a ready (model, tokenizer).
+            **limits: this version's limits on top of the repository's.
+        Returns:
+            the Deployment.
+        Raises:
+            ValueError: the version is already loaded, or an unknown scheduler, limit or dtype (before loading).
+        """
         if (model, version) in self.deployments:
             raise ValueError(f"{model!r} version {version!r} is already loaded; unload it first")
+        scheduler = scheduler or self.default_scheduler
+        _check_scheduler(scheduler)
+        limits, dtype = Limits.of(self.default_limits, **limits), precision.canonical(dtype)
         start = time.perf_counter()
-        if loaded is None:
-            from labkit.models import load_model
-
-            loaded = load_model(source or model, dtype=dtype, device="cpu")
-        net, tok = loaded
-        sched = make_scheduler(scheduler or self.default_scheduler, net, tok, **{**self.default_limits, **limits})
-        dep = Deployment(model, version, source or model, dtype, sched, time.perf_counter() - start)
+        net, tok = loaded if loaded is not None else load_model(source or model, dtype=dtype, device="cpu")
+        engine = make_engine(scheduler, net, tok, limits)
+        dep = Deployment(model, version, source or model, dtype, engine, time.perf_counter() - start)
         with self._lock:
             self.deployments[(model, version)] = dep
             self.routes.setdefault(model, _Route(stable=version))
@@ -76,12 +130,16 @@ class ModelRepository:
 
     def _get(self, model: str, version: str) -> Deployment:
         if (model, version) not in self.deployments:
-            have = [v for m, v in self.deployments if m == model]
-            raise ValueError(f"{model!r} has no version {version!r}; loaded versions: {have}")
+            raise ValueError(f"{model!r} has no version {version!r}; loaded versions: {self.versions(model)}")
         return self.deployments[(model, version)]
 
     def models(self) -> list[str]:
+        """The served model names."""
         return list(self.routes)
+
+    def versions(self, model: str) -> list[str]:
+        """The loaded versions of `model`, in load order."""
+        return [v for m, v in self.deployments if m == model]
 
     def set_canary(self, model: str, version: str, share: float) -> None:
         """Send `share` of `model`'s traffic to `version` (already loaded), the rest to the stable version."""
@@ -127,25 +185,26 @@ class ModelRepository:
     def unload(self, model: str, version: str, drain: bool = True) -> None:
         dep = self._get(model, version)
         route = self.routes[model]
-        if version == route.stable and len([v for m, v in self.deployments if m == model]) > 1:
+        if version == route.stable and len(self.versions(model)) > 1:
             raise ValueError(f"{version!r} is the stable version of {model!r}: promote or roll back first")
         with self._lock:
             del self.deployments[(model, version)]
             if version == route.stable:
                 del self.routes[model]
-        dep.scheduler.stop(drain=drain)
+        dep.engine.stop(drain=drain)
 
     def close(self, drain: bool = True) -> None:
-        """Stop every scheduler (draining in-flight requests by default)."""
+        """Stop every engine (draining in-flight requests by default)."""
         for dep in list(self.deployments.values()):
-            dep.scheduler.stop(drain=drain)
+            dep.engine.stop(drain=drain)
 
     def table(self) -> pd.DataFrame:
+        """One row per loaded version: source, dtype, scheduler, traffic share, load time (s), queue, running."""
         rows = []
         for (model, version), dep in self.deployments.items():
             r = self.routes[model]
             share = r.share if version == r.canary else 1 - (r.share if r.canary else 0.0)
             rows.append({"model": model, "version": version, "source": dep.source, "dtype": dep.dtype,
-                         "scheduler": dep.scheduler.name, "traffic_share": share, "load_s": round(dep.load_s, 2),
-                         "queue": dep.scheduler.queue_depth, "running": len(dep.scheduler.running)})
+                         "scheduler": dep.engine.name, "traffic_share": share, "load_s": round(dep.load_s, 2),
+                         "queue": dep.engine.queue_depth, "running": len(dep.engine.running)})
         return pd.DataFrame(rows)

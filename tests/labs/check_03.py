@@ -2,18 +2,22 @@
 
 import pytest  # noqa: F401
 
+from labkit import models, precision
+
 
 def check(r: dict) -> None:
-    assert r["parity_ok"] and r["max_relative_diff"] < 1e-4  # every format computes what PyTorch computes
+    layers = models.get_config("tiny-bloom").n_layer  # from the model's config, not from the notebook
+    assert r["parity_ok"] and r["max_relative_diff"] <= precision.tolerance("fp32")  # every format computes the same
     nodes = r["bloom_nodes"]
     assert nodes["all"] < nodes["basic"] < nodes["exported (raw)"]  # optimisation shrinks the graph
     assert "com.microsoft:FastGelu" in r["bloom_fused_ops"]
-    assert r["fastgelu_nodes"] == r["n_layers"] == 4
-    assert r["bn_folded"] == 2
+    assert r["fastgelu_nodes"] == r["n_layers"] == layers  # one fused GELU per layer
+    assert r["bn_folded"] == 2  # the digits CNN's two BatchNorms after convolutions
     assert "com.microsoft.nchwc:Conv" in r["cnn_layout_ops"]  # the NCHWc layout change
     assert r["folding_nodes"][1] < r["folding_nodes"][0]
     # BLOOM's ALiBi attention: no ORT fusion finds it; the export patch writes one Attention node per layer
     assert r["transformer_attention_fusions"] == 0
-    assert r["attention_nodes"] == {"plain export": 0, "fused attention": r["n_layers"]}
+    assert r["attention_nodes"] == {"plain export": 0, "fused attention": layers}
     assert r["nodes_after_all"]["fused attention"] < 0.7 * r["nodes_after_all"]["plain export"]
-    assert r["attention_speedups"]["ORT, fused attention"] > 1.2 and r["attention_max_relative_diff"] < 1e-4
+    assert r["attention_speedups"]["ORT, fused attention"] > 1.2
+    assert r["attention_max_relative_diff"] <= precision.tolerance("fp32")

@@ -1,6 +1,9 @@
-"""Lab 05: checks on the results its smoke run recorded."""
+"""Lab 05 (quantization): recorded results against the quantizers' formats, hand counts and published numbers."""
 
-import pytest  # noqa: F401
+import pytest
+
+from labkit.models import specs
+from tests.hand_counts import bloom_params, llama_params
 
 
 def check(r: dict) -> None:
@@ -11,5 +14,8 @@ def check(r: dict) -> None:
     assert r["top1_agreement"]["fp32"] == 1.0
     assert all(r["errors"].values())  # a quantizer that could not run says why
     claims = r["claims_GB"]
-    assert 60 < claims["llama-30b/float16"] < 70 and 30 < claims["llama-30b/int8"] < 35
-    assert 352 <= claims["bloom-176b/bfloat16"] < 353
+    llama_30b = llama_params(specs.MODEL_CONFIGS["llama-30b"]) / 1e9
+    assert claims["llama-30b/fp16"] == pytest.approx(2 * llama_30b)  # 2 bytes per weight
+    assert claims["llama-30b/int8"] == pytest.approx(llama_30b)  # 1 byte per weight
+    assert claims["bloom-176b/bf16"] == pytest.approx(2 * bloom_params(specs.MODEL_CONFIGS["bloom-176b"]) / 1e9)
+    assert specs.BLOOM_176B_BF16_GB <= claims["bloom-176b/bf16"] < specs.BLOOM_176B_BF16_GB + 1  # the published 352 GB

@@ -4,7 +4,7 @@ import pytest  # noqa: F401
 
 
 def check(r: dict) -> None:
-    assert len(r["methods"]) == 10
+    assert len(r["methods"]) == 10 and all(v > 0 for v in r["tokens_per_s"].values())
     lp = r["mean_logprob"]
     assert lp["greedy"] > lp["sample"]  # greedy's text is the more likely one
     assert r["distinct_2"]["sample"] >= r["distinct_2"]["greedy"]  # sampling is more diverse

@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 
 from labkit import data
 
@@ -68,3 +69,14 @@ def test_tokenizer_round_trips_text():
 
 def test_demo_prompts():
     assert len(data.DEMO_PROMPTS) >= 3 and "What is the capital of France?" in data.DEMO_PROMPTS
+
+
+def test_eval_tokens_are_fixed_windows_of_the_test_plays():
+    tok = data.shakespeare_tokenizer()
+    windows = data.eval_tokens(tok, budget=1000, window=256)
+    assert windows.shape == (3, 256) and windows.dtype == torch.long  # 1000 rounded down to whole windows
+    assert torch.equal(windows, data.eval_tokens(tok, budget=1000, window=256))
+    start = tok.decode(windows[0, :20].tolist())
+    assert start and start in data.shakespeare("test") and start not in data.shakespeare("train")
+    with pytest.raises(ValueError, match="at least one window"):
+        data.eval_tokens(tok, budget=100, window=256)

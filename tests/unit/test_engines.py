@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from labkit import engines
+from labkit import engines, hardware, precision
 from labkit.engines import base
 
 CPU_ENGINES = ["torch-eager", "torchscript", "torch-compile", "onnxruntime", "openvino"]
@@ -34,7 +34,7 @@ def test_fp32_parity_with_eager(name, workload):
     graph = workload_graph(workload, batch_size=2, seq_len=16)
     session = engines.get_engine(name).prepare(graph, num_threads=2)
     parity = engines.check_parity(session, graph)  # raises ParityError with the numbers
-    assert parity.ok and parity.relative_diff <= engines.TOLERANCE["fp32"]
+    assert parity.ok and parity.relative_diff <= precision.tolerance("fp32")
     assert session.info.engine == name and session.info.precision == "fp32" and session.info.threads == 2
     assert session.info.prepare_s > 0
 
@@ -44,7 +44,7 @@ def test_bf16_is_close_but_not_exact(name):
     need(name)
     graph = engines.graph_for("tiny-llama", batch_size=1, seq_len=16)
     parity = engines.check_parity(engines.get_engine(name).prepare(graph, precision="bf16"), graph)
-    assert 0 < parity.relative_diff <= engines.TOLERANCE["bf16"]
+    assert 0 < parity.relative_diff <= precision.tolerance("bf16")
 
 
 def test_dynamic_shapes_one_session_many_shapes():
@@ -90,6 +90,7 @@ def test_unavailable_engine_says_why():
         engines.get_engine("tensorrt")
     with pytest.raises(engines.EngineUnavailable, match="needs an NVIDIA GPU"):
         engines.ENGINES["tensorrt"].prepare(engines.graph_for("digits-cnn"))
+    assert issubclass(engines.EngineUnavailable, hardware.Unavailable)  # what experiments skip, and nothing else
 
 
 def test_bad_precision_and_threads_are_refused():
@@ -99,6 +100,10 @@ def test_bad_precision_and_threads_are_refused():
         engines.get_engine("onnxruntime").prepare(graph, precision="bf16")
     with pytest.raises(ValueError, match="num_threads must be >= 1"):
         engines.get_engine("torch-eager").prepare(graph, num_threads=0)
+    with pytest.raises(ValueError, match=r"unknown precision 'fp8'; choose from \['fp32'"):
+        engines.get_engine("torch-eager").prepare(graph, precision="fp8")
+    eager = engines.get_engine("torch-eager").prepare(graph, precision="bfloat16")  # an alias, at the edge
+    assert eager.info.precision == "bf16"
     with pytest.raises(ValueError, match="unknown provider"):
         engines.get_engine("onnxruntime").prepare(graph, provider="rocm")
     with pytest.raises(ValueError, match="unknown workload"):

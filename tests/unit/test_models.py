@@ -2,11 +2,11 @@ import json
 
 import pytest
 import torch
-from transformers import BloomConfig
+from transformers import AutoConfig
 
-from labkit import models
-from labkit.hardware import CapabilityMissing
-from labkit.models import smollm2
+from labkit import models, precision
+from labkit.hardware import CapabilityMissing, Unavailable
+from labkit.models import smollm2, specs
 
 
 @pytest.fixture(scope="module")
@@ -14,7 +14,7 @@ def smollm():
     if not smollm2.is_prepared() and smollm2.find_gguf() is None:
         try:
             smollm2.download_gguf()
-        except RuntimeError as err:  # e.g. a GPU box without network; `make test` prepares it first
+        except Unavailable as err:  # e.g. a GPU box without network; `make test` prepares it first
             pytest.skip(f"SmolLM2 is not prepared and cannot be downloaded here: {err}")
     return models.load_model("smollm2-135m", device="cpu")
 
@@ -51,11 +51,41 @@ def test_memory_estimate_of_smollm2_matches_loaded_model(smollm):
     assert models.estimate_memory("smollm2-135m").params == sum(p.numel() for p in model.parameters()) == 134_515_008
 
 
+def _bloom_176b_config():
+    fields = dict(specs.MODEL_CONFIGS["bloom-176b"])
+    return AutoConfig.for_model(fields.pop("model_type"), **fields)
+
+
 def test_estimate_for_bloom_176b_allocates_nothing():
-    cfg = BloomConfig(n_layer=70, hidden_size=14336, n_head=112, vocab_size=250880)
-    est = models.estimate_memory(cfg, "bfloat16")
-    assert 176e9 < est.params < 177e9
-    assert 350 < est.bytes / 1e9 < 355  # "BLOOM-176B needs 352 GB in bf16"
+    est = models.estimate_memory(_bloom_176b_config(), "bfloat16")
+    assert 176e9 < est.params < 177e9  # the name says 176B
+    assert est.bytes / 1e9 == pytest.approx(specs.BLOOM_176B_BF16_GB, rel=0.01)  # counted on meta vs published
+    by_name = models.estimate_memory("bloom-176b", "bf16")  # the published architecture resolves by name too
+    assert (by_name.params, by_name.bytes, by_name.dtype) == (est.params, est.bytes, "bf16")
+    with pytest.raises(models.ModelNotAvailable, match="no weights here"):
+        models.load_model("bloom-176b", device="cpu")  # refused before anything is allocated
+
+
+def test_resolve_once_carries_config_params_and_bytes():
+    spec = models.resolve("tiny-llama")
+    assert models.resolve("tiny-llama") is spec  # resolved once per process
+    model, _ = models.load_model("tiny-llama", device="cpu")
+    assert spec.params == sum(p.numel() for p in model.parameters())
+    assert spec.weight_bytes("fp32") == 4 * spec.params and spec.weight_bytes("bfloat16") == 2 * spec.params
+    assert (spec.config.model_type, spec.config.num_hidden_layers) == ("llama", model.config.num_hidden_layers)
+    copy = models.get_config("tiny-llama")
+    copy.num_hidden_layers = 99  # a caller changing its config does not change the registry's
+    assert models.resolve("tiny-llama").config.num_hidden_layers == 4
+
+
+def test_precision_aliases_load_the_same_dtype_and_show_canonical_names():
+    for alias in ("bf16", "bfloat16", torch.bfloat16):
+        model, _ = models.load_model("tiny-bloom", dtype=alias, device="cpu")
+        assert next(model.parameters()).dtype == torch.bfloat16
+    assert models.estimate_memory("tiny-bloom").dtype == "fp32"  # the default, shown canonically
+    assert models.estimate_memory("tiny-bloom", "float16").dtype == "fp16"
+    int4 = models.estimate_memory("tiny-bloom", "int4")
+    assert int4.bytes == int(int4.params * precision.bytes_per_value("int4"))
 
 
 def test_tiny_models_are_deterministic_and_load_in_dtype():
@@ -69,9 +99,11 @@ def test_tiny_models_are_deterministic_and_load_in_dtype():
 def test_unknown_names_list_the_choices():
     with pytest.raises(ValueError, match=r"unknown model 'gpt-9'; choose from \['smollm2-135m'"):
         models.load_model("gpt-9")
-    with pytest.raises(ValueError, match=r"choose from \['float32', 'bfloat16', 'float16'\]"):
+    with pytest.raises(ValueError, match=r"choose from \['fp32', 'bf16', 'fp16'\]"):
         models.load_model("tiny-bloom", dtype="int3")
-    with pytest.raises(ValueError, match="choose from 'auto', 'cpu'"):
+    with pytest.raises(ValueError, match=r"choose from \['fp32', 'bf16', 'fp16'\]"):
+        models.load_model("tiny-bloom", dtype="int8")  # a storage precision, not one a model loads in
+    with pytest.raises(ValueError, match=r"choose from \['auto', 'cpu'"):
         models.load_model("tiny-bloom", device="tpu")
     with pytest.raises(ValueError, match="unknown model"):
         models.estimate_memory("gpt-9")
@@ -98,8 +130,8 @@ def test_local_folder_goes_through_from_pretrained(tmp_path):
 
 
 def test_too_big_model_is_refused_before_allocating(tmp_path):
-    BloomConfig(n_layer=70, hidden_size=14336, n_head=112, vocab_size=250880).save_pretrained(tmp_path)
-    assert json.loads((tmp_path / "config.json").read_text())["n_layer"] == 70
+    _bloom_176b_config().save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["n_layer"] == specs.MODEL_CONFIGS["bloom-176b"]["n_layer"]
     with pytest.raises(models.ModelNotAvailable, match=r"needs about \d+\.\d GiB on cpu .* GiB is free"):
         models.load_model(str(tmp_path), dtype="bfloat16", device="cpu")
 
@@ -108,7 +140,11 @@ def test_complete_uses_plain_prompt_for_non_chat_models(tiny_bloom):
     model, tok = tiny_bloom
     enc = models.encode_prompt(tok, "ROMEO:")
     assert enc["input_ids"].shape == (1, len(tok("ROMEO:")["input_ids"]))
-    assert isinstance(models.complete(model, tok, "ROMEO:", max_new_tokens=4), str)
+    # only the new text comes back: the prompt followed by it is what generate() produced, token for token
+    new = models.complete(model, tok, "ROMEO:", max_new_tokens=4)
+    out = model.generate(**enc, max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert new == tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert out.shape[1] == enc["input_ids"].shape[1] + 4
 
 
 def test_chat_template_is_applied_for_chat_models(smollm):

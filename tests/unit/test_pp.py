@@ -6,6 +6,7 @@ import statistics
 import pytest
 import torch
 
+from labkit.experiments import parallelism
 from labkit.parallel import pp
 from labkit.parallel.launch import run_distributed
 
@@ -14,7 +15,7 @@ MICROBATCHES = (1, 2, 4, 8)
 
 @pytest.fixture(scope="module")
 def ranks():
-    return run_distributed(pp.pp_rank, pipeline=dict(batch=4, seq=16, steps=2, microbatches=2),
+    return run_distributed(parallelism.modes_rank, pipeline=dict(batch=4, seq=16, steps=2, microbatches=2),
                            bubble=dict(microbatches=MICROBATCHES, repeat=5), world_size=2, backend="gloo",
                            timeout=240)  # fmt: skip
 
@@ -28,37 +29,53 @@ def test_split_layers():
 
 @pytest.mark.parametrize("kind", ["naive", "gpipe"])
 def test_pipeline_output_equals_single_process(ranks, kind):
-    last = ranks[-1]["pipeline"]
-    assert last[f"{kind}_logits"].shape == last["reference_logits"].shape == (4, 16, 4096)
-    assert torch.allclose(last[f"{kind}_logits"], last["reference_logits"], atol=1e-5, rtol=0)
-    assert [r["pipeline"]["layers"] for r in ranks] == [(0, 2), (2, 4)]
+    last = ranks[-1].pipeline
+    assert getattr(last, f"{kind}_logits").shape == last.reference_logits.shape == (4, 16, 4096)
+    assert torch.allclose(getattr(last, f"{kind}_logits"), last.reference_logits, atol=1e-5, rtol=0)
+    assert last.max_diff()[kind] < 1e-5
+    assert [r.pipeline.layers for r in ranks] == [(0, 2), (2, 4)]
+    with pytest.raises(ValueError, match="last rank"):
+        ranks[0].pipeline.max_diff()  # only the last stage holds logits
 
 
 def test_naive_pipeline_keeps_one_rank_busy_at_a_time(ranks):
-    computes = sorted((e for r in ranks for e in r["pipeline"]["naive_events"] if e["kind"] == "compute"),
-                      key=lambda e: e["start"])  # fmt: skip
-    assert [e["rank"] for e in computes] == [0, 1, 0, 1]  # 2 steps, each through both ranks in turn
-    assert all(a["end"] <= b["start"] for a, b in zip(computes, computes[1:], strict=False))  # never overlapping
-    kinds = {e["kind"] for r in ranks for e in r["pipeline"]["naive_events"]}
+    computes = sorted((e for r in ranks for e in r.pipeline.naive_events if e.kind == "compute"),
+                      key=lambda e: e.start)  # fmt: skip
+    assert [e.rank for e in computes] == [0, 1, 0, 1]  # 2 steps, each through both ranks in turn
+    assert all(a.end <= b.start for a, b in zip(computes, computes[1:], strict=False))  # never overlapping
+    kinds = {e.kind for r in ranks for e in r.pipeline.naive_events}
     assert kinds == {"compute", "send", "recv"}
 
 
 def test_gpipe_runs_every_microbatch_on_every_rank(ranks):
     for r in ranks:
-        computes = [e for e in r["pipeline"]["gpipe_events"] if e["kind"] == "compute"]
-        assert [e["label"] for e in computes] == ["mb0", "mb1"]
-    assert any(e["kind"] == "recv" for e in ranks[1]["pipeline"]["gpipe_events"])
+        computes = [e for e in r.pipeline.gpipe_events if e.kind == "compute"]
+        assert [e.label for e in computes] == ["mb0", "mb1"]
+    assert any(e.kind == "recv" for e in ranks[1].pipeline.gpipe_events)
 
 
 def test_measured_bubble_follows_the_gpipe_formula(ranks):
     for m in MICROBATCHES:
-        runs = zip(ranks[0]["bubble"]["runs"][m], ranks[1]["bubble"]["runs"][m], strict=True)
+        runs = zip(ranks[0].bubble.runs[m], ranks[1].bubble.runs[m], strict=True)
         measured = statistics.median(pp.idle_fractions(list(pair))["bubble"] for pair in runs)
         assert abs(measured - pp.bubble_formula(2, m)) < 0.1, (m, measured)
+    sweep = parallelism.bubble_sweep(ranks).table
+    assert list(sweep.microbatches) == list(MICROBATCHES)
+    assert (sweep.formula == [pp.bubble_formula(2, m) for m in MICROBATCHES]).all()
+    assert (sweep.difference.abs() < 0.1).all()
+
+
+def test_tables_and_timeline(ranks):
+    events = ranks[0].bubble.table()
+    assert set(events.kind) <= {"compute", "send", "recv"} and set(events.microbatches) == set(MICROBATCHES)
+    fig = parallelism.timeline_figure([r.pipeline.naive_events for r in ranks], "naive")
+    assert {t.name for t in fig.data} == {"compute", "send", "recv (waiting)"}
+    with pytest.raises(ValueError, match="micro-batches"):
+        parallelism.bubble_rank(microbatches=(3,), rows=8)
 
 
 def test_idle_fractions_on_a_made_up_schedule():
-    ev = lambda rank, a, b: {"rank": rank, "kind": "compute", "label": "", "start": a, "end": b}  # noqa: E731
+    ev = lambda rank, a, b: pp.Event(rank, "compute", "", a, b)  # noqa: E731
     # 2 stages, 3 micro-batches of 1 s each: span 4 s, each rank idle 1 s -> 1/4 = (p-1)/(m+p-1)
     r0 = [ev(0, 0, 1), ev(0, 1, 2), ev(0, 2, 3)]
     r1 = [ev(1, 1, 2), ev(1, 2, 3), ev(1, 3, 4)]
@@ -72,8 +89,8 @@ def test_pipeline_on_nccl():
     """Naive and GPipe pipelines with one GPU per stage (NCCL)."""
     if torch.cuda.device_count() < 2:
         pytest.skip(f"an NCCL pipeline needs 2 GPUs; this machine has {torch.cuda.device_count()}")
-    ranks = run_distributed(pp.pp_rank, pipeline=dict(batch=4, seq=16, steps=2, microbatches=2),
+    ranks = run_distributed(parallelism.modes_rank, pipeline=dict(batch=4, seq=16, steps=2, microbatches=2),
                             bubble=dict(microbatches=(1, 4), repeat=3), world_size=2, backend="nccl")  # fmt: skip
-    last = ranks[-1]["pipeline"]
+    last = ranks[-1].pipeline
     for kind in ("naive", "gpipe"):
-        assert torch.allclose(last[f"{kind}_logits"], last["reference_logits"], atol=1e-3, rtol=0)
+        assert torch.allclose(getattr(last, f"{kind}_logits"), last.reference_logits, atol=1e-3, rtol=0)

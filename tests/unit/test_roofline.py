@@ -1,4 +1,7 @@
-"""Roofline points per precision and the static vs dynamic KV cache comparison."""
+"""Roofline points per precision and the static vs dynamic KV cache comparison, timed through decoding.timing."""
+
+import ast
+import inspect
 
 import pytest
 
@@ -10,13 +13,13 @@ def test_static_cache_gives_greedy_the_same_tokens():
     result = roofline.static_vs_dynamic("tiny-llama", new_tokens=8, compile=False, repeat=1)
     assert list(result.table.variant) == ["dynamic cache", "static cache"]
     assert result.table.same_tokens_as_dynamic.all()
-    assert (result.table.decode_tok_s > 0).all()
+    assert (result.table.decode_tok_s > 0).all() and (result.table.first_call_s > 0).all()
 
 
 def test_precision_points_follow_the_bandwidth_formula():
     limits = {"bandwidth_GBps": 20.0, "flops": 2e11}  # given, so the test does not measure the machine
     points = roofline.precision_points("tiny-llama", precisions=("fp32", "bf16"), batch_sizes=(1, 2), new_tokens=4,
-                                       limits=limits)
+                                       limits=limits, repeat=1)  # fmt: skip
     params = models.estimate_memory("tiny-llama").params
     fp32 = points[(points.precision == "fp32") & (points.batch == 1)].iloc[0]
     embed = models.get_config("tiny-llama").vocab_size * 256 * 4  # untied input embedding: one row read per token
@@ -28,5 +31,13 @@ def test_precision_points_follow_the_bandwidth_formula():
     b2 = points[(points.precision == "fp32") & (points.batch == 2)].iloc[0]
     assert b2.intensity_flop_per_byte == pytest.approx(2 * fp32.intensity_flop_per_byte)
     assert (points.decode_tok_s > 0).all()
+    assert points.achieved_gflops.tolist() == pytest.approx((2 * params * points.decode_tok_s / 1e9).tolist())
     fig = roofline.roofline_figure(points)
     assert len(fig.data) == 3  # the roof + one series per engine/precision
+
+
+def test_roofline_times_through_decoding_timing_not_another_experiment():
+    tree = ast.parse(inspect.getsource(roofline))
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert "labkit.decoding" in imported and not any(m and m.startswith("labkit.experiments") for m in imported)

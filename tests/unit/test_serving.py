@@ -1,4 +1,4 @@
-"""Schedulers, metrics, repository and text streaming, without HTTP (fast, in-process)."""
+"""Engines and policies, limits, metrics, repository and text streaming, without HTTP (fast, in-process)."""
 
 import time
 
@@ -9,10 +9,12 @@ pytest.importorskip("fastapi", reason="the serving extra is not installed (pip i
 
 from labkit.models import encode_prompt, load_model
 from labkit.serving import metrics
+from labkit.serving.engine import sample_tokens
+from labkit.serving.hf_engine import check_supported
+from labkit.serving.policies import POLICIES
 from labkit.serving.protocol import TextStream
-from labkit.serving.repository import ModelRepository
-from labkit.serving.schedulers import SCHEDULERS, GenRequest, QueueFull, make_scheduler, pick_tokens
-from labkit.serving.schedulers.hf_continuous import check_supported
+from labkit.serving.repository import SCHEDULERS, ModelRepository, make_engine
+from labkit.serving.request import QueueFull, Request, SamplingParams, ShuttingDown, Status
 
 PROMPTS = ["ROMEO:\n", "KING HENRY:\nOnce more unto the", "A", "JULIET:\nO Romeo, Romeo, wherefore"]
 
@@ -40,17 +42,17 @@ def reference(model, tok, prompts, max_new):
     return out
 
 
-def run_staggered(sched, tok, prompts, max_new):
+def run_staggered(engine, tok, prompts, max_new):
     """Submit half the requests, wait until they are decoding, then the rest: sequences join and leave mid-batch."""
-    reqs = [GenRequest(encode_prompt(tok, p)["input_ids"][0].tolist(), n, eos_token_id=tok.eos_token_id)
+    reqs = [Request(encode_prompt(tok, p)["input_ids"][0].tolist(), SamplingParams(n), tok.eos_token_id)
             for p, n in zip(prompts, max_new, strict=True)]
     for r in reqs[:2]:
-        sched.submit(r)
+        engine.submit(r)
     deadline = time.perf_counter() + 30
     while not reqs[0].tokens and time.perf_counter() < deadline:
         time.sleep(0.001)
     for r in reqs[2:]:
-        sched.submit(r)
+        engine.submit(r)
     for r in reqs:
         assert r.finished.wait(60), "request never finished"
     return [r.tokens for r in reqs]
@@ -60,25 +62,26 @@ def run_staggered(sched, tok, prompts, max_new):
 def test_greedy_equals_generate(bard, name):
     model, tok = bard
     max_new = [20, 7, 12, 3]  # different lengths: sequences leave the batch at different steps
-    sched = make_scheduler(name, model, tok, max_batch=3, max_queue=8)
+    engine = make_engine(name, model, tok, max_batch=3, max_queue=8)
     try:
-        got = run_staggered(sched, tok, PROMPTS, max_new)
+        got = run_staggered(engine, tok, PROMPTS, max_new)
     finally:
-        sched.stop()
+        engine.stop()
     assert got == reference(model, tok, PROMPTS, max_new)
     if name == "continuous":
-        assert max(sched.batch_sizes) == 3  # the batch really ran several sequences at once
+        assert max(engine.batch_sizes) == 3  # the batch really ran several sequences at once
 
 
 def test_hf_continuous_equals_generate_on_llama():
     model, tok = load_model("tiny-llama", device="cpu")
     max_new = [10, 4, 8, 6]
-    sched = make_scheduler("hf-continuous", model, tok, max_batch=4, max_queue=8)
+    engine = make_engine("hf-continuous", model, tok, max_batch=4, max_queue=8)
     try:
-        got = run_staggered(sched, tok, PROMPTS, max_new)
+        got = run_staggered(engine, tok, PROMPTS, max_new)
     finally:
-        sched.stop()
+        engine.stop()
     assert got == reference(model, tok, PROMPTS, max_new)
+    assert not engine.running and engine.queue_depth == 0
 
 
 def test_hf_continuous_refuses_bloom_with_the_reason(bard):
@@ -88,8 +91,11 @@ def test_hf_continuous_refuses_bloom_with_the_reason(bard):
 
 def test_unknown_scheduler_lists_choices(bard):
     with pytest.raises(ValueError, match="continuous"):
-        make_scheduler("fastest", *bard)
+        make_engine("fastest", *bard)
+    with pytest.raises(ValueError, match="continuous"):
+        ModelRepository("fastest")
     assert set(SCHEDULERS) == {"sync", "dynamic", "continuous", "hf-continuous"}
+    assert set(POLICIES) == set(SCHEDULERS) - {"hf-continuous"}
 
 
 def test_cli_parses_serve_and_loadgen_and_refuses_remote_targets(capsys):
@@ -109,52 +115,53 @@ def test_cli_parses_serve_and_loadgen_and_refuses_remote_targets(capsys):
 def test_sampling_is_seeded_and_top_p_near_zero_is_greedy(bard):
     model, tok = bard
     ids = encode_prompt(tok, PROMPTS[0])["input_ids"][0].tolist()
-    sched = make_scheduler("continuous", model, tok)
+    engine = make_engine("continuous", model, tok)
     try:
-        a, b, c = sched.generate([ids, ids, ids], 12, temperature=1.0, seed=7)
-        d = sched.generate([ids], 12, temperature=1.0, seed=8)[0]
+        a, b, c = engine.generate([ids, ids, ids], SamplingParams(12, temperature=1.0, seed=7))
+        d = engine.generate([ids], SamplingParams(12, temperature=1.0, seed=8))[0]
     finally:
-        sched.stop()
+        engine.stop()
     assert a == b == c and a != d  # same seed, same tokens; another seed differs
     logits = torch.randn(3, 50)
-    reqs = [GenRequest([1], temperature=1.5, top_p=1e-6, seed=i) for i in range(3)]
-    assert pick_tokens(logits, reqs) == logits.argmax(-1).tolist()
+    reqs = [Request([1], SamplingParams(temperature=1.5, top_p=1e-6, seed=i)) for i in range(3)]
+    assert sample_tokens(logits, reqs) == logits.argmax(-1).tolist()
 
 
 def test_queue_bound_and_cancel_while_queued(bard):
     model, tok = bard
-    sched = make_scheduler("sync", model, tok, max_queue=2)
-    long = GenRequest([5, 6, 7], max_new_tokens=400)
+    engine = make_engine("sync", model, tok, max_queue=2)
+    long = Request([5, 6, 7], SamplingParams(max_tokens=400))
     try:
-        sched.submit(long)
+        engine.submit(long)
         while long.t_first is None:  # the worker is busy with it
             time.sleep(0.001)
-        queued = [GenRequest([5], 2), GenRequest([6], 2)]
+        assert long.status is Status.RUNNING
+        queued = [Request([5], SamplingParams(2)), Request([6], SamplingParams(2))]
         for r in queued:
-            sched.submit(r)
+            engine.submit(r)
+        assert queued[1].status is Status.WAITING
         with pytest.raises(QueueFull) as err:
-            sched.submit(GenRequest([7], 2))
+            engine.submit(Request([7], SamplingParams(2)))
         assert err.value.retry_after_s >= 1
-        sched.cancel(queued[0])
-        assert queued[0].finish_reason == "cancelled" and sched.queue_depth == 1  # left the queue at once
-        sched.cancel(long)  # a running request stops at its next step
+        engine.cancel(queued[0])
+        assert queued[0].finish_reason == "cancelled" and engine.queue_depth == 1  # left the queue at once
+        engine.cancel(long)  # a running request stops at its next step
         assert long.finished.wait(10) and long.finish_reason == "cancelled" and len(long.tokens) < 400
         assert queued[1].finished.wait(10) and queued[1].finish_reason == "length"
+        assert queued[1].status is Status.FINISHED
     finally:
-        sched.stop()
+        engine.stop()
 
 
 def test_stop_drains_and_then_refuses(bard):
-    from labkit.serving.schedulers import ShuttingDown
-
-    sched = make_scheduler("continuous", *bard)
-    reqs = [GenRequest([5, 6], 30) for _ in range(3)]
+    engine = make_engine("continuous", *bard)
+    reqs = [Request([5, 6], SamplingParams(30)) for _ in range(3)]
     for r in reqs:
-        sched.submit(r)
-    sched.stop(drain=True)
+        engine.submit(r)
+    engine.stop(drain=True)
     assert all(r.finish_reason == "length" and len(r.tokens) == 30 for r in reqs)
     with pytest.raises(ShuttingDown):
-        sched.submit(GenRequest([1], 1))
+        engine.submit(Request([1], SamplingParams(1)))
 
 
 def test_metrics_text_format_round_trips():

@@ -2,6 +2,7 @@
 
 import pytest
 
+from labkit.experiments import zero_sharding
 from labkit.parallel import zero, zero_training
 
 GB = 1e9
@@ -25,7 +26,9 @@ def test_bad_input_names_the_choices():
     with pytest.raises(ValueError, match="dp_degree"):
         zero.zero_memory(1e6, 1, 0)
     with pytest.raises(ValueError, match="choose from"):
-        zero_training.measure(methods=("deepspeed-9",))
+        zero_sharding.train_all_methods(methods=("deepspeed-9",))
+    with pytest.raises(ValueError, match="choose from"):
+        zero_training.train_ranks(methods=("deepspeed-9",))
 
 
 def test_explorer_and_table():
@@ -38,7 +41,7 @@ def test_explorer_and_table():
 
 
 def test_measured_bytes_per_rank_match_the_formula_for_every_stage():
-    m = zero_training.measure(hidden=1024, layers=4, batch=2, steps=3)  # 4.2 M params, 2 gloo ranks
+    m = zero_sharding.train_all_methods(hidden=1024, layers=4, batch=2, steps=3)  # 4.2 M params, 2 gloo ranks
     df = m.table.set_index("method")
     assert list(df.index) == list(zero_training.METHODS)
     for method, row in df.iterrows():
@@ -53,4 +56,5 @@ def test_measured_bytes_per_rank_match_the_formula_for_every_stage():
     # Communication per step: plain data parallel 2Ψ, stage 3 / FSDP 3Ψ (fp32 bytes).
     for method in ("deepspeed-0", "deepspeed-3", "torch-fsdp2"):
         assert df.loc[method, "comm_MB_per_step"] == pytest.approx(df.loc[method, "comm_formula_MB"], rel=0.01)
-    assert set(df.loc["torch-fsdp2", "comm_ops"]) == {"_allgather_base_", "_reduce_scatter_base_"}
+    assert set(df.loc["torch-fsdp2", "comm_ops"]) == {"all_gather", "reduce_scatter"}
+    assert set(df.loc["deepspeed-0", "comm_ops"]) == {"all_reduce"}  # plain data parallel: gradients only

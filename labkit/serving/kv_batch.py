@@ -1,9 +1,14 @@
-"""A running batch: sequences of different lengths decoding together in one forward per step.
+"""The model runner: sequences of different lengths decoding together, one forward per step.
 
 Each row of the batch is one sequence with its own KV cache, left-padded to a common length; the
 attention mask marks real tokens and position ids count only those, so every row computes what it
 would compute alone (the tests check token-for-token equality with `generate()`). Rows can join
 (`merge`) and leave (`keep`) between steps: that is all continuous batching needs.
+
+    batch, logits = KVBatch.prefill(model, requests)    # logits: (batch, vocab) at each prompt's end
+    batch.next_tokens = picked                          # the token each row feeds in next
+    logits = batch.decode(model)                        # one step for every row
+    batch.keep([0, 2]); batch.merge(other)              # rows leave; rows join
 """
 
 from __future__ import annotations
@@ -14,15 +19,24 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
-from labkit.serving.schedulers.base import GenRequest
+from labkit.serving.request import Request
 
 
 def _takes_positions(model) -> bool:
     return "position_ids" in inspect.signature(model.forward).parameters
 
 
-class Batch:
-    def __init__(self, reqs: list[GenRequest], cache: DynamicCache, mask: torch.Tensor, next_tokens: list[int]):
+class KVBatch:
+    """Requests decoding together, with their left-padded KV cache and attention mask.
+
+    Args:
+        reqs: one request per row.
+        cache: per layer, keys and values of shape (batch, kv_heads, seq, head_dim), left-padded.
+        mask: (batch, seq) long tensor, 1 = real token, 0 = padding.
+        next_tokens: the token each row feeds into the next decode step.
+    """
+
+    def __init__(self, reqs: list[Request], cache: DynamicCache, mask: torch.Tensor, next_tokens: list[int]):
         self.reqs = reqs
         self.cache = cache  # per layer: (batch, kv_heads, seq, head_dim), left-padded
         self.mask = mask  # (batch, seq): 1 = real token, 0 = padding
@@ -33,7 +47,7 @@ class Batch:
 
     @classmethod
     @torch.no_grad()
-    def prefill(cls, model, reqs: list[GenRequest]) -> tuple[Batch, torch.Tensor]:
+    def prefill(cls, model, reqs: list[Request]) -> tuple[KVBatch, torch.Tensor]:
         """Run the prompts as one left-padded batch; returns the batch and last-position logits (batch, vocab)."""
         longest = max(len(r.prompt_ids) for r in reqs)
         ids = torch.zeros(len(reqs), longest, dtype=torch.long)
@@ -79,7 +93,7 @@ class Batch:
             for layer in self.cache.layers:
                 layer.keys, layer.values = layer.keys[:, :, live:], layer.values[:, :, live:]
 
-    def merge(self, other: Batch) -> None:
+    def merge(self, other: KVBatch) -> None:
         """Append `other`'s rows, left-padding whichever caches are shorter."""
         length = max(self.mask.shape[1], other.mask.shape[1])
 

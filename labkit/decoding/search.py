@@ -1,0 +1,108 @@
+"""Two searches transformers does not run for us: contrastive search (Su et al., 2022; no longer shipped by
+transformers 5) and greedy speculative decoding with its acceptance rate (Leviathan et al., 2023), from scratch."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from labkit.decoding.configs import check_param
+
+
+def contrastive_scores(probs: torch.Tensor, candidate_hidden: torch.Tensor, context_hidden: torch.Tensor,
+                       alpha: float) -> torch.Tensor:
+    """Contrastive search's score of each candidate: (1 - α)·p(v) - α·max_j cos(h_v, h_j) (Su et al., 2022, eq. 5).
+
+    Args:
+        probs: (k,) model probabilities of the k candidates.
+        candidate_hidden: (k, d) last-layer hidden state of each candidate token.
+        context_hidden: (n, d) last-layer hidden states of the n tokens so far.
+        alpha: the degeneration penalty's weight, 0 (greedy) to 1.
+    Returns:
+        (k,) scores; the argmax is the next token.
+    """
+    cand = torch.nn.functional.normalize(candidate_hidden, dim=-1)
+    ctx = torch.nn.functional.normalize(context_hidden, dim=-1)
+    degeneration = (cand @ ctx.T).max(-1).values  # (k,)
+    return (1 - alpha) * probs - alpha * degeneration
+
+
+@torch.no_grad()
+def contrastive_search(model, input_ids: torch.Tensor, k: int = 4, alpha: float = 0.6, max_new_tokens: int = 32,
+                       eos_token_id: int | None = None, mark: Callable[[], None] | None = None) -> torch.Tensor:
+    """Pick, among the top-k tokens, the likely one least similar to what was said (no KV cache: it re-reads the
+    whole sequence each step, so it is slow, and honest about it).
+
+    Args:
+        model: a transformers causal LM. input_ids: (1, prompt_len) prompt ids.
+        k: candidates per step (>= 1). alpha: degeneration penalty in [0, 1] (0 = greedy).
+        max_new_tokens: tokens to generate. eos_token_id: stop after this token (None: never stop early).
+        mark: called after each new token (a `decoding.timing.time_decode` clock); None: not called.
+    Returns:
+        (1, prompt_len + new) token ids, the prompt included.
+    Raises:
+        ValueError: for k < 1 or alpha outside [0, 1].
+    """
+    check_param("k", k, k >= 1, "k >= 1")
+    check_param("alpha", alpha, 0 <= alpha <= 1, "0 <= alpha <= 1")
+    ids = input_ids.to(model.device)
+    for _ in range(max_new_tokens):
+        out = model(input_ids=ids, output_hidden_states=True, use_cache=False)
+        probs = out.logits[0, -1].float().softmax(-1)
+        top = torch.topk(probs, k)
+        context = out.hidden_states[-1][0]  # (seq, d)
+        candidates = torch.cat([ids.repeat(k, 1), top.indices.unsqueeze(1)], dim=1)  # (k, seq + 1)
+        cand_hidden = model(input_ids=candidates, output_hidden_states=True, use_cache=False).hidden_states[-1][:, -1]
+        best = int(contrastive_scores(top.values, cand_hidden.float(), context.float(), alpha).argmax())
+        ids = candidates[best : best + 1]
+        if mark is not None:
+            mark()
+        if eos_token_id is not None and ids[0, -1].item() == eos_token_id:
+            break
+    return ids
+
+
+@dataclass
+class Speculation:
+    """The result of `speculative_greedy`: the tokens and how much of the draft was kept."""
+
+    token_ids: torch.Tensor  # (1, prompt_len + new)
+    proposed: int  # draft tokens proposed
+    accepted: int  # of those, kept by the target
+    target_calls: int  # target forward passes (each verifies up to gamma tokens and adds one of its own)
+
+    @property
+    def acceptance_rate(self) -> float:
+        """accepted / proposed (0 when nothing was proposed)."""
+        return self.accepted / self.proposed if self.proposed else 0.0
+
+
+@torch.no_grad()
+def speculative_greedy(target, draft, input_ids: torch.Tensor, gamma: int = 4, max_new_tokens: int = 32) -> Speculation:
+    """Greedy speculative decoding: the draft proposes `gamma` greedy tokens; one target pass verifies them all and
+    keeps the longest prefix it agrees with, plus its own next token. The output is exactly the target's greedy.
+
+    Args:
+        target: the model whose greedy output is wanted. draft: a cheaper model with the same vocabulary.
+        input_ids: (1, prompt_len) prompt ids. gamma: draft tokens per round (>= 1). max_new_tokens: tokens to add.
+    Returns:
+        Speculation with (1, prompt_len + max_new_tokens) ids and the acceptance counts.
+    Raises:
+        ValueError: for gamma < 1.
+    """
+    check_param("gamma", gamma, gamma >= 1, "gamma >= 1")
+    ids, n0 = input_ids.to(target.device), input_ids.shape[1]
+    proposed = accepted = calls = 0
+    while ids.shape[1] - n0 < max_new_tokens:
+        guess = ids
+        for _ in range(gamma):  # cheap: the draft guesses ahead
+            guess = torch.cat([guess, draft(input_ids=guess, use_cache=False).logits[:, -1:].argmax(-1)], dim=1)
+        verify = target(input_ids=guess, use_cache=False).logits[0, ids.shape[1] - 1 :].argmax(-1)  # (gamma + 1,)
+        calls += 1
+        drafted = guess[0, ids.shape[1] :]
+        n_ok = int((drafted == verify[:gamma]).long().cumprod(0).sum())  # longest agreeing prefix
+        proposed, accepted = proposed + gamma, accepted + n_ok
+        ids = torch.cat([ids, verify[: n_ok + 1].unsqueeze(0)], dim=1)  # accepted tokens + the target's own next
+    return Speculation(ids[:, : n0 + max_new_tokens], proposed, accepted, calls)

@@ -1,0 +1,123 @@
+"""A request's state as it moves through an engine: waiting -> running -> finished.
+
+    req = Request(prompt_ids, SamplingParams(max_tokens=32, temperature=0.8, seed=1), eos_token_id=2)
+    engine.submit(req)           # may raise QueueFull (answer 429) or ShuttingDown (answer 503)
+    req.finished.wait()          # set by the engine's worker thread
+    req.tokens, req.finish_reason
+
+The engine reports progress through `on_event(kind, value)`, called on its worker thread: ("token", id) for every
+new token, ("done", reason) at the end, ("error", message) on failure.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+
+class QueueFull(RuntimeError):
+    """The engine's queue is at its bound: the server answers 429 with a Retry-After header.
+
+    Args:
+        depth: requests waiting now.
+        retry_after_s: seconds after which a slot is expected to be free (at least 1).
+    """
+
+    def __init__(self, depth: int, retry_after_s: float):
+        super().__init__(f"queue full ({depth} waiting); retry in {retry_after_s:.0f} s")
+        self.retry_after_s = retry_after_s
+
+
+class ShuttingDown(RuntimeError):
+    """The engine is draining for shutdown and takes no new requests (the server answers 503)."""
+
+
+class Status(enum.Enum):
+    """Where a request is: in the queue, holding a batch slot, or done (see `Request.finish_reason`)."""
+
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How one request picks its tokens (the rule itself is `labkit.decoding.sampling.sample_next`).
+
+    Args:
+        max_tokens: most new tokens to generate (>= 1).
+        temperature: 0 = greedy (argmax); above 0 the logits are divided by it before the draw.
+        top_p: keep the smallest set of tokens holding this much probability (0 < top_p <= 1; 1 = off).
+        top_k: keep only the k most likely tokens (0 = off).
+        seed: seeds the request's own torch.Generator, so the same seed gives the same tokens in any batch.
+
+    Raises:
+        ValueError: for a value outside the ranges above.
+    """
+
+    max_tokens: int = 16
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1 or self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
+            raise ValueError(f"need max_tokens >= 1, temperature >= 0, 0 < top_p <= 1 and top_k >= 0; got {self}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0
+
+
+def _no_events(kind: str, value) -> None:
+    pass
+
+
+@dataclass(eq=False)
+class Request:
+    """One generation: prompt token ids in; generated token ids, a status and timestamps out.
+
+    Args:
+        prompt_ids: the prompt's token ids.
+        params: sampling settings (greedy, 16 tokens by default).
+        eos_token_id: generation stops after this token (finish reason "stop"); None = only max_tokens stops it.
+        on_event: called from the engine's worker thread with ("token", id), ("done", reason) or ("error", msg).
+
+    Timestamps (`time.perf_counter()` seconds): t_submit (accepted), t_first (first token), t_done (finished).
+    """
+
+    prompt_ids: list[int]
+    params: SamplingParams = SamplingParams()
+    eos_token_id: int | None = None
+    on_event: Callable[[str, object], None] = _no_events
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
+    tokens: list[int] = field(default_factory=list)
+    status: Status = Status.WAITING
+    finish_reason: str | None = None  # once FINISHED: "stop" (EOS), "length" (max_tokens), "cancelled" or "error"
+    t_submit: float = 0.0
+    t_first: float | None = None
+    t_done: float | None = None
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    finished: threading.Event = field(default_factory=threading.Event)
+    _generator: torch.Generator | None = field(default=None, repr=False)
+
+    @property
+    def tokens_left(self) -> int:
+        """Decode steps this request still needs at most."""
+        return self.params.max_tokens - len(self.tokens)
+
+    def cancel(self) -> None:
+        """Ask the engine to stop this request and free its slot at the next step."""
+        self.cancelled.set()
+
+    def generator(self) -> torch.Generator | None:
+        """The request's own random generator (seeded once, on first use); None without a seed."""
+        if self.params.seed is not None and self._generator is None:
+            self._generator = torch.Generator().manual_seed(self.params.seed)
+        return self._generator
