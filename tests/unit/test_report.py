@@ -17,7 +17,7 @@ from labkit.notebook import report, run
 
 pytest.importorskip("papermill", reason="papermill is not installed here: notebooks cannot run (install labkit[lab])")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 REAL_LAB = ROOT / "labs" / "00_start_here.ipynb"  # the quickest real lab (~10 s in smoke mode): a plot, a widget
 
 
