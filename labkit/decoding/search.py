@@ -68,7 +68,7 @@ def contrastive_search(model, input_ids: torch.Tensor, k: int = 4, alpha: float 
 class Speculation:
     """The result of `speculative_greedy`: the tokens and how much of the draft was kept."""
 
-    token_ids: torch.Tensor  # (1, prompt_len + new)
+    token_ids: torch.Tensor  # (1, prompt_len + new): new stops at the first end-of-text token (included)
     proposed: int  # draft tokens proposed
     accepted: int  # of those, kept by the target
     target_calls: int  # target forward passes (each verifies up to gamma tokens and adds one of its own)
@@ -79,30 +79,52 @@ class Speculation:
         return self.accepted / self.proposed if self.proposed else 0.0
 
 
+def _eos_ids(model, eos_token_id: int | list[int] | None) -> set[int]:
+    """The end-of-text ids to stop at: the argument, else the model's generation config (none: never stop early)."""
+    if eos_token_id is None:
+        eos_token_id = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if eos_token_id is None:
+        return set()
+    return {int(eos_token_id)} if isinstance(eos_token_id, int) else {int(e) for e in eos_token_id}
+
+
 @torch.no_grad()
-def speculative_greedy(target, draft, input_ids: torch.Tensor, gamma: int = 4, max_new_tokens: int = 32) -> Speculation:
+def speculative_greedy(target, draft, input_ids: torch.Tensor, gamma: int = 4, max_new_tokens: int = 32,
+                       eos_token_id: int | list[int] | None = None) -> Speculation:
     """Greedy speculative decoding: the draft proposes `gamma` greedy tokens; one target pass verifies them all and
-    keeps the longest prefix it agrees with, plus its own next token. The output is exactly the target's greedy.
+    keeps the longest prefix it agrees with, plus its own next token. The output is exactly the target's greedy,
+    and it stops where greedy `generate()` stops: at the first end-of-text token (included), as transformers does.
+
+    A draft stops guessing at its own end-of-text, so no token drafted past an end of text is proposed or counted
+    as accepted.
 
     Args:
         target: the model whose greedy output is wanted. draft: a cheaper model with the same vocabulary.
-        input_ids: (1, prompt_len) prompt ids. gamma: draft tokens per round (>= 1). max_new_tokens: tokens to add.
+        input_ids: (1, prompt_len) prompt ids. gamma: draft tokens per round (>= 1). max_new_tokens: most tokens
+            to add. eos_token_id: end-of-text id(s); default: the target's generation config (None there: no stop).
     Returns:
-        Speculation with (1, prompt_len + max_new_tokens) ids and the acceptance counts.
+        Speculation with (1, prompt_len + new) ids, new <= max_new_tokens, and the acceptance counts.
     Raises:
         ValueError: for gamma < 1.
     """
     check_param("gamma", gamma, gamma >= 1, "gamma >= 1")
+    eos = _eos_ids(target, eos_token_id)
     ids, n0 = input_ids.to(target.device), input_ids.shape[1]
     proposed = accepted = calls = 0
     while ids.shape[1] - n0 < max_new_tokens:
         guess = ids
-        for _ in range(gamma):  # cheap: the draft guesses ahead
+        for _ in range(gamma):  # cheap: the draft guesses ahead, never past its own end of text
             guess = torch.cat([guess, draft(input_ids=guess, use_cache=False).logits[:, -1:].argmax(-1)], dim=1)
-        verify = target(input_ids=guess, use_cache=False).logits[0, ids.shape[1] - 1 :].argmax(-1)  # (gamma + 1,)
+            if int(guess[0, -1]) in eos:
+                break
+        drafted = guess[0, ids.shape[1] :]  # (k,), k <= gamma
+        verify = target(input_ids=guess, use_cache=False).logits[0, ids.shape[1] - 1 :].argmax(-1)  # (k + 1,)
         calls += 1
-        drafted = guess[0, ids.shape[1] :]
-        n_ok = int((drafted == verify[:gamma]).long().cumprod(0).sum())  # longest agreeing prefix
-        proposed, accepted = proposed + gamma, accepted + n_ok
-        ids = torch.cat([ids, verify[: n_ok + 1].unsqueeze(0)], dim=1)  # accepted tokens + the target's own next
+        n_ok = int((drafted == verify[: drafted.numel()]).long().cumprod(0).sum())  # longest agreeing prefix
+        proposed, accepted = proposed + drafted.numel(), accepted + n_ok
+        kept = verify[: n_ok + 1]  # accepted tokens + the target's own next
+        ends = [i for i, t in enumerate(kept.tolist()) if t in eos]
+        ids = torch.cat([ids, kept[: ends[0] + 1 if ends else None].unsqueeze(0)], dim=1)
+        if ends:  # greedy stops at its end of text
+            break
     return Speculation(ids[:, : n0 + max_new_tokens], proposed, accepted, calls)

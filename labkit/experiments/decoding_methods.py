@@ -218,7 +218,10 @@ def speculative_report(target: str = "smollm2-135m", prompt: str = "Explain in o
     rows = [{"method": name, "seconds": run.total_s, "speedup": base.total_s / run.total_s,
              "same_tokens": run.tokens == base.tokens} for name, run in runs.items()]
     spec = decoding.speculative_greedy(net, draft, ids, gamma=gamma, max_new_tokens=max_new_tokens)
-    same = spec.token_ids[0, ids.shape[1]:].tolist() == base.tokens[0]
+    with torch.no_grad():  # greedy as generate() runs it, stopping at end of text (the timed runs force the length)
+        greedy = net.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                              do_sample=False, pad_token_id=pad)[0, ids.shape[1]:].tolist()
+    same = spec.token_ids[0, ids.shape[1]:].tolist() == greedy
     table = measure.results_frame(rows, model=target, acceptance_rate=spec.acceptance_rate, gamma=gamma,
                                   target_calls=spec.target_calls, labkit_same_tokens=same)
     title = f"Speculative decoding: int8 draft accepts {spec.acceptance_rate:.0%} of its guesses (γ={gamma})"

@@ -95,6 +95,20 @@ def test_speculative_returns_exactly_the_target_greedy_output(lm):
     assert assisted == greedy
 
 
+def test_speculative_stops_at_end_of_text_like_generate():
+    """Reported against assisted decoding: a loop that ignores EOS keeps "accepting" tokens after the answer ends.
+    SmolLM2 as its own draft (every guess accepted) on a one-word answer: greedy generate() stops at <|im_end|>."""
+    model, tok = models.load_cached("smollm2-135m")
+    ids = models.encode_prompt(tok, "Is the sky blue? Answer with one word.", chat=True)["input_ids"]
+    spec = decoding.speculative_greedy(model, model, ids, gamma=2, max_new_tokens=10)
+    with torch.no_grad():
+        greedy = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=10, do_sample=False,
+                                pad_token_id=tok.pad_token_id)[0, ids.shape[1]:].tolist()
+    new = spec.token_ids[0, ids.shape[1]:].tolist()
+    assert new == greedy and new[-1] == tok.eos_token_id and len(new) < 10
+    assert spec.accepted == spec.proposed <= len(new)  # its own draft: all accepted, none drafted past the EOS
+
+
 def test_prompt_lookup_equals_greedy(lm):
     model, tok = lm
     ids = ids_of(tok, "ROMEO:\nO Romeo, Romeo, wherefore art thou Romeo?\nROMEO:\nO Romeo,")
