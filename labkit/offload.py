@@ -169,9 +169,11 @@ def placement_table(model: torch.nn.Module) -> pd.DataFrame:
         DataFrame with columns module, device, MB (1e6 bytes); a tied weight (embedding = LM head) counted once.
     """
     named = dict(model.named_modules())
-    rows, seen = [], set()
+    rows, seen = [], set()  # each tensor once, wherever it lives
     if getattr(model.config, "tie_word_embeddings", False):
-        seen.add(id(model.get_output_embeddings().weight))  # stored once, as the input embedding
+        head, embedding = model.get_output_embeddings().weight, model.get_input_embeddings().weight
+        if head is not embedding:  # offloaded, the head holds its own handle on the one stored tensor
+            seen.add(id(head))
     for module, device in model.hf_device_map.items():
         params = [p for p in (named[module] if module else model).parameters() if id(p) not in seen]
         seen.update(id(p) for p in params)

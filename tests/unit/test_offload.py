@@ -45,6 +45,16 @@ def test_load_offloaded_builds_the_meta_model_once(monkeypatch):
     assert table.MB.sum() == pytest.approx(spec.weight_bytes("fp32") / 1e6)  # every byte placed once
 
 
+@pytest.mark.parametrize("name", ["tiny-bloom", "smollm2-135m"])  # both tie the LM head to the embedding
+@pytest.mark.parametrize("in_memory", [1.0, 0.5, 0.0])
+def test_placement_counts_a_tied_weight_once_wherever_it_lives(name, in_memory, tmp_path):
+    """Reported as 12.64 MB for tiny-bloom half on disk (the tied embedding counted zero times in memory)."""
+    spec = models.resolve(name)
+    table = offload.placement_table(offload.load_offloaded(spec, offload.max_memory_for(spec, in_memory), tmp_path))
+    reference, _ = models.load_cached(name)  # the same weights in memory: parameters() yields a tied one once
+    assert table.MB.sum() == pytest.approx(sum(p.numel() * p.element_size() for p in reference.parameters()) / 1e6)
+
+
 def test_execution_device_is_the_one_device_rule():
     from labkit.hardware import resolve_device
 
