@@ -50,6 +50,18 @@ def as_graph(model: torch.nn.Module | Graph, example: tuple[torch.Tensor, ...] |
     return Graph(type(model).__name__.lower(), model, example, names, {n: {0: "batch"} for n in names}, "output")
 
 
+def _widen(graph: Graph) -> tuple[torch.Tensor, ...]:
+    """The example with every dynamic axis of size 1 repeated to size 2: torch.export specialises a dimension it sees
+    as 1 to the constant 1 (the "0/1 specialisation"), which would fix e.g. a Llama graph's batch to 1."""
+    out = []
+    for name, t in zip(graph.input_names, graph.example, strict=True):
+        for axis in graph.dynamic_axes.get(name, {}):
+            if t.shape[axis] == 1:
+                t = torch.cat([t, t], dim=axis)
+        out.append(t)
+    return tuple(out)
+
+
 def export_onnx(model: torch.nn.Module | Graph, example=None, dynamic: bool = True, optimize: bool = True,
                 path: Path | None = None, fused_attention: bool = True) -> Path:
     """Export with `torch.onnx.export(dynamo=True)` (torch.export + onnxscript); cached.
@@ -71,7 +83,8 @@ def export_onnx(model: torch.nn.Module | Graph, example=None, dynamic: bool = Tr
     graph = as_graph(model, example)
     fuse = fused_attention and bool(export_patches.patchable(graph.module))
     suffix = ("" if optimize else "-raw") + ("-fused" if fuse else "")
-    key = fingerprint(graph, dynamic, optimize, *(["fused-attention"] if fuse else []))
+    tags = (["fused-attention"] if fuse else []) + (["example>=2"] if dynamic else [])  # a new tag: a new cached file
+    key = fingerprint(graph, dynamic, optimize, *tags)
     path = path or cache_dir("onnx") / f"{graph.name}{suffix}-{key}.onnx"
     if path.exists():
         return path
@@ -82,13 +95,14 @@ def export_onnx(model: torch.nn.Module | Graph, example=None, dynamic: bool = Tr
             {axis: dims.setdefault(sym, Dim(sym)) for axis, sym in graph.dynamic_axes.get(name, {}).items()}
             for name in graph.input_names
         )
+    example = _widen(graph) if dynamic_shapes else graph.example
     patch = export_patches.patched_for_export(graph.module) if fuse else contextlib.nullcontext()
     fused = {"opset_version": export_patches.OPSET, "custom_translation_table": export_patches.TRANSLATIONS}
     tmp = path.with_suffix(".part.onnx")
     with warnings.catch_warnings(), torch.no_grad(), patch:
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            graph.module.eval(), graph.example, tmp, dynamo=True, input_names=list(graph.input_names),
+            graph.module.eval(), example, tmp, dynamo=True, input_names=list(graph.input_names),
             output_names=[graph.output_name], dynamic_shapes=dynamic_shapes, external_data=False,
             optimize=optimize, verbose=False, **(fused if fuse else {}),
         )  # fmt: skip

@@ -1,6 +1,7 @@
 import math
 
 import pytest
+import torch
 
 from labkit import convert, engines
 from labkit.experiments import graph_optimization
@@ -106,3 +107,23 @@ def test_weight_matmuls_keeps_every_weight_matmul_and_nothing_else():
     assert shapes == {"x256": [1, 8, 256], "x1024": [1, 8, 1024]}  # hidden 256; the MLP's 4h input
     n_params = sum(p.numel() for n, p in engines.graph_for("tiny-bloom").module.named_parameters() if p.dim() == 2)
     assert sum(math.prod(t.dims) for t in model.graph.initializer) == n_params  # every 2-D weight, once (LM head tied)
+
+
+@pytest.mark.parametrize("name", ["tiny-bloom", "tiny-llama"])
+@pytest.mark.parametrize("fused", [True, False])
+def test_exported_graph_runs_at_any_batch_and_sequence(name, fused):
+    """Reported: a Llama graph exported from a batch-1 example declared `batch` dynamic but fixed it to 1
+    (torch.export's 0/1 specialisation), so ONNX Runtime refused batch 2 with INVALID_ARGUMENT."""
+    import onnxruntime as ort
+
+    graph = engines.graph_for(name, 1, 8)
+    session = ort.InferenceSession(str(convert.export_onnx(graph, fused_attention=fused)),
+                                   providers=["CPUExecutionProvider"])
+    generator = torch.Generator().manual_seed(0)
+    for batch in (1, 2, 3):
+        for seq in (1, 5):
+            ids = torch.randint(0, 100, (batch, seq), generator=generator)
+            (got,) = session.run(None, {graph.input_names[0]: ids.numpy()})
+            with torch.no_grad():
+                want = graph.module(ids).numpy()
+            assert got.shape == want.shape and abs(got - want).max() <= 1e-4 * abs(want).max(), (batch, seq)
