@@ -20,7 +20,9 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException
 
 from labkit.serving import protocol as P
-from labkit.serving.handlers import ApiError, Completions, ServerMetrics
+from labkit.serving.fields import CHAT, COMPLETIONS
+from labkit.serving.handlers import Completions, ServerMetrics
+from labkit.serving.protocol import ApiError
 from labkit.serving.repository import ModelRepository
 
 
@@ -28,10 +30,12 @@ def create_app(repo: ModelRepository, max_tokens_limit: int = 512, request_timeo
     """The FastAPI app serving `repo`'s models.
 
     Args:
-        repo: the served models. max_tokens_limit: largest max_tokens a request may ask for.
+        repo: the served models. max_tokens_limit: the most new tokens one request may get (the most that
+            max_tokens / max_completion_tokens may ask for, and the cap of a chat request that asks for none).
         request_timeout_s: time one request may take (s) before the answer is 504.
     Returns:
-        the app (routes /v1/completions, /v1/chat/completions, /v1/models, /health, /metrics).
+        the app (routes /v1/completions, /v1/chat/completions, /v1/models, /health, /metrics). The request
+        fields each route implements, accepts as tags or refuses are in `serving.fields.FIELDS`.
     """
     app = FastAPI(title="labkit inference server")
     metrics = ServerMetrics(repo)
@@ -40,13 +44,15 @@ def create_app(repo: ModelRepository, max_tokens_limit: int = 512, request_timeo
 
     @app.exception_handler(ApiError)
     async def _api_error(_req, err: ApiError):
-        return JSONResponse(P.error_body(err.message, err.kind), err.status, headers=err.headers)
+        return JSONResponse(P.error_body(err.message, err.kind, param=err.param), err.status, headers=err.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_req, err: RequestValidationError):
-        parts = [f"{'.'.join(str(x) for x in e.get('loc', ())[1:]) or 'body'}: {e.get('msg')}" for e in err.errors()]
+    async def _invalid(req, err: RequestValidationError):
+        """Every invalid body is a 400 naming the field; an unknown field is "not supported by this server"."""
+        where = CHAT if req.url.path.endswith("/chat/completions") else COMPLETIONS
+        message, param = P.validation_message(list(err.errors()), where)
         metrics.requests.inc(model="-", version="-", status=400)
-        return JSONResponse(P.error_body("; ".join(parts) or "invalid request"), 400)
+        return JSONResponse(P.error_body(message, param=param), 400)
 
     @app.exception_handler(HTTPException)
     async def _http(_req, err: HTTPException):

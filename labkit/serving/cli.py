@@ -11,6 +11,12 @@ from labkit.serving.limits import Limits  # dataclasses only: cheap to import
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Load `--model` and serve it until interrupted; returns the exit status."""
+    if args.fields:  # the request fields table: no model, no torch
+        from labkit.serving import fields
+
+        for where in (fields.COMPLETIONS, fields.CHAT, fields.MESSAGE):
+            print(f"## {where}\n\n{fields.markdown(where)}\n")
+        return 0
     # Imported here, not at the top: building the parser (every `labkit` command) must not import torch.
     import uvicorn
 
@@ -35,7 +41,7 @@ def cmd_loadgen(args: argparse.Namespace) -> int:
     from labkit.serving.loadgen import run_load  # pandas and httpx: only when the command runs
 
     res = run_load(args.url, args.model, mode=args.mode, clients=args.clients, rate=args.rate,
-                   requests=args.requests, duration_s=args.duration, max_tokens=args.max_tokens)
+                   requests=args.requests, duration_s=args.duration, max_tokens=args.max_tokens, chat=args.chat)
     print(json.dumps(res.summary, indent=2, default=float))
     return 0 if res.summary["failed"] == 0 else 1
 
@@ -54,10 +60,13 @@ def add_commands(sub) -> None:
     p.add_argument("--scheduler", default="continuous", choices=SCHEDULER_NAMES)
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--max-queue", type=int, default=64, help="queued requests before answering 429")
-    p.add_argument("--max-tokens", type=int, default=512, help="largest max_tokens a request may ask for")
+    p.add_argument("--max-tokens", type=int, default=512,
+                   help="most new tokens per request (also the cap of a chat request that asks for no length)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--fields", action="store_true",
+                   help="print which OpenAI request fields are implemented, accepted as tags or refused, and exit")
     p.set_defaults(func=cmd_serve)
     p = sub.add_parser("loadgen", help="load a local server: closed loop (N clients) or open loop (Poisson)")
     p.add_argument("--url", default="http://127.0.0.1:8000", help="loopback addresses only")
@@ -68,6 +77,7 @@ def add_commands(sub) -> None:
     p.add_argument("--requests", type=int, default=32)
     p.add_argument("--duration", type=float, default=60.0, help="stop sending after this many seconds")
     p.add_argument("--max-tokens", type=int, default=32)
+    p.add_argument("--chat", action="store_true", help="send chat requests (/v1/chat/completions)")
     p.set_defaults(func=cmd_loadgen)
 
 

@@ -23,8 +23,9 @@ import torch
 from labkit.decoding.sampling import sample_next
 from labkit.serving.kv_batch import KVBatch
 from labkit.serving.limits import Limits
+from labkit.serving.logprobs import prompt_logprobs, step_logprobs
 from labkit.serving.policies import Decision, Policy, View
-from labkit.serving.request import QueueFull, Request, SamplingParams, ShuttingDown, Status
+from labkit.serving.request import QueueFull, Request, SamplingParams, ShuttingDown, Status, TokenLogprob
 
 
 class Engine(ABC):
@@ -42,6 +43,7 @@ class Engine(ABC):
     """
 
     supports_sampling = True  # temperature > 0 (else greedy only)
+    supports_logprobs = True  # SamplingParams.logprobs / prompt_logprobs
 
     def __init__(self, model, tokenizer, policy: Policy, limits: Limits | None = None, name: str | None = None):
         self.model, self.tokenizer, self.policy = model, tokenizer, policy
@@ -62,12 +64,14 @@ class Engine(ABC):
         """Queue a request for the worker thread.
 
         Raises:
-            ValueError: sampling (temperature > 0) sent to a greedy-only engine.
+            ValueError: sampling (temperature > 0) sent to a greedy-only engine, or logprobs to one without them.
             ShuttingDown: the engine is draining.
             QueueFull: `max_queue` requests are already waiting; carries the seconds to wait before retrying.
         """
         if not req.params.greedy and not self.supports_sampling:
             raise ValueError(f"scheduler {self.name!r} serves greedy decoding only (temperature 0)")
+        if req.params.wants_logprobs and not self.supports_logprobs:
+            raise ValueError(f"scheduler {self.name!r} does not compute logprobs")
         with self._cv:
             if self._closing:
                 raise ShuttingDown(f"scheduler {self.name!r} is shutting down")
@@ -172,14 +176,16 @@ class Engine(ABC):
             self.running = [*self.running, *taken]  # they hold a slot from now on (a new list: readers iterate)
         return taken
 
-    def _emit(self, req: Request, token: int) -> bool:
-        """Record one new token; True when the request is finished (EOS, length or cancelled)."""
+    def _emit(self, req: Request, token: int, logprob: TokenLogprob | None = None) -> bool:
+        """Record one new token (and its logprob, stored before the event); True when the request is finished."""
         if req.finish_reason is not None:
             return True  # a finished row in a static batch: its extra tokens are discarded
         if req.cancelled.is_set():
             self._finish(req, "cancelled")
             return True
         req.tokens.append(token)
+        if logprob is not None:
+            req.logprobs.append(logprob)
         self.tokens_generated += 1
         if req.t_first is None:
             req.t_first = time.perf_counter()
@@ -232,8 +238,12 @@ class BatchEngine(Engine):
         """Prefill the joiners as one batch (each one's first token comes out of it) and merge them in."""
         if not joiners:
             return
-        new, logits = KVBatch.prefill(self.model, joiners)
-        self._emit_all(new, logits)
+        every = any(r.params.prompt_logprobs for r in joiners)
+        new, logits = KVBatch.prefill(self.model, joiners, every_position=every)
+        for req, row in zip(joiners, logits, strict=True):
+            if req.params.prompt_logprobs:  # stored before the first token event
+                req.prompt_logprobs = prompt_logprobs(row, req.prompt_ids, req.params.logprobs or 0)
+        self._emit_all(new, logits[:, -1])
         if (new := self._leave(new)) is None:
             return
         if self.batch is not None:
@@ -243,8 +253,9 @@ class BatchEngine(Engine):
 
     def _emit_all(self, batch: KVBatch, logits: torch.Tensor) -> None:
         batch.next_tokens = sample_tokens(logits, batch.reqs)  # what each row feeds into the next step
-        for req, token in zip(batch.reqs, batch.next_tokens, strict=True):
-            self._emit(req, token)
+        entries = step_logprobs(logits, batch.next_tokens, batch.reqs)
+        for req, token, entry in zip(batch.reqs, batch.next_tokens, entries, strict=True):
+            self._emit(req, token, entry)
 
     def _leave(self, batch: KVBatch | None) -> KVBatch | None:
         """Finished sequences leave: each at once, or all together once every one is done (the policy's rule)."""

@@ -1,36 +1,28 @@
-"""One completion's flow, from a validated body to the response: prepare -> submit -> stream | collect.
+"""The completion endpoints, from a validated body to the response: prepare -> submit -> stream | collect.
 
     completions = Completions(repo, ServerMetrics(repo), max_tokens_limit=512, request_timeout_s=120)
     return await completions.serve(http_request, body, chat=False)     # inside a FastAPI route
 
-prepare: route to a version, tokenize (chat template or a plain transcript), check the limits (4xx).
+prepare: route to a version, tokenize (chat template or a plain transcript), decide the length, check the limits
+         and what the version's engine can do (4xx).
 submit:  the engine's admission control (429 with Retry-After when the queue is full, 503 while draining).
-stream:  server-sent events, one per text delta; collect: one JSON body when generation ends.
+stream:  server-sent events, one per text delta; collect: one JSON body when generation ends (`completion.py`).
 Either way the request's status, tokens and latencies are recorded in the metrics once, at the end.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
 import time
-from collections.abc import AsyncIterator
 
 from fastapi import Request as HttpRequest
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from labkit.serving import protocol as P
+from labkit.serving.completion import Completion
 from labkit.serving.metrics import Counter, Gauge, Histogram, Registry
+from labkit.serving.protocol import ApiError
 from labkit.serving.repository import Deployment, ModelRepository
-from labkit.serving.request import QueueFull, Request, SamplingParams, ShuttingDown
-
-
-class ApiError(Exception):
-    """An error answer: HTTP status, message, extra headers and OpenAI error type."""
-
-    def __init__(self, status: int, message: str, headers: dict | None = None, kind: str = "invalid_request_error"):
-        super().__init__(message)
-        self.status, self.message, self.headers, self.kind = status, message, headers, kind
+from labkit.serving.request import Request, SamplingParams
 
 
 class ServerMetrics(Registry):
@@ -69,7 +61,7 @@ class Completions:
 
     Args:
         repo: the served models. metrics: where requests are counted.
-        max_tokens_limit: largest max_tokens a request may ask for. request_timeout_s: time per request (s).
+        max_tokens_limit: the most new tokens one request may get. request_timeout_s: time per request (s).
     """
 
     def __init__(self, repo: ModelRepository, metrics: ServerMetrics, max_tokens_limit: int = 512,
@@ -77,36 +69,64 @@ class Completions:
         self.repo, self.metrics = repo, metrics
         self.max_tokens_limit, self.timeout_s = max_tokens_limit, request_timeout_s
 
-    def prepare(self, body: P.CompletionBody | P.ChatBody, chat: bool) -> tuple[Deployment, list[int]]:
-        """The version that serves this request and the prompt's token ids; ApiError (404, 400) if it cannot."""
+    def route(self, model: str) -> Deployment:
         try:
-            dep = self.repo.route(body.model)
+            return self.repo.route(model)
         except KeyError:
-            raise ApiError(404, f"model {body.model!r} not found; served models: {self.repo.models()}",
-                           kind="not_found_error") from None
-        tok = dep.tokenizer
-        if chat and getattr(tok, "chat_template", None):
-            msgs = [m.model_dump() for m in body.messages]
-            ids = tok.apply_chat_template(msgs, add_generation_prompt=True, return_dict=True)["input_ids"]
-        elif chat:  # a base model: a plain transcript
-            ids = tok("".join(f"{m.role}: {m.content}\n" for m in body.messages) + "assistant:")["input_ids"]
+            raise ApiError(404, f"model {model!r} not found; served models: {self.repo.models()}",
+                           kind="not_found_error", param="model") from None
+
+    def prepare(self, body: P.CompletionBody | P.ChatBody, chat: bool) -> tuple[Deployment, list[int], str]:
+        """The version that serves this request, the prompt's token ids and the prompt text; ApiError if it cannot."""
+        dep = self.route(body.model)
+        if chat:
+            ids, text = chat_prompt(dep.tokenizer, body.messages), ""
+        elif isinstance(body.prompt, str):
+            ids, text = dep.tokenizer(body.prompt)["input_ids"], body.prompt
         else:
-            ids = tok(body.prompt)["input_ids"]
+            vocab = dep.engine.model.config.vocab_size
+            if bad := [t for t in body.prompt if not 0 <= t < vocab]:
+                raise ApiError(400, f"prompt token ids {bad[:5]} are outside the vocabulary (0..{vocab - 1})",
+                               param="prompt")
+            ids = body.prompt
+            text = dep.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
         if not ids:
-            raise ApiError(400, "the prompt is empty")
-        if body.max_tokens > self.max_tokens_limit:
-            raise ApiError(400, f"max_tokens={body.max_tokens} is over this server's limit of {self.max_tokens_limit}")
-        if len(ids) + body.max_tokens > dep.context:
-            raise ApiError(400, f"prompt ({len(ids)} tokens) + max_tokens ({body.max_tokens}) exceeds the context "
-                                f"of {body.model!r} ({dep.context} tokens)")
-        if body.temperature > 0 and not dep.engine.supports_sampling:
-            raise ApiError(400, f"scheduler {dep.engine.name!r} serves greedy decoding only; send temperature=0")
-        return dep, list(ids)
+            raise ApiError(400, "the prompt is empty", param="messages" if chat else "prompt")
+        return dep, list(ids), text
+
+    def params(self, body: P.CompletionBody | P.ChatBody, chat: bool, dep: Deployment, prompt_tokens: int
+               ) -> SamplingParams:
+        """The request's SamplingParams: its length (see the bodies' docstrings) checked against the server's limit
+        and the model's context, and what the version's engine can do (400 naming the field)."""
+        room = dep.context - prompt_tokens
+        if room < 1:
+            raise ApiError(400, f"the prompt ({prompt_tokens} tokens) fills the context of {body.model!r} "
+                                f"({dep.context} tokens): no room for a completion",
+                           param="messages" if chat else "prompt")
+        field = "max_completion_tokens" if chat and body.max_completion_tokens is not None else "max_tokens"
+        asked = body.requested_tokens if chat else body.max_tokens
+        if asked is not None and asked > self.max_tokens_limit:
+            raise ApiError(400, f"{field}={asked} is over this server's limit of {self.max_tokens_limit}", param=field)
+        if asked is not None and asked > room:
+            raise ApiError(400, f"prompt ({prompt_tokens} tokens) + {field} ({asked}) exceeds the context of "
+                                f"{body.model!r} ({dep.context} tokens)", param=field)
+        engine = dep.engine
+        if body.temperature > 0 and not engine.supports_sampling:
+            raise ApiError(400, f"scheduler {engine.name!r} serves greedy decoding only; send temperature=0",
+                           param="temperature")
+        wants = body.logprobs if chat else body.logprobs is not None
+        if wants and not engine.supports_logprobs:
+            raise ApiError(400, f"'logprobs' is not supported by scheduler {engine.name!r} (it returns token ids "
+                                "only); use 'sync', 'dynamic' or 'continuous'", param="logprobs")
+        k = ((body.top_logprobs or 0) if body.logprobs else None) if chat else body.logprobs  # alternatives
+        return SamplingParams(asked or min(self.max_tokens_limit, room), body.temperature, body.top_p,
+                              seed=body.seed, logprobs=k, prompt_logprobs=not chat and body.echo and k is not None)
 
     async def serve(self, http: HttpRequest, body: P.CompletionBody | P.ChatBody, chat: bool) -> Response:
         """Answer one completion request: server-sent events if `body.stream`, else one JSON body."""
         t0 = time.perf_counter()
-        flow = Completion(self, *self.prepare(body, chat), body, chat, t0)
+        dep, ids, text = self.prepare(body, chat)
+        flow = Completion(self, dep, ids, self.params(body, chat, dep, len(ids)), body, chat, t0, text)
         flow.submit()
         if body.stream:
             headers = {"Cache-Control": "no-cache", "X-Model-Version": flow.dep.version}
@@ -114,109 +134,17 @@ class Completions:
         return await flow.collect(http)
 
 
-class Completion:
-    """One request in flight: its engine Request, the queue its token events arrive on, its text stream."""
+def chat_prompt(tokenizer, messages) -> list[int]:
+    """The prompt's token ids: the tokenizer's chat template, or a plain "role: content" transcript without one.
 
-    def __init__(self, owner: Completions, dep: Deployment, ids: list[int], body, chat: bool, t0: float):
-        self.owner, self.dep, self.ids, self.body, self.chat, self.t0 = owner, dep, ids, body, chat, t0
-        self.labels = {"model": dep.model, "version": dep.version}
-        self.text = P.TextStream(dep.tokenizer, body.stops())
-        self.rid = P.new_id(chat)
-        loop, self.queue = asyncio.get_running_loop(), asyncio.Queue()
-        params = SamplingParams(body.max_tokens, body.temperature, body.top_p, seed=body.seed)
-        self.req = Request(ids, params, dep.tokenizer.eos_token_id,
-                           on_event=lambda kind, value: loop.call_soon_threadsafe(self.queue.put_nowait, (kind, value)))
-
-    def submit(self) -> None:
-        try:
-            self.dep.engine.submit(self.req)
-        except QueueFull as err:
-            self.owner.metrics.requests.inc(**self.labels, status=429)
-            raise ApiError(429, str(err), {"Retry-After": str(round(err.retry_after_s))}, "rate_limit_error") from None
-        except ShuttingDown as err:
-            self.owner.metrics.requests.inc(**self.labels, status=503)
-            raise ApiError(503, str(err), kind="server_error") from None
-
-    async def next_piece(self) -> tuple[str, str | None]:
-        """(text delta, finish reason or None): waits for the next token event."""
-        kind, value = await self.queue.get()
-        if kind == "token":
-            delta, stopped = self.text.add(value)
-            if stopped:
-                self.dep.engine.cancel(self.req)  # a stop string: free the slot now
-            return delta, "stop" if stopped else None
-        if kind == "error":
-            raise ApiError(500, f"generation failed: {value}", kind="server_error")
-        return self.text.flush(), {"stop": "stop", "length": "length"}.get(value, value)
-
-    def finish(self, status: int) -> None:
-        """Cancel the request if it did not end well, and record it in the metrics."""
-        if self.req.finish_reason is None and status != 200:
-            self.dep.engine.cancel(self.req)
-        self.owner.metrics.observe(self.req, status, self.t0, **self.labels)
-
-    def usage(self) -> dict:
-        return P.usage(len(self.ids), len(self.req.tokens))
-
-    def chunk(self, choice: dict, usage: dict | None = None) -> str:
-        return _sse(P.response(self.rid, self.body.model, self.chat, [choice], usage, chunk=True))
-
-    async def events(self) -> AsyncIterator[str]:
-        """Server-sent events: a chunk per text delta, the last with the usage, then `[DONE]` (or an error)."""
-        status = 499  # the client went away unless we reach the end
-        try:
-            async with asyncio.timeout(self.owner.timeout_s):
-                if self.chat:
-                    yield self.chunk({"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None})
-                reason = None
-                while not reason:
-                    delta, reason = await self.next_piece()
-                    if delta or reason:
-                        usage = self.usage() if reason else None
-                        yield self.chunk(P.choice(delta, reason, self.chat, delta=True), usage)
-            status = 200
-            yield "data: [DONE]\n\n"
-        except TimeoutError:
-            status = 504
-            yield _sse(P.error_body(f"request timed out after {self.owner.timeout_s:g} s", "timeout"))
-        except ApiError as err:
-            status = err.status
-            yield _sse(P.error_body(err.message, err.kind))
-        finally:  # also runs when the client disconnects (the task is cancelled)
-            self.finish(status)
-
-    async def _until_done(self) -> str:
-        while True:
-            _delta, reason = await self.next_piece()
-            if reason:
-                return reason
-
-    async def collect(self, http: HttpRequest) -> Response:
-        """Wait for the whole completion (504 past the timeout, 499 if the client left) and answer in one body."""
-        task, status = asyncio.ensure_future(self._until_done()), 499
-        deadline = self.t0 + self.owner.timeout_s
-        try:
-            while not task.done():
-                await asyncio.wait({task}, timeout=min(0.2, max(0.0, deadline - time.perf_counter())))
-                if task.done():
-                    break
-                if time.perf_counter() >= deadline:
-                    status = 504
-                    raise ApiError(504, f"request timed out after {self.owner.timeout_s:g} s", kind="timeout")
-                if await http.is_disconnected():  # nobody is waiting: free the batch slot
-                    return Response(status_code=499)
-            reason = task.result()  # re-raises a generation error
-            status = 200
-        except ApiError as err:
-            status = err.status
-            raise
-        finally:
-            task.cancel()
-            self.finish(status)
-        choice = P.choice(self.text.text, reason, self.chat)
-        body = P.response(self.rid, self.body.model, self.chat, [choice], self.usage())
-        return JSONResponse(body, headers={"X-Model-Version": self.dep.version})
-
-
-def _sse(obj: dict) -> str:
-    return f"data: {json.dumps(obj)}\n\n"
+    A `developer` message (OpenAI's newer name for system instructions) goes to the template as `system` unless
+    the template knows the role: SmolLM2's would write it verbatim ("<|im_start|>developer", a role the model was
+    not trained on) after its own default system prompt, which it adds before any first message but `system`.
+    """
+    template = getattr(tokenizer, "chat_template", None)
+    if not template:  # a base model
+        return tokenizer("".join(f"{m.role}: {m.text}\n" for m in messages) + "assistant:")["input_ids"]
+    developer = "developer" in str(template)
+    msgs = [{"role": "system" if m.role == "developer" and not developer else m.role, "content": m.text}
+            for m in messages]
+    return tokenizer.apply_chat_template(msgs, add_generation_prompt=True, return_dict=True)["input_ids"]

@@ -5,7 +5,8 @@ The admission, queue bound, cancellation and worker loop are `Engine`'s; only th
 to the manager (which runs the model on its own thread) and its outputs come back as token events.
 It runs on CPU for Llama-architecture models (tiny-llama, SmolLM2). On BLOOM it fails inside transformers
 (`'PagedAttentionCache' object has no attribute 'get_seq_length'`): `check_supported` says so before a request is
-lost. Greedy decoding only (its sampling settings are per manager, not per request).
+lost. Greedy decoding only (its sampling settings are per manager, not per request), and no logprobs (the manager
+returns token ids only): the server refuses both by name.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class HFEngine(Engine):
     """
 
     supports_sampling = False
+    supports_logprobs = False
 
     def __init__(self, model, tokenizer, limits: Limits | None = None):
         check_supported(model)

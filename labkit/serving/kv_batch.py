@@ -5,7 +5,7 @@ attention mask marks real tokens and position ids count only those, so every row
 would compute alone (the tests check token-for-token equality with `generate()`). Rows can join
 (`merge`) and leave (`keep`) between steps: that is all continuous batching needs.
 
-    batch, logits = KVBatch.prefill(model, requests)    # logits: (batch, vocab) at each prompt's end
+    batch, logits = KVBatch.prefill(model, requests)    # logits: (batch, 1, vocab) at each prompt's end
     batch.next_tokens = picked                          # the token each row feeds in next
     logits = batch.decode(model)                        # one step for every row
     batch.keep([0, 2]); batch.merge(other)              # rows leave; rows join
@@ -22,8 +22,8 @@ from transformers import DynamicCache
 from labkit.serving.request import Request
 
 
-def _takes_positions(model) -> bool:
-    return "position_ids" in inspect.signature(model.forward).parameters
+def _takes(model, argument: str) -> bool:
+    return argument in inspect.signature(model.forward).parameters
 
 
 class KVBatch:
@@ -47,22 +47,33 @@ class KVBatch:
 
     @classmethod
     @torch.no_grad()
-    def prefill(cls, model, reqs: list[Request]) -> tuple[KVBatch, torch.Tensor]:
-        """Run the prompts as one left-padded batch; returns the batch and last-position logits (batch, vocab)."""
+    def prefill(cls, model, reqs: list[Request], every_position: bool = False) -> tuple[KVBatch, torch.Tensor]:
+        """Run the prompts as one left-padded batch.
+
+        Args:
+            model: the causal LM. reqs: one request per row.
+            every_position: keep the logits of every position (prompt logprobs), not only the last.
+        Returns:
+            the batch, and logits (batch, seq, vocab) if every_position, else (batch, 1, vocab). Row i's prompt
+            fills its last len(prompt) positions (left padding); position p's logits predict token p + 1.
+        """
         longest = max(len(r.prompt_ids) for r in reqs)
         ids = torch.zeros(len(reqs), longest, dtype=torch.long)
         mask = torch.zeros(len(reqs), longest, dtype=torch.long)
         for i, r in enumerate(reqs):
             ids[i, longest - len(r.prompt_ids):] = torch.tensor(r.prompt_ids)
             mask[i, longest - len(r.prompt_ids):] = 1
-        out = model(**cls._inputs(model, ids, mask), cache=DynamicCache(config=model.config), use_cache=True)
-        return cls(list(reqs), out.cache, mask, []), out.logits[:, -1]
+        kw = cls._inputs(model, ids, mask)
+        if not every_position and _takes(model, "logits_to_keep"):
+            kw["logits_to_keep"] = 1  # the LM head only where the next token comes from
+        out = model(**kw, cache=DynamicCache(config=model.config), use_cache=True)
+        return cls(list(reqs), out.cache, mask, []), out.logits if every_position else out.logits[:, -1:]
 
     @staticmethod
     def _inputs(model, ids: torch.Tensor, mask: torch.Tensor) -> dict:
         dev = model.device
         kw = {"input_ids": ids.to(dev), "attention_mask": mask.to(dev)}
-        if _takes_positions(model):  # RoPE models: positions count real tokens only
+        if _takes(model, "position_ids"):  # RoPE models: positions count real tokens only
             pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1]:]
             kw["position_ids"] = pos.to(dev)
         return kw

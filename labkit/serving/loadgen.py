@@ -4,6 +4,11 @@ Closed loop: `clients` concurrent users, each sends its next request when the pr
 (a benchmark's "concurrency"). Open loop: requests arrive as a Poisson process at `rate` per second
 whether or not the server keeps up (real traffic). Both stop after `requests` sends or `duration_s`.
 Every request sent is accounted for: succeeded + rejected (an HTTP error status) + failed (no answer).
+
+Tokens are counted the standard way, so any OpenAI-compatible server can be measured: every request streams with
+`"stream_options": {"include_usage": true}` and its completion tokens are the `usage.completion_tokens` of the last
+chunk (`choices: []`). A server that sends no usage is measured by counting the chunks that carry text instead (one
+chunk may hold several tokens: a lower bound); each record says which (`tokens_from`: "usage" or "chunks").
 """
 
 from __future__ import annotations
@@ -54,9 +59,10 @@ class LoadResult:
 
 async def _one(client, url: str, body: dict, index: int, t0: float) -> dict:
     rec = {"index": index, "sent_s": time.perf_counter() - t0, "status": None, "ttft_s": np.nan, "e2e_s": np.nan,
-           "tokens": 0, "tpot_s": np.nan, "version": None, "error": None}
+           "tokens": 0, "tpot_s": np.nan, "version": None, "error": None, "tokens_from": None}
     start = time.perf_counter()
     first = last = None
+    pieces, usage = 0, None
     try:
         async with client.stream("POST", url, json=body) as resp:
             rec["status"], rec["version"] = resp.status_code, resp.headers.get("x-model-version")
@@ -70,15 +76,15 @@ async def _one(client, url: str, body: dict, index: int, t0: float) -> dict:
                 if "error" in chunk:
                     rec["status"], rec["error"] = 599, chunk["error"]["message"]
                     return rec
-                piece = chunk["choices"][0]
-                if (piece.get("text") or piece.get("delta", {}).get("content")) and first is None:
-                    first = time.perf_counter()
-                last = time.perf_counter()
-                rec["tokens"] = chunk.get("usage", {}).get("completion_tokens", rec["tokens"])
+                usage = chunk.get("usage") or usage  # null on every chunk but the last, with include_usage
+                for piece in chunk.get("choices") or []:
+                    if piece.get("text") or (piece.get("delta") or {}).get("content"):
+                        first, last, pieces = first or time.perf_counter(), time.perf_counter(), pieces + 1
     except Exception as err:  # noqa: BLE001 - a failed request is a result, not a crash
         rec["status"], rec["error"] = None, f"{type(err).__name__}: {err}"
         return rec
     rec["e2e_s"] = time.perf_counter() - start
+    rec["tokens"], rec["tokens_from"] = (usage["completion_tokens"], "usage") if usage else (pieces, "chunks")
     if first is not None:
         rec["ttft_s"] = first - start
         if rec["tokens"] > 1:
@@ -86,18 +92,25 @@ async def _one(client, url: str, body: dict, index: int, t0: float) -> dict:
     return rec
 
 
+def request_body(model: str, prompt: str, max_tokens: int, temperature: float, seed: int, chat: bool) -> dict:
+    """One streamed request that asks for the usage chunk (chat: the prompt as one user message)."""
+    body = {"model": model, "max_tokens": max_tokens, "temperature": temperature, "stream": True,
+            "stream_options": {"include_usage": True}, "seed": seed}
+    return {**body, "messages": [{"role": "user", "content": prompt}]} if chat else {**body, "prompt": prompt}
+
+
 async def _drive(base_url: str, model: str, prompts, mode: str, clients: int, rate: float, requests: int,
-                 duration_s: float, max_tokens: int, temperature: float, timeout_s: float, seed: int) -> list[dict]:
+                 duration_s: float, max_tokens: int, temperature: float, timeout_s: float, seed: int,
+                 chat: bool) -> list[dict]:
     import httpx
 
-    url = base_url.rstrip("/") + "/v1/completions"
+    url = base_url.rstrip("/") + ("/v1/chat/completions" if chat else "/v1/completions")
     rng = random.Random(seed)
     t0 = time.perf_counter()
     counter = iter(range(requests))
 
     def body(i: int) -> dict:
-        return {"model": model, "prompt": prompts[i % len(prompts)], "max_tokens": max_tokens,
-                "temperature": temperature, "stream": True, "seed": seed + i}
+        return request_body(model, prompts[i % len(prompts)], max_tokens, temperature, seed + i, chat)
 
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
     async with httpx.AsyncClient(timeout=timeout_s, limits=limits) as client:
@@ -134,7 +147,7 @@ def _run(coro):
 
 def run_load(url: str, model: str, prompts: list[str] | tuple[str, ...] = DEFAULT_PROMPTS, mode: str = "closed",
              clients: int = 4, rate: float = 4.0, requests: int = 32, duration_s: float = 60.0, max_tokens: int = 32,
-             temperature: float = 0.0, timeout_s: float = 120.0, seed: int = 0) -> LoadResult:
+             temperature: float = 0.0, timeout_s: float = 120.0, seed: int = 0, chat: bool = False) -> LoadResult:
     """Drive the server at `url` (loopback only) and measure what every request experienced.
 
     Args:
@@ -145,9 +158,10 @@ def run_load(url: str, model: str, prompts: list[str] | tuple[str, ...] = DEFAUL
         requests: requests to send in all. duration_s: stop sending after this many seconds.
         max_tokens: new tokens per request. temperature: 0 = greedy. timeout_s: per request (s).
         seed: seeds the arrivals and each request's sampling seed.
+        chat: send chat requests (/v1/chat/completions, the prompt as a user message) instead of completions.
     Returns:
-        LoadResult: records (index, sent_s, status, ttft_s, e2e_s, tokens, tpot_s, version, error; times in s)
-        and the summary (see `summarize`).
+        LoadResult: records (index, sent_s, status, ttft_s, e2e_s, tokens, tpot_s, version, error, tokens_from;
+        times in s) and the summary (see `summarize`).
     Raises:
         ValueError: a non-loopback URL, an unknown mode (naming the valid ones) or a non-positive count.
     """
@@ -158,7 +172,7 @@ def run_load(url: str, model: str, prompts: list[str] | tuple[str, ...] = DEFAUL
         raise ValueError("need clients >= 1, requests >= 1, rate > 0 and duration_s > 0")
     start = time.perf_counter()
     recs = _run(_drive(url, model, list(prompts), mode, clients, rate, requests, duration_s, max_tokens,
-                       temperature, timeout_s, seed))
+                       temperature, timeout_s, seed, chat))
     wall = time.perf_counter() - start
     df = pd.DataFrame(recs).sort_values("index").reset_index(drop=True)
     return LoadResult(df, summarize(df, wall, mode=mode, clients=clients if mode == "closed" else None,
@@ -173,7 +187,8 @@ def summarize(df: pd.DataFrame, wall_s: float, **meta) -> dict:
         **meta: extra keys copied into the summary (mode, clients, rate).
     Returns:
         sent, succeeded (HTTP 200), rejected (another status, by status), failed (no answer); requests_per_s and
-        tokens_per_s over the wall time; TTFT, TPOT and end-to-end percentiles of the successful requests (s).
+        tokens_per_s over the wall time; TTFT, TPOT and end-to-end percentiles of the successful requests (s);
+        tokens_from: how the successful requests' tokens were counted ({"usage": n, "chunks": m}).
     """
     ok = df[df.status == 200]
     rejected = df[df.status.notna() & (df.status != 200)]
@@ -188,6 +203,7 @@ def summarize(df: pd.DataFrame, wall_s: float, **meta) -> dict:
         "ttft_p50_s": pct("ttft_s", 50), "ttft_p90_s": pct("ttft_s", 90), "ttft_p99_s": pct("ttft_s", 99),
         "tpot_p50_s": pct("tpot_s", 50), "e2e_p50_s": pct("e2e_s", 50), "e2e_p90_s": pct("e2e_s", 90),
         "e2e_p99_s": pct("e2e_s", 99),
+        "tokens_from": ok.tokens_from.value_counts().to_dict() if "tokens_from" in ok else {},
     }  # fmt: skip
 
 

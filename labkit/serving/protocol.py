@@ -1,65 +1,272 @@
-"""The OpenAI-compatible request bodies and response shapes, and streaming detokenization with stop strings."""
+"""OpenAI's request bodies (validated, nothing ignored) and response shapes: /v1/completions, /v1/chat/completions.
+
+Every field a body may carry is in `fields.FIELDS`. The implemented ones are declared below with their types; the
+tags and the refused ones are added from the table (any value), and a refused one carrying anything but its
+default is a 400 that names it. A key outside the table is a 400 too (pydantic's extra="forbid", worded by
+`validation_message`). Null means "default" for every field, as in OpenAI's spec. The tags (`user`, and on chat
+`metadata`, `store`, `safety_identifier`, `prompt_cache_key`) are accepted and have no effect on the output:
+nothing is stored, logged per user or cached.
+"""
 
 from __future__ import annotations
 
 import time
 import uuid
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from labkit.serving.fields import (
+    CHAT,
+    COMPLETIONS,
+    CONTENT_PART,
+    IMPLEMENTED,
+    MESSAGE,
+    REFUSED,
+    STREAM_OPTIONS,
+    refusal,
+    rules,
+    unknown,
+)
+
+ROLES = ("system", "developer", "user", "assistant")
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's legacy default for /v1/completions
 
 
-class _Sampling(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # unknown OpenAI fields (logprobs, user...) are ignored
+def _error(message: str, param: str | None = None) -> PydanticCustomError:
+    return PydanticCustomError("invalid_field", "{message}", {"message": message, "param": param})
 
+
+class _Object(BaseModel):
+    """A request object: unknown keys are errors; refused fields (from the table) must keep their default."""
+
+    model_config = ConfigDict(extra="forbid")
+    where: ClassVar[str]
+
+    @model_validator(mode="after")
+    def _refuse(self):
+        for name in rules(self.where, REFUSED):
+            if (message := refusal(self.where, name, getattr(self, name))) is not None:
+                raise _error(message, name)
+        return self
+
+
+def _from_table(base: type[_Object], name: str) -> type[_Object]:
+    """`base` plus the table's tag and refused fields of `base.where` (any value; default None)."""
+    extra = {n: (Any, None) for n, r in rules(base.where).items() if r.status != IMPLEMENTED}
+    return create_model(name, __base__=base, __module__=__name__, __doc__=base.__doc__, **extra)
+
+
+class StreamOptions(BaseModel):
+    """`stream_options`: only include_usage (one last chunk carries the usage; no other chunk does)."""
+
+    model_config = ConfigDict(extra="forbid")
+    include_usage: bool | None = None
+
+
+def _text_parts(content: Any) -> Any:
+    """A list of content parts -> their texts joined (OpenAI concatenates text parts); other values unchanged."""
+    if not isinstance(content, list):
+        return content
+    texts = []
+    for part in content:
+        if not isinstance(part, dict) or "type" not in part:
+            raise _error(f"a content part must be an object with a 'type'; got {part!r}", "content")
+        if part["type"] != "text":
+            raise _error(f"content part type {part['type']!r} is not supported; supported: 'text'", "content")
+        for key in set(part) - set(rules(CONTENT_PART)):
+            raise _error(unknown(CONTENT_PART, key), key)
+        if not isinstance(part.get("text"), str):
+            raise _error("a text content part needs a string 'text'", "content")
+        texts.append(part["text"])
+    return "".join(texts)
+
+
+class _Message(_Object):
+    """One chat message: role system | developer | user | assistant; content a string, text parts, or null
+    (assistant only, read as "")."""
+
+    where = MESSAGE
+    role: str
+    content: str | None
+
+    @field_validator("role", mode="before")
+    @classmethod
+    def _role(cls, role):
+        if role not in ROLES:
+            raise _error(f"role {role!r} is not supported; supported roles: {', '.join(ROLES)} "
+                         "(this server has no tool or function calling)", "role")
+        return role
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _content(cls, content):
+        return _text_parts(content)
+
+    @model_validator(mode="after")
+    def _null_content(self):
+        if self.content is None and self.role != "assistant":
+            raise _error(f"content may be null on assistant messages only (this one's role is {self.role!r})",
+                         "content")
+        return self
+
+    @property
+    def text(self) -> str:
+        return self.content or ""
+
+
+Message = _from_table(_Message, "Message")
+
+
+class _Sampling(_Object):
     model: str
-    max_tokens: int = Field(16, ge=1)
     temperature: float = Field(1.0, ge=0.0, le=2.0)  # OpenAI's default; 0 = greedy
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     stop: str | list[str] | None = None
     seed: int | None = None
     stream: bool = False
-    n: int = Field(1, ge=1, le=1)
+    stream_options: StreamOptions | None = None
+
+    @field_validator("temperature", "top_p", "stream", "max_tokens", "echo", "logprobs", mode="before",
+                     check_fields=False)
+    @classmethod
+    def _null_is_default(cls, value, info):
+        return cls.model_fields[info.field_name].default if value is None else value
+
+    @model_validator(mode="after")
+    def _stream_options_need_stream(self):
+        if self.stream_options is not None and not self.stream:
+            raise _error("stream_options is only allowed when stream is true", "stream_options")
+        return self
 
     def stops(self) -> list[str]:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         return [s for s in stops if s]
 
-
-class CompletionBody(_Sampling):
-    prompt: str
-
-
-class Message(BaseModel):
-    role: str
-    content: str
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
 
 
-class ChatBody(_Sampling):
+class _CompletionBody(_Sampling):
+    """POST /v1/completions. max_tokens: null = 16 (OpenAI's legacy default). logprobs: 0..5 alternatives per
+    token. echo: the prompt comes back before the completion (and, with logprobs, its tokens' logprobs)."""
+
+    where = COMPLETIONS
+    prompt: str | list[int]
+    max_tokens: int = Field(COMPLETIONS_DEFAULT_MAX_TOKENS, ge=1)
+    logprobs: int | None = Field(None, ge=0, le=5, strict=True)  # strict: `true` (chat's form) is an error
+    echo: bool = False
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _one_prompt(cls, prompt):
+        if isinstance(prompt, list) and prompt and all(isinstance(p, (str, list)) for p in prompt):
+            if len(prompt) > 1:
+                raise _error(f"a batch of {len(prompt)} prompts is not supported; send one prompt per request",
+                             "prompt")
+            prompt = prompt[0]
+        if isinstance(prompt, list) and not all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+            raise _error("prompt must be a string or a list of token ids", "prompt")
+        return prompt
+
+
+class _ChatBody(_Sampling):
+    """POST /v1/chat/completions. max_completion_tokens (or the deprecated max_tokens; both set: they must agree):
+    null = as many as the context and the server's limit allow. logprobs: true, with top_logprobs 0..20."""
+
+    where = CHAT
     messages: list[Message] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if None not in (self.max_tokens, self.max_completion_tokens) and self.max_tokens != self.max_completion_tokens:
+            raise _error(f"max_tokens ({self.max_tokens}) and max_completion_tokens ({self.max_completion_tokens}) "
+                         "disagree; send max_completion_tokens only (max_tokens is its deprecated name)",
+                         "max_completion_tokens")
+        if self.top_logprobs is not None and not self.logprobs:
+            raise _error("top_logprobs needs logprobs: true", "top_logprobs")
+        return self
+
+    @property
+    def requested_tokens(self) -> int | None:
+        """The length the client asked for (max_completion_tokens or max_tokens); None = no cap asked."""
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
 
-def error_body(message: str, kind: str = "invalid_request_error", code: str | None = None) -> dict:
-    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+CompletionBody = _from_table(_CompletionBody, "CompletionBody")
+ChatBody = _from_table(_ChatBody, "ChatBody")
+
+
+def validation_message(errors: list[dict], where: str) -> tuple[str, str | None]:
+    """pydantic's errors for a body of `where` (COMPLETIONS or CHAT) -> (one message naming each field, param).
+
+    An unknown key says it is not supported by this server and lists the supported fields of its object.
+    """
+    parts, params = [], []
+    for e in errors:
+        loc = list(e.get("loc", ()))
+        path, kind, ctx = [str(x) for x in loc[loc[:1] == ["body"]:]], e.get("type"), e.get("ctx") or {}
+        full, where_in = path, path
+        if kind == "extra_forbidden":
+            inner = {"messages": MESSAGE, "stream_options": STREAM_OPTIONS}.get(path[0], where) if path else where
+            message, where_in = unknown(inner if len(path) > 1 else where, path[-1]), path[:-1]
+        elif kind == "invalid_field":
+            message, name = ctx["message"], ctx.get("param")
+            full = path + [name] if name and path[-1:] != [name] else path
+        else:
+            message = e.get("msg", "invalid")
+        parts.append(f"{'.'.join(where_in)}: {message}" if where_in else message)
+        params.append(".".join(full) or None)
+    return "; ".join(parts) or "invalid request", next((p for p in params if p), None)
+
+
+class ApiError(Exception):
+    """An error answer: HTTP status, message, extra headers, OpenAI error type and the field at fault (`param`)."""
+
+    def __init__(self, status: int, message: str, headers: dict | None = None, kind: str = "invalid_request_error",
+                 param: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.headers, self.kind, self.param = status, message, headers, kind, param
+
+
+def error_body(message: str, kind: str = "invalid_request_error", code: str | None = None,
+               param: str | None = None) -> dict:
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
 def new_id(chat: bool) -> str:
     return ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
 
 
-def choice(text: str, finish: str | None, chat: bool, delta: bool = False) -> dict:
+def choice(text: str, finish: str | None, chat: bool, delta: bool = False, logprobs: dict | list | None = None) -> dict:
+    """One choice: completions {"text"}, chat {"message"} or, streamed, {"delta"}; `logprobs` in the endpoint's
+    format (chat: the `content` list, wrapped here), null when not asked."""
     if not chat:
-        return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
-    key = "delta" if delta else "message"
-    content = {"content": text} if delta and text else ({} if delta else {"role": "assistant", "content": text})
-    return {"index": 0, key: content, "finish_reason": finish}
+        return {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}
+    lp = None if logprobs is None else {"content": logprobs, "refusal": None}
+    if delta:
+        return {"index": 0, "delta": {"content": text} if text else {}, "logprobs": lp, "finish_reason": finish}
+    message = {"role": "assistant", "content": text, "refusal": None}
+    return {"index": 0, "message": message, "logprobs": lp, "finish_reason": finish}
 
 
-def response(rid: str, model: str, chat: bool, choices: list[dict], usage: dict | None, chunk: bool = False) -> dict:
+def role_chunk_choice() -> dict:
+    """The first choice of a streamed chat answer: the role, and no text yet."""
+    return {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+
+
+def response(rid: str, model: str, chat: bool, choices: list[dict], created: int | None = None, chunk: bool = False,
+             **extra) -> dict:
+    """A response body (or a streamed chunk); `extra` adds keys such as usage."""
     kind = ("chat.completion" if chat else "text_completion") + (".chunk" if chunk and chat else "")
-    body = {"id": rid, "object": kind, "created": int(time.time()), "model": model, "choices": choices}
-    if usage is not None:
-        body["usage"] = usage
-    return body
+    created = int(time.time()) if created is None else created
+    return {"id": rid, "object": kind, "created": created, "model": model, "choices": choices, **extra}
 
 
 def model_card(model: str, created: float, versions: list[str]) -> dict:
@@ -69,37 +276,3 @@ def model_card(model: str, created: float, versions: list[str]) -> dict:
 
 def usage(prompt: int, completion: int) -> dict:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-
-
-class TextStream:
-    """Token ids in, text deltas out, cut at the first stop string.
-
-    Text that could still turn into a stop string, or ends in half a UTF-8 character, is held back
-    until it cannot: the streamed deltas always add up to the non-streamed text.
-    """
-
-    def __init__(self, tokenizer, stops: list[str]):
-        self.tokenizer, self.stops = tokenizer, stops
-        self.ids: list[int] = []
-        self.text, self.sent = "", 0
-        self.hold = max((len(s) for s in stops), default=1) - 1
-
-    def add(self, token: int) -> tuple[str, bool]:
-        """Returns (new text safe to send, whether a stop string ended the text)."""
-        self.ids.append(token)
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-        hits = [i for i in (text.find(s) for s in self.stops) if i >= 0]
-        if hits:
-            self.text = text[: min(hits)]
-            return self.flush(), True
-        self.text = text
-        safe = len(text) - self.hold - (1 if text.endswith("\ufffd") else 0)
-        return self._take(safe), False
-
-    def _take(self, upto: int) -> str:
-        delta = self.text[self.sent: max(self.sent, upto)]
-        self.sent += len(delta)
-        return delta
-
-    def flush(self) -> str:
-        return self._take(len(self.text))

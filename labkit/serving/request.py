@@ -6,7 +6,9 @@
     req.tokens, req.finish_reason
 
 The engine reports progress through `on_event(kind, value)`, called on its worker thread: ("token", id) for every
-new token, ("done", reason) at the end, ("error", message) on failure.
+new token, ("done", reason) at the end, ("error", message) on failure. A request that asks for logprobs
+(`SamplingParams.logprobs`) finds each token's TokenLogprob in `req.logprobs` before that token's event is posted,
+and with `prompt_logprobs` the prompt's in `req.prompt_logprobs` before the first token event.
 """
 
 from __future__ import annotations
@@ -46,6 +48,19 @@ class Status(enum.Enum):
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """One position's log-probabilities (natural log, fp32 log_softmax of the raw logits: `serving.logprobs`).
+
+    Args:
+        logprob: the chosen (or given, for a prompt) token's.
+        top: the most likely tokens at that position as (token id, logprob), best first.
+    """
+
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+@dataclass(frozen=True)
 class SamplingParams:
     """How one request picks its tokens (the rule itself is `labkit.decoding.sampling.sample_next`).
 
@@ -55,6 +70,8 @@ class SamplingParams:
         top_p: keep the smallest set of tokens holding this much probability (0 < top_p <= 1; 1 = off).
         top_k: keep only the k most likely tokens (0 = off).
         seed: seeds the request's own torch.Generator, so the same seed gives the same tokens in any batch.
+        logprobs: None = no logprobs; k >= 0 = each new token's logprob and the k most likely alternatives.
+        prompt_logprobs: also the prompt tokens' logprobs (with `logprobs` alternatives each; 0 when None).
 
     Raises:
         ValueError: for a value outside the ranges above.
@@ -65,10 +82,19 @@ class SamplingParams:
     top_p: float = 1.0
     top_k: int = 0
     seed: int | None = None
+    logprobs: int | None = None
+    prompt_logprobs: bool = False
 
     def __post_init__(self) -> None:
-        if self.max_tokens < 1 or self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
-            raise ValueError(f"need max_tokens >= 1, temperature >= 0, 0 < top_p <= 1 and top_k >= 0; got {self}")
+        if self.max_tokens < 1 or self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0 \
+                or (self.logprobs is not None and self.logprobs < 0):
+            raise ValueError("need max_tokens >= 1, temperature >= 0, 0 < top_p <= 1, top_k >= 0 and logprobs None "
+                             f"or >= 0; got {self}")
+
+    @property
+    def wants_logprobs(self) -> bool:
+        """Logprobs of any kind are asked for."""
+        return self.logprobs is not None or self.prompt_logprobs
 
     @property
     def greedy(self) -> bool:
@@ -89,7 +115,9 @@ class Request:
         eos_token_id: generation stops after this token (finish reason "stop"); None = only max_tokens stops it.
         on_event: called from the engine's worker thread with ("token", id), ("done", reason) or ("error", msg).
 
-    Timestamps (`time.perf_counter()` seconds): t_submit (accepted), t_first (first token), t_done (finished).
+    Logprobs (when `params` asks): `logprobs` aligned with `tokens`; `prompt_logprobs` aligned with `prompt_ids`
+    (the first None). Timestamps (`time.perf_counter()` seconds): t_submit (accepted), t_first (first token),
+    t_done (finished).
     """
 
     prompt_ids: list[int]
@@ -98,6 +126,8 @@ class Request:
     on_event: Callable[[str, object], None] = _no_events
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
     tokens: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    prompt_logprobs: list[TokenLogprob | None] = field(default_factory=list)
     status: Status = Status.WAITING
     finish_reason: str | None = None  # once FINISHED: "stop" (EOS), "length" (max_tokens), "cancelled" or "error"
     t_submit: float = 0.0

@@ -12,9 +12,9 @@ from labkit.serving import metrics
 from labkit.serving.engine import sample_tokens
 from labkit.serving.hf_engine import check_supported
 from labkit.serving.policies import POLICIES
-from labkit.serving.protocol import TextStream
 from labkit.serving.repository import SCHEDULERS, ModelRepository, make_engine
 from labkit.serving.request import QueueFull, Request, SamplingParams, ShuttingDown, Status
+from labkit.serving.textstream import TextStream
 
 PROMPTS = ["ROMEO:\n", "KING HENRY:\nOnce more unto the", "A", "JULIET:\nO Romeo, Romeo, wherefore"]
 
@@ -110,6 +110,11 @@ def test_cli_parses_serve_and_loadgen_and_refuses_remote_targets(capsys):
     assert (args.model, args.scheduler, args.port, args.host) == ("tiny-llama", "sync", 9000, "127.0.0.1")
     assert cli.main(["loadgen", "--url", "http://10.2.3.4:8000"]) == 2
     assert "loopback" in capsys.readouterr().err
+    assert parser.parse_args(["loadgen", "--chat"]).chat
+    assert cli.main(["serve", "--fields"]) == 0  # the field table, without loading a model
+    table = capsys.readouterr().out
+    assert "| `n` | refused | one choice per request; accepted: null, 1 |" in table
+    assert "| `echo` | implemented |" in table and "| `user` | tag |" in table
 
 
 def test_sampling_is_seeded_and_top_p_near_zero_is_greedy(bard):

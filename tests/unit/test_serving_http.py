@@ -191,7 +191,8 @@ def test_burst_is_fully_accounted_and_graceful_shutdown_drains(bard):
         t = threading.Thread(target=lambda: done.update(r=httpx.post(srv.url + "/v1/completions", timeout=60, json={
             "model": "bard", "prompt": "ROMEO:", "temperature": 0, "max_tokens": 300})))
         t.start()
-        while not repo.route("bard").engine.running:
+        # wait for *this* request (a request answered just before may still be leaving the running list)
+        while not any(r.params.max_tokens == 300 for r in repo.route("bard").engine.running):
             time.sleep(0.005)
     finally:
         srv.stop()
