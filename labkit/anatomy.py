@@ -1,6 +1,7 @@
 """Memory math from a config alone: weights, KV cache and activations, before anything is allocated.
 
     anatomy.kv_cache_bytes("smollm2-135m", batch=8, seq=4096, precision="bf16")    # the one KV-cache formula
+    anatomy.kv_cache_bytes(mistral_config, 2, 64, "fp32", cache="static")          # windows: dynamic or static cache
     anatomy.model_memory("llama-30b", "fp16", batch=1, seq=2048).total_gb           # weights + KV + activations
     anatomy.dims("bloom-176b").layers                                              # a config's dimensions
 
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 from transformers import AutoConfig, PretrainedConfig
+from transformers.cache_utils import get_layer_types_and_kwargs
 
 from labkit import measure, models
 from labkit.precision import FLOAT_PRECISIONS, bytes_per_value, canonical, torch_dtype
@@ -51,8 +53,10 @@ def _get(cfg, *names, default=None):
 class Dims:
     """The dimensions of a decoder, whatever the architecture calls them (Llama's num_hidden_layers, BLOOM's n_layer).
 
-    kv_heads < heads means grouped-query attention (1: multi-query). sliding_window: tokens a windowed layer keeps
-    (None: every layer attends to the whole context). layer_types: "full_attention" / "sliding_attention" per layer.
+    kv_heads < heads means grouped-query attention (1: multi-query). layer_types: per layer, the attention kind
+    transformers builds its cache from ("full_attention", "sliding_attention", "chunked_attention", ...); windows:
+    per layer, the tokens its window spans (None: the whole context). sliding_window: the largest of them (None when
+    no layer is windowed).
     """
 
     layers: int
@@ -64,6 +68,7 @@ class Dims:
     vocab: int
     sliding_window: int | None
     layer_types: tuple[str, ...]
+    windows: tuple[int | None, ...]
 
 
 def dims(model_or_config) -> Dims:
@@ -73,16 +78,20 @@ def dims(model_or_config) -> Dims:
         model_or_config: a model name, a transformers config or a config dict with "model_type" (see `config_of`).
     Returns:
         Dims; intermediate defaults to 4 × hidden (GPT/BLOOM MLPs), kv_heads to heads, head_dim to hidden / heads.
+        The per-layer attention kinds and windows are read by `transformers.cache_utils.get_layer_types_and_kwargs`,
+        the function DynamicCache and StaticCache build their layers with: a config's `layer_types` (Gemma-2/3,
+        GPT-OSS, Cohere2, Qwen2/3 from `max_window_layers` and `use_sliding_window`, ...), else `sliding_window` /
+        `attention_chunk_size` per layer (Mistral: every layer windowed).
     """
-    cfg = config_of(model_or_config)
+    cfg = config_of(model_or_config).get_text_config(decoder=True)
     layers = _get(cfg, "num_hidden_layers", "n_layer")
     hidden = _get(cfg, "hidden_size", "n_embed")
     heads = _get(cfg, "num_attention_heads", "n_head")
-    window = _get(cfg, "sliding_window") if getattr(cfg, "use_sliding_window", True) is not False else None
-    types = _get(cfg, "layer_types") or ["sliding_attention" if window else "full_attention"] * layers
+    types, kwargs = get_layer_types_and_kwargs(cfg)
+    windows = tuple(kw.get("sliding_window") for kw in kwargs)
     return Dims(layers, hidden, heads, _get(cfg, "num_key_value_heads", default=heads),
                 _get(cfg, "head_dim", default=hidden // heads), _get(cfg, "intermediate_size", default=4 * hidden),
-                cfg.vocab_size, window, tuple(types))
+                cfg.vocab_size, max((w for w in windows if w), default=None), tuple(types), windows)
 
 
 def _check_shape(batch: int, seq: int) -> None:
@@ -90,32 +99,58 @@ def _check_shape(batch: int, seq: int) -> None:
         raise ValueError(f"batch and seq must be >= 1, got {batch} and {seq}")
 
 
-def kv_cache_bytes(model_or_config, batch: int = 1, seq: int = 2048, precision: str = "bf16") -> int:
-    """The one KV-cache formula: bytes of keys and values a decoder keeps for `batch` sequences of `seq` tokens.
+CACHE_KINDS = ("dynamic", "static")
+WINDOWED = ("sliding_attention", "chunked_attention")  # one cache layer class for both (transformers' mappings)
+
+
+def _tokens_kept(layer_type: str, window: int | None, seq: int, cache: str) -> int:
+    """Tokens one layer's cache holds for a sequence of `seq` tokens (see `kv_cache_bytes`)."""
+    if layer_type == "full_attention":
+        return seq
+    if layer_type in WINDOWED:
+        return min(seq, window - 1 if cache == "dynamic" else window)
+    raise ValueError(f"kv_cache_bytes counts full_attention and {' / '.join(WINDOWED)} layers, not "
+                     f"{layer_type!r} (a recurrent or compressed state, or a layer that reuses another's cache)")
+
+
+def kv_cache_bytes(model_or_config, batch: int = 1, seq: int = 2048, precision: str = "bf16",
+                   cache: str = "dynamic") -> int:
+    """The one KV-cache formula: bytes of keys and values a decoder's cache holds for `batch` sequences of `seq` tokens.
 
         bytes = Σ_layers 2 (K and V) × kv_heads × head_dim × bytes_per_value × tokens_kept(layer) × batch
 
-    kv_heads is `num_key_value_heads` (grouped-query attention: fewer K/V heads than query heads; multi-query: 1);
-    tokens_kept is `seq` for a full-attention layer and min(seq, sliding_window) for a windowed one (per layer when
-    `layer_types` alternates "sliding_attention" and "full_attention"). That is what a static cache allocates;
-    transformers' dynamic cache keeps one token fewer per windowed layer between steps (the next token brings it
-    back to the window during the step).
+    kv_heads is `num_key_value_heads` (grouped-query attention: fewer K/V heads than query heads; multi-query: 1).
+    tokens_kept is `seq` for a full-attention layer; for a windowed layer (sliding or chunked attention, per layer
+    when the config alternates them) it depends on the cache (transformers 5.x, `cache_utils.py`):
+
+    - "dynamic" (DynamicCache, what `model(...)` and `generate()` use by default): `DynamicSlidingWindowLayer.update`
+      keeps the last `sliding_window - 1` tokens after each step, so min(seq, window − 1). During a step the layer
+      attends over those plus the new tokens (a full window while decoding).
+    - "static" (StaticCache, `seq` = its max_cache_len): `StaticSlidingWindowLayer` allocates
+      min(max_cache_len, sliding_window) tokens, so min(seq, window); a full layer allocates max_cache_len.
+
+    Which layers are windowed, and their windows, come from `dims` (transformers' own reading of the config).
 
     Args:
         model_or_config: a model name, a transformers config, or a config dict with "model_type".
-        batch: sequences (>= 1). seq: tokens per sequence, prompt + generated (>= 1).
+        batch: sequences (>= 1). seq: tokens per sequence, prompt + generated (>= 1); for "static", max_cache_len.
         precision: the cache's element precision (fp32 | bf16 | fp16 | int8, or an alias such as "bfloat16").
+        cache: "dynamic" (after a step of transformers' default cache) or "static" (what a static cache allocates;
+            also the most a dynamic cache holds while it decodes a token).
     Returns:
         bytes (int).
     Raises:
-        ValueError: for batch or seq < 1 or an unknown precision (naming the choices).
-    Source: the formula in shared/reference/numbers.md (2 × layers × kv_heads × head_dim × bytes × tokens × batch).
+        ValueError: for batch or seq < 1, an unknown precision or cache kind (naming the choices), or a layer kind
+            the formula does not cover (linear attention / state-space layers, shared-KV layers).
+    Source: the formula in shared/reference/numbers.md (2 × layers × kv_heads × head_dim × bytes × tokens × batch),
+        the window rules above from transformers' DynamicSlidingWindowLayer and StaticSlidingWindowLayer.
     """
+    if cache not in CACHE_KINDS:
+        raise ValueError(f"unknown cache kind {cache!r}; choose from {list(CACHE_KINDS)}")
     _check_shape(batch, seq)
     per_value = bytes_per_value(precision)
     d = dims(model_or_config)
-    tokens = sum(min(seq, d.sliding_window) if t == "sliding_attention" and d.sliding_window else seq
-                 for t in d.layer_types)
+    tokens = sum(_tokens_kept(t, w, seq, cache) for t, w in zip(d.layer_types, d.windows, strict=True))
     return int(2 * d.kv_heads * d.head_dim * per_value * tokens * batch)
 
 
@@ -139,6 +174,9 @@ def model_memory(model_or_config, precision: str = "bf16", batch: int = 1, seq: 
                  kv_precision: str | None = None) -> ModelMemory:
     """Weights (parameters counted on the meta device) + KV cache (`kv_cache_bytes`) + a one-layer activation estimate.
 
+    The KV cache is counted with the static rule (a windowed layer holds its whole window): the most a cache holds
+    while it decodes, whichever kind it is.
+
     Args:
         model_or_config: a model name, a transformers config, or a config dict with "model_type".
         precision: the weights' precision, fp32 | bf16 | fp16 | int8 | int4 (or an alias such as "float16").
@@ -157,7 +195,7 @@ def model_memory(model_or_config, precision: str = "bf16", batch: int = 1, seq: 
     _check_shape(batch, seq)
     cfg = config_of(model_or_config)
     params = models.estimate_memory(model_or_config if isinstance(model_or_config, str) else cfg).params
-    kv = kv_cache_bytes(cfg, batch, seq, kv_precision or float_name)
+    kv = kv_cache_bytes(cfg, batch, seq, kv_precision or float_name, cache="static")
     d = dims(cfg)
     act = bytes_per_value(float_name)
     activations = batch * seq * (2 * d.hidden + d.intermediate) * act + batch * d.heads * seq * seq * act

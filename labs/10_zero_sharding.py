@@ -23,21 +23,36 @@
 # states — on every device. With Adam the optimizer states dominate: for every parameter a master copy,
 # a momentum and a variance. **ZeRO** (Rajbhandari et al., 2019) removes the redundancy step by step:
 #
-# | stage | sharded across the N data-parallel ranks | bytes per device (Ψ params) |
+# | stage | sharded across the N data-parallel ranks | sharded model states per device (Ψ params) |
 # |---|---|---|
-# | 0 (plain DP) | nothing | (P + G + K) Ψ |
-# | 1 | optimizer states | (P + G) Ψ + K Ψ / N |
-# | 2 | + gradients | P Ψ + (G + K) Ψ / N |
-# | 3 | + parameters | (P + G + K) Ψ / N |
+# | stage 0 (plain DP) | nothing | $(P + G + K)\,\Psi$ |
+# | stage 1 | optimizer states | $(P + G)\,\Psi + K\Psi / N$ |
+# | stage 2 | + gradients | $P\Psi + (G + K)\,\Psi / N$ |
+# | stage 3 | + parameters | $(P + G + K)\,\Psi / N$ |
 #
-# PyTorch has its own versions: `ZeroRedundancyOptimizer` (≈ stage 1) and FSDP2's `fully_shard` (≈ stage 3).
-# Below, real DeepSpeed and real PyTorch train the same model on two real ranks (gloo on this CPU, NCCL on
-# GPUs) and we read the bytes each rank holds straight from the engine's and optimizer's tensors.
+# That is the paper's formula, and it is not all a stage-3 rank holds: to run a layer it all-gathers that
+# layer's parameters whole, and in the backward it holds the layer's whole gradient until the reduce-scatter.
+# The largest layer (in most LLMs the token embedding) sets that **gathered-layer** term, $2P\,\Psi_{\text{largest}}$,
+# which does not shrink with N. DeepSpeed's own estimator (`estimate_zero3_model_states_mem_needs` in
+# `deepspeed/runtime/zero/stage3.py`) adds it; so does every number below. Activations and communication buckets
+# come on top of both.
 #
-# **Byte convention.** The paper uses mixed precision: P = 2, G = 2, K = 12 (fp32 master + m + v). Here
-# everything is fp32, so P = 4 and G = 4; DeepSpeed's ZeRO optimizer *still* keeps an fp32 master copy of its
-# partition, so K = 12 at stages 1–3. Stage 0 and PyTorch's optimizers update the fp32 parameters directly:
-# no master copy, K = 8. The formula takes P, G and K as arguments, so each row uses its own.
+# PyTorch has its own versions: `ZeroRedundancyOptimizer` (≈ stage 1) and FSDP2's `fully_shard`. With its default
+# `reshard_after_forward=True` FSDP2 frees each layer after its forward and gathers it again in the backward:
+# ≈ stage 3. With `reshard_after_forward=False` it keeps the gathered parameters from the forward to the backward
+# and skips the second all-gather — ≈ stage 2: whole parameters during the step, sharded gradients and optimizer
+# states. See the [`fully_shard` docs](https://docs.pytorch.org/docs/stable/distributed.fsdp.fully_shard.html) for
+# the parameter; the [FSDP2 migration guide](https://docs.pytorch.org/tutorials/intermediate/FSDP_tutorial.html#fsdp1-to-fsdp2-migration-guide)
+# maps FSDP1's `SHARD_GRAD_OP` to `reshard_after_forward=False`, and FSDP1 names that strategy's hybrid variant
+# `_HYBRID_SHARD_ZERO2`.
+# Below, real DeepSpeed and real PyTorch train the same model on two real ranks (gloo on this CPU, NCCL on GPUs)
+# and we read the bytes each rank holds straight from the engine's and optimizer's tensors.
+#
+# **Byte convention.** The paper uses mixed precision: $P = 2$, $G = 2$, $K = 12$ (fp32 master + m + v).
+# DeepSpeed's estimator counts $G = 4$: its stage-3 gradient partition is fp32. Here everything is fp32, so
+# $P = 4$ and $G = 4$; DeepSpeed's ZeRO optimizer *still* keeps an fp32 master copy of its partition, so $K = 12$
+# at every sharded stage. At stage 0, and with PyTorch's optimizers, the fp32 parameters are updated directly: no
+# master copy, $K = 8$. The formula takes P, G and K as arguments, so each row uses its own.
 
 # %%
 # Setup. Locally `make lab` installed everything; on Colab this cell installs the lab first.
@@ -68,37 +83,66 @@ if SMOKE:
 # %% [markdown]
 # ## 1. The formula at scale
 #
-# Per-device GB for models from 1 B to 176 B parameters (the paper's convention, P = G = 2, K = 12).
+# Per-device GB for the ZeRO paper's example and three published architectures (the paper's convention), each
+# with its largest layer read from its config the way DeepSpeed finds it (the most parameters one module owns).
 
 # %%
+import pandas as pd
+
 from labkit import plots
 from labkit.experiments import zero_sharding
 from labkit.models import specs
 from labkit.parallel import zero
 
-bloom_params = specs.BLOOM_176B_BF16_GB * 1e9 / 2  # BLOOM-176B: 2 bytes per bf16 parameter
-table = zero.memory_table(params_list=(1e9, 7.5e9, bloom_params), dp_degrees=(1, 2, 4, 8, 16, 64))
-fig = plots.line(table[table.params_B == 7.5].pivot(index="dp_degree", columns="stage", values="total_GB")
-                 .rename(columns=lambda s: f"stage {s}").reset_index(), "dp_degree",
-                 [f"stage {s}" for s in zero.STAGES], "7.5 B parameters: GB per device vs data-parallel degree",
-                 ylabel="GB per device", log_x=True, log_y=True)
+PAPER_EXAMPLE = "ZeRO paper, 7.5 B"  # figure 1: 7.5 B parameters on 64 devices
+sizes = {name: zero.model_size(name) for name in ("llama-2-7b", "llama-3-70b", "bloom-176b")}
+print(pd.DataFrame([{"model": n, "params_B": s.params / 1e9, "largest_layer": s.largest_layer,
+                     "largest_layer_M": s.largest_layer_params / 1e6} for n, s in sizes.items()]).round(2).to_string())
+table = zero.memory_table({PAPER_EXAMPLE: (7.5e9, zero.EXAMPLE_LARGEST_LAYER),
+                           **{n: (s.params, s.largest_layer_params) for n, s in sizes.items()}},
+                          dp_degrees=(1, 2, 4, 8, 16, 64))
+example = table[table.model == PAPER_EXAMPLE]
+curves = example.pivot(index="dp_degree", columns="stage", values="total_GB").rename(columns=lambda s: f"stage {s}")
+curves["stage 3, sharded states only"] = example[example.stage == 3].set_index("dp_degree").sharded_states_GB
+fig = plots.line(curves.reset_index(), "dp_degree", list(curves.columns),
+                 "7.5 B parameters: GB per device vs data-parallel degree", ylabel="GB per device",
+                 log_x=True, log_y=True)
 fig
 
 # %%
-table[table.dp_degree.isin([1, 8, 64])].pivot_table(index=["params_B", "dp_degree"], columns="stage",
-                                                    values="total_GB").round(1)
+stage3 = table[(table.stage == 3) & table.dp_degree.isin([8, 64])]
+stage3[["model", "dp_degree", "sharded_states_GB", "gathered_GB", "total_GB"]].round(2)
+
+# %% [markdown]
+# The paper's example, and DeepSpeed's own estimate of it (its convention, printed with it: bytes per sharded
+# parameter and per parameter of the largest layer):
+
+# %%
+deepspeed_pgk = zero.CONVENTIONS["DeepSpeed ZeRO-3 estimator (fp32 grad partition)"]
+paper_3 = zero.zero_memory(7.5e9, 3, 64, zero.EXAMPLE_LARGEST_LAYER)
+deepspeed_3 = zero.zero_memory(7.5e9, 3, 64, zero.EXAMPLE_LARGEST_LAYER, bytes_per_param=deepspeed_pgk[0],
+                               bytes_per_grad=deepspeed_pgk[1], bytes_per_optimizer_state=deepspeed_pgk[2])
+print(f"7.5 B parameters on 64 devices, stage 3: {paper_3.sharded_states / 1e9:.2f} GB sharded model states (the "
+      f"paper's formula) + {paper_3.gathered / 1e9:.2f} GB gathered embedding = {paper_3.total / 1e9:.2f} GB/device")
+print(f"with DeepSpeed's convention, P/G/K = {'/'.join(map(str, deepspeed_pgk))}: {sum(deepspeed_pgk)} bytes per "
+      f"sharded parameter and 2P = {2 * deepspeed_pgk[0]} per parameter of the largest layer: "
+      f"{deepspeed_3.total / 1e9:.2f} GB")
+bloom_8 = table[(table.model == "bloom-176b") & (table.dp_degree == 8) & (table.stage == 3)].iloc[0]
+print(f"BLOOM-176B on 8 devices: the gathered embedding alone is {bloom_8.gathered_GB:.1f} GB of the "
+      f"{bloom_8.total_GB:.1f} GB per device")
 
 # %% [markdown]
 # Before running the next section, predict: with N = 2 ranks, by how much does each stage shrink the
-# model state compared to stage 0? (Stage 3 halves everything; stage 1 only halves the optimizer part.)
+# model state compared to stage 0? (At stage 3 everything halves; at stage 1 only the optimizer part does.)
 #
 # ## 2. Measured on real ranks: DeepSpeed stages 0–3, ZeroRedundancyOptimizer, FSDP2
 #
 # Each method trains a fresh copy of the same MLP for a few AdamW steps on the same data. After the last
 # backward every rank reports the bytes of the tensors it holds, deduplicated by storage (views into
-# DeepSpeed's flat buffers count once). DeepSpeed would normally use its own compiled CPU Adam
+# DeepSpeed's flat buffers count once); during the last forward it also reports the most whole parameters it
+# held at once beyond its shards (`gathered_MB`). DeepSpeed would normally use its own compiled CPU Adam
 # (`DeepSpeedCPUAdam`, built into `TORCH_EXTENSIONS_DIR` on first use — labkit points that into its cache so
-# it happens once per machine); here a client `torch.optim.AdamW` avoids that one-minute compile.
+# it happens once per machine); here a client `torch.optim.AdamW` avoids that compile.
 
 # %%
 import time
@@ -112,17 +156,20 @@ measured.figure
 
 # %%
 df[["method", "stage", "bytes P/G/K", "params_MB", "grads_MB", "optimizer_MB", "total_MB", "formula_MB",
-    "measured/formula", "grads_kept_after_backward_MB", "other_buffers_MB", "final_loss"]].round(3)
+    "measured/formula", "gathered_MB", "formula_gathered_MB", "grads_kept_after_backward_MB", "other_buffers_MB",
+    "final_loss"]].round(3)
 
 # %% [markdown]
-# Two details the table shows:
+# Three details the table shows:
 #
-# * **Stage 1 gradients.** DeepSpeed's stage 1 holds the full gradient at the end of backward (that is what
+# * **Gradients at stage 1.** DeepSpeed's stage 1 holds the full gradient at the end of backward (that is what
 #   the formula counts), then all-reduces it and keeps only its partition for the step —
-#   `grads_kept_after_backward_MB`. Stage 2 never holds it: gradients are reduced bucket by bucket while the
+#   `grads_kept_after_backward_MB`. At stage 2 a rank never holds it: gradients are reduced bucket by bucket while the
 #   backward runs.
-# * **Other buffers** (communication buckets, parameters still gathered) are not model state; the paper calls
-#   them residual memory. They stay small here.
+# * **The gathered layer.** DeepSpeed's stage 3 and FSDP2 hold one whole `Linear` while it runs (`gathered_MB`),
+#   on top of their shards: the largest layer's parameters, `formula_gathered_MB` (in the backward its gradient
+#   joins it). Here it is small next to the model; for an LLM it is the embedding (section 1).
+# * **Other buffers** (communication buckets) are not model state; the paper calls them residual memory.
 #
 # Every method reaches the same loss: sharding changes where the bytes live, not the arithmetic.
 
@@ -130,68 +177,107 @@ df[["method", "stage", "bytes P/G/K", "params_MB", "grads_MB", "optimizer_MB", "
 print("final loss per method:", df.set_index("method").final_loss.round(6).to_dict())
 loss_spread = float(df.final_loss.max() - df.final_loss.min())
 print(f"largest difference: {loss_spread:.2e}")
+t = df.set_index("method")
+for method in ("deepspeed-3", "torch-fsdp2"):
+    print(f"{method}: gathered {t.loc[method, 'gathered_MB']:.2f} MB in the forward, the largest layer's "
+          f"parameters {t.loc[method, 'formula_gathered_MB']:.2f} MB")
 
 # %% [markdown]
 # ## 3. Communication per stage
 #
 # Every collective a rank calls is counted from inside PyTorch's dispatcher (the same counter sees DeepSpeed,
-# DDP, ZeroRedundancyOptimizer and FSDP2). An all-reduce counts 2× its tensor (reduce-scatter + all-gather),
-# an all-gather its output, a reduce-scatter its input. The paper: stages 0–2 move 2Ψ per step, stage 3 moves
-# 3Ψ (parameters gathered in the forward *and* again in the backward).
+# DDP, ZeroRedundancyOptimizer and FSDP2) with the size of its tensor (an all-gather's output, a reduce-scatter's
+# input). Two conventions turn that into bytes a rank sends, and they disagree:
+#
+# * `comm_paper_MB`, the ZeRO paper's: an all-reduce counts $2\times$ its tensor (a reduce-scatter then an
+#   all-gather), the others $1\times$. With it the paper says the first three stages move $2\Psi$ per step and
+#   stage 3 moves $3\Psi$ (`comm_formula_MB`: parameters gathered in the forward *and* again in the backward).
+# * `comm_ring_MB`, what a ring algorithm sends from each rank: $2(N-1)/N$ of an all-reduce's tensor — $1\times$
+#   at $N = 2$, approaching $2\times$ only for many ranks — and $(N-1)/N$ for the other collectives.
+#
+# `comm_sent_MB` is neither: it is measured, the bytes each rank handed to its gloo sockets during the step
+# (`labkit.parallel.wire`, from Linux's `/proc/self/io`).
 
 # %%
 zero_sharding.comm_figure(df)
 
 # %%
-df[["method", "comm_MB_per_step", "comm_formula_MB", "comm_ops"]]
+df[["method", "comm_paper_MB", "comm_ring_MB", "comm_sent_MB", "comm_formula_MB", "comm_ops"]].round(2)
+
+# %%
+n = WORLD_SIZE
+dp = t.loc["deepspeed-0"]
+print(f"plain data parallel (one all-reduce of the gradients) on {n} ranks: paper convention "
+      f"{dp.comm_paper_MB:.1f} MB, ring 2(N−1)/N = {2 * (n - 1) / n:g}× → {dp.comm_ring_MB:.1f} MB, "
+      f"measured {dp.comm_sent_MB:.1f} MB sent")
+for method in ("deepspeed-3", "torch-fsdp2"):
+    rs = t.loc[method, "comm_ops"].get("reduce_scatter", 0) / 1e6
+    print(f"{method}: ring {t.loc[method, 'comm_ring_MB']:.1f} MB, measured {t.loc[method, 'comm_sent_MB']:.1f} MB; "
+          f"its reduce-scatter of {rs:.1f} MB sent {t.loc[method, 'comm_sent_MB'] - t.loc[method, 'comm_ring_MB']:.1f}"
+          f" MB more than the ring's (N−1)/N")
 
 # %% [markdown]
-# DeepSpeed's stages 1–2 move 3Ψ on this path, not the paper's 2Ψ: they all-reduce the gradient buckets
-# (2Ψ) and then all-gather the updated parameters (Ψ); a reduce-scatter would need only Ψ for the gradients.
-# `ZeroRedundancyOptimizer` does the same (DDP all-reduce + a broadcast of each shard). Stage 3 is configured
-# here with `stage3_max_reuse_distance = 0` so every parameter is released after use, as the paper assumes;
-# DeepSpeed's default keeps parameters that will be reused soon and skips part of the backward all-gather.
+# The measured bytes follow the ring, not the paper's $2\times$: at $N = 2$ an all-reduce sends its tensor once.
+# One exception, printed above: gloo sends a reduce-scatter's whole input, as much as an all-reduce, where the
+# ring algorithm (Thakur, Rabenseifner & Gropp 2005) sends $(N-1)/N$ of it.
+#
+# DeepSpeed's stage 1 and stage 2 move $3\Psi$ on this path in the paper's convention, not its $2\Psi$: they
+# all-reduce the gradient buckets ($2\Psi$) and then all-gather the updated parameters ($\Psi$); a reduce-scatter
+# would need only $\Psi$ for the gradients. `ZeroRedundancyOptimizer` does the same (DDP all-reduce + a broadcast of
+# each shard). At stage 3, DeepSpeed is configured here with `stage3_max_reuse_distance = 0` so every parameter is
+# released after use, as the paper assumes; DeepSpeed's default keeps parameters that will be reused soon and skips
+# part of the backward all-gather.
 #
 # ## 4. Explore
 #
-# Model size × data-parallel degree × stage, with the byte convention as controls.
+# Model size × largest layer × data-parallel degree × stage, with the byte convention as controls.
 
 # %%
 from labkit import widgets
 
-widgets.panel(zero.memory_explorer, params_billion=(0.1, 200.0, 0.1), dp_degree=(1, 128), stage=[0, 1, 2, 3],
-              bytes_per_param=[2, 4], bytes_per_grad=[2, 4], bytes_per_optimizer_state=[12, 8, 16], auto=True)
+widgets.panel(zero.memory_explorer, params_billion=(0.1, 200.0, 0.1), largest_layer_million=(0.0, 4000.0, 0.1),
+              dp_degree=(1, 128), stage=[0, 1, 2, 3], bytes_per_param=[2, 4], bytes_per_grad=[2, 4],
+              bytes_per_optimizer_state=[12, 8, 16], auto=True)
 
 # %%
-zero.memory_explorer(params_billion=bloom_params / 1e9, dp_degree=8, stage=3).figure
+bloom = sizes["bloom-176b"]
+zero.memory_explorer(params_billion=bloom.params / 1e9, largest_layer_million=bloom.largest_layer_params / 1e6,
+                     dp_degree=8, stage=3).figure
 
 # %% [markdown]
 # ## What theory predicts vs what you measured
 
 # %%
-t = df.set_index("method")
 for method, row in t.iterrows():
     print(f"* {method:22s} stage {row.stage}, P/G/K = {row['bytes P/G/K']}: formula {row.formula_MB:8.2f} MB, "
-          f"measured {row.total_MB:8.2f} MB per rank ({row['measured/formula']:.3f}×)")
+          f"measured {row.total_MB:8.2f} MB per rank ({row['measured/formula']:.3f}×), "
+          f"gathered {row.gathered_MB:.2f} MB")
 for method in ("deepspeed-0", "deepspeed-2", "deepspeed-3", "torch-fsdp2"):
-    print(f"* {method}: communication formula {t.loc[method, 'comm_formula_MB']:.1f} MB, measured "
-          f"{t.loc[method, 'comm_MB_per_step']:.1f} MB per step")
+    print(f"* {method}: communication formula {t.loc[method, 'comm_formula_MB']:.1f} MB (paper convention), ring "
+          f"{t.loc[method, 'comm_ring_MB']:.1f} MB, measured {t.loc[method, 'comm_sent_MB']:.1f} MB sent per step")
 ratios = t["measured/formula"]
 
 # %% [markdown]
 # ## Exercises
 #
-# 1. For BLOOM-176B (176 B params) with the paper's convention, what is the smallest data-parallel degree at
-#    which stage 3 fits the model states in 80 GB per GPU? Use `zero.zero_memory`, then check with the widget.
+# 1. For BLOOM-176B with the paper's convention, what is the smallest data-parallel degree at which stage 3 fits
+#    the model states *and* the gathered embedding in an A100-80GB? Use `zero.zero_memory` with
+#    `sizes["bloom-176b"]`, then check with the widget. How many devices would the paper's formula alone suggest?
 # 2. Set `bytes_per_optimizer_state=16` (Adam with an fp32 gradient copy, as some texts count) — which stage
 #    changes most?
 # 3. Rerun section 2 with `WORLD_SIZE = 1`. Which columns stop differing between stages, and why?
+# 4. Rerun section 2 with `WORLD_SIZE = 4`. What does the ring predict per rank for deepspeed-0's all-reduce
+#    now, and what does `comm_sent_MB` say?
 
 # %%
 answer_1 = None  # your smallest dp degree
-expected_1 = next(n for n in range(1, 1025) if zero.zero_memory(bloom_params, 3, n).total <= specs.A100_80GB.memory_GB * 1e9)
+gpu_bytes = specs.A100_80GB.memory_GB * 1e9
+expected_1 = next(n for n in range(1, 1025)
+                  if zero.zero_memory(bloom.params, 3, n, bloom.largest_layer_params).total <= gpu_bytes)
+formula_only_1 = next(n for n in range(1, 1025)
+                      if zero.zero_memory(bloom.params, 3, n, bloom.largest_layer_params).sharded_states <= gpu_bytes)
 if answer_1 is not None:
-    print("1: ✓" if answer_1 == expected_1 else f"1: ✗ it is {expected_1}")
+    print("1: ✓" if answer_1 == expected_1 else f"1: ✗ it is {expected_1} (the sharded states alone: {formula_only_1})")
 
 # %%
 from labkit.notebook import run
@@ -202,10 +288,19 @@ run.record({
     "measured_over_formula": ratios.to_dict(),
     "total_MB": t.total_MB.to_dict(),
     "formula_MB": t.formula_MB.to_dict(),
-    "comm_MB_per_step": t.comm_MB_per_step.to_dict(),
+    "gathered_MB": t.gathered_MB.to_dict(),
+    "formula_gathered_MB": t.formula_gathered_MB.to_dict(),
+    "comm_paper_MB": t.comm_paper_MB.to_dict(),
+    "comm_ring_MB": t.comm_ring_MB.to_dict(),
+    "comm_sent_MB": t.comm_sent_MB.to_dict(),
     "comm_formula_MB": t.comm_formula_MB.to_dict(),
+    "comm_ops": t.comm_ops.to_dict(),
     "final_loss": t.final_loss.to_dict(),
     "loss_spread": loss_spread,
     "measure_s": measure_s,
+    "example_stage3_GB": {"sharded": paper_3.sharded_states / 1e9, "gathered": paper_3.gathered / 1e9,
+                          "total": paper_3.total / 1e9, "deepspeed_convention": deepspeed_3.total / 1e9},
+    "bloom176b": {"params": bloom.params, "largest_layer_params": bloom.largest_layer_params},
     "bloom176b_stage3_min_dp_80GB": expected_1,
+    "bloom176b_stage3_min_dp_80GB_sharded_only": formula_only_1,
 })

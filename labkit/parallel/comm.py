@@ -10,16 +10,21 @@ collective is a `c10d` or `_c10d_functional` operator. labkit's own layers call 
 which label their collectives with a tag ("attention", "mlp", ...), so the log can also say where each came from.
 
 Bytes per call are the size of the whole tensor being reduced or gathered (an all-gather's output, a
-reduce-scatter's input). `CommLog.traffic_bytes` turns them into what one rank sends with ring algorithms:
-2× for an all-reduce (a reduce-scatter then an all-gather), 1× for the others, the (N − 1)/N factor left out —
-the accounting of ZeRO's communication analysis (Rajbhandari et al., 2019, section 7).
+reduce-scatter's input). Two conventions turn them into bytes a rank sends, and they differ:
+
+- `CommLog.traffic_bytes`, the ZeRO paper's (Rajbhandari et al., 2019, section 7): an all-reduce counts 2× its
+  tensor (a reduce-scatter then an all-gather), every other collective 1×, the (N − 1)/N factor left out.
+- `CommLog.ring_bytes(N)`, what one rank sends with bandwidth-optimal ring algorithms (Thakur, Rabenseifner &
+  Gropp, "Optimization of collective communication operations in MPICH", 2005): 2(N − 1)/N × the tensor for an
+  all-reduce (1× at N = 2, not 2×), (N − 1)/N for an all-gather, a reduce-scatter, a broadcast or a reduce
+  (averaged over ranks). `labkit.parallel.wire` measures what a gloo rank really sends, to compare with both.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -37,7 +42,24 @@ _OPS = {
     ("_c10d_functional", "all_gather_into_tensor"): ("all_gather", 0),
     ("_c10d_functional", "reduce_scatter_tensor"): ("reduce_scatter", 0),
 }  # fmt: skip
-TRAFFIC_FACTOR = {"all_reduce": 2}  # ring all-reduce = reduce-scatter + all-gather; every other collective: 1
+# The ZeRO paper's accounting: an all-reduce = reduce-scatter + all-gather = 2× its tensor; every other collective 1×.
+TRAFFIC_FACTOR = {"all_reduce": 2}
+
+
+def ring_factor(op: str, world_size: int) -> float:
+    """Bytes one rank sends per byte of a collective's tensor with ring algorithms (Thakur et al., 2005).
+
+    Args:
+        op: a collective as CommLog names it ("all_reduce", "all_gather", "reduce_scatter", ...).
+        world_size: N, the ranks taking part (>= 1).
+    Returns:
+        2(N − 1)/N for an all-reduce, (N − 1)/N for any other collective (0 at N = 1: nothing leaves the rank).
+    Raises:
+        ValueError: world_size < 1.
+    """
+    if world_size < 1:
+        raise ValueError(f"world_size must be >= 1, got {world_size}")
+    return TRAFFIC_FACTOR.get(op, 1) * (world_size - 1) / world_size
 
 
 class Collective(NamedTuple):
@@ -71,16 +93,27 @@ class CommLog:
         ops = sorted({c.op for c in self.calls})
         return {k: v for op in ops for k, v in ((op, self.count(op)), (f"{op}_bytes", self.nbytes(op)))}
 
-    def traffic_by_op(self) -> dict[str, int]:
-        """Bytes one rank sends per collective kind with ring algorithms (all-reduce 2×, the others 1×)."""
-        out: dict[str, int] = {}
+    def _by_op(self, factor: Callable[[str], float]) -> dict[str, float]:
+        out: dict[str, float] = {}
         for c in self.calls:
-            out[c.op] = out.get(c.op, 0) + TRAFFIC_FACTOR.get(c.op, 1) * c.nbytes
+            out[c.op] = out.get(c.op, 0) + factor(c.op) * c.nbytes
         return out
 
+    def traffic_by_op(self) -> dict[str, int]:
+        """Bytes per collective kind, the ZeRO paper's convention (all-reduce 2× its tensor, the others 1×)."""
+        return self._by_op(lambda op: TRAFFIC_FACTOR.get(op, 1))
+
     def traffic_bytes(self) -> int:
-        """Total bytes one rank sends through collectives (see `traffic_by_op`)."""
+        """Total bytes through collectives, the ZeRO paper's convention (see `traffic_by_op`)."""
         return sum(self.traffic_by_op().values())
+
+    def ring_by_op(self, world_size: int) -> dict[str, float]:
+        """Bytes one rank sends per collective kind with ring algorithms on `world_size` ranks (`ring_factor`)."""
+        return self._by_op(lambda op: ring_factor(op, world_size))
+
+    def ring_bytes(self, world_size: int) -> float:
+        """Total bytes one rank sends through collectives with ring algorithms (see `ring_by_op`)."""
+        return sum(self.ring_by_op(world_size).values())
 
 
 _TAGS: list[str] = []

@@ -1,5 +1,6 @@
 """ZeRO measured: train on real ranks with DeepSpeed stages 0–3, ZeroRedundancyOptimizer and FSDP2, and read the
-bytes each rank holds for parameters, gradients and optimizer states from the tensors themselves (not RSS).
+bytes each rank holds for parameters, gradients and optimizer states from the tensors themselves (not RSS), the
+parameters a stage-3 rank gathers whole while it runs a layer, and the bytes it sends (gloo).
 
     runs = run_distributed(zero_training.train_ranks, world_size=2)   # per rank: a RankTraining, one run per method
 
@@ -17,15 +18,18 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.fsdp import fully_shard
+from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.optim import ZeroRedundancyOptimizer
+from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
 from labkit.memory import tensor_bytes
+from labkit.parallel import wire
 from labkit.parallel.comm import CommCounter, CommLog
 from labkit.parallel.deepspeed_env import join_deepspeed
 
-# method -> (the ZeRO stage it corresponds to, its bytes convention (P, G, K) in fp32)
+# method -> (the ZeRO stage it corresponds to, its bytes convention (P, G, K) in fp32). FSDP2's fully_shard with its
+# default reshard_after_forward=True frees each layer after its forward and gathers it again in the backward: stage 3.
 METHODS = {"deepspeed-0": (0, (4, 4, 8)), "deepspeed-1": (1, (4, 4, 12)), "deepspeed-2": (2, (4, 4, 12)),
            "deepspeed-3": (3, (4, 4, 12)), "torch-zero-redundancy": (1, (4, 4, 8)), "torch-fsdp2": (3, (4, 4, 8))}
 
@@ -109,6 +113,17 @@ def _optimizer_tensors(opt) -> Iterator[torch.Tensor]:
                     and t.dim() > 0)  # Adam's scalar `step` is not model state
 
 
+def _gathered_tensors(model: nn.Module) -> Iterator[torch.Tensor]:
+    """Parameters held whole right now that the method otherwise keeps as shards (ZeRO-3, FSDP2)."""
+    for m in model.modules():
+        for p in m.parameters(recurse=False):
+            if hasattr(p, "ds_tensor"):
+                if p.data.numel() > 0:  # ZeRO-3: gathered (p.data is empty between uses)
+                    yield p.data
+            elif isinstance(m, FSDPModule) and not isinstance(p, DTensor):  # FSDP2: unsharded for compute
+                yield p
+
+
 def held_bytes(model: nn.Module, opt) -> dict[str, int]:
     """Bytes this rank holds for its model states, read from the tensors (ZeRO shards, flat buffers deduplicated).
 
@@ -145,8 +160,13 @@ def _ds_config(stage: int, batch: int, bucket: int) -> dict:
 class TrainingRun:
     """One method's training on one rank. Bytes held after the last backward (all model states live):
     params, grads, optimizer (model states), buffers (anything else, e.g. communication buckets);
-    grads_end_of_backward: the largest gradient bytes seen as the first layer's gradients arrived.
-    comm: the last step's collectives. losses: the mean loss over ranks after each step. seconds: wall time."""
+    grads_end_of_backward: the largest gradient bytes seen as the first layer's gradients arrived;
+    gathered: the most bytes of whole parameters held at once, beyond the shards, as each layer finished its last
+    forward (ZeRO-3 and FSDP2 gather a layer to run it; 0 for methods that keep every parameter whole);
+    largest_layer: parameters of the largest module (one Linear here). comm: the last step's collectives.
+    sent: bytes this rank wrote during the last step, i.e. sent through gloo's sockets (`wire.BytesWritten`;
+    None on other backends or without Linux's /proc). losses: the mean loss over ranks after each step.
+    seconds: wall time."""
 
     method: str
     rank: int
@@ -157,7 +177,10 @@ class TrainingRun:
     optimizer: int
     buffers: int
     grads_end_of_backward: int
+    gathered: int
+    largest_layer: int
     comm: CommLog
+    sent: int | None
     losses: tuple[float, ...]
     seconds: float
 
@@ -167,10 +190,11 @@ class TrainingRun:
         return METHODS[self.method][0]
 
     def row(self) -> dict:
-        """A flat table row: every field, with comm as bytes sent per step (ring) and per collective."""
+        """A flat table row: every field, with the step's collectives as bytes in the ZeRO paper's convention
+        (all-reduce 2×: comm_paper_bytes, per collective: comm_ops) and with ring algorithms (comm_ring_bytes)."""
         out = {k: v for k, v in asdict(self).items() if k not in ("comm", "losses")}
-        return {**out, "comm_bytes": self.comm.traffic_bytes(), "comm_ops": self.comm.traffic_by_op(),
-                "final_loss": self.losses[-1]}
+        return {**out, "comm_paper_bytes": self.comm.traffic_bytes(), "comm_ops": self.comm.traffic_by_op(),
+                "comm_ring_bytes": self.comm.ring_bytes(self.world_size), "final_loss": self.losses[-1]}
 
 
 @dataclass(frozen=True)
@@ -211,19 +235,27 @@ def _train(method: str, hidden: int, layers: int, batch: int, steps: int, lr: fl
     start = time.perf_counter()
     model = mlp(hidden, layers)
     numel = sum(p.numel() for p in model.parameters())
+    largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
     # The first layer's gradients arrive last: when they do, every gradient of the step has been computed.
     # Registered before any wrapper's own hooks, so this reads the grads before a reduction frees them.
-    peak = {"grads": 0}
+    peak = {"grads": 0, "gathered": 0, "last": False}
     def _on_grad(_p):
         peak["grads"] = max(peak["grads"], _storage_bytes(_grad_tensors(model, opt), set()))
     for p in model[0].parameters():
         p.register_post_accumulate_grad_hook(_on_grad)
+    # Also before the wrappers' hooks: this forward hook runs before ZeRO-3 / FSDP2 release the layer it ran.
+    def _on_forward(*_):
+        if peak["last"]:
+            peak["gathered"] = max(peak["gathered"], _storage_bytes(_gathered_tensors(model), set()))
+    for block in model:
+        block.register_forward_hook(_on_forward)
     forward, backward, step, opt = _setup(method, model, batch, hidden, lr)
     losses, counter, held = [], CommCounter(), {}
+    sent = wire.BytesWritten() if dist.get_backend() == "gloo" and wire.available() else None
     for i in range(steps):
         x, y = _batch(i, hidden, batch)
-        last = i == steps - 1
-        with counter if last else contextlib.nullcontext():
+        last = peak["last"] = i == steps - 1
+        with counter if last else contextlib.nullcontext(), sent if last and sent else contextlib.nullcontext():
             loss = nn.functional.mse_loss(forward(x), y)
             backward(loss)
             if last:
@@ -235,8 +267,9 @@ def _train(method: str, hidden: int, layers: int, batch: int, steps: int, lr: fl
         dist.all_reduce(mean)
         losses.append(mean.item() / dist.get_world_size())
     return TrainingRun(method, dist.get_rank(), dist.get_world_size(), numel, **held,
-                       grads_end_of_backward=peak["grads"], comm=counter.log, losses=tuple(losses),
-                       seconds=time.perf_counter() - start)
+                       grads_end_of_backward=peak["grads"], gathered=peak["gathered"], largest_layer=largest,
+                       comm=counter.log, sent=sent.nbytes if sent else None,
+                       losses=tuple(losses), seconds=time.perf_counter() - start)  # fmt: skip
 
 
 def train_ranks(methods: tuple[str, ...] = tuple(METHODS), hidden: int = 1024, layers: int = 8, batch: int = 4,

@@ -1,9 +1,22 @@
 """anatomy: memory math from a config, checked against hand-counted parameters, published numbers (models.specs) and
-the bytes of real transformers caches."""
+the bytes of real transformers caches (DynamicCache and StaticCache, filled by a real forward) for every attention
+variant: multi-head, grouped-query, multi-query, sliding-window, alternating windows, chunked."""
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, BloomConfig, Gemma2Config, LlamaConfig, MistralConfig, StaticCache
+from transformers import (
+    AutoModelForCausalLM,
+    BloomConfig,
+    DynamicCache,
+    Gemma2Config,
+    Gemma3TextConfig,
+    GptOssConfig,
+    Llama4TextConfig,
+    LlamaConfig,
+    MistralConfig,
+    Qwen2Config,
+    StaticCache,
+)
 
 from labkit import anatomy, models
 from labkit.models import specs
@@ -78,28 +91,89 @@ def test_bad_inputs():
         anatomy.matmul_flops(64, "int8")
 
 
-def _real_cache_bytes(config, batch: int, seq: int, static: bool = False) -> int:
+def _real_caches(config, batch: int, seq: int, steps: int = 0) -> dict[str, int]:
+    """Bytes of a DynamicCache and a StaticCache built from `config`, each filled by a real forward of a tiny random
+    model built from it: a prefill of `seq` tokens, then `steps` one-token decode steps."""
     model = AutoModelForCausalLM.from_config(config).eval()
-    ids = torch.randint(0, config.vocab_size, (batch, seq), generator=torch.Generator().manual_seed(0))
-    cache = StaticCache(config=config, max_cache_len=seq) if static else None
-    with torch.no_grad():
-        out = model(input_ids=ids, past_key_values=cache, use_cache=True)
-    return anatomy.cache_bytes(cache if static else out.past_key_values)
+    ids = torch.randint(0, config.vocab_size, (batch, seq + steps), generator=torch.Generator().manual_seed(0))
+    out = {}
+    for kind, cache in (("dynamic", DynamicCache(config=config)),
+                        ("static", StaticCache(config=config, max_cache_len=seq + steps))):
+        with torch.no_grad():
+            model(input_ids=ids[:, :seq], cache=cache, use_cache=True)
+            for t in range(seq, seq + steps):
+                model(input_ids=ids[:, t:t + 1], cache=cache, use_cache=True)
+        out[kind] = anatomy.cache_bytes(cache)
+    return out
 
 
 SMALL = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=8)
+FOUR = {**SMALL, "num_hidden_layers": 4}
+VARIANTS = {  # every attention variant labkit knows, as transformers 5.x configs express it
+    "mha-llama": models.get_config("tiny-llama"),
+    "mha-bloom": models.get_config("tiny-bloom"),  # BLOOM's field names
+    "gqa": LlamaConfig(**SMALL, num_key_value_heads=2),  # 2 K/V heads for 8 query heads
+    "mqa": LlamaConfig(**SMALL, num_key_value_heads=1),
+    "sliding-mistral": MistralConfig(**SMALL, num_key_value_heads=2, sliding_window=8),  # every layer windowed
+    "alternating-gemma2": Gemma2Config(**FOUR, num_key_value_heads=2, head_dim=8, sliding_window=8),
+    "alternating-gemma3": Gemma3TextConfig(**FOUR, num_key_value_heads=2, head_dim=8, sliding_window=8,
+                                           sliding_window_pattern=3),  # every 3rd layer full
+    "alternating-gpt-oss": GptOssConfig(**FOUR, num_key_value_heads=2, head_dim=8, sliding_window=8,
+                                        num_local_experts=2, num_experts_per_tok=1),
+    "alternating-qwen2": Qwen2Config(**SMALL, num_key_value_heads=2, use_sliding_window=True, sliding_window=8,
+                                     max_window_layers=1),  # layers >= max_window_layers are windowed
+    "chunked-llama4": Llama4TextConfig(**FOUR, num_key_value_heads=2, head_dim=8, attention_chunk_size=8,
+                                       num_local_experts=2, intermediate_size_mlp=96),
+}
+# Which layers are windowed, written out from each architecture's documented rule (not read back from the config).
+WINDOWED_LAYERS = {"sliding-mistral": [0, 1, 2], "alternating-gemma2": [0, 2], "alternating-gemma3": [0, 1, 3],
+                   "alternating-gpt-oss": [0, 2], "alternating-qwen2": [1, 2], "chunked-llama4": [0, 1, 2]}
 
 
-@pytest.mark.parametrize("config, static", [
-    (models.get_config("tiny-llama"), False),  # multi-head attention
-    (models.get_config("tiny-bloom"), False),  # multi-head attention, BLOOM's field names
-    (LlamaConfig(**SMALL, num_key_value_heads=2), False),  # grouped-query attention: 2 K/V heads for 8 query heads
-    (LlamaConfig(**SMALL, num_key_value_heads=1), False),  # multi-query attention
-    (MistralConfig(**SMALL, num_key_value_heads=2, sliding_window=8), True),  # every layer keeps 8 tokens
-    (Gemma2Config(**SMALL, num_key_value_heads=2, head_dim=8, sliding_window=8), True),  # windowed / full alternate
-], ids=["tiny-llama", "tiny-bloom", "gqa", "mqa", "sliding", "alternating"])  # fmt: skip
-def test_kv_cache_bytes_equal_a_real_transformers_cache(config, static):
-    assert anatomy.kv_cache_bytes(config, 2, 20, "fp32") == _real_cache_bytes(config, 2, 20, static) > 0
+@pytest.mark.parametrize("name", VARIANTS)
+@pytest.mark.parametrize("seq, steps", [(6, 0), (20, 3)], ids=["inside-window", "past-window+decode"])
+def test_kv_cache_bytes_equal_real_dynamic_and_static_caches(name, seq, steps):
+    config = VARIANTS[name]
+    real = _real_caches(config, 2, seq, steps)
+    for kind in anatomy.CACHE_KINDS:
+        assert anatomy.kv_cache_bytes(config, 2, seq + steps, "fp32", cache=kind) == real[kind] > 0, kind
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_dims_finds_the_windowed_layers(name):
+    d = anatomy.dims(VARIANTS[name])
+    windowed = [i for i, w in enumerate(d.windows) if w is not None]
+    assert windowed == WINDOWED_LAYERS.get(name, []) and d.sliding_window == (8 if windowed else None)
+
+
+def test_the_issues_mistral_case_dynamic_keeps_window_minus_one():
+    # MistralConfig with sliding_window=16, batch 2, 64 tokens, fp32: 4 layers × 2 (K, V) × 2 KV heads × 8 head_dim
+    # × 4 bytes = 512 bytes per token kept. Counting all 64 tokens gave 65,536 B; transformers' DynamicCache keeps
+    # 15 (window − 1) per layer: 15,360 B; a StaticCache allocates the window, 16: 16,384 B.
+    config = MistralConfig(**FOUR, num_key_value_heads=2, sliding_window=16)
+    real = _real_caches(config, 2, 64)
+    assert anatomy.kv_cache_bytes(config, 2, 64, "fp32") == real["dynamic"] == 15_360 == 512 * 15 * 2
+    assert anatomy.kv_cache_bytes(config, 2, 64, "fp32", cache="static") == real["static"] == 16_384
+    no_window = MistralConfig(**FOUR, num_key_value_heads=2, sliding_window=None)
+    assert anatomy.kv_cache_bytes(no_window, 2, 64, "fp32") == 65_536 == _real_caches(no_window, 2, 64)["dynamic"]
+    # the cache a plain forward builds by itself is the dynamic one
+    model = AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():
+        out = model(input_ids=torch.randint(0, config.vocab_size, (2, 64)), use_cache=True)
+    assert anatomy.cache_bytes(out.cache) == 15_360
+
+
+def test_model_memory_counts_the_whole_window():
+    config = MistralConfig(**FOUR, num_key_value_heads=2, sliding_window=16)
+    assert anatomy.model_memory(config, "fp32", 2, 64).kv_cache_bytes == _real_caches(config, 2, 64)["static"]
+
+
+def test_bad_cache_kind_and_uncounted_layer_kinds():
+    with pytest.raises(ValueError, match=r"choose from \['dynamic', 'static'\]"):
+        anatomy.kv_cache_bytes("tiny-llama", cache="paged")
+    jamba_like = Qwen2Config(**SMALL, layer_types=["full_attention", "linear_attention", "full_attention"])
+    with pytest.raises(ValueError, match="linear_attention"):
+        anatomy.kv_cache_bytes(jamba_like, 1, 8)
 
 
 def test_gqa_cache_is_smaller_by_the_head_ratio():
