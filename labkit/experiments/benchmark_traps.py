@@ -1,34 +1,45 @@
 """Why one benchmark can rank Accelerate (naive pipeline) ahead of DeepSpeed-Inference (tensor parallel).
 
     accounting_traps()      # mismatched batches, throughput read as latency, start-up, a slow link
-    run_distributed(tp_vs_pipeline_rank, "tiny-llama", world_size=2)   # the same effects measured on CPU ranks
+    zero_trap()             # ds-zero is not ds-inference, and its ms/token is already divided by its streams
 
 The published rows (`labkit.models.specs`) and the cost model (`labkit.parallel.costmodel`, through
-`serving_plan.plan`) give each comparison twice; `tp_vs_pipeline_rank` measures tensor parallelism against a naive
-pipeline on a tiny Llama (a rank function: the launcher imports it by name in each spawned rank).
+`serving_plan.plan`) give each comparison twice; `tp_vs_pipeline` measures the same effects on CPU ranks.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 
 import pandas as pd
 import plotly.graph_objects as go
-import torch
-import torch.distributed as dist
 
 from labkit import plots
 from labkit.experiments.serving_plan import plan
 from labkit.models import specs
 from labkit.parallel import costmodel as cm
-from labkit.parallel.launch import time_on_all_ranks
 
-ALL_REDUCES_TIMED = 20  # back-to-back all-reduces per timed call (one is too short to time alone)
+
+def link_ms(link_GBps: float, batch: int, gpus: int = specs.BLOOM_BENCHMARK_GPUS) -> dict[str, float]:
+    """Model ms/token of TP and of a naive pipeline that keeps each layer's KV cache on its GPU, over a given link.
+
+    Accelerate in 2022 also sent the whole cache to GPU 0 and back every step (`costmodel.Engine.cache_to_input_gpu`),
+    which alone loses on any slow link; the pipeline compared here moves only one activation per GPU boundary.
+
+    Args:
+        link_GBps: GPU-to-GPU GB/s per direction (A100-80GB otherwise). batch: sequences. gpus: GPUs in the node.
+    Returns:
+        {"accelerate": ms, "ds-inference": ms}.
+    """
+    m, fitted, gpu = cm.shape("bloom-176b"), cm.calibrate(), replace(specs.A100_80GB, link_GBps=link_GBps)
+    engines = {"accelerate": replace(fitted["accelerate"], cache_to_input_gpu=False),
+               "ds-inference": fitted["ds-inference"]}
+    return {n: cm.ms_per_token(e, m, gpu, gpus, batch)["ms_per_token"] for n, e in engines.items()}
 
 
 def crossover_link_GBps(batch: int = 1, gpus: int = specs.BLOOM_BENCHMARK_GPUS) -> float:
-    """The GPU-to-GPU bandwidth below which the cost model has naive PP beat TP (A100-80GB otherwise).
+    """The GPU-to-GPU bandwidth below which the cost model has the naive pipeline beat TP (`link_ms`).
 
     Args:
         batch: sequences. gpus: GPUs in the node.
@@ -36,11 +47,9 @@ def crossover_link_GBps(batch: int = 1, gpus: int = specs.BLOOM_BENCHMARK_GPUS) 
         GB/s per direction (geometric bisection between 1e-4 and the A100's link); NaN if TP wins or loses at both
         ends of that range.
     """
-    m, engines = cm.shape("bloom-176b"), cm.calibrate()
 
     def tp_minus_pp(link: float) -> float:
-        gpu = replace(specs.A100_80GB, link_GBps=link)
-        ms = {n: cm.ms_per_token(e, m, gpu, gpus, batch)["ms_per_token"] for n, e in engines.items()}
+        ms = link_ms(link, batch, gpus)
         return ms["ds-inference"] - ms["accelerate"]
 
     lo, hi = 1e-4, specs.A100_80GB.link_GBps
@@ -78,7 +87,7 @@ def accounting_traps(big_batch: int = 32, new_tokens: int = specs.BLOOM_BENCHMAR
     """Ways one benchmark can rank Accelerate first, from the published rows and from the model.
 
     ms/token at mismatched batches, ms/token (a throughput) read as latency, start-up time (unsharded DeepSpeed
-    checkpoint), and a slow link between the GPUs (model only).
+    checkpoint), and a slow link between the GPUs (model only; `link_ms`: a pipeline that keeps its KV cache).
 
     Args:
         big_batch: the large batch; it must have a published time for both engines.
@@ -95,11 +104,8 @@ def accounting_traps(big_batch: int = 32, new_tokens: int = specs.BLOOM_BENCHMAR
     if big_batch not in timed:
         raise ValueError(f"big_batch {big_batch} has no published time for both engines; choose from {timed}")
 
-    def predicted(batch: int, link: float = 0.0) -> pd.Series:
-        return plan(batch=batch, link_GBps=link, new_tokens=new_tokens).table.set_index("backend").ms_per_token
-
-    model = {b: predicted(b) for b in (1, big_batch)}
-    slow = predicted(big_batch, slow_link_GBps)
+    model = {b: plan(batch=b, new_tokens=new_tokens).table.set_index("backend").ms_per_token for b in (1, big_batch)}
+    slow = link_ms(slow_link_GBps, big_batch)
     rows = []
     for source, ms in (("published", lambda e, b: pub[e][b]), ("model", lambda e, b: model[b][e])):
         rows += [
@@ -114,7 +120,7 @@ def accounting_traps(big_batch: int = 32, new_tokens: int = specs.BLOOM_BENCHMAR
                  startup["ds-inference (unsharded)"] + ms("ds-inference", 1) * new_tokens / 1e3, "s", source),
         ]  # fmt: skip
     link_name = next((f" ({k})" for k, v in specs.ETHERNET_GBPS.items() if v == slow_link_GBps), "")
-    rows.append(_row(f"ms/token at batch {big_batch} over a {slow_link_GBps:g} GB/s link{link_name}",
+    rows.append(_row(f"ms/token at batch {big_batch} over a {slow_link_GBps:g} GB/s link{link_name}, cache kept",
                      slow["accelerate"], slow["ds-inference"], "ms", "model"))  # fmt: skip
     table = pd.DataFrame(rows)
     table.attrs["startup_crossover_tokens"] = break_even_tokens(startup["accelerate"], pub["accelerate"][1],
@@ -145,118 +151,46 @@ def traps_figure(table: pd.DataFrame) -> go.Figure:
     return fig.update_layout(height=560, margin=dict(l=430))  # room for the comparisons' names
 
 
-# --- measured: tensor parallel vs naive pipeline on CPU ranks -----------------------------------
-@dataclass(frozen=True)
-class StrategyTimes:
-    """One batch's forward latency (median ms, all ranks in step) per strategy, and one all-reduce's time."""
+def zero_trap(batch_per_gpu: int = 1) -> plots.Measured:
+    """The published table's other DeepSpeed row: ZeRO-Inference (ds-zero), read as it was measured.
 
-    batch: int
-    one_device_ms: float
-    tensor_parallel_ms: float
-    naive_pipeline_ms: float
-    all_reduce_ms: float  # one all-reduce of the (batch, seq, hidden) activations
-
-
-@dataclass(frozen=True)
-class TpVsPipelineRank:
-    """What one rank of `tp_vs_pipeline_rank` measured.
-
-    Attributes:
-        rank, world_size: this rank and the number of ranks. threads: torch threads per rank.
-        seq: tokens per sequence. layers: decoder layers. times: one StrategyTimes per batch.
-        max_diff_tp_vs_pipeline: largest |TP logits − pipeline logits| (set on the last rank, which holds the
-        pipeline's logits; 0.0 elsewhere).
-    """
-
-    rank: int
-    world_size: int
-    threads: int
-    seq: int
-    layers: int
-    times: tuple[StrategyTimes, ...]
-    max_diff_tp_vs_pipeline: float
-
-    def table(self) -> pd.DataFrame:
-        """One row per batch: batch, "one device", "tensor parallel", "naive pipeline" (ms) and all_reduce_ms."""
-        names = {"one_device_ms": "one device", "tensor_parallel_ms": "tensor parallel",
-                 "naive_pipeline_ms": "naive pipeline"}  # fmt: skip
-        return pd.DataFrame([asdict(t) for t in self.times]).rename(columns=names)
-
-
-def tp_vs_pipeline_rank(model_name: str = "tiny-llama", batches: tuple[int, ...] = (1, 16), seq: int = 16,
-                        repeat: int = 5) -> TpVsPipelineRank:
-    """Rank function: the same forward on one device, tensor parallel (from scratch) and as a naive pipeline.
-
-    Every rank times each strategy at each batch (`launch.time_on_all_ranks`: median of `repeat`, all ranks in
-    step), then a burst of all-reduces of the activations one TP all-reduce carries; the last rank compares the TP
-    and pipeline logits.
+    The ds-zero script runs one generate() stream of `batch_per_gpu` sequences on each of the node's GPUs and
+    multiplies the tokens by world_size before dividing (`specs.BLOOM_SOURCE`): its ms/token is an all-stream
+    aggregate, and one stream waits GPUs × that per token. Next to it, Accelerate and DeepSpeed-Inference at the
+    same batch (as the table puts them) and with the same sequences in flight (batch × GPUs).
 
     Args:
-        model_name: a Llama in the model registry. batches: batch sizes. seq: tokens per sequence. repeat: timed
-            forwards per strategy and batch.
+        batch_per_gpu: the ds-zero batch (a timed batch of its published row).
     Returns:
-        TpVsPipelineRank for this rank.
+        Measured: rows (comparison, engine, sequences, published_ms, model_ms; NaN = out of memory or not
+        published), model from `serving_plan.plan` (ds-zero = its zero-inference backend with batch × GPUs
+        sequences); attrs gpus, published_ms and reproduced_ms (the aggregate), per_stream_published_ms and
+        per_stream_model_ms. Figure: published vs model per comparison.
+    Raises:
+        ValueError: for a batch without a published ds-zero time (naming the ones with).
     """
-    # Deliberately local: only the spawned ranks run this, and importing the parallel layers (torch's pipelining,
-    # DTensor) costs the parent process, a notebook kernel, seconds it never uses.
-    from labkit.parallel import pp, tp
-
-    rank, world = dist.get_rank(), dist.get_world_size()
-    model = tp.load_llama(model_name)
-    tp_model = tp.TPLlama(model)
-    lo, hi = pp.split_layers(model.config.num_hidden_layers, world)[rank]
-    stage = pp.LlamaStage(model, lo, hi).eval()
-    times, max_diff = [], 0.0
-    for b in batches:
-        ids = torch.randint(0, model.config.vocab_size, (b, seq), generator=torch.Generator().manual_seed(b))
-        ids = ids.to(model.device)
-        shape = (b, seq, model.config.hidden_size)  # (batch, seq, hidden) between the pipeline stages
-
-        def ms(fn) -> float:
-            return time_on_all_ranks(fn, warmup=1, repeat=repeat).median * 1e3
-
-        with torch.no_grad():
-            single = ms(lambda ids=ids: model(input_ids=ids))
-            tp_ms = ms(lambda ids=ids: tp_model(ids))
-            naive_ms = ms(lambda ids=ids, s=shape: pp.naive_forward(stage, ids, s, pp.Recorder()))
-            tp_out, pp_out = tp_model(ids), pp.naive_forward(stage, ids, shape, pp.Recorder())
-        if rank == world - 1:  # the last stage holds the pipeline's logits (batch, seq, vocab)
-            max_diff = max(max_diff, float((tp_out - pp_out).abs().max()))
-        act = torch.zeros(shape, device=model.device)  # what each TP all-reduce carries
-
-        def burst(act=act) -> None:
-            for _ in range(ALL_REDUCES_TIMED):
-                dist.all_reduce(act)
-
-        all_reduce_ms = time_on_all_ranks(burst, warmup=1, repeat=1).median / ALL_REDUCES_TIMED * 1e3
-        times.append(StrategyTimes(b, single, tp_ms, naive_ms, all_reduce_ms))
-    return TpVsPipelineRank(rank, world, torch.get_num_threads(), seq, model.config.num_hidden_layers, tuple(times),
-                            max_diff)  # fmt: skip
-
-
-def small_scale(ranks: list[TpVsPipelineRank]) -> plots.Measured:
-    """The measured latencies in the published benchmark's accounting (rank 0's: all ranks step together).
-
-    One forward stands in for one generation step, so ms/token = latency / batch. A small model of TP is attached:
-    one device's time ÷ ranks + (2 × layers + 1) all-reduces, each timed alone.
-
-    Args:
-        ranks: `run_distributed(tp_vs_pipeline_rank, ...)`'s results.
-    Returns:
-        Measured: long table (batch, strategy, latency_ms, ms_per_token, tokens_per_s, label); attrs world_size,
-        threads_per_rank and tp_model (batch, one device, tensor parallel, all_reduce_ms, all_reduces,
-        "tensor parallel (model)"). Figure: ms per token per strategy and batch.
-    """
-    first = ranks[0]
-    wide = first.table()
-    all_reduces = 2 * first.layers + 1
-    tp_model = wide[["batch", "one device", "tensor parallel", "all_reduce_ms"]].assign(all_reduces=all_reduces)
-    tp_model["tensor parallel (model)"] = wide["one device"] / first.world_size + all_reduces * wide.all_reduce_ms
-    long = wide.drop(columns="all_reduce_ms").melt(id_vars="batch", var_name="strategy", value_name="latency_ms")
-    long["ms_per_token"] = long.latency_ms / long.batch
-    long["tokens_per_s"] = 1e3 / long.ms_per_token
-    long.attrs.update(world_size=first.world_size, threads_per_rank=first.threads, tp_model=tp_model)
-    long["label"] = "batch " + long.batch.astype(str)
-    title = f"Measured here: {first.world_size} CPU ranks, tiny Llama, ms per token (latency ÷ batch)"
-    fig = plots.bars(long, "label", "ms_per_token", title, color="strategy", ylabel="ms per token")
-    return plots.Measured(long, fig)
+    row, gpus = specs.BLOOM_ROWS["ds-zero bf16"], specs.BLOOM_ROWS["ds-zero bf16"].gpus
+    timed = [b for b, ms in row.ms_per_token.items() if ms is not None]
+    if batch_per_gpu not in timed:
+        raise ValueError(f"batch_per_gpu {batch_per_gpu} has no published ds-zero time; choose from {timed}")
+    pub, flight = specs.PUBLISHED_MS_PER_TOKEN, batch_per_gpu * gpus
+    model = {b: plan(batch=b).table.set_index("backend").ms_per_token for b in (batch_per_gpu, flight)}
+    ms = lambda engine, b: math.nan if pub[engine].get(b) is None else pub[engine][b]  # noqa: E731
+    rows = [("ds-zero as published (all streams' tokens)", "ds-zero", flight, row.ms_per_token[batch_per_gpu],
+             model[flight]["zero-inference"]),
+            ("ds-zero, one stream (× GPUs)", "ds-zero", batch_per_gpu, gpus * row.ms_per_token[batch_per_gpu],
+             gpus * model[flight]["zero-inference"])]  # fmt: skip
+    for engine in ("accelerate", "ds-inference"):
+        rows += [(f"{engine} at the same batch", engine, batch_per_gpu, ms(engine, batch_per_gpu),
+                  model[batch_per_gpu][engine]),
+                 (f"{engine} with the same sequences in flight", engine, flight, ms(engine, flight),
+                  model[flight][engine])]  # fmt: skip
+    table = pd.DataFrame(rows, columns=["comparison", "engine", "sequences", "published_ms", "model_ms"])
+    table.attrs.update(gpus=gpus, published_ms=table.published_ms[0], reproduced_ms=table.model_ms[0],
+                       per_stream_published_ms=table.published_ms[1], per_stream_model_ms=table.model_ms[1])
+    fig = go.Figure([go.Bar(y=table.comparison, x=table[c], name=c.split("_")[0], orientation="h",
+                            marker_color=plots.COLORS[i]) for i, c in enumerate(("published_ms", "model_ms"))])
+    fig.update_xaxes(type="log", title="ms per token")
+    fig.update_yaxes(autorange="reversed")
+    plots.style(fig, f"ds-zero at batch {batch_per_gpu} per GPU on {gpus} GPUs: what its ms/token counts")
+    return plots.Measured(table, fig.update_layout(barmode="group", height=420, margin=dict(l=330)))

@@ -272,24 +272,27 @@ def timeline_figure(events_per_rank: list, title: str) -> go.Figure:
 
 
 def oom_table(engines: dict, prompt: int = 10) -> pd.DataFrame:
-    """The cost model's memory on the fullest GPU at the published OOM edges of the BLOOM-176B benchmark.
+    """The cost model's memory on the fullest GPU at every published row's out-of-memory edge (BLOOM-176B).
 
-    For each engine of `specs.PUBLISHED_MS_PER_TOKEN`: its largest batch that ran and its first out-of-memory
-    batch, on specs.BLOOM_BENCHMARK_GPUS × A100-80GB, for prompt + BLOOM_BENCHMARK_NEW_TOKENS tokens.
+    For each row of `specs.BLOOM_ROWS`: its largest batch that ran and its first out-of-memory batch, on the row's
+    A100-80GB count, for prompt + BLOOM_BENCHMARK_NEW_TOKENS tokens per sequence (ds-zero: per GPU).
 
     Args:
         engines: `costmodel.calibrate()`'s result (engine name -> Engine). prompt: prompt tokens per sequence.
     Returns:
-        DataFrame: engine, batch, weights / KV cache / workspace / reserved / total_GB (GB), fits (in the GPU).
+        DataFrame: row, set (of the cell: in-sample | held-out), batch, published ("ran" | "OOM"), weights /
+        gathered / KV cache / workspace / reserved / total_GB (GB), capacity_GB and fits (in the GPU).
     """
-    bloom, gpu, gpus = costmodel.shape("bloom-176b"), specs.A100_80GB, specs.BLOOM_BENCHMARK_GPUS
-    tokens, rows = prompt + specs.BLOOM_BENCHMARK_NEW_TOKENS, []
-    for name, published in specs.PUBLISHED_MS_PER_TOKEN.items():
-        ran = max(b for b, ms in published.items() if ms is not None)
-        oom = min(b for b, ms in published.items() if ms is None)
-        for b in (ran, oom):
-            rows.append({"engine": name, "batch": b, **costmodel.memory_gb(engines[name], bloom, gpu, gpus, b, tokens)})
+    gpu, tokens, rows = specs.A100_80GB, prompt + specs.BLOOM_BENCHMARK_NEW_TOKENS, []
+    for key, row in specs.BLOOM_ROWS.items():
+        ran = max(b for b, ms in row.ms_per_token.items() if ms is not None)
+        oom = min(b for b, ms in row.ms_per_token.items() if ms is None)
+        for b, verdict in ((ran, "ran"), (oom, "OOM")):
+            mem = costmodel.memory_gb(engines[row.engine], costmodel.row_shape(row), gpu, row.gpus, b, tokens)
+            rows.append({"row": key, "set": costmodel.SETS[0] if b in row.fit else costmodel.SETS[1], "batch": b,
+                         "published": verdict, **mem})  # fmt: skip
     df = pd.DataFrame(rows)
-    df["total_GB"] = df[["weights", "KV cache", "workspace", "reserved"]].sum(axis=1)
-    df[f"fits in {gpu.memory_GB:g} GB"] = df.total_GB <= gpu.memory_GB
+    df["total_GB"] = df[["weights", "gathered", "KV cache", "workspace", "reserved"]].sum(axis=1)
+    df["capacity_GB"] = costmodel.capacity_gb(gpu)
+    df["fits"] = df.total_GB <= df.capacity_GB
     return df

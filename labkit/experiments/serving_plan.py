@@ -2,27 +2,25 @@
 
     plan("A100-80GB SXM", gpus=8, precision="bf16", batch=16)   # memory, fit, ms/token, latency per backend
 
-Four backends, all priced by the cost model of `labkit.parallel.costmodel` (calibrated on the published
-8×A100 rows; its in-sample residual is `costmodel.fit_residual_pct()`):
+Four backends, all priced by the cost model of `labkit.parallel.costmodel` (fitted on some published BLOOM-176B
+cells, tested on the others: `costmodel.evaluation()`):
 
-- accelerate      naive pipeline (`device_map="auto"`): one GPU busy at a time; weights that do not fit
-                  on the GPUs stay on the CPU and are copied in at every step (offload).
+- accelerate      naive pipeline (`device_map`): one GPU busy at a time; weights that do not fit on the
+                  GPUs stay on the CPU and are copied in at every step (offload).
 - ds-inference    DeepSpeed-Inference tensor parallelism: every GPU works on every layer.
 - zero-inference  ZeRO-3, one request stream per GPU: each GPU *stores* 1/N of the weights and
                   all-gathers every layer from its peers before using it (the BLOOM ds-zero script).
-- zero-offload    the same with the partitions in CPU memory (`offload_param: cpu`): each GPU first
-                  copies its partition in over its own PCIe link, then all-gathers.
+- zero-offload    the same with the partitions in pinned CPU memory (`offload_param: cpu`): each GPU first
+                  copies its own partition in over its PCIe link, then all-gathers.
 
-ZeRO-Inference assumptions (no published row to fit it to): it runs Hugging Face's modeling code, so it
-takes Accelerate's fitted matmul efficiency, per-layer overhead and workspace; the batch is split evenly
-over the GPUs; all GPUs step together (`synced_gpus`), so every step all-gathers the whole model; PCIe
-links are not shared between GPUs; no overlap of fetching and computing (like the rest of the model).
+`batch` is the number of sequences in flight. ZeRO-Inference splits them evenly over the GPUs (the ds-zero
+script's --batch_size is per GPU: its batch 1 on 8 GPUs is batch 8 here); its constants are Accelerate's (the
+same Hugging Face modeling code). ms/token is the published benchmark's accounting: wall time / (batch × new tokens).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import replace
 
 import pandas as pd
@@ -35,16 +33,13 @@ from labkit.models import specs
 from labkit.parallel import costmodel as cm
 
 PRECISIONS = ("bf16", "fp16", "int8")  # of the weights; the KV cache and activations stay 16-bit
-ACTIVATION_BYTES = precisions.bytes_per_value("bf16")
 BACKENDS = {"accelerate": "naive PP (+ CPU offload)", "ds-inference": "tensor parallel",
             "zero-inference": "ZeRO-3, stream per GPU", "zero-offload": "ZeRO-3 + CPU offload, stream per GPU"}
-PARTS = ("weights (HBM)", "matmuls", "KV cache (HBM)", "overhead", "communication", "CPU offload")
-# DeepSpeed's ZeRO-3 prefetch bucket as the Hugging Face integration sizes it ("auto"): 0.9 × hidden² values.
-PREFETCH_BUCKET_HIDDEN2 = 0.9
+PARTS = cm.PARTS
 
 
 def _shape(model: str, precision: str) -> cm.Shape:
-    """The model's shape with weights in `precision` and a 16-bit KV cache (bf16 unless the weights are fp16)."""
+    """The model's shape with weights in `precision` and a 16-bit KV cache (fp16 with fp16 weights, else bf16)."""
     p = precisions.canonical(precision)
     if p not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r} for the weights; choose from {list(PRECISIONS)}")
@@ -60,82 +55,36 @@ def _gpu(gpu_type: str, gpu_memory_gb: float, link_GBps: float) -> specs.GPU:
     return replace(gpu, memory_GB=gpu_memory_gb or gpu.memory_GB, link_GBps=link_GBps or gpu.link_GBps)
 
 
-# --- ZeRO-Inference ---------------------------------------------------------------------------
-def zero_step_ms(m: cm.Shape, gpu: specs.GPU, gpus: int, seqs: int, context: int, new: int, offload: bool) -> dict:
-    """One forward on each GPU for its own sequences, by cause: the whole model is gathered every step.
-
-    Args:
-        m: the model. gpu: one GPU's datasheet. gpus: how many. seqs: sequences per GPU. context: cached tokens.
-        new: tokens computed per sequence. offload: the partitions live in CPU memory (copied in over PCIe).
-    Returns:
-        {cause: ms}, the causes of `costmodel.step_ms`.
-    """
-    hf = cm.calibrate()["accelerate"]  # same modeling code as Accelerate
-    bw = gpu.hbm_TBps * 1e12 * cm.HBM_EFFICIENCY
-    out = {
-        "weights (HBM)": m.weight_bytes / bw,  # every GPU reads every (gathered) weight
-        "matmuls": seqs * new * 2 * m.params / (gpu.tflops * 1e12 * hf.flop_efficiency),
-        "KV cache (HBM)": seqs * context * m.kv_bytes_per_token / bw,
-        "overhead": m.layers * hf.layer_overhead_ms / 1e3,
-        "communication": (gpus - 1) / gpus * m.weight_bytes / (gpu.link_GBps * 1e9 * cm.LINK_EFFICIENCY),
-        "CPU offload": m.weight_bytes / gpus / (cm.HOST_GBPS * 1e9) if offload else 0.0,  # own partition in
-    }
-    return {k: v * 1e3 for k, v in out.items()}
-
-
-def zero_memory_gb(m: cm.Shape, gpu: specs.GPU, gpus: int, seqs: int, tokens: int, offload: bool) -> dict:
-    """Memory per GPU under ZeRO-Inference.
-
-    Its weight partition (none with offload), the largest gathered tensor group (a layer or the embedding) plus the
-    prefetch bucket, its own sequences' full-depth KV cache, workspace and the reserve.
-
-    Args:
-        m, gpu, gpus, seqs, offload: as for `zero_step_ms`. tokens: prompt + generated tokens per sequence.
-    Returns:
-        {"weights", "gathered", "KV cache", "workspace", "reserved"} in GB.
-    """
-    hf = cm.calibrate()["accelerate"]
-    per_layer = (m.params - m.vocab * m.hidden) / m.layers
-    bucket = PREFETCH_BUCKET_HIDDEN2 * m.hidden**2
-    parts = {
-        "weights": 0.0 if offload else m.weight_bytes / gpus,
-        "gathered": (max(per_layer, m.vocab * m.hidden) + bucket) * m.bytes_per_param,
-        "KV cache": seqs * tokens * m.kv_bytes_per_token,
-        "workspace": hf.workspace * seqs * tokens * m.hidden * ACTIVATION_BYTES,
-        "reserved": cm.RESERVED_GB * 1e9,
-    }
-    return {k: v / 1e9 for k, v in parts.items()}
-
-
-def _generation(step: Callable[[int, int], dict], prompt: int, new_tokens: int) -> dict:
-    """Wall ms of a whole generation by cause: prefill (`prompt` tokens) then new_tokens − 1 decode steps."""
-    parts = step(0, prompt)
-    for t in range(1, new_tokens):
-        for k, v in step(prompt + t, 1).items():
-            parts[k] += v
-    return parts
-
-
 # --- the plan ---------------------------------------------------------------------------------
+def engine(backend: str) -> cm.Engine:
+    """The cost model's engine behind a backend (ZeRO-Inference takes Accelerate's fitted constants).
+
+    Args:
+        backend: a key of BACKENDS.
+    Returns:
+        the fitted `costmodel.Engine`.
+    Raises:
+        ValueError: for an unknown backend (naming the choices).
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose from {list(BACKENDS)}")
+    fitted = cm.calibrate()
+    if backend.startswith("zero"):
+        return replace(fitted["ds-zero"], name=backend, strategy="zero" if backend == "zero-inference" else backend)
+    return fitted[backend]
+
+
 def _backend(name: str, m: cm.Shape, gpu: specs.GPU, gpus: int, batch: int, prompt: int, new: int,
              host_gb: float) -> dict:  # fmt: skip
     """One backend's row: memory on the fullest GPU, whether it fits, wall time by cause."""
-    tokens = prompt + new
-    if name.startswith("zero"):
-        offload, seqs = name == "zero-offload", math.ceil(batch / gpus)
-        mem = zero_memory_gb(m, gpu, gpus, seqs, tokens, offload)
-        on_host = m.weight_bytes / 1e9 if offload else 0.0
-        wall = _generation(lambda ctx, n: zero_step_ms(m, gpu, gpus, seqs, ctx, n, offload), prompt, new)
-    else:
-        engine = cm.calibrate()[name]
-        # the fitted workspace is per weight byte; activations stay 16-bit when the weights are smaller
-        engine = replace(engine, workspace=engine.workspace * ACTIVATION_BYTES / m.bytes_per_param)
-        mem = cm.memory_gb(engine, m, gpu, gpus, batch, tokens)
-        on_host = cm.offloaded_bytes(engine, m, gpu, gpus) / 1e9
-        wall = _generation(lambda ctx, n: cm.step_ms(engine, m, gpu, gpus, batch, ctx, n), prompt, new)
-    need = sum(mem.values())
-    if need > gpu.memory_GB:
-        why = f"will not fit: needs {need:.0f} GB per GPU, has {gpu.memory_GB:g}"
+    e = engine(name)
+    per_stream = math.ceil(batch / gpus) if name.startswith("zero") else batch  # ZeRO: the batch split over GPUs
+    mem = cm.memory_gb(e, m, gpu, gpus, per_stream, prompt + new)
+    on_host = cm.offloaded_bytes(e, m, gpu, gpus) / 1e9
+    wall = cm.generation_ms(e, m, gpu, gpus, per_stream, prompt, new)
+    need, capacity = sum(mem.values()), cm.capacity_gb(gpu)
+    if need > capacity:
+        why = f"will not fit: needs {need:.0f} GB per GPU, has {capacity:.0f}"
     elif on_host > host_gb:
         why = f"will not fit: {on_host:.0f} GB of weights offloaded to a {host_gb:g} GB host"
     else:
@@ -143,7 +92,7 @@ def _backend(name: str, m: cm.Shape, gpu: specs.GPU, gpus: int, batch: int, prom
     fits = why.startswith("fits")
     total = sum(wall.values()) if fits else math.nan
     return {"backend": name, "how": BACKENDS[name], "fits": fits, "why": why, "memory_per_gpu_GB": need,
-            "gpu_memory_GB": gpu.memory_GB, "offloaded_GB": on_host, "ms_per_token": total / (batch * new),
+            "gpu_memory_GB": capacity, "offloaded_GB": on_host, "ms_per_token": total / (batch * new),
             "tokens_per_s": batch * new / total * 1e3, "request_latency_s": total / 1e3,
             **{f"{k}_GB": v for k, v in mem.items()},
             **{f"{k}_ms": (v / (batch * new) if fits else math.nan) for k, v in wall.items()}}  # fmt: skip
@@ -198,34 +147,51 @@ def plan_figure(table: pd.DataFrame, title: str) -> go.Figure:
     fig.add_hline(y=float(table.gpu_memory_GB.iloc[0]), line_dash="dot", annotation_text="GPU memory", row=1, col=1)
     for i, part in enumerate(PARTS):
         share = (100 * table[f"{part}_ms"] / table.ms_per_token).fillna(0.0)
-        fig.add_trace(go.Bar(x=labels, y=share, name=part, marker_color=plots.COLORS[6 + i]), 1, 2)
+        color = plots.COLORS[(5 + i) % len(plots.COLORS)]
+        fig.add_trace(go.Bar(x=labels, y=share, name=part, marker_color=color), 1, 2)
     fig.update_layout(barmode="stack")
     return plots.style(fig, title).update_layout(height=480)
 
 
+ROW_BACKEND = {"accelerate": "accelerate", "ds-inference": "ds-inference", "ds-zero": "zero-inference"}
+
+
 def published_check() -> plots.Measured:
-    """`plan()` on the published set-up (8×A100-80GB, bf16) at every published batch, next to the published rows.
+    """The plan on every published BLOOM-176B cell (`specs.BLOOM_ROWS`), in-sample and held-out kept apart.
+
+    A ds-zero cell of batch b (per GPU, as its script counts) is planned as zero-inference with b × GPUs sequences.
 
     Returns:
-        Measured: one row per (engine, batch) of `specs.PUBLISHED_MS_PER_TOKEN`: published_ms (None = OOM),
-        predicted_ms (NaN = will not fit), error_pct = 100 × (predicted / published − 1) and oom_agrees.
+        Measured: one row per published cell: row, backend, gpus, batch (the published one), sequences (in
+        flight), set (in-sample | held-out, from the row's `fit`), published_ms (NaN = OOM), predicted_ms (NaN =
+        will not fit), error_pct = 100 × (predicted / published − 1), published_oom, predicted_oom and oom_agrees
+        (`costmodel.side_by_side` and `costmodel.summary` read it as they read `costmodel.evaluation()`); figure:
+        published vs planned.
     """
-    rows, published = [], specs.PUBLISHED_MS_PER_TOKEN
-    for batch in sorted({b for r in published.values() for b in r}):
-        predicted = plan(specs.A100_80GB.name, specs.BLOOM_BENCHMARK_GPUS, batch=batch).table.set_index("backend")
-        for engine, row in published.items():
-            if batch in row:
-                pub, pred = row[batch], predicted.loc[engine, "ms_per_token"]
-                err = None if pub is None or math.isnan(pred) else 100 * (pred / pub - 1)
-                rows.append({"engine": engine, "batch": batch, "published_ms": pub, "predicted_ms": pred,
-                             "error_pct": err, "oom_agrees": (pub is None) == math.isnan(pred)})  # fmt: skip
-    table = pd.DataFrame(rows)
-    wide = table.pivot(index="batch", columns="engine", values=["published_ms", "predicted_ms"])
-    wide.columns = [f"{engine} {kind.split('_')[0]}" for kind, engine in wide.columns]
-    wide = wide.reset_index()
-    title = f"BLOOM-176B, {specs.BLOOM_BENCHMARK_GPUS}×{specs.A100_80GB.name}: plan vs published"
-    fig = plots.line(wide, "batch", list(wide.columns[1:]), title, ylabel="ms per token", log_x=True, log_y=True)
-    return plots.Measured(table, fig)
+    rows, fig = [], go.Figure()
+    for i, (key, row) in enumerate(specs.BLOOM_ROWS.items()):
+        backend = ROW_BACKEND[row.engine]
+        m = _shape("bloom-176b", row.precision)
+        for b, pub in row.ms_per_token.items():
+            seqs = b * row.gpus if backend.startswith("zero") else b
+            pred = _backend(backend, m, specs.A100_80GB, row.gpus, seqs, cm.PROMPT, specs.BLOOM_BENCHMARK_NEW_TOKENS,
+                            specs.BLOOM_BENCHMARK_HOST_GB)["ms_per_token"]  # fmt: skip
+            rows.append({"row": key, "backend": backend, "gpus": row.gpus, "batch": b, "sequences": seqs,
+                         "set": cm.SETS[0] if b in row.fit else cm.SETS[1],
+                         "published_ms": math.nan if pub is None else pub, "predicted_ms": pred,
+                         "error_pct": math.nan if pub is None or math.isnan(pred) else 100 * (pred / pub - 1),
+                         "published_oom": pub is None, "predicted_oom": math.isnan(pred),
+                         "oom_agrees": (pub is None) == math.isnan(pred)})  # fmt: skip
+        part = pd.DataFrame(rows[-len(row.ms_per_token):])
+        color = plots.COLORS[i % len(plots.COLORS)]
+        fig.add_trace(go.Scatter(x=part.batch, y=part.published_ms, mode="markers", name=f"{key} published",
+                                 marker=dict(size=10, color=color, symbol="circle-open")))  # fmt: skip
+        fig.add_trace(go.Scatter(x=part.batch, y=part.predicted_ms, mode="lines", name=f"{key} plan",
+                                 line=dict(color=color, dash=None if row.fit else "dash")))  # fmt: skip
+    fig.update_xaxes(title="published batch (ds-zero: per GPU)", type="log")
+    fig.update_yaxes(title="ms per token", type="log")
+    title = "BLOOM-176B on A100-80GB: plan vs published (dashed: rows with no fitted cell)"
+    return plots.Measured(pd.DataFrame(rows), plots.style(fig, title))
 
 
 def batch_sweep(gpu_type: str = specs.A100_80GB.name, gpus: int = specs.BLOOM_BENCHMARK_GPUS,

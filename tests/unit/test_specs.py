@@ -5,12 +5,12 @@ import pytest
 from labkit import anatomy, models
 from labkit.models import specs
 
-ALL_ROWS = {**specs.PUBLISHED_MS_PER_TOKEN, **specs.PUBLISHED_HELD_OUT_MS_PER_TOKEN}
+ROWS = specs.BLOOM_ROWS
 
 
-@pytest.mark.parametrize("engine", sorted(ALL_ROWS))
-def test_published_rows_ascend_in_batch_and_speed_up_until_out_of_memory(engine):
-    row = ALL_ROWS[engine]
+@pytest.mark.parametrize("key", sorted(ROWS))
+def test_published_rows_ascend_in_batch_and_speed_up_until_out_of_memory(key):
+    row = ROWS[key].ms_per_token
     batches = list(row)
     assert batches == sorted(batches) and len(set(batches)) == len(batches)
     times = [row[b] for b in batches]
@@ -19,17 +19,47 @@ def test_published_rows_ascend_in_batch_and_speed_up_until_out_of_memory(engine)
     assert all(a > b > 0 for a, b in zip(timed, timed[1:], strict=False)), "ms/token falls as the batch grows"
 
 
+def test_each_row_is_named_after_its_engine_precision_and_node():
+    for key, row in ROWS.items():
+        node = "" if row.gpus == specs.BLOOM_BENCHMARK_GPUS else f" {row.gpus}×A100"
+        assert key == f"{row.engine} {row.precision}{node}"
+        assert set(row.fit) <= set(row.ms_per_token)
+        assert row.held_out == tuple(b for b in row.ms_per_token if b not in row.fit)
+    assert specs.PUBLISHED_MS_PER_TOKEN == {"accelerate": ROWS["accelerate bf16"].ms_per_token,
+                                            "ds-inference": ROWS["ds-inference fp16"].ms_per_token}
+
+
 def test_tensor_parallel_beats_the_pipeline_and_int8_is_slower_at_every_published_batch():
     acc, ds = specs.PUBLISHED_MS_PER_TOKEN["accelerate"], specs.PUBLISHED_MS_PER_TOKEN["ds-inference"]
-    held_out = specs.PUBLISHED_HELD_OUT_MS_PER_TOKEN
     for b in acc:
         if acc[b] is not None:
             assert ds[b] < acc[b]
-            assert held_out["accelerate-int8"][b] > acc[b]
+            assert ROWS["accelerate int8"].ms_per_token[b] > acc[b]
     for b, ms in ds.items():
         if ms is not None:
-            assert held_out["ds-inference-int8"][b] > ms
+            assert ROWS["ds-inference int8"].ms_per_token[b] > ms
     assert set(specs.PUBLISHED_MS_PER_TOKEN) <= {k.split(" ")[0] for k in specs.STARTUP_S}
+
+
+def test_half_the_node_halves_tensor_parallel_speed_but_not_the_pipelines():
+    """4×A100 int8 (same page): TP reads twice the bytes per GPU, the naive pipeline reads the same bytes in turn."""
+    ds8, ds4 = ROWS["ds-inference int8"].ms_per_token, ROWS["ds-inference int8 4×A100"].ms_per_token
+    acc8, acc4 = ROWS["accelerate int8"].ms_per_token, ROWS["accelerate int8 4×A100"].ms_per_token
+    assert 1.5 < ds4[1] / ds8[1] < 2.0
+    assert acc4[1] == pytest.approx(acc8[1], rel=0.02)
+
+
+def test_ds_zero_counts_every_gpus_stream():
+    """One ds-zero stream takes GPUs × the published ms/token per token: slower than Accelerate at batch 1."""
+    zero = ROWS["ds-zero bf16"]
+    assert zero.gpus * zero.ms_per_token[1] > 5 * specs.PUBLISHED_MS_PER_TOKEN["accelerate"][1]
+    assert specs.STARTUP_S["ds-zero"] > specs.STARTUP_S["accelerate"]
+
+
+def test_host_links_are_below_pcie_4_x16():
+    links = specs.HOST_LINK_GBPS
+    assert specs.PCIE4_X16_GBPS == pytest.approx(31.5, abs=0.1)  # 16 GT/s × 16 lanes × 128/130 / 8 bits
+    assert links["NVMe"] < links["pageable (PCIe 4.0 x16)"] < links["pinned (PCIe 4.0 x16)"] < specs.PCIE4_X16_GBPS
 
 
 def test_bloom_176b_has_176_billion_parameters_and_needs_352_gb_in_bf16():

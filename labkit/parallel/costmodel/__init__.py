@@ -1,34 +1,49 @@
-"""A cost model of LLM generation on several GPUs: tensor parallelism (DeepSpeed-Inference style) vs naive pipeline
-parallelism (Accelerate's `device_map="auto"`), calibrated on the published BLOOM-176B rows.
+"""A cost model of LLM generation on several GPUs: tensor parallelism (DeepSpeed-Inference), naive pipeline
+parallelism (Accelerate's device map) and ZeRO-Inference (one stream per GPU), fitted on some published BLOOM-176B
+cells and tested on the others.
 
-    model        Shape / shape(), Engine, step_ms, memory_gb, offloaded_bytes, fits, ms_per_token
-    calibration  calibrate(), workspace_interval(), fit_table(), fit_residual_pct()
+    model        Shape / shape(), Engine, step_ms: the terms of one step, by cause
+    memory       memory_gb, fits, accelerate_placement, offloaded_bytes, capacity_gb
+    generation   generation_ms, ms_per_token: the published benchmark's accounting
+    calibration  fit(rows) on the rows' fit cells only, calibrate(), workspace_interval()
+    evaluation   evaluation(), summary(), side_by_side(): in-sample and held-out errors, OOM cells
     views        published_vs_predicted(), predict()
 
-GPU datasheets (`specs.GPU`, `specs.GPUS`, `specs.A100_80GB`) and the published rows live in `labkit.models.specs`.
+The published rows, with the one marking of fit and held-out cells, are `labkit.models.specs.BLOOM_ROWS`.
 """
 
 from labkit.parallel.costmodel.calibration import (  # noqa: F401  (the package's public names)
+    PROMPT,
     calibrate,
-    fit_residual_pct,
-    fit_table,
+    fit,
+    fit_cells,
+    row_shape,
     workspace_interval,
 )
+from labkit.parallel.costmodel.evaluation import SETS, evaluation, predict_row, side_by_side, summary  # noqa: F401
+from labkit.parallel.costmodel.generation import generation_ms, ms_per_token, streams  # noqa: F401
+from labkit.parallel.costmodel.memory import (  # noqa: F401
+    KV_COPIES,
+    OFFLOAD_ABOVE,
+    RESERVED_GB,
+    accelerate_placement,
+    capacity_gb,
+    fits,
+    memory_gb,
+    offloaded_bytes,
+)
 from labkit.parallel.costmodel.model import (  # noqa: F401
-    ACCELERATE_BALANCE,
+    DEEPSPEED_INT8_TRAFFIC,
     HBM_EFFICIENCY,
     HOST_GBPS,
     LINK_EFFICIENCY,
-    OFFLOAD_ABOVE,
-    RESERVED_GB,
+    PARTS,
+    STRATEGIES,
     STRATEGY,
+    ZERO_HOST_GBPS,
     Engine,
     Shape,
-    fits,
-    memory_gb,
-    ms_per_token,
-    offloaded_bytes,
     shape,
     step_ms,
 )
-from labkit.parallel.costmodel.views import predict, published_vs_predicted  # noqa: F401
+from labkit.parallel.costmodel.views import COMPARED, predict, published_vs_predicted  # noqa: F401

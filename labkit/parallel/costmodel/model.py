@@ -1,35 +1,47 @@
-"""The cost model's terms: a model's shape, an engine's constants, one step's time and the fullest GPU's memory.
+"""The cost model's terms: a model's shape, an engine's constants and one forward step's time, by cause.
 
-One decode step (one new token for each of `batch` sequences) costs, per strategy:
+One step (one new token for each of `batch` sequences) costs, per strategy (no overlap between the terms):
 
-    TP (p GPUs, all busy):  weights/p / HBM  +  batch · 2·params/p / FLOP/s  +  KV reads/p / HBM
-                            + 2 all-reduces per layer over the link  +  layers · per-layer overhead
-    naive PP (one busy):    weights / HBM  +  batch · 2·params / FLOP/s  +  KV reads / HBM
-                            + activation hops between GPUs  +  layers · overhead  (+ CPU→GPU streaming
-                            of whatever does not fit in GPU memory: Accelerate's offload)
-
-No overlap is assumed between the terms. ms/token follows the published benchmark's definition: generation wall
-time / (batch × new tokens), prefill included. The engines' free constants are fitted in `calibration`.
+    tp        (DeepSpeed-Inference: p GPUs work on every layer)
+              weights/p / HBM + batch·2·params/p / FLOP/s + KV reads/p / HBM + 2 all-reduces per layer
+              + layers · overhead. int8: DeepSpeed dequantizes every int8 weight into a 16-bit buffer and runs a
+              16-bit GEMM on it (csrc/transformer/inference/csrc/pt_binding.cpp, `quantized_gemm`): 1 + 2 + 2
+              bytes of HBM traffic per weight, where 16-bit weights cost 2.
+    naive-pp  (Accelerate's device map: one GPU busy at a time) weights / HBM + batch·2·params / FLOP/s
+              + KV reads / HBM + one activation hop per GPU boundary + the KV cache's round trip (Accelerate's
+              io_same_device hook sends every layer's past keys and values to the input's GPU after a step and
+              the block hooks send them back before the next: huggingface/accelerate#1394, fixed in 2023)
+              + layers · overhead + CPU→GPU copies of offloaded weights. int8 (bitsandbytes' LLM.int8(): per
+              layer, quantize the activations, split off outlier columns, int8 GEMM, dequantize): a cost per
+              int8 weight GB, fitted (see `calibration`).
+    zero      (ZeRO-3 inference: one stream of its own sequences per GPU, each GPU stores 1/p of the weights)
+              the whole model read on every GPU + its sequences' matmuls and KV + an all-gather of the other
+              (p − 1)/p of the weights every step + layers · overhead (Hugging Face's modeling code: Accelerate's
+              constants). zero-offload: the partitions live in pinned CPU memory (the ds-zero script's
+              `pin_memory=True`) and each GPU first copies its own 1/p in over PCIe.
 """
 
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass
 
 from labkit import anatomy, models, precision
 from labkit.models import specs
 from labkit.models.specs import GPU
 
-STRATEGY = {"accelerate": "naive-pp", "ds-inference": "tp"}
+STRATEGY = {"accelerate": "naive-pp", "ds-inference": "tp", "ds-zero": "zero"}
+STRATEGIES = ("tp", "naive-pp", "zero", "zero-offload")
+PARTS = ("weights (HBM)", "matmuls", "KV cache (HBM)", "overhead", "communication", "int8 (de)quantization",
+         "CPU offload")  # fmt: skip
 # Modelling assumptions (not published; fixed, not fitted):
 HBM_EFFICIENCY = 0.85  # streaming reads reach ~85 % of peak HBM bandwidth
-LINK_EFFICIENCY = 0.7  # NCCL ring all-reduce bus bandwidth vs the link's peak
-RESERVED_GB = 2.0  # CUDA context, allocator slack: memory a GPU never gives to the model
-ACCELERATE_BALANCE = 1.10  # the fullest GPU of Accelerate's balanced device map holds weights/n × 1.10
-OFFLOAD_ABOVE = 0.9  # Accelerate fills GPUs to ~90 % with weights before it offloads the rest to the CPU
-HOST_GBPS = 12.0  # CPU→GPU copies of offloaded weights (pageable PCIe 4.0 x16, well below its peak)
+LINK_EFFICIENCY = 0.7  # NCCL collectives' bus bandwidth vs the link's peak
+ACTIVATION_BYTES = precision.bytes_per_value("bf16")  # activations and KV stay 16-bit whatever the weights are
+DEEPSPEED_INT8_TRAFFIC = 1 + 2 + 2  # bytes per int8 weight: read it, write its 16-bit copy, the GEMM reads the copy
+# Weights off the GPU: Accelerate keeps them as ordinary (pageable) tensors; the ds-zero script pins them.
+HOST_GBPS = specs.HOST_LINK_GBPS["pageable (PCIe 4.0 x16)"]
+ZERO_HOST_GBPS = specs.HOST_LINK_GBPS["pinned (PCIe 4.0 x16)"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +67,11 @@ class Shape:
         """Bytes of all weights: params × bytes_per_param."""
         return self.params * self.bytes_per_param
 
+    @property
+    def int8(self) -> bool:
+        """Whether the weights are stored in 8 bits."""
+        return self.bytes_per_param == 1
+
 
 @functools.lru_cache(maxsize=16)
 def shape(model: str = "bloom-176b", weights: str = "bf16", kv_cache: str = "bf16") -> Shape:
@@ -79,13 +96,16 @@ def shape(model: str = "bloom-176b", weights: str = "bf16", kv_cache: str = "bf1
 
 @dataclass(frozen=True)
 class Engine:
-    """An engine's fitted constants.
+    """An engine's constants (fitted in `calibration`).
 
     Attributes:
-        name: a key of `specs.PUBLISHED_MS_PER_TOKEN`. strategy: "tp" or "naive-pp".
+        name: an engine of `specs.BLOOM_ROWS` (or a planner backend). strategy: one of STRATEGIES.
         flop_efficiency: fraction of peak FLOP/s its matmuls reach. layer_overhead_ms: per layer per step (kernel
-        launches, Python, all-reduce latency). workspace: live activation/workspace bytes per
-        (sequence × token × hidden × bytes).
+        launches, Python, collective latency). workspace: live activation/workspace bytes per (sequence × token ×
+        hidden × 2 bytes). int8_ms_per_GB: extra time per GB of int8 weights a step runs through (LLM.int8's
+        quantize / outlier / dequantize kernels; 0 where the bytes model covers int8). cache_to_input_gpu:
+        naive-pp only: every layer's KV cache goes to the input's GPU after each step and back (Accelerate in
+        2022, huggingface/accelerate#1394); False: it stays on its layer's GPU (transformers#23919, 2023).
     """
 
     name: str
@@ -93,92 +113,48 @@ class Engine:
     flop_efficiency: float
     layer_overhead_ms: float
     workspace: float
+    int8_ms_per_GB: float = 0.0
+    cache_to_input_gpu: bool = True
 
 
-def step_ms(engine: Engine, m: Shape, gpu: GPU, gpus: int, batch: int, context: int, new: int = 1) -> dict:
+def step_ms(engine: Engine, m: Shape, gpu: GPU, gpus: int, batch: int, context: int, new: int = 1,
+            offloaded_bytes: float = 0.0) -> dict:  # fmt: skip
     """Time of one forward over `new` tokens per sequence with `context` tokens cached, split by cause.
 
     Args:
-        engine: fitted constants. m: the model. gpu: one GPU's datasheet. gpus: how many.
-        batch: sequences. context: tokens already in the KV cache. new: tokens computed per sequence.
+        engine: its constants. m: the model. gpu: one GPU's datasheet. gpus: how many.
+        batch: sequences (for zero strategies: one GPU's stream). context: tokens already in the KV cache.
+        new: tokens computed per sequence. offloaded_bytes: weights naive PP streams from the CPU every step.
     Returns:
-        {"weights (HBM)", "matmuls", "KV cache (HBM)", "overhead", "communication", "CPU offload"} in ms.
+        {cause in PARTS: ms}.
+    Raises:
+        ValueError: for an unknown strategy (naming the choices).
     """
-    tp = gpus if engine.strategy == "tp" else 1  # how many GPUs share each layer's work
+    s = engine.strategy
+    if s not in STRATEGIES:
+        raise ValueError(f"unknown strategy {s!r}; choose from {STRATEGIES}")
+    tp = gpus if s == "tp" else 1  # how many GPUs share each layer's work
     bw = gpu.hbm_TBps * 1e12 * HBM_EFFICIENCY
-    tokens = batch * new
-    out = {
-        "weights (HBM)": m.weight_bytes / tp / bw,
-        "matmuls": tokens * 2 * m.params / tp / (gpu.tflops * 1e12 * engine.flop_efficiency),
-        "KV cache (HBM)": batch * context * m.kv_bytes_per_token / tp / bw,
-        "overhead": m.layers * engine.layer_overhead_ms / 1e3,
-    }
-    act = tokens * m.hidden * m.bytes_per_param
     link = gpu.link_GBps * 1e9 * LINK_EFFICIENCY
-    if engine.strategy == "tp":  # 2 ring all-reduces per layer, each moves 2(p−1)/p of the activations
-        out["communication"] = 2 * m.layers * 2 * (tp - 1) / tp * act / link if tp > 1 else 0.0
-        out["CPU offload"] = 0.0  # DeepSpeed-Inference keeps every weight on the GPUs
-    else:  # one activation hop per GPU boundary, plus streaming whatever weights live on the CPU
-        out["communication"] = (gpus - 1) * act / link
-        out["CPU offload"] = offloaded_bytes(engine, m, gpu, gpus) / (HOST_GBPS * 1e9)
+    weights = m.weight_bytes / tp  # what one GPU reads per step (naive PP: one after another, the whole model)
+    kv_cached = batch * context * m.kv_bytes_per_token
+    act = batch * new * m.hidden * ACTIVATION_BYTES
+    out = dict.fromkeys(PARTS, 0.0)
+    out["weights (HBM)"] = weights / bw
+    out["matmuls"] = batch * new * 2 * m.params / tp / (gpu.tflops * 1e12 * engine.flop_efficiency)
+    out["KV cache (HBM)"] = kv_cached / tp / bw
+    out["overhead"] = m.layers * engine.layer_overhead_ms / 1e3
+    if m.int8:
+        out["int8 (de)quantization"] = (weights * (DEEPSPEED_INT8_TRAFFIC - 1) / bw if s == "tp"
+                                        else engine.int8_ms_per_GB * weights / 1e9 / 1e3)  # fmt: skip
+    if s == "tp":  # 2 ring all-reduces per layer, each moves 2(p−1)/p of the activations
+        out["communication"] = 2 * m.layers * 2 * (tp - 1) / tp * act / link
+    elif s == "naive-pp":
+        round_trip = 2 * kv_cached if gpus > 1 and engine.cache_to_input_gpu else 0.0
+        out["communication"] = ((gpus - 1) * act + round_trip) / link
+        out["CPU offload"] = offloaded_bytes / (HOST_GBPS * 1e9)
+    else:  # zero: gather the other GPUs' partitions of every layer
+        out["communication"] = (gpus - 1) / gpus * m.weight_bytes / link
+        if s == "zero-offload":
+            out["CPU offload"] = m.weight_bytes / gpus / (ZERO_HOST_GBPS * 1e9)
     return {k: v * 1e3 for k, v in out.items()}
-
-
-def memory_gb(engine: Engine, m: Shape, gpu: GPU, gpus: int, batch: int, tokens: int) -> dict:
-    """Memory on the fullest GPU: weights + KV cache for `tokens` + workspace + reserve.
-
-    TP splits everything p ways. Naive PP's most loaded GPU holds weights/n × 1.10 (a balanced device
-    map) and its layers' KV cache, but full-width activations; weights beyond 90 % of a GPU stay on
-    the CPU (Accelerate's offload), decided at load time, before any batch is known.
-
-    Args:
-        engine, m, gpu, gpus: as for `step_ms`. batch: sequences. tokens: prompt + generated tokens per sequence.
-    Returns:
-        {"weights", "KV cache", "workspace", "reserved"} in GB (1e9 bytes).
-    """
-    tp = engine.strategy == "tp"
-    share = 1 / gpus if tp else ACCELERATE_BALANCE / gpus
-    weights = m.weight_bytes * share
-    if not tp:
-        weights = min(weights, OFFLOAD_ABOVE * gpu.memory_GB * 1e9 - RESERVED_GB * 1e9)
-    parts = {
-        "weights": weights,
-        "KV cache": batch * tokens * m.kv_bytes_per_token * share,
-        "workspace": engine.workspace * batch * tokens * m.hidden * m.bytes_per_param / (gpus if tp else 1),
-        "reserved": RESERVED_GB * 1e9,
-    }
-    return {k: v / 1e9 for k, v in parts.items()}
-
-
-def offloaded_bytes(engine: Engine, m: Shape, gpu: GPU, gpus: int) -> float:
-    """Weights (bytes) that naive PP keeps in CPU memory and copies to the GPUs at every step (0 for TP)."""
-    if engine.strategy == "tp":
-        return 0.0
-    on_gpus = memory_gb(engine, m, gpu, gpus, 1, 1)["weights"] * 1e9 * gpus / ACCELERATE_BALANCE
-    return max(0.0, m.weight_bytes - on_gpus)
-
-
-def fits(engine: Engine, m: Shape, gpu: GPU, gpus: int, batch: int, tokens: int) -> bool:
-    """Whether `memory_gb` on the fullest GPU stays within its memory."""
-    return sum(memory_gb(engine, m, gpu, gpus, batch, tokens).values()) <= gpu.memory_GB
-
-
-def ms_per_token(engine: Engine, m: Shape, gpu: GPU, gpus: int, batch: int, prompt: int = 10,
-                 new_tokens: int = specs.BLOOM_BENCHMARK_NEW_TOKENS) -> dict:
-    """The benchmark's ms/token (generation wall time / (batch × new tokens)) and its breakdown.
-
-    Args:
-        engine, m, gpu, gpus: as for `step_ms`. batch: sequences. prompt: prompt tokens (the prefill).
-        new_tokens: generated tokens per sequence (the first comes from the prefill).
-    Returns:
-        {"ms_per_token": ms, plus each cause of `step_ms` in ms per token}; {"ms_per_token": NaN} when the
-        batch does not fit (`fits`).
-    """
-    if not fits(engine, m, gpu, gpus, batch, prompt + new_tokens):
-        return {"ms_per_token": math.nan}
-    parts = step_ms(engine, m, gpu, gpus, batch, 0, new=prompt)  # prefill gives the first token
-    for t in range(1, new_tokens):
-        for k, v in step_ms(engine, m, gpu, gpus, batch, prompt + t).items():
-            parts[k] += v
-    scale = 1 / (batch * new_tokens)
-    return {"ms_per_token": sum(parts.values()) * scale, **{k: v * scale for k, v in parts.items()}}

@@ -1,4 +1,5 @@
-"""Widget-friendly views of the cost model: the calibration next to the published rows, and a what-if predictor."""
+"""Widget-friendly views of the cost model: the fit and the held-out test next to the published rows, and a what-if
+predictor for tensor parallelism vs the naive pipeline."""
 
 from __future__ import annotations
 
@@ -11,32 +12,38 @@ import plotly.graph_objects as go
 from labkit import plots
 from labkit.models import specs
 from labkit.models.specs import A100_80GB, GPU
-from labkit.parallel.costmodel.calibration import calibrate, fit_table
-from labkit.parallel.costmodel.model import memory_gb, ms_per_token, offloaded_bytes, shape
+from labkit.parallel.costmodel.calibration import calibrate
+from labkit.parallel.costmodel.evaluation import evaluation, summary
+from labkit.parallel.costmodel.generation import ms_per_token
+from labkit.parallel.costmodel.memory import memory_gb, offloaded_bytes
+from labkit.parallel.costmodel.model import shape
+
+COMPARED = ("accelerate", "ds-inference")  # the what-if compares the pipeline with tensor parallelism
 
 
 def published_vs_predicted() -> plots.Measured:
-    """The calibration rows next to the model's predictions (ms/token vs batch, log-log).
+    """Every published row next to the model's prediction (ms/token vs batch, log-log); held-out rows dashed.
 
     Returns:
-        Measured: `fit_table()` and a figure with one published and one predicted line per engine, OOM marked.
+        Measured: `evaluation()` and a figure with published markers and one model line per row (dashed: a row
+        with no fitted cell), OOM marked; the title gives the in-sample and held-out median |error|.
     """
-    table = fit_table()
+    table = evaluation()
     fig = go.Figure()
-    for i, (name, part) in enumerate(table.groupby("engine", sort=False)):
-        color = plots.COLORS[i]
+    for i, (name, part) in enumerate(table.groupby("row", sort=False)):
+        color, fitted = plots.COLORS[i % len(plots.COLORS)], (part.set == "in-sample").any()
         fig.add_trace(go.Scatter(x=part.batch, y=part.published_ms, mode="markers", name=f"{name} published",
-                                 marker=dict(size=11, color=color, symbol="circle-open")))  # fmt: skip
+                                 marker=dict(size=10, color=color, symbol="circle-open")))  # fmt: skip
         fig.add_trace(go.Scatter(x=part.batch, y=part.predicted_ms, mode="lines+markers", name=f"{name} model",
-                                 line=dict(color=color)))  # fmt: skip
+                                 line=dict(color=color, dash=None if fitted else "dash")))  # fmt: skip
         for b in part.batch[part.predicted_oom]:
-            fig.add_annotation(x=math.log10(b), y=math.log10(part.predicted_ms.min()), text=f"{name}: OOM",
-                               showarrow=False, font=dict(color=color), yshift=20 * i)  # fmt: skip
-    fig.update_xaxes(title="batch size", type="log")
+            fig.add_annotation(x=math.log10(b), y=math.log10(table.predicted_ms.min()), text=f"{name}: OOM",
+                               showarrow=False, font=dict(color=color), yshift=14 * i)  # fmt: skip
+    fig.update_xaxes(title="batch size (ds-zero: per GPU)", type="log")
     fig.update_yaxes(title="ms per token", type="log")
-    worst = table.error_pct.abs().max()
-    setup = f"{specs.BLOOM_BENCHMARK_GPUS}×{A100_80GB.name}"
-    title = f"BLOOM-176B on {setup}: model vs published (worst error {worst:.1f} %)"
+    s = summary(table)
+    title = (f"BLOOM-176B on A100-80GB: median |error| {s['in-sample']['median_abs_error_pct']:.1f} % in-sample, "
+             f"{s['held-out']['median_abs_error_pct']:.1f} % held-out")  # fmt: skip
     return plots.Measured(table, plots.style(fig, title))
 
 
@@ -46,8 +53,8 @@ def predict(gpus: int = specs.BLOOM_BENCHMARK_GPUS, gpu_memory_gb: float = A100_
             new_tokens: int = specs.BLOOM_BENCHMARK_NEW_TOKENS) -> plots.Measured:
     """Predicted ms/token, throughput and memory per GPU for TP (DeepSpeed-Inference) and naive PP (Accelerate).
 
-    Uses the calibrated engine constants (`calibrate()`) on a GPU described by its datasheet numbers (defaults: the
-    published A100-80GB, `specs.A100_80GB`).
+    Uses the fitted engine constants (`calibrate()`) on a GPU described by its datasheet numbers (defaults: the
+    published A100-80GB, `specs.A100_80GB`), 16-bit weights.
 
     Args:
         gpus: GPUs (>= 1). gpu_memory_gb: memory per GPU (GB). link_GBps: GPU-to-GPU bandwidth per direction (GB/s).
@@ -66,7 +73,8 @@ def predict(gpus: int = specs.BLOOM_BENCHMARK_GPUS, gpu_memory_gb: float = A100_
         raise ValueError("gpu_memory_gb, link_GBps, tflops and hbm_TBps must be positive")
     m, gpu = shape(model), GPU("custom", tflops, hbm_TBps, gpu_memory_gb, link_GBps)
     rows, fig = [], go.Figure()
-    for name, engine in calibrate().items():
+    for name in COMPARED:
+        engine = calibrate()[name]
         mem = memory_gb(engine, m, gpu, gpus, batch, prompt + new_tokens)
         timing = ms_per_token(engine, m, gpu, gpus, batch, prompt, new_tokens)
         ok = not math.isnan(timing["ms_per_token"])
