@@ -1,4 +1,4 @@
-"""Measuring: latency statistics, peak memory, tokens/s and memory bandwidth.
+"""Measuring: latency statistics, peak memory, tokens/s, memory bandwidth and the agreement of two outputs.
 
 Every benchmark warms up first, then reports the median (and spread) of repeats; CUDA work is
 synchronised before the clock stops, or a GPU timing would only measure the kernel launch.
@@ -6,10 +6,11 @@ synchronised before the clock stops, or a GPU timing would only measure the kern
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -18,6 +19,8 @@ import psutil
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
+
+from labkit.hardware import detect, resolve_device
 
 
 @dataclass(frozen=True)
@@ -194,25 +197,79 @@ def process_rss() -> int:
     return psutil.Process().memory_info().rss
 
 
-def memory_bandwidth(size_mib: int = 256, repeat: int = 5, device: str = "cpu") -> float:
+class Bandwidth(float):
+    """A read bandwidth in GB/s (a float: arithmetic, comparisons and formats work as on the number) that keeps the
+    device it was measured on: `device` ("cpu", "cuda:0") and `device_name` (CPU model or GPU name). A bound derived
+    from it holds for that device only, so tables and figures say `label` ("measured on <device_name>")."""
+
+    def __new__(cls, gbps: float, device: str, device_name: str) -> Bandwidth:
+        value = super().__new__(cls, gbps)
+        value.device, value.device_name = device, device_name
+        return value
+
+    def __reduce__(self):  # pickle (and copy) keep the device
+        return Bandwidth, (float(self), self.device, self.device_name)
+
+    @property
+    def label(self) -> str:
+        """ "measured on <device_name>", for tables and figure titles."""
+        return f"measured on {self.device_name}"
+
+
+def _device(device: str | torch.device) -> tuple[torch.device, str]:
+    """(the device with its index, e.g. cuda:0; its name: the CPU model (`hardware.detect`) or the GPU's)."""
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", dev.index if dev.index is not None else torch.cuda.current_device())
+        return dev, torch.cuda.get_device_name(dev)
+    return dev, detect().cpu_model
+
+
+def memory_bandwidth(size_mib: int = 256, repeat: int = 5, device: str = "cpu") -> Bandwidth:
     """Measured read bandwidth in GB/s: a matrix-vector product over a matrix too big for the caches.
 
-    That is the operation a batch-1 decode step is made of (every weight read once per token), so this
-    is the number that bounds it. It is a ceiling, so the fastest repeat counts: other work on the
-    machine can only slow a run down.
+    That is the operation a batch-1 decode step is made of (every weight read once per token), so this is the
+    number that bounds it. It is a ceiling, so the fastest repeat counts: other work can only slow a run down.
 
     Args:
         size_mib: size of the fp32 matrix read, MiB (choose it well above the last-level cache).
         repeat: timed repeats after 2 warm-ups.
-        device: "cpu", "cuda" or "cuda:N" (the device whose memory is measured).
+        device: "cpu", "cuda", "cuda:N" or "auto" (the device whose memory is measured; `hardware.resolve_device`).
     Returns:
-        bytes read / fastest repeat, in GB/s (1e9 bytes per second).
+        Bandwidth: bytes read / fastest repeat, in GB/s (1e9 bytes per second), carrying the device it was
+        measured on (`.device`, `.device_name`, `.label`).
+    Raises:
+        ValueError: size_mib or repeat < 1, or an unknown device (naming the valid ones), before allocating.
+        CapabilityMissing: a CUDA device on a machine without one.
     """
-    cols = 4096
-    weights = torch.ones(size_mib * 2**20 // 4 // cols, cols, dtype=torch.float32, device=device)
-    vector = torch.ones(cols, dtype=torch.float32, device=device)
+    if size_mib < 1 or repeat < 1:
+        raise ValueError(f"size_mib and repeat must be >= 1, got {size_mib} and {repeat}")
+    (dev, name), cols = _device(device), 4096
+    weights = torch.ones(max(1, size_mib * 2**20 // 4 // cols), cols, dtype=torch.float32, device=dev)
+    vector = torch.ones(cols, dtype=torch.float32, device=dev)
     stats = benchmark(lambda: weights @ vector, warmup=2, repeat=repeat)
-    return weights.numel() * weights.element_size() / min(stats.samples) / 1e9
+    gbps = weights.numel() * weights.element_size() / min(stats.samples) / 1e9
+    return Bandwidth(gbps, str(dev), name)
+
+
+def prefix_agreement(tokens: Sequence[Sequence[int]], reference: Sequence[Sequence[int]]) -> float:
+    """Greedy prefix agreement: the share of tokens equal to the reference before the first difference (after it,
+    the two continuations are about different text and are not compared).
+
+    Args:
+        tokens, reference: (batch, new_tokens) token ids, the same shape.
+    Returns:
+        a share in [0, 1] (NaN for no tokens).
+    Raises:
+        ValueError: when the shapes differ.
+    """
+    same = total = 0
+    for a, b in zip(tokens, reference, strict=True):
+        if len(a) != len(b):
+            raise ValueError(f"sequences of different lengths ({len(a)} vs {len(b)}): generate the same count")
+        total += len(b)
+        same += next((i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y), len(b))
+    return same / total if total else math.nan
 
 
 def results_frame(rows: list[dict], **meta) -> pd.DataFrame:
@@ -224,8 +281,6 @@ def results_frame(rows: list[dict], **meta) -> pd.DataFrame:
     Returns:
         the DataFrame; attrs["hardware"] is this machine's summary, attrs["torch_threads"] the threads used.
     """
-    from labkit.hardware import detect
-
     df = pd.DataFrame(rows)
     df.attrs["hardware"] = detect().summary
     df.attrs["torch_threads"] = torch.get_num_threads()
@@ -240,14 +295,5 @@ def ratio(a: float, b: float) -> float:
     return a / b
 
 
-__all__ = [
-    "Stats",
-    "benchmark",
-    "tokens_per_second",
-    "MemoryPeak",
-    "peak_memory",
-    "process_rss",
-    "memory_bandwidth",
-    "results_frame",
-    "ratio",
-]
+__all__ = ["Stats", "benchmark", "benchmark_rounds", "sync_device", "tokens_per_second", "MemoryPeak", "peak_memory",
+           "process_rss", "Bandwidth", "memory_bandwidth", "prefix_agreement", "results_frame", "ratio"]

@@ -86,7 +86,7 @@ for capability in ("cuda", "multi-gpu", "avx512_bf16", "onnxruntime", "deepspeed
 # | 07 | LLM anatomy | KV cache, prefill vs decode, the memory-bandwidth roofline |
 # | 08 | Big models with Accelerate | meta-device init, device maps, CPU/disk offload |
 # | 09 | Tensor vs pipeline parallelism | real 2-rank runs, communication, bubbles, a cost model to 8×A100 |
-# | 10 | ZeRO 1/2/3 | per-rank memory: formula vs measured |
+# | 10 | ZeRO-1/2/3 | per-rank memory: formula vs measured |
 # | 11 | DeepSpeed-Inference and ZeRO-Inference | AutoTP, kernel injection, ZeRO-3 inference |
 # | 12 | LLM serving | synchronous vs dynamic vs continuous batching under load |
 # | 13 | Capstone: BLOOM-176B on paper | memory and cost model vs the published benchmark |
@@ -105,22 +105,36 @@ available_labs
 # Generating one token of a large language model reads every weight once, so on most machines the
 # speed of an LLM is set by how fast memory can be read, not by arithmetic. Measure it here: the
 # time of a matrix-vector product (what a decode step is made of) over a matrix far larger than the CPU caches.
+# The bound it gives holds only for the device whose memory was read, so every row names that device
+# (a GPU, when there is one, gets its own row).
 
 # %%
-from labkit import measure, models
+from labkit import models
+from labkit.experiments import roofline
 
-bandwidth = measure.memory_bandwidth(size_mib=BANDWIDTH_MIB)
-print(f"read bandwidth: {bandwidth:.1f} GB/s ({hw.summary})")
-weights_gb = models.estimate_memory("smollm2-135m", "float32").bytes / 1e9
-print(f"so a decoder with {weights_gb:.2f} GB of fp32 weights (SmolLM2-135M) can produce at most "
-      f"{bandwidth / weights_gb:.0f} tokens/s at batch 1 on this machine (lab 07 checks this bound)")
+bounds = roofline.batch1_bounds("smollm2-135m", precisions=("fp32",), size_mib=BANDWIDTH_MIB)
+cpu = bounds[bounds.device == "cpu"].iloc[0]
+bandwidth = cpu.read_GBps  # GB/s of this CPU's memory (the exercise below uses it)
+for row in bounds.itertuples():
+    print(f"read bandwidth {row.read_GBps:.1f} GB/s, measured on {row.measured_on} ({row.device}): a decoder with "
+          f"{row.weights_GB:.2f} GB of fp32 weights (SmolLM2-135M) there produces at most {row.bound_tok_s:.0f} "
+          "tokens/s at batch 1 (lab 07 checks this bound)")
+bounds.round(2)
 
 # %% [markdown]
 # ## 4. Latency is a distribution, not a number
 #
 # One forward pass of a tiny BLOOM model, timed many times after a warm-up. The median is what a
-# typical request sees; p90/p99 are what your unluckiest users see. Every lab reports medians and
-# percentiles over repeats, never a single run.
+# typical request sees; p90/p99 are what your unluckiest users see. Every latency or decode speed
+# the labs report is, like this one, a median over repeated runs after a warm-up (`labkit.measure`
+# for one call, `labkit.decoding.timing` for generation), never a single run, except where the
+# quantity itself is measured another way:
+#
+# * a load test (labs 02 and 12) reports percentiles and means over the many requests of one run;
+# * a one-off cost (a conversion, a compilation, a cold start, a model load) happens once;
+# * a training run's throughput (lab 01) is its total tokens over its total time;
+# * two multi-process timings are one timed run each: lab 11's ZeRO-Inference generation and
+#   lab 13's burst of all-reduces.
 
 # %%
 from labkit.experiments import training_vs_inference
@@ -145,7 +159,7 @@ widgets.panel(training_vs_inference.forward_latency, model=training_vs_inference
 # ## What theory predicts vs what you measured
 #
 # * **Theory:** batch-1 decoding of a model with *W* bytes of weights cannot beat bandwidth / *W*
-#   tokens per second. **Measured:** the bound printed in section 3 for your bandwidth.
+#   tokens per second. **Measured:** the bound printed in section 3, for the device named there.
 # * **Theory:** repeated runs of the same computation should take the same time. **Measured:** the
 #   spread between median and p99 below — caused by caches, the OS scheduler and frequency scaling.
 
@@ -165,7 +179,7 @@ print(f"p99 / median = {spread:.2f}: the slowest 1 % of calls take {100 * (sprea
 #   reports to `reports/`.
 #
 # ### Exercise
-# Your machine's bandwidth bound for SmolLM2 in **bfloat16** (half the bytes): what is it? Put your
+# This CPU's batch-1 bound for SmolLM2 in **bfloat16** (half the bytes): what is it? Put your
 # number in `answer` and run the cell.
 
 # %%
@@ -180,7 +194,9 @@ run.record({
     "logical_cores": hw.logical_cores,
     "cuda": hw.cuda_available,
     "bandwidth_GBps": bandwidth,
-    "smollm2_fp32_bound_tok_s": bandwidth / weights_gb,
+    "bandwidth_measured_on": cpu.measured_on,
+    "bandwidth_devices": bounds.device.tolist(),
+    "smollm2_fp32_bound_tok_s": cpu.bound_tok_s,
     "labs_available": available_labs,
     "tiny_bloom_forward_median_ms": ms["median"],
     "tiny_bloom_forward_p99_ms": ms["p99"],

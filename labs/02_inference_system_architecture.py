@@ -23,7 +23,7 @@
 #
 # | part | here | what it does |
 # |---|---|---|
-# | access layer | FastAPI routes (`labkit.serving.app`) | parse and validate requests (OpenAI-compatible API), say no early (4xx, 429) |
+# | access layer | FastAPI routes (`labkit.serving.app`) | parse and validate requests (OpenAI-compatible API), say no early (`4xx`, `429`) |
 # | queue | one bounded queue per model version (`labkit.serving.engine`) | absorb bursts; full → `429 Retry-After` instead of unbounded waiting |
 # | scheduler | `labkit.serving.policies` | decide which requests run together on the model (lab 12 compares them) |
 # | model repository | `labkit.serving.repository` | load / unload named models and versions, route traffic, canary, roll back |
@@ -31,7 +31,8 @@
 # | metrics | `GET /metrics` (Prometheus text) | queue depth, batch size, requests by status, TTFT / per-token / end-to-end latency |
 #
 # In this lab you start that system from the notebook, send it real HTTP requests, read its
-# metrics, deploy a second version of the model to 20 % of the traffic, and roll it back.
+# metrics, check Little's law against the server's own gauge, deploy a second version of the model
+# to a share of the traffic, and let a rule computed from the data promote it or roll it back.
 
 # %%
 # Setup. Locally `make lab` installed everything; on Colab this cell installs the lab first.
@@ -53,14 +54,26 @@ SMOKE = False  # True: small sizes for a quick headless run
 MODEL = "smollm2-135m"
 PROMPT = "What is the capital of France?"
 CANARY_SHARE = 0.2
-CANARY_REQUESTS = 50
+CANARY_REQUESTS = 100
 BURST = 48  # concurrent clients against a small queue
 MAX_TOKENS = 16
+OPEN_LOAD = 0.5  # open-loop arrival rate, as a share of the throughput the burst measured
+OPEN_REQUESTS = 60
+# The canary rule, fixed before anything is measured: promote v2 only if it answered at least MIN_CANARY_REQUESTS
+# of the canary traffic, its greedy tokens agree with v1's on at least MIN_AGREEMENT of the positions (prefix
+# agreement) and its median TTFT is at most MAX_TTFT_RATIO × v1's.
+MIN_CANARY_REQUESTS = 5
+MIN_AGREEMENT = 0.9
+MAX_TTFT_RATIO = 1.25
+AGREEMENT_PROMPTS = ["What is the capital of France?", "Name three primary colours.", "Write one sentence about the sea.",
+                     "What does a CPU do?"]
 TORCH_THREADS = None  # None: PyTorch's default
 
 # %%
 if SMOKE:  # the Shakespeare-trained tiny BLOOM from lab 01: same system, seconds instead of minutes
-    MODEL, PROMPT, CANARY_REQUESTS, MAX_TOKENS, TORCH_THREADS = "tiny-bloom-shakespeare", "ROMEO:\n", 40, 8, 1
+    MODEL, PROMPT, CANARY_REQUESTS, MAX_TOKENS, TORCH_THREADS = "tiny-bloom-shakespeare", "ROMEO:\n", 80, 8, 1
+    OPEN_REQUESTS, AGREEMENT_PROMPTS = 24, ["ROMEO:\n", "JULIET:\nO Romeo,", "KING HENRY:\nOnce more unto the",
+                                            "HAMLET:\nTo be, or not"]
 import torch
 
 if TORCH_THREADS:  # on a busy 2-core machine one thread avoids OpenMP spin-waits on tiny models
@@ -103,7 +116,8 @@ print(json.dumps(reply.json(), indent=2))
 
 # %% [markdown]
 # The same request with `"stream": true` comes back as server-sent events, one `data:` line per
-# piece of text, so the user sees the first words after one token, not after all of them.
+# piece of text, so the user sees the first words after one token, not after all of them. (The times
+# below are one request's, to show the stream; latency is measured over many requests in section 5.)
 
 # %%
 import time
@@ -138,8 +152,8 @@ refusals = pd.DataFrame([{"request": k, "status": (r := client.post("/v1/complet
 refusals
 
 # %% [markdown]
-# A burst of concurrent clients against a queue of 8: what does not fit is told to come back
-# later (429 with `Retry-After`). Nothing is dropped silently: every request sent is counted, by the
+# A burst of concurrent clients against the small queue (`MAX_QUEUE`): what does not fit is told to
+# come back later (`429` with `Retry-After`). Nothing is dropped silently: every request sent is counted, by the
 # clients (the load generator) and by the server (its `/metrics`, read before and after the burst).
 
 # %%
@@ -175,12 +189,46 @@ ttft_mean = (metrics.total(scrape, "labkit_time_to_first_token_seconds_sum")
 print(f"mean time to first token so far: {ttft_mean * 1e3:.0f} ms")
 
 # %% [markdown]
-# ## 5. Canary release and rollback
+# ## 5. Little's law, checked from inside the server
 #
-# Version 2 is the same model in bf16 (bfloat16): half the memory — is it as good, as fast? Rather than
-# switching everyone at once, send it a **canary** share of the traffic and compare.
+# Little's law: in a stable system the mean number of requests inside, *L*, equals the arrival rate
+# *λ* times the mean time each one spends inside, *W*. With a closed loop of N clients (each sends
+# its next request when the last one returns) it is true by construction — throughput × latency = N
+# whatever the server does — so it checks nothing. Under **open-loop** load (Poisson arrivals, as real
+# traffic) it relates three numbers measured apart: λ and W from the clients' records, and *L* from
+# the server's own gauge — queue depth + running batch size in `/metrics`, read every few milliseconds
+# while the load runs. The arrival rate is a share (`OPEN_LOAD`) of the throughput the burst above
+# measured, so the queue stays stable.
 
 # %%
+from labkit.experiments import inference_system
+
+capacity = burst.summary["requests_per_s"]  # answered requests per second while the burst kept every slot busy
+little = inference_system.littles_law(server.url, "assistant", [PROMPT], rate=OPEN_LOAD * capacity,
+                                      requests=OPEN_REQUESTS, max_tokens=MAX_TOKENS)
+lt = little.table.iloc[0]
+print(f"offered {lt.offered_rate:.2f} requests/s ({OPEN_LOAD:.0%} of the burst's {capacity:.2f}/s); "
+      f"{lt.answered:.0f} answered, {lt.refused:.0f} refused, {lt.readings:.0f} gauge readings")
+little.table.round(3)
+
+# %%
+little.figure
+
+# %% [markdown]
+# The gauge counts the requests inside the engine (waiting or in the batch); the clients' W also holds
+# the HTTP layer around it (parsing, tokenizing, streaming the answer). So L̄ from the gauge can only
+# be at most λ·W, and the difference is the mean number of requests in that layer.
+#
+# ## 6. Canary release: a decision from the data
+#
+# Version `v2` is the same model in bf16 (bfloat16): half the memory — is it as good, as fast? Rather than
+# switching everyone at once, send it a **canary** share of the traffic and compare. The rule that
+# decides was fixed with the parameters, before anything is measured:
+
+# %%
+print(f"promote v2 if (1) it answered >= {MIN_CANARY_REQUESTS} canary requests, (2) its greedy tokens agree with v1's "
+      f"on >= {MIN_AGREEMENT:.0%} of the positions of {len(AGREEMENT_PROMPTS)} prompts (prefix agreement) and (3) its "
+      f"median TTFT under the canary's traffic is <= {MAX_TTFT_RATIO:g} × v1's; otherwise roll back")
 repo.load("assistant", "v2", source=MODEL, dtype="bf16")
 repo.set_canary("assistant", "v2", CANARY_SHARE)
 before = metrics.parse(client.get("/metrics").text)
@@ -206,38 +254,56 @@ plots.bars(by_version.melt("version", var_name="counted by", value_name="request
            f"Canary at {CANARY_SHARE:.0%}: requests per version", color="counted by")
 
 # %% [markdown]
-# Suppose v2 disappointed. Roll back: all traffic returns to v1 and v2 is drained and unloaded.
+# Now the second half of the rule's data: each version's greedy tokens on the same prompts, through its
+# own engine (`inference_system.greedy_tokens`), then the verdict.
 
 # %%
-repo.rollback("assistant")
+tokens = {v: inference_system.greedy_tokens(repo, "assistant", v, AGREEMENT_PROMPTS, MAX_TOKENS) for v in ("v1", "v2")}
+decision = inference_system.canary_decision(tokens["v1"], tokens["v2"], per_version.ttft_p50_s["v1"],
+                                            per_version.ttft_p50_s.get("v2", float("nan")),
+                                            int(per_version.requests.get("v2", 0)), MIN_AGREEMENT, MAX_TTFT_RATIO,
+                                            MIN_CANARY_REQUESTS)
+print("decision:", decision.action)
+decision.table()
+
+# %% [markdown]
+# Carry the decision out. A rollback sends all traffic back to v1 and drains and unloads v2; a
+# promotion makes v2 the stable version and unloads v1.
+
+# %%
+(repo.promote if decision.promote else repo.rollback)("assistant")
 after = run_load(server.url, "assistant", [PROMPT], clients=2, requests=10, max_tokens=4)
-print("versions after rollback:", after.records.version.value_counts().to_dict())
+print(f"after '{decision.action}', versions serving:", after.records.version.value_counts().to_dict())
 repo.table()
 
 # %% [markdown]
 # ## What theory predicts vs what you measured
 
 # %%
-s = canary.summary
 measured_share = per_version.share.get("v2", 0.0)
 sd = (CANARY_SHARE * (1 - CANARY_SHARE) / CANARY_REQUESTS) ** 0.5
 print(f"* Theory: a {CANARY_SHARE:.0%} canary gets {CANARY_SHARE:.0%} ± {sd:.0%} (one binomial standard deviation) "
       f"of {CANARY_REQUESTS} requests.\n  Measured: {measured_share:.0%}.")
-little_n = s["requests_per_s"] * canary.records.e2e_s.mean()
-print(f"* Theory (Little's law, closed loop): clients in the system = throughput × mean latency = 4.\n"
-      f"  Measured: {s['requests_per_s']:.2f} req/s × {canary.records.e2e_s.mean():.3f} s = {little_n:.2f}.")
+print(f"* Theory (Little's law, open loop): requests inside = arrival rate × time inside.\n"
+      f"  Measured: the server's gauge averages L̄ = {lt.gauge_mean:.2f} requests in the engine; the clients saw "
+      f"λ·W = {lt.arrival_rate:.2f}/s × {lt.mean_latency_s:.3f} s = {lt.lambda_W:.2f} (ratio {lt.gauge_over_lambda_W:.2f}; "
+      f"the rest, {lt.lambda_W - lt.gauge_mean:.2f}, is in the HTTP layer).")
 print(f"* Theory: with a queue bound nothing is lost: each of the {BURST} requests is answered or refused.\n"
       f"  Measured: clients sent {accounting['sent']}: {accounting['succeeded']} answered + {accounting['rejected']} "
       f"refused + {accounting['failed']} lost; the server counted {server_saw['200']:.0f} answered (200) and "
       f"{server_saw['429']:.0f} refused (429).")
+print(f"* Rule: promote only with >= {MIN_CANARY_REQUESTS} canary requests, agreement >= {MIN_AGREEMENT:g} and TTFT "
+      f"ratio <= {MAX_TTFT_RATIO:g}.\n  Measured: {decision.canary_requests} canary requests, agreement "
+      f"{decision.agreement:.2f}, TTFT v2/v1 {decision.ttft_ratio:.2f} → {decision.action}.")
 
 # %% [markdown]
 # ## Exercises
 #
-# 1. With `max_batch=4` and `max_queue=8`, how many requests can the server hold at once (running + waiting)
+# 1. With `MAX_BATCH` running and `MAX_QUEUE` waiting slots, how many requests can the server hold at once
 #    before it answers 429?
-# 2. Change `CANARY_SHARE` to 0.5 and rerun section 5: how far from 50 % is the measured share?
-# 3. Stop the server while a long request streams (`server.stop()` in another cell): does the request finish?
+# 2. Change `CANARY_SHARE` to 0.5 and rerun section 6: how far from 50 % is the measured share?
+# 3. Raise `OPEN_LOAD` towards 1 and rerun section 5: what happens to L̄, W and the refusals?
+# 4. Stop the server while a long request streams (`server.stop()` in another cell): does the request finish?
 
 # %%
 answer_1 = None
@@ -265,7 +331,15 @@ run.record({
     "canary_requests": CANARY_REQUESTS,
     "server_counts_by_version": by_version.set_index("version")["requests (server)"].to_dict(),
     "client_counts_by_version": by_version.set_index("version")["requests (clients saw)"].to_dict(),
-    "versions_after_rollback": sorted(after.records.version.unique()),
-    "little_law_clients": little_n,
+    "little": {k: float(v) for k, v in lt.items()},
+    "agreement_prompts": len(AGREEMENT_PROMPTS),
+    "canary_tokens": tokens,
+    "canary_ttft_p50_s": per_version.ttft_p50_s.to_dict(),
+    "canary_rule": {"min_requests": MIN_CANARY_REQUESTS, "min_agreement": MIN_AGREEMENT,
+                    "max_ttft_ratio": MAX_TTFT_RATIO},
+    "canary_agreement": decision.agreement,
+    "canary_ttft_ratio": decision.ttft_ratio,
+    "canary_action": decision.action,
+    "versions_after_decision": sorted(after.records.version.unique()),
     "ttft_mean_ms": ttft_mean * 1e3,
 })

@@ -53,14 +53,15 @@ BATCH_SIZES = (1, 4)
 NEW_TOKENS = 16
 PRECISIONS = ("fp32", "bf16", "int8-dynamic")
 ROOFLINE_BATCHES = (1, 8)
-COMPILE = True  # static cache + torch.compile (the first call compiles for about a minute on 2 cores)
-GENERATORS = None  # None: every generation engine (section 6); or a list of names
+STEP_BATCHES = (1, 4, 16, 32)  # batch sizes whose decode step is timed against the roofline (section 3)
+COMPILE = True  # static cache + torch.compile (its first call compiles: reported apart as first_call_s)
+GENERATORS = None  # None: every generation engine (section 5); or a list of names
 FAST_PROMPT, FAST_NEW, FAST_BATCHES = 128, 64, (1, 8)
 
 # %%
 if SMOKE:  # tiny Llama (same architecture, 4 layers): seconds instead of minutes
     MODEL, PROMPT_LENS, BATCH_SIZES, NEW_TOKENS = "tiny-llama", (8, 256), (1, 2), 4
-    PRECISIONS, ROOFLINE_BATCHES, COMPILE = ("fp32", "int8-dynamic"), (1, 4), False
+    PRECISIONS, ROOFLINE_BATCHES, STEP_BATCHES, COMPILE = ("fp32", "int8-dynamic"), (1, 4), (1, 16), False
     GENERATORS, FAST_PROMPT, FAST_NEW, FAST_BATCHES = ["hf-eager-fp32", "ort-genai-int4", "llama.cpp"], 16, 6, (1, 2)
 
 # %% [markdown]
@@ -87,11 +88,14 @@ kv["equal"] = kv.formula_bytes == kv.measured_bytes
 kv
 
 # %% [markdown]
-# The cache grows linearly with context and batch while the weights stay fixed; for a 30B model at
-# batch 8, somewhere past a few thousand tokens the cache is bigger than the model itself:
+# The cache grows linearly with context and batch while the weights stay fixed. For `llama-30b`
+# serving a modest batch, past the context printed below the cache is bigger than the model itself:
 
 # %%
-llm_anatomy.kv_cache_curve("llama-30b", "fp16", batch=8).figure
+curve = llm_anatomy.kv_cache_curve("llama-30b", "fp16", batch=8)
+print(f"llama-30b, fp16, batch 8: the KV cache outgrows the {curve.table.weights_GB.iloc[0]:.1f} GB of weights at "
+      f"{curve.table.attrs['crossover_tokens']:,} tokens per sequence")
+curve.figure
 
 # %%
 from labkit import precision, widgets
@@ -105,7 +109,7 @@ widgets.panel(llm_anatomy.memory_calculator, model=list(llm_anatomy.CALCULATOR_M
 # TTFT is the time from the start of `generate()` to the first new token (one forward pass over the
 # prompt); TPOT is the median time of the cached decode steps that follow (`labkit.decoding.timing`:
 # a warm-up, then repeats). Longer prompts make prefill slower; a decode step barely cares about the
-# prompt length (it reads the cache, which is small next to the weights here).
+# prompt length: it reads the cache, which is small next to the weights here (the share is printed below).
 
 # %%
 from labkit import plots
@@ -120,28 +124,50 @@ plots.line(pd_table.pivot(index="prompt_tokens", columns="batch", values="ttft_m
            xlabel="prompt tokens", ylabel="ms")
 
 # %%
+kv_share = (anatomy.kv_cache_bytes(MODEL, max(BATCH_SIZES), max(PROMPT_LENS) + NEW_TOKENS, "fp32")
+            / anatomy.model_memory(MODEL, "fp32").weights_bytes)
+print(f"largest cache timed (batch {max(BATCH_SIZES)}, {max(PROMPT_LENS) + NEW_TOKENS} tokens): {kv_share:.1%} of the "
+      "fp32 weights' bytes")
 pd_table.round(2)
 
 # %% [markdown]
 # ## 3. The roofline of this machine
 #
 # Two measured numbers bound every kernel here: memory bandwidth (GB/s) and matmul throughput (FLOP/s).
-# A decode step at batch *B* does 2·B FLOPs per weight and reads each weight byte once, so its
-# arithmetic intensity is 2·B / bytes-per-weight FLOP/byte. Below the **ridge point** (FLOP/s ÷ bandwidth)
+# A decode step at batch *B* does $2B$ FLOPs per weight and reads each weight byte once, so its
+# arithmetic intensity is $2B$ / bytes-per-weight FLOP/byte. Below the **ridge point** (FLOP/s ÷ bandwidth)
 # the step is memory-bound and tokens/s ≤ B × bandwidth ÷ weight bytes.
 
 # %%
 from labkit.experiments import roofline
 
 limits = roofline.machine_limits()
-print(f"measured: {limits['bandwidth_GBps']:.1f} GB/s read bandwidth, {limits['flops'] / 1e9:.0f} GFLOP/s fp32 matmul; "
-      f"ridge point {limits['flops'] / 1e9 / limits['bandwidth_GBps']:.1f} FLOP/byte")
+print(f"measured on {limits['measured_on']}: {limits['bandwidth_GBps']:.1f} GB/s read bandwidth, "
+      f"{limits['flops'] / 1e9:.0f} GFLOP/s fp32 matmul; ridge point {limits['flops'] / 1e9 / limits['bandwidth_GBps']:.1f} "
+      "FLOP/byte")
 bounds = llm_anatomy.decode_roofline(MODEL, "fp32", bandwidth_gbps=limits["bandwidth_GBps"], flops=limits["flops"])
 bounds.round(2)
 
 # %% [markdown]
 # The table shows why batching helps decode: until the ridge point each extra sequence rides on the
-# same weight reads for free. Now the measured points — each precision at each batch size:
+# same weight reads for free. Is a decode step really as cheap for many sequences as for one? Time it
+# (the median decode step, `labkit.decoding.timing`) at several batch sizes, next to the roofline's
+# prediction max(bytes read ÷ bandwidth, FLOPs ÷ FLOP/s):
+
+# %%
+steps = llm_anatomy.decode_step_cost(MODEL, batch_sizes=STEP_BATCHES, new_tokens=NEW_TOKENS,
+                                     bandwidth_gbps=limits["bandwidth_GBps"], flops=limits["flops"], device="cpu")
+top_step = steps.table.set_index("batch").loc[max(STEP_BATCHES)]
+print(f"a decode step at batch {max(STEP_BATCHES)} takes {top_step.step_vs_first:.1f}× the time of batch "
+      f"{STEP_BATCHES[0]} (roofline: {top_step.roofline_vs_first:.1f}×); the ridge point is at batch "
+      f"{steps.table.attrs['ridge_batch']:.0f} in fp32 on this CPU")
+steps.figure
+
+# %%
+steps.table.round(2)
+
+# %% [markdown]
+# Now the measured points — each precision at each batch size:
 
 # %%
 points = roofline.precision_points(MODEL, precisions=PRECISIONS, batch_sizes=ROOFLINE_BATCHES, new_tokens=NEW_TOKENS,
@@ -149,6 +175,8 @@ points = roofline.precision_points(MODEL, precisions=PRECISIONS, batch_sizes=ROO
 roofline.roofline_figure(points, title=f"{MODEL}: decode on this machine's roofline")
 
 # %%
+eager_b1 = points[(points.batch == ROOFLINE_BATCHES[0]) & (points.precision == "fp32")].pct_of_roofline.iloc[0]
+print(f"PyTorch eager fp32 at batch {ROOFLINE_BATCHES[0]} reaches {eager_b1:.0f} % of its bandwidth bound")
 points[["engine", "batch", "read_per_step_MB", "decode_tok_s", "bandwidth_bound_tok_s", "pct_of_roofline"]].round(1)
 
 # %% [markdown]
@@ -167,14 +195,15 @@ cache_cmp.figure
 cache_cmp.table.round(2)
 
 # %% [markdown]
-# ## 6. The fastest way to decode on this CPU
+# ## 5. The fastest way to decode on this CPU
 #
-# The percentages above say PyTorch eager spends most of a decode step on something other than reading
-# weights. Engines that run the whole step in C++ with packed low-bit weights close that gap:
-# ONNX Runtime GenAI (its model builder writes a graph with a KV cache kept in place and `MatMulNBits`
-# int4/int8 kernels) and llama.cpp (measured when `llama-cpp-python` is installed: `pip install
-# 'labkit[peer]'`). Same held-out prompts, same new tokens, greedy; exact paths must reproduce HF's tokens,
-# low-bit ones report their top-1 agreement with fp32 on the prompt text (`benchmarks/decode.py` runs the same).
+# The percentages above say how much of its bandwidth bound PyTorch eager reaches; the rest of each
+# decode step goes to something other than reading weights. Engines that run the whole step in C++
+# with packed low-bit weights close that gap: ONNX Runtime GenAI (its model builder writes a graph
+# with a KV cache kept in place and `MatMulNBits` int4/int8 kernels) and llama.cpp (measured when
+# `llama-cpp-python` is installed: `pip install 'labkit[peer]'`). Same held-out prompts, same new
+# tokens, greedy; exact paths must reproduce HF's tokens, low-bit ones report their top-1 agreement
+# with fp32 on the prompt text (`benchmarks/decode.py` runs the same).
 
 # %%
 from labkit.experiments import fast_decode
@@ -189,15 +218,17 @@ fast_cols = ["generator", "batch", "decode_tok_s", "prefill_ms", "weight_MB", "p
 fast.table[[c for c in fast_cols if c in fast.table]].round(2)
 
 # %% [markdown]
-# ## 7. Budgets of the big models
+# ## 6. Budgets of the big models
 #
-# The claims to check: the published BLOOM-176B figure (printed below, from `labkit.models.specs`) and
-# the seed's "a 30B Llama takes about 32 GB".
+# The claims to check: the published BLOOM-176B figure (from `labkit.models.specs`) and the seed's
+# size of `llama-30b`; both are printed below.
 
 # %%
 from labkit.models import specs
 
-print(f"Published: BLOOM-176B needs {specs.BLOOM_176B_BF16_GB} GB in bf16.")
+SEED_LLAMA_30B_GB = 32  # the seed's claim under test: "a 30B Llama takes about 32 GB" (a claim, not a measurement)
+print(f"Published: BLOOM-176B needs {specs.BLOOM_176B_BF16_GB} GB in bf16. The seed: a 30B Llama takes about "
+      f"{SEED_LLAMA_30B_GB} GB.")
 budgets = pd.concat([llm_anatomy.memory_calculator(m, p, 1, 2048).table for m, p in
                      [("bloom-176b", "bf16"), ("bloom-176b", "int8"), ("llama-30b", "fp16"), ("llama-30b", "int8")]])
 budgets.round(1)
@@ -230,14 +261,18 @@ print(f"* Theory: fewer bytes per token and less overhead per step decode faster
       f"HF eager fp32 ({fast_b1.loc[best, 'pct_of_bound']:.0f} % of its bandwidth bound)"
       + (f"; {fast_b1.loc[best, 'vs_llama_cpp']:.2f}× llama.cpp." if "llama.cpp" in fast_b1.index else
          "; llama.cpp not measured here (" + fast.table.set_index("generator").reason.get("llama.cpp", "") + ")."))
+seed_holds = [r.precision for r in (llama16, llama8) if abs(r.weights_GB - SEED_LLAMA_30B_GB) <= 0.1 * SEED_LLAMA_30B_GB]
 print(f"* Published: BLOOM-176B needs {specs.BLOOM_176B_BF16_GB} GB in bf16. Calculator: {bloom.weights_GB:.1f} GB of "
       f"weights. A 30B Llama: {llama16.weights_GB:.1f} GB of weights in fp16, {llama8.weights_GB:.1f} GB in int8 — "
-      "the seed's figure holds at 8 bits only.")
+      f"the seed's {SEED_LLAMA_30B_GB} GB is within 10 % only in: {', '.join(seed_holds) or 'neither'}.")
+print(f"* Theory: below the ridge point a decode step costs the same at any batch. Measured: batch "
+      f"{max(STEP_BATCHES)} costs {top_step.step_vs_first:.1f}× batch {STEP_BATCHES[0]} (roofline "
+      f"{top_step.roofline_vs_first:.1f}×, ridge at batch {steps.table.attrs['ridge_batch']:.0f}).")
 
 # %% [markdown]
 # ## Exercises
 #
-# 1. How many KV-cache bytes does one extra token add to SmolLM2's cache at batch 1 in fp32?
+# 1. How many KV-cache bytes does one extra token add to the lab model's (`MODEL`) cache at batch 1 in fp32?
 # 2. At which batch size does fp32 decode on this machine stop being memory-bound (see the bounds table)?
 
 # %%
@@ -272,5 +307,13 @@ run.record({
     "fast_best": best,
     "bloom_176b_bf16_GB": bloom.weights_GB,
     "llama_30b_int8_GB": llama8.weights_GB,
+    "seed_llama_30b_GB": SEED_LLAMA_30B_GB,
+    "seed_llama_30b_holds_in": seed_holds,
+    "kv_crossover_tokens": curve.table.attrs["crossover_tokens"],
+    "step_batches": list(STEP_BATCHES),
+    "step_tpot_ms": steps.table.set_index("batch").tpot_ms.to_dict(),
+    "step_roofline_ms": steps.table.set_index("batch").roofline_ms.to_dict(),
+    "step_ratio_top_vs_first": top_step.step_vs_first,
+    "ridge_batch": steps.table.attrs["ridge_batch"],
     "hardware": points.attrs["hardware"],
 })

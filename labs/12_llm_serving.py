@@ -21,13 +21,15 @@
 #
 # The BLOOM inference server of 2022 is **synchronous**: one request (or one fixed batch) at a
 # time, everyone else waits in the queue. Generating a token reads every weight once, whether the
-# batch holds one sequence or thirty-two (lab 07's roofline), so serving one at a time wastes the hardware.
+# batch holds one sequence or many, so below the ridge point of lab 07's roofline a decode step costs
+# about the same for a batch as for one sequence, and serving one at a time wastes the hardware.
+# Above the ridge point a step grows with the batch; section 5 measures where this machine stands.
 #
 # * **sync** — the BLOOM server: FIFO, batch of one.
 # * **dynamic** — wait up to B requests or T ms, run them together *until the longest is done*.
 # * **continuous** — Orca's iteration-level scheduling (OSDI '22), used by TGI and vLLM: the batch
 #   is re-formed at every decode step; finished sequences leave, queued ones join at once.
-# * **hf-continuous** — the same idea in transformers 5 (`ContinuousBatchingManager`), with a
+# * **hf-continuous** — the same idea in transformers v5 (`ContinuousBatchingManager`), with a
 #   paged KV cache — PagedAttention (vLLM, SOSP '23) stores the cache in fixed-size blocks so
 #   memory is not reserved for the longest possible answer.
 #
@@ -132,7 +134,7 @@ scheduler_comparison.by_scheduler(sweep.table, "clients", "e2e_p99_s", "p99 end-
 # ## 3. Why the synchronous server queues
 #
 # Each bar is one request: the light part is waiting for the first token (queue + prefill), the
-# dark part decoding. Under sync, request k waits for all k − 1 before it; under continuous, all
+# dark part decoding. Under sync, request $k$ waits for all $k - 1$ before it; under continuous, all
 # start within a step or two and share every forward pass.
 
 # %%
@@ -165,24 +167,52 @@ opened.table[["scheduler", "rate", "sent", "succeeded", "rejected", "tokens_per_
 opened.figure
 
 # %% [markdown]
+# ## 5. What does a batch cost? One decode step, timed
+#
+# Batching pays only as long as a step at batch *B* costs about what a step at batch 1 does. Time
+# one decode step of the served model at batch 1 and at the largest concurrency of section 2, with
+# the same function lab 07 uses (`llm_anatomy.decode_step_cost`: the median decode step of
+# `labkit.decoding.timing`, next to the roofline's prediction and this machine's ridge point).
+
+# %%
+from labkit.experiments import llm_anatomy
+
+top = max(CLIENTS)
+step_cost = llm_anatomy.decode_step_cost(MODEL, batch_sizes=(1, top), device=str(net.device))
+step_ratio = step_cost.table.set_index("batch").step_vs_first[top]
+ridge_batch = step_cost.table.attrs["ridge_batch"]
+print(f"measured on {step_cost.table.attrs['measured_on']}: a decode step at batch {top} takes {step_ratio:.1f}× "
+      f"the time of batch 1 (roofline: {step_cost.table.set_index('batch').roofline_vs_first[top]:.1f}×; ridge point "
+      f"at batch {ridge_batch:.0f} in fp32), so batching {top} sequences can raise decode throughput at most "
+      f"{top / step_ratio:.1f}×")
+step_cost.table.round(2)
+
+# %% [markdown]
 # ## What theory predicts vs what you measured
 
 # %%
+from labkit import hardware
+from labkit.models import specs
+
 t = sweep.table.set_index(["scheduler", "clients"])
-top = max(CLIENTS)
 speedup = t.loc[("continuous", top), "tokens_per_s"] / t.loc[("sync", top), "tokens_per_s"]
-print(f"* Theory: a decode step costs about the same for 1 or {top} sequences (weights are read once), so batching "
-      f"multiplies throughput.\n  Measured at {top} clients: continuous {t.loc[('continuous', top), 'tokens_per_s']:.0f} tok/s "
+print(f"* Theory: below the ridge point (batch {ridge_batch:.0f} here, fp32) a decode step costs about the same for 1 or "
+      f"{top} sequences, so batching multiplies throughput by up to {top}×; past it, by less.\n"
+      f"  Measured step (section 5): batch {top} costs {step_ratio:.1f}× batch 1, a ceiling of {top / step_ratio:.1f}× "
+      f"for batching. Measured at {top} clients: continuous {t.loc[('continuous', top), 'tokens_per_s']:.0f} tok/s "
       f"vs sync {t.loc[('sync', top), 'tokens_per_s']:.0f} tok/s = {speedup:.1f}×; mean decode batch "
       f"{t.loc[('continuous', top), 'mean_decode_batch']:.1f} vs 1.")
 print(f"* Theory: under sync, the k-th queued request waits for k − 1 full generations (TTFT grows with N).\n"
       f"  Measured TTFT p50 at {top} clients: sync {t.loc[('sync', top), 'ttft_p50_s']:.2f} s, dynamic "
       f"{t.loc[('dynamic', top), 'ttft_p50_s']:.2f} s, continuous {t.loc[('continuous', top), 'ttft_p50_s']:.2f} s.")
+a100 = specs.A100_80GB
+a100_ridge = a100.tflops / a100.hbm_TBps  # FLOP/byte; bf16 decode does 2 FLOPs per 2-byte weight: also the ridge batch
 print("* Published: Orca reports up to 36.9× the throughput of FasterTransformer at the same latency; vLLM 2–4× over "
       "FasterTransformer/Orca, and up to 24× over HF Transformers in its launch post.\n"
-      f"  Measured here (2-core CPU, {MODEL}): continuous/sync {speedup:.1f}×, continuous/dynamic "
+      f"  Measured here ({hardware.detect().summary}, {MODEL}): continuous/sync {speedup:.1f}×, continuous/dynamic "
       f"{t.loc[('continuous', top), 'tokens_per_s'] / t.loc[('dynamic', top), 'tokens_per_s']:.1f}×. GPUs gain more: "
-      "their decode step stays memory-bound up to far larger batches.")
+      f"an {a100.name}'s datasheet ridge is {a100_ridge:.0f} FLOP/byte, so its bf16 decode step stays memory-bound up "
+      f"to batch ≈ {a100_ridge:.0f}, against ≈ {ridge_batch:.0f} (fp32) measured here.")
 
 # %% [markdown]
 # ## Exercises
@@ -209,6 +239,11 @@ run.record({
     "mean_decode_batch": {f"{s}@{c}": v for (s, c), v in t.mean_decode_batch.items()},
     "all_succeeded": bool((sweep.table.succeeded == sweep.table.sent).all()),
     "continuous_over_sync": speedup,
+    "step_batches": [1, top],
+    "step_ratio_top_vs_1": step_ratio,
+    "step_ridge_batch": ridge_batch,
+    "step_bandwidth_GBps": step_cost.table.attrs["bandwidth_GBps"],
+    "step_gflops": step_cost.table.attrs["flops"] / 1e9,
     "timeline_ttft_p50_s": {k: v.summary["ttft_p50_s"] for k, v in timelines.items()},
     "open_loop_requests": OPEN_REQUESTS,
     "open_loop_succeeded": [int(n) for n in opened.table.succeeded],

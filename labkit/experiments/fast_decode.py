@@ -32,22 +32,6 @@ def held_out_prompts(model: str, batch: int, prompt_tokens: int) -> list[list[in
     return ids[:batch].tolist()
 
 
-def agreement(tokens: list[list[int]], reference: list[list[int]]) -> float:
-    """Greedy prefix agreement: the share of generated tokens identical to the reference before the first
-    difference (after one, the two continuations are about different text and are not compared).
-
-    Args:
-        tokens, reference: (batch, new_tokens) token ids.
-    Returns:
-        a share in [0, 1].
-    """
-    same = total = 0
-    for a, b in zip(tokens, reference, strict=True):
-        total += len(b)
-        same += next((i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y), len(b))
-    return same / total if total else math.nan
-
-
 def top1_agreement(logits: np.ndarray | None, reference: np.ndarray) -> float:
     """Teacher-forced next-token agreement: at each position of the held-out text, the same argmax as fp32?
 
@@ -77,7 +61,8 @@ def compare_generators(model: str = "smollm2-135m", names=None, prompt_tokens: i
         Measured: a table with one row per backend and batch (generator, batch, available, reason, exact,
         greedy_prefix_agreement, top1_agreement, decode_tok_s, prefill_ms, weight_MB, rss_growth_MB,
         bandwidth_bound_tok_s, pct_of_bound, vs_llama_cpp) and a bar chart. Backends that cannot run here stay in
-        the table with available=False and the reason.
+        the table with available=False and the reason. attrs: bandwidth_GBps and measured_on (the device it
+        was measured on).
     Raises:
         ValueError: for unknown backend names (naming the valid ones) or sizes out of range.
     """
@@ -87,7 +72,8 @@ def compare_generators(model: str = "smollm2-135m", names=None, prompt_tokens: i
         raise ValueError(f"unknown decode backends {unknown}; choose from {list(BACKENDS)}")
     if min(batch_sizes) < 1 or new_tokens < 2 or prompt_tokens < 1 or repeat < 1:
         raise ValueError("batch sizes, prompt_tokens and repeat must be >= 1, new_tokens >= 2")
-    bw = (bandwidth_gbps or measure.memory_bandwidth()) * 1e9
+    measured = bandwidth_gbps or measure.memory_bandwidth()
+    bw = measured * 1e9
     prompts = {b: held_out_prompts(model, b, prompt_tokens) for b in batch_sizes}
     first = prompts[min(batch_sizes)]
     reference = reference_tokens(model, first, new_tokens)
@@ -114,7 +100,7 @@ def compare_generators(model: str = "smollm2-135m", names=None, prompt_tokens: i
                 continue
             run = backend.generate(prompts[b], new_tokens, warmup=1, repeat=repeat)
             if b == min(batch_sizes):
-                prefix = agreement(run.tokens, reference)
+                prefix = measure.prefix_agreement(run.tokens, reference)
             bound = b * bw / backend.weight_bytes
             rows.append({"generator": name, "batch": b, "available": True, "reason": backend.description,
                          "exact": backend.exact, "greedy_prefix_agreement": prefix, "top1_agreement": top1,
@@ -123,7 +109,8 @@ def compare_generators(model: str = "smollm2-135m", names=None, prompt_tokens: i
                          "bandwidth_bound_tok_s": bound, "pct_of_bound": 100 * run.decode_tok_s / bound})  # fmt: skip
         del backend
     table = measure.results_frame(rows, model=model, prompt_tokens=prompt_tokens, new_tokens=new_tokens,
-                                  bandwidth_GBps=bw / 1e9)  # fmt: skip
+                                  bandwidth_GBps=bw / 1e9,
+                                  measured_on=getattr(measured, "device_name", "(bandwidth given)"))  # fmt: skip
     peer = table[(table.generator == "llama.cpp") & (table.get("batch") == 1) & table.available]
     if "decode_tok_s" in table:
         table["vs_llama_cpp"] = table.decode_tok_s / peer.decode_tok_s.iloc[0] if len(peer) else math.nan

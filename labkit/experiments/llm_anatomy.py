@@ -81,10 +81,11 @@ def decode_roofline(model: str = "smollm2-135m", precision: str = "fp32", bandwi
             `precision` when it is fp32 or bf16, else fp32). batch_sizes: sequences per step.
     Returns:
         DataFrame: batch, intensity_flop_per_byte, memory_bound_tok_s, compute_bound_tok_s, limit_tok_s, bound_by;
-        attrs: bandwidth_GBps, tflops, weights_GB.
+        attrs: bandwidth_GBps, tflops, weights_GB, measured_on (the device the bandwidth was measured on).
     """
     mem = anatomy.model_memory(model, precision)
-    bw = (bandwidth_gbps or measure.memory_bandwidth()) * 1e9
+    measured = bandwidth_gbps or measure.memory_bandwidth()
+    bw = measured * 1e9
     fl = flops or anatomy.matmul_flops(precision=mem.precision if mem.precision in ("fp32", "bf16") else "fp32")
     rows = []
     for b in batch_sizes:
@@ -95,8 +96,62 @@ def decode_roofline(model: str = "smollm2-135m", precision: str = "fp32", bandwi
                      "limit_tok_s": min(memory_bound, compute_bound),
                      "bound_by": "memory" if memory_bound < compute_bound else "compute"})
     table = pd.DataFrame(rows)
-    table.attrs.update(bandwidth_GBps=bw / 1e9, tflops=fl / 1e12, weights_GB=mem.weights_bytes / 1e9)
+    table.attrs.update(bandwidth_GBps=bw / 1e9, tflops=fl / 1e12, weights_GB=mem.weights_bytes / 1e9,
+                       measured_on=getattr(measured, "device_name", "(bandwidth given)"))
     return table
+
+
+def decode_step_cost(model: str = "smollm2-135m", batch_sizes=(1, 32), prompt_tokens: int = 16,
+                     new_tokens: int = 8, repeat: int = 3, bandwidth_gbps: float | None = None,
+                     flops: float | None = None, device: str = "auto") -> Measured:
+    """How a decode step's time grows with the batch: measured against the roofline's prediction.
+
+    The roofline (Williams, Waterman & Patterson, 2009) says a step takes max(bytes read / bandwidth,
+    FLOPs / FLOP/s): bytes read = the weights (once, whatever the batch) + the KV cache (`anatomy.kv_cache_bytes`,
+    at mid-generation); FLOPs = 2 × params × batch. Below the ridge point the first term wins and a step at batch B
+    costs what one at batch 1 does; above it the step grows with B. Each measured time is the median decode step of
+    one `decoding.timing.time_greedy` run (1 warm-up, `repeat` timed generations).
+
+    Args:
+        model: a registry name with weights (loaded in fp32). batch_sizes: sequences per step (the first is the
+            reference of the ratios). prompt_tokens: random prompt length. new_tokens: tokens generated (>= 2).
+        repeat: timed generations. bandwidth_gbps, flops: the device's read GB/s and matmul FLOP/s (None: measured
+            on `device`, `measure.memory_bandwidth` and `anatomy.matmul_flops`).
+        device: "auto" (the GPU when there is one), "cpu", "cuda".
+    Returns:
+        Measured: table (batch, tpot_ms, step_vs_first: measured ratio to the first batch, roofline_ms,
+        roofline_vs_first, bound_by) and a figure of both; attrs: bandwidth_GBps, flops, measured_on,
+        ridge_flop_per_byte (FLOP/s ÷ bandwidth) and ridge_batch (the batch whose intensity 2·B·params / weight
+        bytes reaches the ridge).
+    Raises:
+        ValueError: new_tokens < 2 or a batch size < 1 (before loading).
+    """
+    if new_tokens < 2 or min(batch_sizes) < 1:
+        raise ValueError(f"need new_tokens >= 2 and batch sizes >= 1, got {new_tokens} and {list(batch_sizes)}")
+    net, _ = models.load_model(model, device=device)
+    bw = bandwidth_gbps or measure.memory_bandwidth(device=net.device)
+    fl = flops or anatomy.matmul_flops(device=net.device)
+    mem = anatomy.model_memory(model, "fp32")
+    rows = []
+    for b in batch_sizes:
+        ids = timing.random_prompt(b, prompt_tokens, net.config.vocab_size, seed=b).to(net.device)
+        run = timing.time_greedy(net, ids, new_tokens, warmup=1, repeat=repeat)
+        kv = anatomy.kv_cache_bytes(model, b, prompt_tokens + new_tokens // 2, "fp32", cache="static")  # read per step
+        read = mem.weights_bytes + kv
+        memory_s, compute_s = read / (bw * 1e9), 2 * mem.params * b / fl
+        rows.append({"batch": b, "tpot_ms": run.tpot_s * 1e3, "roofline_ms": max(memory_s, compute_s) * 1e3,
+                     "bound_by": "memory" if memory_s >= compute_s else "compute"})
+    ridge = fl / (bw * 1e9)
+    table = measure.results_frame(rows, model=model, bandwidth_GBps=float(bw), flops=fl, ridge_flop_per_byte=ridge,
+                                  ridge_batch=ridge * mem.weights_bytes / (2 * mem.params),
+                                  measured_on=getattr(bw, "device_name", "(bandwidth given)"))  # fmt: skip
+    table.insert(2, "step_vs_first", table.tpot_ms / table.tpot_ms.iloc[0])
+    table.insert(4, "roofline_vs_first", table.roofline_ms / table.roofline_ms.iloc[0])
+    fig = plots.line(table, "batch", ["tpot_ms", "roofline_ms"], log_x=True, xlabel="sequences per decode step",
+                     ylabel="ms per decode step", title=f"{model}: decode step time vs batch, measured and roofline")
+    fig.add_vline(x=table.attrs["ridge_batch"], line_dash="dot",
+                  annotation_text=f"ridge: batch {table.attrs['ridge_batch']:.0f}")
+    return Measured(table, fig)
 
 
 def kv_cache_curve(model: str = "llama-30b", precision: str = "fp16", batch: int = 8,
@@ -107,7 +162,9 @@ def kv_cache_curve(model: str = "llama-30b", precision: str = "fp16", batch: int
         model: a model name (`models.specs.MODEL_CONFIGS` names included) or config. precision: weights and cache.
         batch: sequences. contexts: tokens per sequence.
     Returns:
-        Measured: table (context, KV_cache_GB, weights_GB) and a log-x line figure.
+        Measured: table (context, KV_cache_GB, weights_GB) and a log-x line figure; attrs["crossover_tokens"]: the
+        fewest tokens per sequence whose cache (`anatomy.kv_cache_bytes`) holds at least the weights' bytes (None
+        when it never does, e.g. every layer has a sliding window shorter than that).
     """
     config = anatomy.config_of(model)
     mems = {n: anatomy.model_memory(config, precision, batch, n) for n in contexts}
@@ -115,6 +172,11 @@ def kv_cache_curve(model: str = "llama-30b", precision: str = "fp16", batch: int
             for n, m in mems.items()]
     table = pd.DataFrame(rows)
     name = canonical(precision)
+    weights = anatomy.model_memory(config, precision).weights_bytes
+    per_token = anatomy.kv_cache_bytes(config, batch, 1, name, cache="static")
+    crossover = -(-int(weights) // per_token)  # ceil: linear in tokens ...
+    grows = anatomy.kv_cache_bytes(config, batch, crossover, name, cache="static") >= weights  # ... unless windows cap
+    table.attrs["crossover_tokens"] = crossover if grows else None
     fig = plots.line(table, "context", ["KV_cache_GB", "weights_GB"], log_x=True, xlabel="tokens per sequence",
                      ylabel="GB", title=f"{model} {name}, batch {batch}: KV cache vs weights")  # fmt: skip
     return Measured(table, fig)

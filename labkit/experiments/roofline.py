@@ -12,22 +12,51 @@ import plotly.graph_objects as go
 import torch
 from tqdm.auto import tqdm
 
-from labkit import anatomy, measure, models, plots, quant
+from labkit import anatomy, hardware, measure, models, plots, quant
 from labkit.decoding import timing
 
 PRECISIONS = ("fp32", "bf16", "int8-dynamic")
 
 
 def machine_limits(bandwidth_gbps: float | None = None, flops: float | None = None) -> dict:
-    """Measured read bandwidth and fp32 matmul throughput of this machine (pass numbers to skip measuring).
+    """Measured read bandwidth and fp32 matmul throughput of this machine's CPU (pass numbers to skip measuring).
 
     Args:
         bandwidth_gbps: read bandwidth, GB/s (None: measured). flops: matmul FLOP/s (None: measured).
     Returns:
-        {"bandwidth_GBps": `measure.memory_bandwidth()`, GB/s; "flops": `anatomy.matmul_flops()`, FLOP/s}.
+        {"bandwidth_GBps": `measure.memory_bandwidth()`, GB/s; "flops": `anatomy.matmul_flops()`, FLOP/s;
+        "measured_on": the device the bandwidth was measured on (`measure.Bandwidth.device_name`)}.
     """
-    return {"bandwidth_GBps": bandwidth_gbps or measure.memory_bandwidth(),
-            "flops": flops or anatomy.matmul_flops()}  # fmt: skip
+    bw = bandwidth_gbps or measure.memory_bandwidth()
+    return {"bandwidth_GBps": bw, "flops": flops or anatomy.matmul_flops(),
+            "measured_on": getattr(bw, "device_name", "(bandwidth given)")}
+
+
+def batch1_bounds(model: str = "smollm2-135m", precisions=("fp32",), devices=None, size_mib: int = 256,
+                  repeat: int = 5) -> pd.DataFrame:
+    """The batch-1 decode bound of each device: its measured read bandwidth ÷ the model's weight bytes.
+
+    A batch-1 decode step reads every weight once, so tokens/s ≤ bandwidth / weight bytes — on the device whose
+    memory holds the weights. Each row says which device that is.
+
+    Args:
+        model: a registry name. precisions: weight precisions (`models.estimate_memory`).
+        devices: devices to measure (default: the CPU, and the first GPU when there is one).
+        size_mib, repeat: `measure.memory_bandwidth`'s buffer size (MiB) and timed repeats.
+    Returns:
+        DataFrame: device, measured_on (CPU model or GPU name), read_GBps, precision, weights_GB, bound_tok_s.
+    Raises:
+        ValueError: an unknown device (naming the valid ones) or model or precision.
+    """
+    devices = devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+    devices = [hardware.resolve_device(d) for d in devices]  # every one checked before anything is measured
+    weights = {p: models.estimate_memory(model, p).bytes for p in precisions}  # validates before measuring
+    rows = []
+    for device in devices:
+        bw = measure.memory_bandwidth(size_mib, repeat, device=device)
+        rows += [{"device": bw.device, "measured_on": bw.device_name, "read_GBps": float(bw), "precision": p,
+                  "weights_GB": w / 1e9, "bound_tok_s": bw * 1e9 / w} for p, w in weights.items()]
+    return measure.results_frame(rows, model=model)
 
 
 def precision_points(model: str = "smollm2-135m", precisions=PRECISIONS, batch_sizes=(1, 8), new_tokens: int = 16,
@@ -85,7 +114,8 @@ def roofline_figure(points: pd.DataFrame, title: str = "Decode on this machine's
     Args:
         points: `precision_points`' table (its attrs hold bandwidth_GBps and flops). title: the figure's title.
     Returns:
-        the roof, the ridge point and one marker series per engine.
+        the roof (named with the device its bandwidth was measured on), the ridge point and one marker series
+        per engine.
     """
     bw, peak = points.attrs["bandwidth_GBps"], points.attrs["flops"] / 1e9
     lo = min(points.intensity_flop_per_byte.min() / 2, 0.1)
@@ -93,6 +123,8 @@ def roofline_figure(points: pd.DataFrame, title: str = "Decode on this machine's
     xs = [lo * (hi / lo) ** (i / 60) for i in range(61)]
     fig = go.Figure(go.Scatter(x=xs, y=[min(peak, bw * x) for x in xs], mode="lines", name="roofline",
                                line=dict(color="black")))  # fmt: skip
+    measured_on = points.attrs.get("measured_on")
+    fig.data[0].name = f"roofline ({measured_on})" if measured_on else "roofline"
     for engine, part in points.groupby("engine", sort=False):
         fig.add_trace(go.Scatter(x=part.intensity_flop_per_byte, y=part.achieved_gflops, mode="markers+text",
                                  text=[f"b{b}" for b in part.batch], textposition="top center", name=engine,

@@ -17,6 +17,17 @@ def check(r: dict) -> None:
     assert r["cache_same_tokens"] and set(r["cache_variants"]) >= {"dynamic cache", "static cache"}
     assert specs.BLOOM_176B_BF16_GB <= r["bloom_176b_bf16_GB"] < specs.BLOOM_176B_BF16_GB + 1  # the published 352 GB
     assert r["llama_30b_int8_GB"] == pytest.approx(llama_params(specs.MODEL_CONFIGS["llama-30b"]) / 1e9)  # 1 B/weight
+    cfg = specs.MODEL_CONFIGS["llama-30b"]  # fp16 weights = fp16 KV cache of batch 8 at the crossover, by hand
+    kv_per_token = 2 * cfg["num_hidden_layers"] * cfg["hidden_size"] * 2 * 8  # K and V, all heads, 2 B, 8 sequences
+    assert r["kv_crossover_tokens"] == -(-2 * llama_params(cfg) // kv_per_token)
+    by_hand = {p: llama_params(cfg) * b / 1e9 for p, b in (("fp16", 2), ("int8", 1))}  # the seed's claim, tested
+    assert r["seed_llama_30b_holds_in"] == [p for p, gb in by_hand.items()
+                                            if abs(gb - r["seed_llama_30b_GB"]) <= 0.1 * r["seed_llama_30b_GB"]]
+    # the ridge point as a batch: FLOP/s ÷ bandwidth (FLOP/byte) × 4 B per fp32 weight ÷ 2 FLOPs per weight and sequence
+    assert r["ridge_batch"] == pytest.approx(r["gflops"] / r["bandwidth_GBps"] * 4 / 2)
+    steps = {int(b): ms for b, ms in r["step_tpot_ms"].items()}
+    assert sorted(steps) == sorted(r["step_batches"]) and all(ms > 0 for ms in steps.values())
+    assert r["step_ratio_top_vs_first"] > 1  # more sequences per step never make the step cheaper
     fast = r["fast_decode_tok_s_b1"]
     assert {"hf-eager-fp32", "ort-genai-int4"} <= set(fast) and all(v > 0 for v in fast.values())
     assert r["fast_exact_same_tokens"]  # exact paths reproduce HF's greedy tokens

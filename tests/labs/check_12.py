@@ -1,5 +1,7 @@
 """Lab 12 (LLM serving): what its smoke run must have recorded."""
 
+import pytest
+
 
 def check(r: dict) -> None:
     assert set(r["schedulers"]) >= {"sync", "dynamic", "continuous"}
@@ -11,6 +13,10 @@ def check(r: dict) -> None:
     batch = r["mean_decode_batch"]
     assert batch[f"sync@{top}"] == 1 and batch[f"continuous@{top}"] > 2  # continuous really batches
     assert r["continuous_over_sync"] > 1.5  # loose: the CPU is shared during tests
+    # the step cost that bounds batching: measured at batch 1 and at the top concurrency, with its ridge point
+    assert r["step_batches"] == [1, top] and r["step_ratio_top_vs_1"] > 1  # more sequences never make a step cheaper
+    # the ridge as a batch: FLOP/s ÷ bandwidth (FLOP/byte) × 4 B per fp32 weight ÷ 2 FLOPs per weight and sequence
+    assert r["step_ridge_batch"] == pytest.approx(r["step_gflops"] / r["step_bandwidth_GBps"] * 4 / 2)
     ttft = r["ttft_p50_s"]
     assert ttft[f"continuous@{top}"] < ttft[f"sync@{top}"]  # nobody waits for a whole generation
     assert r["timeline_ttft_p50_s"]["continuous"] < r["timeline_ttft_p50_s"]["sync"]

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from labkit import generation, hardware, quant
+from labkit import generation, hardware, measure, quant
 from labkit.experiments import fast_decode
 
 needs_genai = pytest.mark.skipif(importlib.util.find_spec("onnxruntime_genai") is None,
@@ -15,9 +15,11 @@ needs_genai = pytest.mark.skipif(importlib.util.find_spec("onnxruntime_genai") i
 
 
 def test_agreement_counts_the_prefix_before_the_first_difference():
-    assert fast_decode.agreement([[1, 2, 3, 4]], [[1, 2, 3, 4]]) == 1.0
-    assert fast_decode.agreement([[1, 2, 9, 4]], [[1, 2, 3, 4]]) == 0.5  # the 4 after the miss does not count
-    assert fast_decode.agreement([[1, 2], [7, 8]], [[1, 2], [1, 2]]) == 0.5
+    assert measure.prefix_agreement([[1, 2, 3, 4]], [[1, 2, 3, 4]]) == 1.0
+    assert measure.prefix_agreement([[1, 2, 9, 4]], [[1, 2, 3, 4]]) == 0.5  # the 4 after the miss does not count
+    assert measure.prefix_agreement([[1, 2], [7, 8]], [[1, 2], [1, 2]]) == 0.5
+    with pytest.raises(ValueError, match="different lengths"):  # an early stop must not pass for agreement
+        measure.prefix_agreement([[1, 2]], [[1, 2, 3]])
 
 
 @needs_genai
@@ -39,7 +41,7 @@ def test_int4_smollm2_agrees_with_fp32_on_held_out_text():
     reference = generation.reference_tokens("smollm2-135m", prompts, 12)
     gen = generation.get_backend("ort-genai-int4", "smollm2-135m")
     gen.load("smollm2-135m", threads=2)
-    assert fast_decode.agreement(gen.generate(prompts, 12).tokens, reference) > 0  # the first token(s) agree
+    assert measure.prefix_agreement(gen.generate(prompts, 12).tokens, reference) > 0  # the first token(s) agree
     hf = generation.get_backend("hf-eager-fp32", "smollm2-135m")
     hf.load("smollm2-135m", threads=2)
     # teacher-forced: the same next token as fp32 at most positions of the held-out text

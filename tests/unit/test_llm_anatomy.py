@@ -3,9 +3,10 @@ roofline, the KV curve and the memory calculator."""
 
 import pytest
 
-from labkit import anatomy, models
+from labkit import anatomy, hardware, models
 from labkit.experiments import llm_anatomy
 from labkit.models import specs
+from tests.hand_counts import llama_params
 
 
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-bloom", "smollm2-135m"])
@@ -35,6 +36,9 @@ def test_time_to_first_token_grows_with_the_prompt():
 def test_roofline_turns_compute_bound_as_the_batch_grows():
     t = llm_anatomy.decode_roofline("smollm2-135m", bandwidth_gbps=20.0, flops=2.5e11, batch_sizes=(1, 8, 64))
     assert list(t.bound_by) == ["memory", "memory", "compute"]
+    assert t.attrs["measured_on"] == "(bandwidth given)"
+    measured = llm_anatomy.decode_roofline("smollm2-135m", flops=2.5e11, batch_sizes=(1,))
+    assert measured.attrs["measured_on"] == hardware.detect().cpu_model  # the device the bound holds for
     assert t.memory_bound_tok_s.iloc[0] == pytest.approx(20e9 / (4 * 134_515_008))
     assert t.intensity_flop_per_byte.tolist() == [0.5, 4.0, 32.0]  # fp32: 2 FLOPs per 4-byte weight per sequence
     bf16 = llm_anatomy.decode_roofline("smollm2-135m", "bfloat16", bandwidth_gbps=20.0, flops=2.5e11, batch_sizes=(1,))
@@ -56,3 +60,32 @@ def test_calculator_shows_canonical_precision_and_marks_gpu_sizes():
     shown = {a.text for a in result.figure.layout.annotations}
     assert {n for n, gb in specs.GPU_MEMORY_GB.items() if gb < 4 * row.total_GB} == shown
     assert set(llm_anatomy.CALCULATOR_MODELS) >= set(specs.MODEL_CONFIGS)
+
+
+def test_decode_step_cost_against_the_roofline_by_hand():
+    bw, flops = 20.0, 1e11  # given, so only the steps are measured
+    cost = llm_anatomy.decode_step_cost("tiny-llama", batch_sizes=(1, 4, 32), prompt_tokens=8, new_tokens=4, repeat=1,
+                                        bandwidth_gbps=bw, flops=flops, device="cpu")  # fmt: skip
+    t = cost.table.set_index("batch")
+    params = models.estimate_memory("tiny-llama").params
+    kv = 2 * 4 * 4 * 32 * 4 * (8 + 2)  # layers × KV heads × head_dim × fp32 bytes × tokens at mid-generation, K and V
+    for b in (1, 4, 32):
+        by_hand = max((4 * params + b * kv) / (bw * 1e9), 2 * params * b / flops) * 1e3
+        assert t.roofline_ms[b] == pytest.approx(by_hand)
+    assert t.bound_by.tolist() == ["memory", "memory", "compute"]  # ridge: 1e11 / 20e9 = 5 FLOP/byte = batch 10
+    assert cost.table.attrs["ridge_batch"] == pytest.approx(flops / (bw * 1e9) * 4 / 2)
+    assert t.step_vs_first[1] == 1.0 and t.step_vs_first.tolist() == pytest.approx((t.tpot_ms / t.tpot_ms[1]).tolist())
+    assert (t.tpot_ms > 0).all() and {tr.name for tr in cost.figure.data} == {"tpot_ms", "roofline_ms"}
+    with pytest.raises(ValueError, match="new_tokens >= 2"):
+        llm_anatomy.decode_step_cost("tiny-llama", new_tokens=1)
+
+
+def test_kv_curve_says_where_the_cache_overtakes_the_weights():
+    cfg = specs.MODEL_CONFIGS["llama-30b"]
+    curve = llm_anatomy.kv_cache_curve("llama-30b", "fp16", batch=8)
+    per_token = 2 * cfg["num_hidden_layers"] * cfg["hidden_size"] * 2 * 8  # K and V, every head, fp16, 8 sequences
+    by_hand = -(-2 * llama_params(cfg) // per_token)  # the fewest tokens whose cache >= the fp16 weights
+    assert curve.table.attrs["crossover_tokens"] == by_hand
+    windowed = {"model_type": "mistral", "num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128,
+                "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 1000, "sliding_window": 16}
+    assert llm_anatomy.kv_cache_curve(windowed, "fp32", batch=1).table.attrs["crossover_tokens"] is None  # capped

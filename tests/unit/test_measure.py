@@ -1,10 +1,11 @@
+import pickle
 import time
 
 import numpy as np
 import pytest
 import torch
 
-from labkit import measure
+from labkit import hardware, measure
 
 
 def test_stats_match_numpy():
@@ -99,6 +100,20 @@ def test_peak_memory_ignores_tensors_that_existed_before():
 def test_memory_bandwidth_is_plausible():
     gbps = measure.memory_bandwidth(size_mib=64, repeat=3)
     assert 0.5 < gbps < 20_000
+
+
+def test_memory_bandwidth_names_the_device_it_was_measured_on():
+    bw = measure.memory_bandwidth(size_mib=16, repeat=2, device="cpu")
+    # the name comes from the hardware probe (/proc/cpuinfo), not from the measurement
+    assert (bw.device, bw.device_name) == ("cpu", hardware.detect().cpu_model)
+    assert bw.label == f"measured on {hardware.detect().cpu_model}"
+    assert isinstance(bw, float) and f"{bw:.1f}" == f"{float(bw):.1f}" and bw * 2 == 2 * float(bw)
+    again = pickle.loads(pickle.dumps(bw))
+    assert again == bw and again.device_name == bw.device_name
+    with pytest.raises(ValueError, match="choose from"):
+        measure.memory_bandwidth(size_mib=16, device="tpu")
+    with pytest.raises(ValueError, match="size_mib and repeat"):
+        measure.memory_bandwidth(size_mib=0)
 
 
 def test_results_frame_carries_hardware():

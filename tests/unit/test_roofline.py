@@ -5,7 +5,7 @@ import inspect
 
 import pytest
 
-from labkit import models
+from labkit import hardware, models
 from labkit.experiments import roofline
 
 
@@ -34,6 +34,24 @@ def test_precision_points_follow_the_bandwidth_formula():
     assert points.achieved_gflops.tolist() == pytest.approx((2 * params * points.decode_tok_s / 1e9).tolist())
     fig = roofline.roofline_figure(points)
     assert len(fig.data) == 3  # the roof + one series per engine/precision
+    assert fig.data[0].name == "roofline"  # given limits: no device to name
+
+
+def test_measured_limits_and_bounds_name_the_device_they_were_measured_on():
+    cpu = hardware.detect().cpu_model  # the hardware probe, not the measurement
+    limits = roofline.machine_limits(flops=1e11)
+    assert limits["measured_on"] == cpu and limits["bandwidth_GBps"].device == "cpu"
+    bounds = roofline.batch1_bounds("smollm2-135m", precisions=("fp32", "bf16"), devices=["cpu"], size_mib=16,
+                                    repeat=2)  # fmt: skip
+    assert bounds.measured_on.tolist() == [cpu, cpu] and bounds.device.tolist() == ["cpu", "cpu"]
+    fp32, bf16 = bounds.set_index("precision").bound_tok_s[["fp32", "bf16"]]
+    assert fp32 == pytest.approx(bounds.read_GBps.iloc[0] * 1e9 / (4 * 134_515_008))  # SmolLM2-135M, tied: by hand
+    assert bf16 == pytest.approx(2 * fp32)
+    points = roofline.precision_points("tiny-llama", precisions=("fp32",), batch_sizes=(1,), new_tokens=2,
+                                       limits=limits, repeat=1)  # fmt: skip
+    assert roofline.roofline_figure(points).data[0].name == f"roofline ({cpu})"
+    with pytest.raises(ValueError, match="choose from"):
+        roofline.batch1_bounds(devices=["tpu"])
 
 
 def test_roofline_times_through_decoding_timing_not_another_experiment():

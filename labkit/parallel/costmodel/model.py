@@ -84,12 +84,15 @@ def shape(model: str = "bloom-176b", weights: str = "bf16", kv_cache: str = "bf1
     Returns:
         Shape; its KV bytes come from `anatomy.kv_cache_bytes`, the one KV formula.
     Raises:
-        ValueError: for an unknown model or precision, naming the choices.
+        ValueError: for an unknown model or precision, naming the choices; for a model with sliding-window layers.
     """
     if model not in specs.MODEL_CONFIGS:
         raise ValueError(f"unknown model {model!r}; choose from {list(specs.MODEL_CONFIGS)}")
     spec = models.resolve(model)
     d = anatomy.dims(spec.config)
+    if any(d.windows):  # the model scales one token's KV bytes by the context: only true without windows
+        raise ValueError(f"{model!r} has sliding-window layers; the cost model assumes full attention "
+                         "(KV bytes linear in tokens)")
     kv = anatomy.kv_cache_bytes(spec.config, batch=1, seq=1, precision=kv_cache)
     return Shape(model, spec.params, d.layers, d.hidden, d.vocab, kv, precision.bytes_per_value(weights))
 
