@@ -226,7 +226,7 @@ fast.table[[c for c in fast_cols if c in fast.table]].round(2)
 # %%
 from labkit.models import specs
 
-SEED_LLAMA_30B_GB = 32  # the seed's claim under test: "a 30B Llama takes about 32 GB" (a claim, not a measurement)
+SEED_LLAMA_30B_GB = specs.SEED_LLAMA_30B_GB  # the seed's claim under test (a quoted claim, not a measurement)
 print(f"Published: BLOOM-176B needs {specs.BLOOM_176B_BF16_GB} GB in bf16. The seed: a 30B Llama takes about "
       f"{SEED_LLAMA_30B_GB} GB.")
 budgets = pd.concat([llm_anatomy.memory_calculator(m, p, 1, 2048).table for m, p in

@@ -207,8 +207,9 @@ print(f"* Theory: under sync, the k-th queued request waits for k − 1 full gen
       f"{t.loc[('dynamic', top), 'ttft_p50_s']:.2f} s, continuous {t.loc[('continuous', top), 'ttft_p50_s']:.2f} s.")
 a100 = specs.A100_80GB
 a100_ridge = a100.tflops / a100.hbm_TBps  # FLOP/byte; bf16 decode does 2 FLOPs per 2-byte weight: also the ridge batch
-print("* Published: Orca reports up to 36.9× the throughput of FasterTransformer at the same latency; vLLM 2–4× over "
-      "FasterTransformer/Orca, and up to 24× over HF Transformers in its launch post.\n"
+published = "; ".join(f"{u.system} {u.low:g}×" + (f"–{u.high:g}×" if u.high != u.low else "") + f" over {u.baseline} "
+                      f"({u.source})" for u in specs.SERVING_SPEEDUPS)
+print(f"* Published: {published}.\n"
       f"  Measured here ({hardware.detect().summary}, {MODEL}): continuous/sync {speedup:.1f}×, continuous/dynamic "
       f"{t.loc[('continuous', top), 'tokens_per_s'] / t.loc[('dynamic', top), 'tokens_per_s']:.1f}×. GPUs gain more: "
       f"an {a100.name}'s datasheet ridge is {a100_ridge:.0f} FLOP/byte, so its bf16 decode step stays memory-bound up "

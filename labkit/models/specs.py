@@ -132,3 +132,25 @@ PCIE4_X16_GBPS = 16 * 16 * 128 / 130 / 8
 HOST_LINK_GBPS = {"pinned (PCIe 4.0 x16)": 25.0, "pageable (PCIe 4.0 x16)": 12.0, "NVMe": 3.0}
 # Ethernet line rates (IEEE 802.3: 1 and 10 Gbit/s) in GB/s per direction, for "a slow link between GPUs".
 ETHERNET_GBPS = {"1 GbE": 1 / 8, "10 GbE": 10 / 8}
+
+# The course seed's claim under test (a quoted claim, not a measurement): "a 30B Llama takes about 32 GB".
+SEED_LLAMA_30B_GB = 32.0
+
+
+@dataclass(frozen=True)
+class SpeedUp:
+    """A published serving throughput ratio: `low`..`high` times `baseline` (low == high for one figure)."""
+
+    system: str
+    baseline: str
+    low: float
+    high: float
+    source: str
+
+
+# Published throughput speed-ups of iteration-level scheduling and paged KV caches.
+SERVING_SPEEDUPS = (
+    SpeedUp("Orca", "FasterTransformer (same latency)", 36.9, 36.9, "Yu et al., Orca, OSDI'22 (GPT-3 175B)"),
+    SpeedUp("vLLM", "FasterTransformer / Orca (same latency)", 2.0, 4.0, "Kwon et al., PagedAttention, SOSP'23"),
+    SpeedUp("vLLM", "HF Transformers", 24.0, 24.0, "vLLM launch post, 2023-06-20 (up to)"),
+)
