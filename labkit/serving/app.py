@@ -10,6 +10,7 @@ worker thread (the model) -> token events back to the handler -> JSON or server-
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
@@ -20,10 +21,12 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException
 
 from labkit.serving import protocol as P
-from labkit.serving.fields import CHAT, COMPLETIONS
+from labkit.serving.fields import CHAT, COMPLETIONS, validation_message
 from labkit.serving.handlers import Completions, ServerMetrics
 from labkit.serving.protocol import ApiError
 from labkit.serving.repository import ModelRepository
+
+log = logging.getLogger("labkit.serving")
 
 
 def create_app(repo: ModelRepository, max_tokens_limit: int = 512, request_timeout_s: float = 120.0) -> FastAPI:
@@ -34,7 +37,8 @@ def create_app(repo: ModelRepository, max_tokens_limit: int = 512, request_timeo
             max_tokens / max_completion_tokens may ask for, and the cap of a chat request that asks for none).
         request_timeout_s: time one request may take (s) before the answer is 504.
     Returns:
-        the app (routes /v1/completions, /v1/chat/completions, /v1/models, /health, /metrics). The request
+        the app (routes /v1/completions, /v1/chat/completions, /v1/models, /v1/models/{model}, /health,
+        /metrics). The request
         fields each route implements, accepts as tags or refuses are in `serving.fields.FIELDS`.
     """
     app = FastAPI(title="labkit inference server")
@@ -50,13 +54,20 @@ def create_app(repo: ModelRepository, max_tokens_limit: int = 512, request_timeo
     async def _invalid(req, err: RequestValidationError):
         """Every invalid body is a 400 naming the field; an unknown field is "not supported by this server"."""
         where = CHAT if req.url.path.endswith("/chat/completions") else COMPLETIONS
-        message, param = P.validation_message(list(err.errors()), where)
+        message, param = validation_message(list(err.errors()), where)
         metrics.requests.inc(model="-", version="-", status=400)
         return JSONResponse(P.error_body(message, param=param), 400)
 
     @app.exception_handler(HTTPException)
     async def _http(_req, err: HTTPException):
         return JSONResponse(P.error_body(str(err.detail), code=str(err.status_code)), err.status_code)
+
+    @app.exception_handler(Exception)
+    async def _bug(_req, err: Exception):
+        """A bug, not bad input: still an OpenAI-shaped error body (clients parse it), and the traceback is logged."""
+        log.exception("unhandled error", exc_info=err)
+        metrics.requests.inc(model="-", version="-", status=500)
+        return JSONResponse(P.error_body(f"internal error: {type(err).__name__}: {err}", "server_error"), 500)
 
     @app.get("/health")
     async def health():
@@ -71,6 +82,11 @@ def create_app(repo: ModelRepository, max_tokens_limit: int = 512, request_timeo
     async def models():
         return {"object": "list", "data": [P.model_card(m, repo.route(m).loaded_at, repo.versions(m))
                                            for m in repo.models()]}
+
+    @app.get("/v1/models/{model:path}")
+    async def model(model: str):
+        """OpenAI's "retrieve model": one entry of the list, 404 naming the served models for any other name."""
+        return P.model_card(model, completions.route(model).loaded_at, repo.versions(model))
 
     @app.post("/v1/completions")
     async def completion(body: P.CompletionBody, request: Request):

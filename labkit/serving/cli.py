@@ -14,7 +14,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.fields:  # the request fields table: no model, no torch
         from labkit.serving import fields
 
-        for where in (fields.COMPLETIONS, fields.CHAT, fields.MESSAGE):
+        for where in (fields.COMPLETIONS, fields.CHAT, fields.MESSAGE, fields.CONTENT_PART, fields.STREAM_OPTIONS):
             print(f"## {where}\n\n{fields.markdown(where)}\n")
         return 0
     # Imported here, not at the top: building the parser (every `labkit` command) must not import torch.

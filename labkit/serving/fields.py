@@ -19,6 +19,7 @@ structured output (no constrained decoding), audio.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 IMPLEMENTED, TAG, REFUSED = "implemented", "tag", "refused"
@@ -100,6 +101,7 @@ FIELDS: tuple[Rule, ...] = (
     _r("refusal", MESSAGE, REFUSED, "no refusal messages"),
     _r("audio", MESSAGE, REFUSED, "text only"),
     _r("include_usage", STREAM_OPTIONS, IMPLEMENTED, "one last chunk with usage and no choices"),
+    _r("include_obfuscation", STREAM_OPTIONS, REFUSED, "no obfuscation field is added to the chunks", (False,)),
     _r("type", CONTENT_PART, IMPLEMENTED, "'text' only"),
     _r("text", CONTENT_PART, IMPLEMENTED, "the part's text"),
 )
@@ -118,10 +120,15 @@ def supported(where: str) -> list[str]:
 def refusal(where: str, name: str, value) -> str | None:
     """The 400 message for a refused field carrying `value`, or None when the value is accepted (its default)."""
     rule = rules(where).get(name)
-    if rule is None or rule.status != REFUSED or value is None or value in rule.default:
+    if rule is None or rule.status != REFUSED or value is None or _is_default(value, rule.default):
         return None
     allowed = " or ".join(["null", *map(repr, rule.default)])
     return f"'{name}' = {value!r} is not supported by this server: {rule.note} (send {allowed}, or leave it out)"
+
+
+def _is_default(value, defaults: tuple) -> bool:
+    """`value` is one of `defaults`, a JSON boolean only where a default is one (true == 1 in Python, not in JSON)."""
+    return any(value == d and isinstance(value, bool) == isinstance(d, bool) for d in defaults)
 
 
 def unknown(where: str, name: str) -> str:
@@ -136,3 +143,35 @@ def markdown(where: str) -> str:
 
     rows = [f"| `{r.name}` | {r.status} | {note(r)} |" for r in rules(where).values()]
     return "\n".join(["| field | status | note |", "|---|---|---|", *rows])
+
+
+_UNION_TAG = re.compile(r"^(str|int|float|bool|none|dict|list)$|[^A-Za-z0-9_]")  # pydantic's union member tags
+
+
+def validation_message(errors: list[dict], where: str) -> tuple[str, str | None]:
+    """pydantic's errors for a body of `where` (COMPLETIONS or CHAT) -> (one message naming each field, param).
+
+    An unknown key says it is not supported by this server and lists the supported fields of its object; a body
+    that is not JSON says so; pydantic's union member tags ("str", "list[int]") are left out of the field paths.
+    """
+    found: dict[tuple[str, str], list[str]] = {}  # (where it is written, param) -> messages (union alternatives)
+    for e in errors:
+        loc = list(e.get("loc", ()))
+        path = [str(x) for x in loc[loc[:1] == ["body"]:] if isinstance(x, int) or not _UNION_TAG.search(x)]
+        kind, ctx = e.get("type"), e.get("ctx") or {}
+        full, where_in = path, path
+        if kind == "json_invalid":
+            message, full, where_in = f"the request body is not valid JSON ({ctx.get('error', 'invalid')})", [], []
+        elif kind == "extra_forbidden":
+            inner = {"messages": MESSAGE, "stream_options": STREAM_OPTIONS}.get(path[0], where) if path else where
+            message, where_in = unknown(inner if len(path) > 1 else where, path[-1]), path[:-1]
+        elif kind == "invalid_field":
+            message, name = ctx["message"], ctx.get("param")
+            full = path + [name] if name and path[-1:] != [name] else path
+        else:
+            message = e.get("msg", "invalid")
+        messages = found.setdefault((".".join(where_in), ".".join(full)), [])
+        if message not in messages:
+            messages.append(message)
+    parts = [f"{at}: {' or '.join(ms)}" if at else " or ".join(ms) for (at, _), ms in found.items()]
+    return "; ".join(parts) or "invalid request", next((p for _, p in found if p), None)

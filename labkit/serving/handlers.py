@@ -111,22 +111,28 @@ class Completions:
             raise ApiError(400, f"prompt ({prompt_tokens} tokens) + {field} ({asked}) exceeds the context of "
                                 f"{body.model!r} ({dep.context} tokens)", param=field)
         engine = dep.engine
-        if body.temperature > 0 and not engine.supports_sampling:
+        k = ((body.top_logprobs or 0) if body.logprobs else None) if chat else body.logprobs  # alternatives
+        params = SamplingParams(asked or min(self.max_tokens_limit, room), body.temperature, body.top_p,
+                                seed=body.seed, logprobs=k, prompt_logprobs=not chat and body.echo and k is not None)
+        if not params.greedy and not engine.supports_sampling:
             raise ApiError(400, f"scheduler {engine.name!r} serves greedy decoding only; send temperature=0",
                            param="temperature")
-        wants = body.logprobs if chat else body.logprobs is not None
-        if wants and not engine.supports_logprobs:
+        if params.wants_logprobs and not engine.supports_logprobs:
             raise ApiError(400, f"'logprobs' is not supported by scheduler {engine.name!r} (it returns token ids "
                                 "only); use 'sync', 'dynamic' or 'continuous'", param="logprobs")
-        k = ((body.top_logprobs or 0) if body.logprobs else None) if chat else body.logprobs  # alternatives
-        return SamplingParams(asked or min(self.max_tokens_limit, room), body.temperature, body.top_p,
-                              seed=body.seed, logprobs=k, prompt_logprobs=not chat and body.echo and k is not None)
+        return params
 
     async def serve(self, http: HttpRequest, body: P.CompletionBody | P.ChatBody, chat: bool) -> Response:
         """Answer one completion request: server-sent events if `body.stream`, else one JSON body."""
         t0 = time.perf_counter()
-        dep, ids, text = self.prepare(body, chat)
-        flow = Completion(self, dep, ids, self.params(body, chat, dep, len(ids)), body, chat, t0, text)
+        try:
+            dep, ids, text = self.prepare(body, chat)
+            params = self.params(body, chat, dep, len(ids))
+        except ApiError as err:  # refused before the engine: counted here (later answers are counted by the flow)
+            known = body.model in self.repo.models()  # an unknown name is not a label: it would grow without bound
+            self.metrics.requests.inc(model=body.model if known else "-", version="-", status=err.status)
+            raise
+        flow = Completion(self, dep, ids, params, body, chat, t0, text)
         flow.submit()
         if body.stream:
             headers = {"Cache-Control": "no-cache", "X-Model-Version": flow.dep.version}

@@ -3,9 +3,10 @@
 Every field a body may carry is in `fields.FIELDS`. The implemented ones are declared below with their types; the
 tags and the refused ones are added from the table (any value), and a refused one carrying anything but its
 default is a 400 that names it. A key outside the table is a 400 too (pydantic's extra="forbid", worded by
-`validation_message`). Null means "default" for every field, as in OpenAI's spec. The tags (`user`, and on chat
-`metadata`, `store`, `safety_identifier`, `prompt_cache_key`) are accepted and have no effect on the output:
-nothing is stored, logged per user or cached.
+`fields.validation_message`). Wrong JSON types are errors (strict: "5" is no integer, true no number), and so is
+a string that is not valid Unicode (a lone surrogate). Null means "default" for every field, as in OpenAI's spec.
+The tags (`user`, and on chat `metadata`, `store`, `safety_identifier`, `prompt_cache_key`) are accepted and have
+no effect on the output: nothing is stored, logged per user or cached.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from labkit.serving.fields import (
     rules,
     unknown,
 )
+from labkit.serving.request import SEED_RANGE
 
 ROLES = ("system", "developer", "user", "assistant")
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's legacy default for /v1/completions
@@ -41,7 +43,7 @@ def _error(message: str, param: str | None = None) -> PydanticCustomError:
 class _Object(BaseModel):
     """A request object: unknown keys are errors; refused fields (from the table) must keep their default."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     where: ClassVar[str]
 
     @model_validator(mode="after")
@@ -58,17 +60,34 @@ def _from_table(base: type[_Object], name: str) -> type[_Object]:
     return create_model(name, __base__=base, __module__=__name__, __doc__=base.__doc__, **extra)
 
 
-class StreamOptions(BaseModel):
-    """`stream_options`: only include_usage (one last chunk carries the usage; no other chunk does)."""
+class _StreamOptions(_Object):
+    """`stream_options`: include_usage (one last chunk carries the usage; no other chunk does)."""
 
-    model_config = ConfigDict(extra="forbid")
+    where = STREAM_OPTIONS
     include_usage: bool | None = None
+
+
+StreamOptions = _from_table(_StreamOptions, "StreamOptions")
+
+
+def _lone_surrogate(value: Any, path: tuple = ()) -> tuple | None:
+    """The path of the first string in `value` (JSON data) holding a lone surrogate (not Unicode), or None."""
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return path
+        return None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    return next((p for k, v in items if (p := _lone_surrogate(v, (*path, k))) is not None), None)
 
 
 def _text_parts(content: Any) -> Any:
     """A list of content parts -> their texts joined (OpenAI concatenates text parts); other values unchanged."""
     if not isinstance(content, list):
         return content
+    if not content:
+        raise _error("content needs at least one part (or send a string)", "content")
     texts = []
     for part in content:
         if not isinstance(part, dict) or "type" not in part:
@@ -124,7 +143,7 @@ class _Sampling(_Object):
     temperature: float = Field(1.0, ge=0.0, le=2.0)  # OpenAI's default; 0 = greedy
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=SEED_RANGE[0], le=SEED_RANGE[1])  # a signed 64-bit integer (OpenAI, vLLM)
     stream: bool = False
     stream_options: StreamOptions | None = None
 
@@ -133,6 +152,14 @@ class _Sampling(_Object):
     @classmethod
     def _null_is_default(cls, value, info):
         return cls.model_fields[info.field_name].default if value is None else value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unicode(cls, data):
+        if (path := _lone_surrogate(data)) is not None:
+            raise _error(f"{'.'.join(map(str, path))} holds a lone surrogate: not valid Unicode (send UTF-8 text)",
+                         ".".join(map(str, path)))
+        return data
 
     @model_validator(mode="after")
     def _stream_options_need_stream(self):
@@ -201,29 +228,6 @@ class _ChatBody(_Sampling):
 
 CompletionBody = _from_table(_CompletionBody, "CompletionBody")
 ChatBody = _from_table(_ChatBody, "ChatBody")
-
-
-def validation_message(errors: list[dict], where: str) -> tuple[str, str | None]:
-    """pydantic's errors for a body of `where` (COMPLETIONS or CHAT) -> (one message naming each field, param).
-
-    An unknown key says it is not supported by this server and lists the supported fields of its object.
-    """
-    parts, params = [], []
-    for e in errors:
-        loc = list(e.get("loc", ()))
-        path, kind, ctx = [str(x) for x in loc[loc[:1] == ["body"]:]], e.get("type"), e.get("ctx") or {}
-        full, where_in = path, path
-        if kind == "extra_forbidden":
-            inner = {"messages": MESSAGE, "stream_options": STREAM_OPTIONS}.get(path[0], where) if path else where
-            message, where_in = unknown(inner if len(path) > 1 else where, path[-1]), path[:-1]
-        elif kind == "invalid_field":
-            message, name = ctx["message"], ctx.get("param")
-            full = path + [name] if name and path[-1:] != [name] else path
-        else:
-            message = e.get("msg", "invalid")
-        parts.append(f"{'.'.join(where_in)}: {message}" if where_in else message)
-        params.append(".".join(full) or None)
-    return "; ".join(parts) or "invalid request", next((p for p in params if p), None)
 
 
 class ApiError(Exception):

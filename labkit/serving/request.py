@@ -21,6 +21,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+SEED_RANGE = (-(2**63), 2**63 - 1)  # a signed 64-bit integer: OpenAI's spec and vLLM's protocol (torch.long)
+GREEDY_BELOW = 1e-5  # a temperature below this is greedy (vLLM's _SAMPLING_EPS): logits / 1e-300 are inf, NaN
+
 
 class QueueFull(RuntimeError):
     """The engine's queue is at its bound: the server answers 429 with a Retry-After header.
@@ -66,10 +69,12 @@ class SamplingParams:
 
     Args:
         max_tokens: most new tokens to generate (>= 1).
-        temperature: 0 = greedy (argmax); above 0 the logits are divided by it before the draw.
+        temperature: 0 = greedy (argmax), and so is anything below GREEDY_BELOW; above it the logits are divided
+            by it before the draw.
         top_p: keep the smallest set of tokens holding this much probability (0 < top_p <= 1; 1 = off).
         top_k: keep only the k most likely tokens (0 = off).
-        seed: seeds the request's own torch.Generator, so the same seed gives the same tokens in any batch.
+        seed: seeds the request's own torch.Generator, so the same seed gives the same tokens in any batch
+            (a signed 64-bit integer, SEED_RANGE).
         logprobs: None = no logprobs; k >= 0 = each new token's logprob and the k most likely alternatives.
         prompt_logprobs: also the prompt tokens' logprobs (with `logprobs` alternatives each; 0 when None).
 
@@ -87,9 +92,10 @@ class SamplingParams:
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1 or self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0 \
-                or (self.logprobs is not None and self.logprobs < 0):
-            raise ValueError("need max_tokens >= 1, temperature >= 0, 0 < top_p <= 1, top_k >= 0 and logprobs None "
-                             f"or >= 0; got {self}")
+                or (self.logprobs is not None and self.logprobs < 0) \
+                or (self.seed is not None and not SEED_RANGE[0] <= self.seed <= SEED_RANGE[1]):
+            raise ValueError("need max_tokens >= 1, temperature >= 0, 0 < top_p <= 1, top_k >= 0, logprobs None "
+                             f"or >= 0 and seed None or a signed 64-bit integer; got {self}")
 
     @property
     def wants_logprobs(self) -> bool:
@@ -98,7 +104,8 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature <= 0
+        """Argmax decoding: temperature 0, or below GREEDY_BELOW."""
+        return self.temperature < GREEDY_BELOW
 
 
 def _no_events(kind: str, value) -> None:

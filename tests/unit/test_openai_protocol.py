@@ -15,8 +15,9 @@ from transformers import PreTrainedTokenizerFast
 
 from labkit.models import load_cached
 from labkit.serving import fields
+from labkit.serving.fields import validation_message
 from labkit.serving.logprobs import TokenText
-from labkit.serving.protocol import ChatBody, CompletionBody, validation_message
+from labkit.serving.protocol import ChatBody, CompletionBody
 from labkit.serving.textstream import TextStream
 
 CLIENT_ONLY = {"self", "extra_headers", "extra_query", "extra_body", "timeout"}  # the client's, not the API's
@@ -91,9 +92,11 @@ def test_refused_fields_are_refused_by_name_unless_default():
     ({"foo": 1}, "field 'foo' is not supported by this server; supported fields: model, messages", "foo"),
     ({"stream_options": {"include_usage": True}}, "stream_options is only allowed when stream is true",
      "stream_options"),
-    ({"stream": True, "stream_options": {"include_usage": True, "include_obfuscation": False}},
-     "field 'include_obfuscation' is not supported by this server; supported fields: include_usage",
-     "stream_options.include_obfuscation"),
+    ({"stream": True, "stream_options": {"include_usage": True, "include_obfuscation": True}},
+     "'include_obfuscation' = True is not supported by this server", "stream_options.include_obfuscation"),
+    ({"stream": True, "stream_options": {"include_usage": True, "obfuscate": False}},
+     "field 'obfuscate' is not supported by this server; supported fields: include_usage",
+     "stream_options.obfuscate"),
     ({"max_tokens": 3, "max_completion_tokens": 4}, "max_tokens (3) and max_completion_tokens (4) disagree",
      "max_completion_tokens"),
     ({"top_logprobs": 2}, "top_logprobs needs logprobs: true", "top_logprobs"),

@@ -93,8 +93,10 @@ def test_usage_comes_in_its_own_last_chunk_only_when_asked(client, chat):
     plain = list(create(stream=True))
     assert all(c.usage is None for c in plain) and all(c.choices for c in plain)
     refused(lambda: create(stream_options={"include_usage": True}), "stream_options")
-    refused(lambda: create(stream=True, stream_options={"include_usage": True, "include_obfuscation": False}),
+    refused(lambda: create(stream=True, stream_options={"include_usage": True, "include_obfuscation": True}),
             "include_obfuscation", "not supported by this server")
+    unobfuscated = list(create(stream=True, stream_options={"include_usage": True, "include_obfuscation": False}))
+    assert unobfuscated[-1].usage.model_dump() == whole.usage.model_dump()  # false asks for what the server does
 
 
 # --- 2. length fields --------------------------------------------------------------------------------------------
