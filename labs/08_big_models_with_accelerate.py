@@ -176,7 +176,7 @@ print(f"Like with like (one sequence): {offload_s:.0f} s vs {published[1]:.0f} m
 from labkit import measure
 
 t = offload_run.table.set_index("scenario")
-mem_gbps = measure.memory_bandwidth()
+mem_gbps = measure.memory_bandwidth(device="cpu")  # offloaded bytes come from host memory, on any machine
 print(f"* Theory: offloading changes where bytes live, not the math. Measured: outputs identical in "
       f"{int(t.identical_to_in_memory.sum())}/{len(t)} scenarios.")
 print(f"* Theory: every offloaded byte is read again for every token. Measured on {MODEL}: "
@@ -184,7 +184,7 @@ print(f"* Theory: every offloaded byte is read again for every token. Measured o
       f"{t.loc['all in memory', 'ms_per_token']:.1f} ms in memory = {disk.slowdown:.1f}× slower.")
 if pd.notna(disk.effective_GBps):
     print(f"* The extra time per token implies {disk.effective_GBps:.2f} GB/s for the offloaded bytes, against "
-          f"{mem_gbps:.1f} GB/s of raw memory bandwidth: the 'disk' here is mostly the OS page cache, and the hook's "
+          f"{mem_gbps:.1f} GB/s of raw host-memory bandwidth ({mem_gbps.label}): the 'disk' here is mostly the OS page cache, and the hook's "
           "per-tensor copies, not the drive, set the pace.")
 print(f"* Theory: at batch 1, naive pipelining on 8×A100 reads {bloom_gb} GB at {hbm_gbps:.0f} GB/s, one GPU at a time: "
       f"{1e3 * eight['s_per_token']:.0f} ms/token (published: {published[1]:.0f} ms). Batch 32 shares each read across 32 "
