@@ -23,10 +23,14 @@
 # turns those probabilities into text. Greedy takes the most likely token, beam search keeps several
 # candidate continuations, sampling draws at random — restricted by top-k, top-p (nucleus) or min-p
 # cut-offs and sharpened or flattened by temperature. Contrastive search trades likelihood against
-# repetition; speculative decoding produces exactly greedy's text, faster — when its guesses are good.
+# repetition. Speculative decoding lets a cheap draft guess ahead: with *greedy verification*, the
+# variant built here, it reproduces greedy's tokens exactly; *speculative sampling* (Leviathan et al.,
+# 2023; Chen et al., 2023) reproduces the target's sampling distribution instead. Either is faster only
+# when the draft is cheap and usually right.
 #
 # Every method below runs through `model.generate()` *and* through labkit's from-scratch loop, which
-# records why each token was picked; the tests check the two agree token for token.
+# records why each token was picked; the tests check the two agree token for token — beam search
+# included, down to *when* it stops.
 
 # %%
 # Setup. Locally `make lab` installed everything; on Colab this cell installs the lab first.
@@ -48,17 +52,19 @@ SMOKE = False  # True: small sizes for a quick headless run
 MODEL = "smollm2-135m"
 PROMPT = "Write a short poem about the sea."
 NEXT_TOKEN_PROMPT = "The capital of France is"
+BEAM_PROMPT = "Is water wet? Yes or no."
 MAX_NEW_TOKENS = 32
 
 # %%
 if SMOKE:  # the Shakespeare-trained tiny BLOOM from lab 01: same code, seconds instead of minutes
     MODEL, PROMPT, NEXT_TOKEN_PROMPT, MAX_NEW_TOKENS = "tiny-bloom-shakespeare", "ROMEO:\n", "KING HENRY:\nOnce more unto the", 12
+    BEAM_PROMPT = "ROMEO:\n"
 
 # %% [markdown]
 # ## 1. One prompt, every method
 #
 # Each method generates exactly `MAX_NEW_TOKENS` tokens (end-of-text is suppressed until then, so every row
-# does the same work), timed by `labkit.decoding.timing`: one warm-up, then three timed generations;
+# does the same work), timed by `labkit.decoding.timing`: warm-up generations first, then timed ones;
 # `tokens_per_s` is new tokens ÷ the median whole generation, prompt included. The text shown is the last
 # timed generation's.
 
@@ -67,6 +73,8 @@ from labkit import decoding
 from labkit.experiments import decoding_methods
 
 methods = decoding_methods.compare_methods(MODEL, PROMPT, max_new_tokens=MAX_NEW_TOKENS)
+print(f"every row: {methods.table.warmups.min()} warm-up and {methods.table.repeats.min()} timed generations "
+      f"(decoding.timing.DecodeRun), the median reported")
 methods.table[["method", "text", "tokens_per_s", "mean_logprob", "distinct_1", "distinct_2", "repetition_4gram"]].round(3)
 
 # %%
@@ -127,12 +135,54 @@ pd.DataFrame([{"step": s.position, "chosen": repr(s.chosen), "p(chosen)": round(
 # ## 5. Beam search as a tree
 #
 # Each column is a step; each dot a running beam, coloured by its cumulative log-probability; lines
-# show which beam each one grew from. Beams that fall out of the top `num_beams` disappear.
+# show which beam each one grew from. Beams that fall out of the top `num_beams` disappear; diamonds
+# below them are finished hypotheses (they ended with end-of-text, or at the length limit), scored
+# log p ÷ length^`length_penalty`.
+#
+# When does the search stop? transformers (generation/utils.py, `_check_early_stop_heuristic` and
+# `_beam_search_has_unfinished_sequences`) stops at `max_new_tokens`, or earlier: with the default
+# `early_stopping=False`, once `num_beams` hypotheses have finished and the best running beam, scored as
+# if it ended *now*, cannot beat the worst of them — a heuristic: with a positive length penalty a
+# longer continuation could still have won. `early_stopping=True` stops as soon as `num_beams` have
+# finished; `"never"` only when no running beam can win even at the length limit. labkit's search
+# applies the same rules, so its answer is `generate()`'s; the figure's subtitle says when and why it
+# stopped.
 
 # %%
-beam_trace = decoding.step_through(net, tok, ids, "beam", steps=8, num_beams=3)
-print("best:", tok.decode(beam_trace.token_ids))
-decoding_methods.beam_tree_figure(beam_trace, f"Beam search (3 beams) on {PROMPT!r}")
+import torch
+
+beam_params = {"num_beams": 2, "length_penalty": 2.0}
+beam_ids = decoding_methods.prompt_ids(tok, BEAM_PROMPT)
+beam_trace = decoding.step_through(net, tok, beam_ids, "beam", steps=5, **beam_params)
+with torch.no_grad():
+    library = net.generate(beam_ids, attention_mask=torch.ones_like(beam_ids),
+                           generation_config=decoding.config_for("beam", max_new_tokens=5, **beam_params))
+library = library[0, beam_ids.shape[1]:].tolist()
+print(f"labkit: {tok.decode(beam_trace.token_ids)!r}; generate(): {tok.decode(library)!r}; "
+      f"same tokens: {beam_trace.token_ids == library}")
+print(beam_trace.stop_reason)
+decoding_methods.beam_tree_figure(beam_trace, f"Beam search ({beam_params}) on {BEAM_PROMPT!r}")
+
+# %% [markdown]
+# ## 5b. Greedy and beam search are approximate searches
+#
+# Neither finds the most likely text for certain: greedy commits to one token at a time, and beam search
+# keeps only `num_beams` prefixes out of vocabulary^length possible ones. With a length penalty of zero,
+# finished hypotheses are ranked by log-probability alone, so every beam width aims at the same target
+# (width one is greedy). Any search that finds a likelier output than another shows that the other missed
+# the maximum — and a wider beam is not always the better one. Each output is re-scored by one forward
+# pass over the whole sequence.
+
+# %%
+likelihood = decoding_methods.search_likelihood(MODEL, PROMPT, widths=(1, 2, 4, 8), max_new_tokens=MAX_NEW_TOKENS // 2)
+lk = likelihood.table.set_index("num_beams").logprob
+for width in lk.index:  # every width aims at the same maximum: any likelier output found shows this one missed it
+    if lk.max() > lk[width] + 1e-4:
+        print(f"{width} beam(s): log p = {lk[width]:.2f} < {lk.max():.2f} found with {lk.idxmax()} beam(s): "
+              f"the {width}-beam search missed the most likely output")
+if (lk.max() - lk < 1e-4).all():
+    print(f"every width found log p = {lk.max():.2f}: that does not show it is the maximum")
+likelihood.table[["num_beams", "text", "tokens", "logprob", "search_score"]].round(3)
 
 # %% [markdown]
 # ## 6. Repetition, with and without a penalty
@@ -147,19 +197,58 @@ repetition
 # %% [markdown]
 # ## 7. Speculative decoding: same text, faster?
 #
-# A cheap **draft** guesses a few tokens; the target checks them all in one forward pass and keeps
-# the longest prefix it agrees with. The output is exactly greedy's. It pays off only when the draft
-# is both much faster and usually right. Here the draft is an int8 copy of the same model (lab 05);
-# prompt lookup drafts by copying n-grams from the prompt.
+# A cheap **draft** guesses γ tokens; the target checks them all in one forward pass and keeps the
+# longest prefix it agrees with, plus its own next token. With this *greedy verification* — the variant
+# built here (`decoding.speculative_greedy`), and transformers' assisted generation without sampling —
+# the output is exactly greedy's. *Speculative sampling* (Leviathan et al., 2023; Chen et al., 2023;
+# transformers' `_speculative_sampling`) keeps a drafted token x with probability min(1, p(x)/q(x)) and
+# otherwise draws from max(0, p − q): its output is not greedy's tokens but a sample from the target's
+# distribution p, whatever the draft's q (section 7b measures it).
+#
+# Leviathan et al. (2023, Theorem 3.8) predict the speed-up from α, the probability that the target keeps
+# a draft token; γ; and c, the cost of a draft step over a target step:
+# (1 − α^(γ+1)) / ((1 − α)(γc + 1)). Below, α is counted by labkit's loop (kept ÷ compared, each compared
+# token up to a round's first mismatch), c is the ratio of the two models' median decode steps
+# (`decoding.timing`), and the prediction stands beside the measured speed-up of transformers' assisted
+# generation with the same draft and γ. The formula assumes independent acceptances and a verification
+# pass that costs one target step, with no other overhead: where prediction and measurement part, those
+# assumptions are where to look (a small model on a CPU pays per-call costs that a decode step does not
+# dwarf). The draft is an int8 copy of the same model (lab 05); prompt lookup drafts by copying n-grams
+# from the prompt.
 
 # %%
-spec = decoding_methods.speculative_report(MODEL, PROMPT, gamma=4, max_new_tokens=MAX_NEW_TOKENS)
-print(f"acceptance rate of the int8 draft: {spec.table.attrs['acceptance_rate']:.0%}; "
-      f"labkit's loop gives greedy's tokens: {spec.table.attrs['labkit_same_tokens']}")
+from labkit.experiments import speculative
+
+spec = speculative.speculative_report(MODEL, PROMPT, gamma=4, max_new_tokens=MAX_NEW_TOKENS)
+sa = spec.table.attrs
+print(f"labkit's greedy-verification loop gives greedy's tokens: {sa['labkit_same_tokens']}")
+print(f"α = {sa['accepted']} kept / {sa['accepted'] + sa['rejected']} compared = {sa['alpha']:.2f} "
+      f"(kept / all {sa['proposed']} drafted = {sa['acceptance_rate']:.2f}), γ = {sa['gamma']}, "
+      f"c = {sa['cost_ratio']:.2f}")
+print(f"tokens per target pass: predicted {sa['predicted_tokens_per_call']:.2f}, measured {sa['tokens_per_call']:.2f}")
+print(f"speed-up: predicted {sa['predicted_speedup']:.2f}×, measured {sa['measured_speedup']:.2f}×")
 spec.table.round(3)
 
 # %%
 spec.figure
+
+# %% [markdown]
+# ## 7b. Speculative sampling keeps the target's distribution
+#
+# At the prompt's next position, many draws of speculative sampling with the int8 draft, and with the
+# same draft made worse (its logits divided by a temperature). Total variation distance (TV) to the
+# target's p: the output's should sit at the noise floor of as many direct draws from p, whatever the
+# draft's own distance. Greedy verification instead always emits p's most likely token.
+
+# %%
+sampling = speculative.speculative_sampling_check(MODEL, PROMPT)
+st = sampling.table
+for row in st.itertuples():
+    print(f"{row.draft}: TV(draft, target) {row.tv_draft_target:.3f}; output TV to target {row.tv_output_target:.3f} "
+          f"(noise floor {row.tv_noise_floor:.3f}); draft token kept {row.acceptance:.1%} "
+          f"(Σ min(p, q) = {row.acceptance_expected:.1%})")
+print(f"greedy verification's output (one token, always) is at TV {st.attrs['greedy_tv']:.3f} from p")
+sampling.figure
 
 # %% [markdown]
 # ## 8. Try it yourself
@@ -173,16 +262,23 @@ widgets.panel(decoding_methods.explore, model=[MODEL], prompt=PROMPT, method=["t
 
 # %%
 t = methods.table.set_index("method")
-print(f"* Theory: greedy and beam maximise likelihood, sampling trades it for diversity.\n  Measured mean log-prob: "
+print(f"* Theory: greedy and beam search look for likely text (approximately: section 5b), sampling trades likelihood for "
+      f"diversity.\n  Measured mean log-prob: "
       f"greedy {t.loc['greedy', 'mean_logprob']:.2f}, beam {t.loc['beam', 'mean_logprob']:.2f}, "
       f"sample {t.loc['sample', 'mean_logprob']:.2f}; distinct-2: greedy {t.loc['greedy', 'distinct_2']:.2f} vs sample {t.loc['sample', 'distinct_2']:.2f}.")
 print(f"* Theory: a repetition penalty lowers repetition. Measured 4-gram repetition: "
       f"{repetition.repetition_4gram.iloc[0]:.2f} → {repetition.repetition_4gram.iloc[1]:.2f}.")
 ent = temps.table.set_index("temperature").entropy_nats
 print(f"* Theory: entropy grows with temperature. Measured: {ent.iloc[0]:.2f} nats at T={ent.index[0]} → {ent.iloc[-1]:.2f} at T={ent.index[-1]}.")
-print(f"* Theory: speculative decoding keeps greedy's output and wins only with a fast, accurate draft. Measured: same tokens "
-      f"{bool(spec.table.same_tokens.all())}; int8 draft acceptance {spec.table.attrs['acceptance_rate']:.0%}, "
-      f"speed-up {spec.table.speedup.iloc[1]:.2f}×; prompt lookup {spec.table.speedup.iloc[2]:.2f}×.")
+spec_rows = spec.table.set_index("method")
+verified = spec_rows.drop("int8 draft alone")
+print(f"* Theory: speculative decoding with greedy verification keeps greedy's output; Leviathan et al. predict "
+      f"{sa['predicted_speedup']:.2f}× from α = {sa['alpha']:.2f}, γ = {sa['gamma']}, c = {sa['cost_ratio']:.2f}.\n"
+      f"  Measured: same tokens {bool(verified.same_tokens.all())}; speed-up {sa['measured_speedup']:.2f}×; "
+      f"prompt lookup {spec_rows.loc['prompt lookup (transformers)', 'speedup']:.2f}×.")
+print(f"* Theory: speculative sampling keeps the target's distribution. Measured output TV to the target: "
+      f"{st.tv_output_target.max():.3f} (noise floor {st.tv_noise_floor.max():.3f}), with drafts at TV up to "
+      f"{st.tv_draft_target.max():.3f}.")
 
 # %% [markdown]
 # ## Exercises
@@ -213,8 +309,17 @@ run.record({
     "kept_counts": kept_counts,
     "entropy_by_temperature": ent.to_dict(),
     "repetition_4gram": repetition.repetition_4gram.tolist(),
-    "speculative_same_tokens": bool(spec.table.same_tokens.all()) and spec.table.attrs["labkit_same_tokens"],
-    "acceptance_rate": spec.table.attrs["acceptance_rate"],
-    "speculative_speedup": spec.table.speedup.iloc[1],
+    "timings": {"warmups": [*methods.table.warmups, *spec.table.warmups],
+                "repeats": [*methods.table.repeats, *spec.table.repeats]},
+    "speculative_same_tokens": bool(verified.same_tokens.all()) and sa["labkit_same_tokens"],
+    "acceptance_rate": sa["acceptance_rate"],
+    "speculative": {k: sa[k] for k in ("alpha", "gamma", "cost_ratio", "accepted", "rejected", "proposed",
+                                       "target_calls", "new_tokens", "tokens_per_call", "predicted_tokens_per_call",
+                                       "predicted_speedup", "measured_speedup")},
+    "speculative_sampling": st.to_dict("records"),
+    "speculative_sampling_draws": st.attrs["draws"],
     "beam_best": tok.decode(beam_trace.token_ids),
+    "beam_equals_generate": beam_trace.token_ids == library,
+    "beam_stop_reason": beam_trace.stop_reason,
+    "search_likelihood": likelihood.table[["num_beams", "tokens", "logprob", "search_score"]].to_dict("records"),
 })

@@ -26,6 +26,19 @@ def check_param(name: str, value: float, ok: bool, valid: str) -> None:
         raise ValueError(f"{name}={value!r} is out of range; valid: {valid}")
 
 
+EARLY_STOPPING = (False, True, "never")
+
+
+def check_early_stopping(early_stopping: bool | str) -> None:
+    """Raise a ValueError unless `early_stopping` is one of beam search's three rules: False, True or "never".
+
+    Raises:
+        ValueError: naming the valid choices (0 and 1 are refused: transformers tests `is True`).
+    """
+    if not any(early_stopping is c if isinstance(c, bool) else early_stopping == c for c in EARLY_STOPPING):
+        raise ValueError(f"early_stopping={early_stopping!r} is not valid; choose from False, True, 'never'")
+
+
 def _sampling(temperature: float, top_k: int = 0, top_p: float = 1.0, min_p: float | None = None,
               **kw) -> GenerationConfig:
     check_param("temperature", temperature, temperature > 0, "temperature > 0 when sampling (use greedy for 0)")
@@ -47,26 +60,32 @@ def greedy(max_new_tokens: int = 32) -> GenerationConfig:
     return GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens)
 
 
-def beam(num_beams: int = 4, no_repeat_ngram_size: int = 0, length_penalty: float = 1.0,
-         num_return_sequences: int = 1, max_new_tokens: int = 32) -> GenerationConfig:
+def beam(num_beams: int = 4, no_repeat_ngram_size: int = 0, length_penalty: float = 1.0, num_return_sequences: int = 1,
+         max_new_tokens: int = 32, early_stopping: bool | str = False) -> GenerationConfig:
     """Beam search: keep the `num_beams` most likely partial continuations at every step.
 
     Args:
         num_beams: beams kept (>= 1; 1 is greedy). no_repeat_ngram_size: forbid repeating n-grams of this size
             (0: off). length_penalty: finished beams are scored log p / length**length_penalty.
         num_return_sequences: best finished beams returned (1 <= n <= num_beams).
-        max_new_tokens: the length limit; every beam finishes there (early_stopping=False).
+        max_new_tokens: the length limit; every running beam finishes there.
+        early_stopping: when the search stops before the limit (transformers' `_check_early_stop_heuristic`):
+            False, once num_beams have finished and the best running beam, scored at its current length, cannot beat
+            the worst of them; True, once num_beams have finished; "never", only when no running beam can win.
     Returns:
         GenerationConfig for beam search.
     Raises:
-        ValueError: for num_beams < 1 or num_return_sequences outside [1, num_beams].
+        ValueError: for num_beams < 1, num_return_sequences outside [1, num_beams], no_repeat_ngram_size < 0 or
+            early_stopping not False / True / "never".
     """
     check_param("num_beams", num_beams, num_beams >= 1, "num_beams >= 1")
+    check_param("no_repeat_ngram_size", no_repeat_ngram_size, no_repeat_ngram_size >= 0, "no_repeat_ngram_size >= 0")
+    check_early_stopping(early_stopping)
     check_param("num_return_sequences", num_return_sequences, 1 <= num_return_sequences <= num_beams,
                 "1 <= num_return_sequences <= num_beams")
     return GenerationConfig(do_sample=False, num_beams=num_beams, no_repeat_ngram_size=no_repeat_ngram_size,
                             length_penalty=length_penalty, num_return_sequences=num_return_sequences,
-                            max_new_tokens=max_new_tokens, early_stopping=False)
+                            max_new_tokens=max_new_tokens, early_stopping=early_stopping)
 
 
 def sample(temperature: float = 1.0, max_new_tokens: int = 32) -> GenerationConfig:
@@ -125,7 +144,7 @@ def repetition_penalty(penalty: float = 1.3, max_new_tokens: int = 32) -> Genera
         ValueError: for penalty <= 0 (1.0 is no penalty, > 1 discourages repeats).
     """
     check_param("penalty", penalty, penalty > 0, "penalty > 0 (1.0 = none, > 1 discourages repeats)")
-    return GenerationConfig(do_sample=False, repetition_penalty=penalty, max_new_tokens=max_new_tokens)
+    return GenerationConfig(do_sample=False, repetition_penalty=float(penalty), max_new_tokens=max_new_tokens)
 
 
 def prompt_lookup(num_tokens: int = 3, max_new_tokens: int = 32) -> GenerationConfig:

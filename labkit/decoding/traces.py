@@ -10,6 +10,7 @@ import torch
 
 from labkit.decoding.beam_search import BeamTrace, beam_step_through
 from labkit.decoding.configs import config_for
+from labkit.decoding.lm import eos_ids, next_logits
 from labkit.decoding.sampling import filter_logits, sample_next
 
 
@@ -55,8 +56,8 @@ def step_through(model, tokenizer, prompt: str | torch.Tensor, method: str = "gr
     cfg = config_for(method, **params)  # validates the parameters exactly as the generate() path does
     ids = prompt if isinstance(prompt, torch.Tensor) else tokenizer(prompt, return_tensors="pt")["input_ids"]
     if (cfg.num_beams or 1) > 1:
-        lp = 1.0 if cfg.length_penalty is None else cfg.length_penalty
-        return beam_step_through(model, tokenizer, ids, cfg.num_beams, steps, lp)
+        return beam_step_through(model, tokenizer, ids, cfg.num_beams, steps, cfg.length_penalty, cfg.early_stopping,
+                                 cfg.no_repeat_ngram_size or 0)
     if cfg.prompt_lookup_num_tokens:
         raise ValueError("prompt-lookup changes speed, not choices: step through 'greedy' to see its tokens")
     return decode_loop(model, tokenizer, ids, steps, bool(cfg.do_sample), cfg.temperature or 1.0, cfg.top_k or 0,
@@ -71,19 +72,21 @@ def decode_loop(model, tokenizer, prompt_ids: torch.Tensor, steps: int = 16, do_
 
     Args:
         model: a transformers causal LM. tokenizer: its tokenizer. prompt_ids: (1, prompt_len) prompt ids.
-        steps: new tokens at most (stops at EOS). do_sample: draw (True) or argmax (False).
+        steps: new tokens at most; stops after an end-of-text id of the model's generation config, as generate()
+            does. do_sample: draw (True) or argmax (False).
         temperature, top_k, top_p, min_p: the sampling rule of `filter_logits`.
         repetition_penalty: transformers' rule, applied to every token already present (1.0: off).
-        seed: the draw generator's seed.
+        seed: the draw generator's seed (a CPU generator seeded like `torch.manual_seed(seed)`, so with the same
+            seed generate(do_sample=True) draws the same tokens).
     Returns:
         Trace with one Step per new token.
     """
     gen = torch.Generator().manual_seed(seed)
-    ids = prompt_ids.to(model.device)
-    out = model(input_ids=ids, use_cache=True)
-    cache, trace, cum = out.past_key_values, Trace(prompt_ids[0].tolist(), []), 0.0
-    logits = out.logits[0, -1].float().cpu()  # (vocab,)
-    seen = prompt_ids[0].tolist()
+    eos = eos_ids(model)
+    prompt_ids = prompt_ids.cpu()
+    logits, cache = next_logits(model, prompt_ids)
+    logits = logits[0]  # (vocab,)
+    trace, cum, seen = Trace(prompt_ids[0].tolist(), []), 0.0, prompt_ids[0].tolist()
     for i in range(steps):
         if repetition_penalty != 1.0:  # transformers' rule: shrink the logits of every token already present
             prev = torch.tensor(sorted(set(seen)))
@@ -106,10 +109,10 @@ def decode_loop(model, tokenizer, prompt_ids: torch.Tensor, steps: int = 16, do_
         ))  # fmt: skip
         trace.token_ids.append(choice)
         seen.append(choice)
-        if choice == tokenizer.eos_token_id:
+        if choice in eos:
             break
-        out = model(input_ids=torch.tensor([[choice]], device=model.device), past_key_values=cache, use_cache=True)
-        cache, logits = out.past_key_values, out.logits[0, -1].float().cpu()
+        logits, cache = next_logits(model, torch.tensor([[choice]]), cache)
+        logits = logits[0]
     trace.text = tokenizer.decode(trace.token_ids, skip_special_tokens=True)
     return trace
 

@@ -1,5 +1,6 @@
 """Decoding methods side by side, measured: text, diversity, likelihood and speed; where the cut-offs fall;
-temperature; beam trees; speculative decoding's acceptance and speed-up. Every time comes from `decoding.timing`."""
+temperature; beam trees and how likely each search's output is. Every time comes from `decoding.timing`
+(speculative decoding: `experiments.speculative`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from labkit import decoding, measure, models, plots, quant
+from labkit import decoding, measure, models, plots
 from labkit.decoding import timing
 from labkit.plots import Measured
 
@@ -33,6 +34,19 @@ def prompt_ids(tokenizer, prompt: str) -> torch.Tensor:
 
 
 @torch.no_grad()
+def token_logprobs(model, ids: torch.Tensor, n_new: int) -> torch.Tensor:
+    """log p(token | prefix) of the last `n_new` tokens, from one forward pass over the whole sequence (no cache:
+    independent of how a search computed its own running score).
+
+    Args:
+        model: a causal LM. ids: (1, prompt_len + n_new) prompt and generated ids. n_new: generated tokens.
+    Returns:
+        (n_new,) float32 log-probabilities, nats.
+    """
+    logp = model(input_ids=ids, use_cache=False).logits[0, :-1].float().log_softmax(-1)
+    return logp.gather(-1, ids[0, 1:].unsqueeze(-1)).squeeze(-1)[ids.shape[1] - 1 - n_new :]
+
+
 def mean_logprob(model, ids: torch.Tensor, n_new: int) -> float:
     """Average log-probability the model gives the generated tokens (higher = more 'expected' text).
 
@@ -41,11 +55,7 @@ def mean_logprob(model, ids: torch.Tensor, n_new: int) -> float:
     Returns:
         mean log p(token | prefix) over the last n_new tokens, nats (NaN when n_new is 0).
     """
-    if n_new == 0:
-        return math.nan
-    logp = model(input_ids=ids, use_cache=False).logits[0, :-1].float().log_softmax(-1)
-    chosen = logp.gather(-1, ids[0, 1:].unsqueeze(-1)).squeeze(-1)
-    return float(chosen[-n_new:].mean())
+    return float(token_logprobs(model, ids, n_new).mean()) if n_new else math.nan
 
 
 def timed_method(model, tokenizer, ids: torch.Tensor, method: str, params: dict, max_new_tokens: int,
@@ -64,7 +74,8 @@ def timed_method(model, tokenizer, ids: torch.Tensor, method: str, params: dict,
     """
     if method == "contrastive":
         def loop(mark):
-            out = decoding.contrastive_search(model, ids, max_new_tokens=max_new_tokens, mark=mark, **params)
+            out = decoding.contrastive_search(model, ids, max_new_tokens=max_new_tokens, eos_token_id=[], mark=mark,
+                                              **params)  # [] : no early stop, exactly max_new_tokens like the rest
             return out[:, ids.shape[1]:].tolist()
 
         return timing.time_decode(loop, batch=1, new_tokens=max_new_tokens, warmup=warmup, repeat=repeat)
@@ -84,7 +95,8 @@ def compare_methods(model: str = "smollm2-135m", prompt: str = "Write a short po
         seed: torch's seed before each method. repeat: timed generations (after one warm-up).
     Returns:
         Measured: table (method, params, text, tokens_per_s = new tokens / median whole generation, prefill
-        included, mean_logprob, distinct_1, distinct_2, repetition_4gram, length) and a diversity bar figure.
+        included, warmups and repeats of that timing, mean_logprob, distinct_1, distinct_2, repetition_4gram, length)
+        and a diversity bar figure.
     Raises:
         ValueError: an unknown method or a parameter out of range.
     """
@@ -97,7 +109,8 @@ def compare_methods(model: str = "smollm2-135m", prompt: str = "Write a short po
         new = run.tokens[0]
         out = torch.cat([ids, torch.tensor([new])], dim=1)
         rows.append({"method": method, "params": params, "text": tok.decode(new, skip_special_tokens=True),
-                     "tokens_per_s": run.end_to_end_tok_s, "mean_logprob": mean_logprob(net, out, len(new)),
+                     "tokens_per_s": run.end_to_end_tok_s, "warmups": len(run.warmups_s), "repeats": run.repeats,
+                     "mean_logprob": mean_logprob(net, out, len(new)),
                      **decoding.text_metrics(new)})
     table = measure.results_frame(rows, model=model, prompt=prompt)
     long = table.melt(id_vars="method", value_vars=["distinct_1", "distinct_2", "repetition_4gram"], var_name="metric")
@@ -167,65 +180,73 @@ def temperature_entropy(model: str = "smollm2-135m", prompt: str = "The capital 
 
 
 def beam_tree_figure(trace: decoding.BeamTrace, title: str = "Beam search tree") -> go.Figure:
-    """Each running beam per step; lines join a beam to the beam it grew from.
+    """The beam tree: each running beam per step, each finished hypothesis, and when and why the search stopped.
 
     Args:
-        trace: a `decoding.beam_step_through` result. title: the figure's title.
+        trace: a `decoding.beam_step_through` result. title: the figure's title (the stop reason is added below it).
     Returns:
-        dots (colour: cumulative log-probability, text: the token) per step and beam slot.
+        dots (colour: cumulative log-probability, text: the token) at (new-token index, beam slot); diamonds below
+        them for finished hypotheses (text: their length-normalised score); lines join each to the beam it grew
+        from; a dotted line marks the step the search stopped at.
     """
     fig = go.Figure()
-    pos = {(n.step, n.beam): (n.step, -n.beam) for n in trace.nodes}
-    for n in trace.nodes:
-        if n.step > 0:
-            (x0, y0), (x1, y1) = pos[(n.step - 1, n.parent)], pos[(n.step, n.beam)]
-            fig.add_trace(go.Scatter(x=[x0, x1], y=[y0, y1], mode="lines", line=dict(color="#bbbbbb"),
-                                     showlegend=False, hoverinfo="skip"))
-    fig.add_trace(go.Scatter(x=[pos[(n.step, n.beam)][0] for n in trace.nodes],
-                             y=[pos[(n.step, n.beam)][1] for n in trace.nodes],
+    slots = 1 + max((n.beam for n in trace.nodes), default=0)
+    pos = {(n.step, n.beam): (n.step + 1, -n.beam) for n in trace.nodes}
+    ends: dict[int, int] = {}
+    done = []
+    for h in trace.finished:  # below the running beams, in the order they finished at each step
+        ends[h.step] = ends.get(h.step, 0) + 1
+        done.append((h, (h.step + 1, -(slots - 1 + ends[h.step]))))
+    edges = [(n.step, n.parent, pos[(n.step, n.beam)]) for n in trace.nodes]
+    edges += [(h.step, h.parent, xy) for h, xy in done]
+    for step, parent, (x1, y1) in edges:
+        x0, y0 = pos[(step - 1, parent)] if step > 0 else (0, 0)  # step 0 grows from the prompt at (0, 0)
+        fig.add_trace(go.Scatter(x=[x0, x1], y=[y0, y1], mode="lines", line=dict(color="#bbbbbb"),
+                                 showlegend=False, hoverinfo="skip"))
+    fig.add_trace(go.Scatter(x=[xy[0] for _, xy in done], y=[xy[1] for _, xy in done], name="finished",
+                             text=[f"{h.score:.2f}" for h, _ in done], mode="markers+text",
+                             textposition="bottom center",
+                             marker=dict(symbol="diamond", color=plots.COLORS[1], size=10),
+                             hovertext=[repr(h.token_ids) for h, _ in done]))
+    fig.add_trace(go.Scatter(x=[xy[0] for xy in pos.values()], y=[xy[1] for xy in pos.values()], name="running",
                              text=[n.token for n in trace.nodes], mode="markers+text", textposition="top center",
                              marker=dict(color=[n.score for n in trace.nodes], colorscale="Viridis", size=10,
                                          colorbar=dict(title="log p")), showlegend=False))
-    fig.update_xaxes(title="step")
-    fig.update_yaxes(title="beam slot", showticklabels=False)
-    return plots.style(fig, title)
+    fig.add_vline(x=trace.steps, line_dash="dot", line_color="#888888")
+    fig.update_xaxes(title="step (new tokens)", dtick=1)
+    fig.update_yaxes(title="beam slot (finished below)", showticklabels=False)
+    return plots.style(fig, title, trace.stop_reason)
 
 
-def speculative_report(target: str = "smollm2-135m", prompt: str = "Explain in one sentence what a GPU is.",
-                       gamma: int = 4, max_new_tokens: int = 32, repeat: int = 3) -> Measured:
-    """Greedy vs speculative decoding (an int8 copy of the target as draft; prompt lookup): same tokens?
-    acceptance? speed-up?
-
-    Each row is one `decoding.timing.time_generate` run (one warm-up, `repeat` timed generations, exactly
-    `max_new_tokens` tokens); speed-up = greedy's median generation time / the row's.
+def search_likelihood(model: str = "smollm2-135m", prompt: str = "Write a short poem about the sea.",
+                      widths: tuple[int, ...] = (1, 2, 4, 8), max_new_tokens: int = 16) -> Measured:
+    """How likely is each search's output? Beam search with length_penalty=0 ranks finished hypotheses by their
+    log-probability, so every width aims at the most likely sequence (ending at end of text or at max_new_tokens);
+    width 1 is greedy. A wider beam finding a likelier sequence shows the narrower one missed the maximum.
 
     Args:
-        target: a registry name. prompt: the text. gamma: draft tokens per round of labkit's own loop.
-        max_new_tokens: tokens per generation. repeat: timed generations.
+        model: a registry name. prompt: the text (chat template for chat models). widths: num_beams values (>= 1).
+        max_new_tokens: the length limit.
     Returns:
-        Measured: table (method, seconds, speedup, same_tokens) with attrs acceptance_rate, gamma, target_calls and
-        labkit_same_tokens (labkit's `speculative_greedy` gives greedy's tokens), and a speed-up bar figure.
+        Measured: table (num_beams, text, tokens, logprob: re-scored by `sequence_logprob`, search_score: the
+        search's own, stop_reason) and a bar figure of logprob per width.
+    Raises:
+        ValueError: for a width < 1.
     """
-    net, tok = models.load_cached(target)
-    draft = quant.quantize("int8-dynamic", target, model=net).model
+    net, tok = models.load_cached(model)
     ids = prompt_ids(tok, prompt)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    variants = {"greedy (target only)": {}, "assisted, int8 draft (transformers)": {"assistant_model": draft},
-                "prompt lookup (transformers)": {"prompt_lookup_num_tokens": 3}}
-    runs = {name: timing.time_greedy(net, ids, max_new_tokens, repeat=repeat, pad_token_id=pad, **kwargs)
-            for name, kwargs in variants.items()}
-    base = runs["greedy (target only)"]
-    rows = [{"method": name, "seconds": run.total_s, "speedup": base.total_s / run.total_s,
-             "same_tokens": run.tokens == base.tokens} for name, run in runs.items()]
-    spec = decoding.speculative_greedy(net, draft, ids, gamma=gamma, max_new_tokens=max_new_tokens)
-    with torch.no_grad():  # greedy as generate() runs it, stopping at end of text (the timed runs force the length)
-        greedy = net.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                              do_sample=False, pad_token_id=pad)[0, ids.shape[1]:].tolist()
-    same = spec.token_ids[0, ids.shape[1]:].tolist() == greedy
-    table = measure.results_frame(rows, model=target, acceptance_rate=spec.acceptance_rate, gamma=gamma,
-                                  target_calls=spec.target_calls, labkit_same_tokens=same)
-    title = f"Speculative decoding: int8 draft accepts {spec.acceptance_rate:.0%} of its guesses (γ={gamma})"
-    return Measured(table, plots.bars(table, "method", "speedup", title, ylabel="× greedy speed"))
+    rows = []
+    for width in widths:
+        trace = decoding.beam_step_through(net, tok, ids, width, max_new_tokens, length_penalty=0.0,
+                                           early_stopping="never")
+        new = trace.token_ids
+        rows.append({"num_beams": width, "text": tok.decode(new, skip_special_tokens=True), "tokens": len(new),
+                     "logprob": float(token_logprobs(net, torch.cat([ids, torch.tensor([new])], 1), len(new)).sum()),
+                     "search_score": trace.score, "stop_reason": trace.stop_reason})
+    table = measure.results_frame(rows, model=model, prompt=prompt, max_new_tokens=max_new_tokens)
+    fig = plots.bars(table.assign(search=[f"{w} beam{'s' * (w > 1)}" for w in table.num_beams]), "search", "logprob",
+                     "Log-probability of each search's output (higher = likelier)", ylabel="log p (nats)")
+    return Measured(table, fig)
 
 
 def explore(model: str = "smollm2-135m", prompt: str = "Once upon a time", method: str = "top-p",

@@ -1,10 +1,14 @@
 """Lab 06: checks on the results its smoke run recorded."""
 
-import pytest  # noqa: F401
+import math
+
+import pytest
 
 
 def check(r: dict) -> None:
     assert len(r["methods"]) == 10 and all(v > 0 for v in r["tokens_per_s"].values())
+    # every timing is a decoding.timing DecodeRun: warm-up first, then a median over several timed generations
+    assert min(r["timings"]["warmups"]) >= 1 and min(r["timings"]["repeats"]) >= 3
     lp = r["mean_logprob"]
     assert lp["greedy"] > lp["sample"]  # greedy's text is the more likely one
     assert r["distinct_2"]["sample"] >= r["distinct_2"]["greedy"]  # sampling is more diverse
@@ -15,3 +19,28 @@ def check(r: dict) -> None:
     ent = list(r["entropy_by_temperature"].values())
     assert ent == sorted(ent)  # entropy rises with temperature
     assert r["repetition_4gram"][1] <= r["repetition_4gram"][0]
+
+    # beam search: labkit's answer is transformers' (the library twin), and it says why it stopped
+    assert r["beam_equals_generate"] and r["beam_stop_reason"].startswith("stopped at step ")
+    # each search's own running score (cached, incremental) equals a re-score by one full forward pass
+    for row in r["search_likelihood"]:
+        assert row["search_score"] == pytest.approx(row["logprob"], rel=1e-4, abs=1e-3)
+
+    # speculative decoding: α from the counts, the prediction from Leviathan et al.'s formula (summed here term by
+    # term: (1 - α^(γ+1)) / (1 - α) = Σ_{i<=γ} α^i); the measured speed-up is reported beside it, not forced to match
+    s = r["speculative"]
+    alpha, gamma, c = s["alpha"], s["gamma"], s["cost_ratio"]
+    assert alpha == pytest.approx(s["accepted"] / (s["accepted"] + s["rejected"]))
+    assert s["accepted"] + s["rejected"] <= s["proposed"] and c > 0 and s["measured_speedup"] > 0
+    series = sum(alpha**i for i in range(gamma + 1))
+    assert s["predicted_tokens_per_call"] == pytest.approx(series)
+    assert s["predicted_speedup"] == pytest.approx(series / (gamma * c + 1))
+    assert 1 <= s["tokens_per_call"] <= gamma + 1  # a target pass yields its own token and at most gamma drafted
+
+    # speculative sampling keeps the draft's token with probability Σ min(p, q) (binomial error bound) and its
+    # output stays near p: within twice the noise floor of as many direct draws from p
+    n = r["speculative_sampling_draws"]
+    for row in r["speculative_sampling"]:
+        beta = row["acceptance_expected"]
+        assert abs(row["acceptance"] - beta) <= 4 * math.sqrt(beta * (1 - beta) / n) + 1 / n
+        assert row["tv_output_target"] <= 2 * row["tv_noise_floor"] + 0.01

@@ -1,10 +1,11 @@
-"""The decoding-methods experiment: tables, cut-offs, temperature, beam trees, timed methods."""
+"""The decoding-methods and speculative experiments: tables, cut-offs, temperature, beam trees, search likelihood,
+timed methods, speculative decoding's prediction and speculative sampling."""
 
 import pytest
 import torch
 
 from labkit import decoding, models
-from labkit.experiments import decoding_methods
+from labkit.experiments import decoding_methods, speculative
 
 MODEL = "tiny-bloom-shakespeare"
 
@@ -17,6 +18,7 @@ def test_compare_methods_table_and_metrics():
     assert list(t.index) == ["greedy", "prompt-lookup", "contrastive"]
     assert t.loc["greedy", "text"] == t.loc["prompt-lookup", "text"]
     assert (t.length == 6).all() and (t.tokens_per_s > 0).all() and (t.mean_logprob < 0).all()
+    assert (t.warmups == 1).all() and (t.repeats == 1).all()  # every time is a DecodeRun's median
 
 
 @pytest.mark.parametrize("method, params", [("beam", {"num_beams": 3}), ("prompt-lookup", {"num_tokens": 2}),
@@ -36,12 +38,37 @@ def test_timed_method_gives_the_untimed_tokens_and_one_step_per_token(method, pa
     assert run.tokens == [expected]
 
 
-def test_speculative_report_keeps_greedy_tokens():
-    r = decoding_methods.speculative_report(MODEL, "ROMEO:\n", gamma=3, max_new_tokens=6, repeat=1)
-    t = r.table.set_index("method")
-    assert t.same_tokens.all() and r.table.attrs["labkit_same_tokens"]
-    assert t.loc["greedy (target only)", "speedup"] == 1.0 and (t.seconds > 0).all()
-    assert 0 <= r.table.attrs["acceptance_rate"] <= 1
+def test_speculative_report_predicts_from_measured_alpha_gamma_and_c():
+    r = speculative.speculative_report(MODEL, "ROMEO:\n", gamma=3, max_new_tokens=6, repeat=1)
+    t, a = r.table.set_index("method"), r.table.attrs
+    assert t.same_tokens.drop("int8 draft alone").all() and a["labkit_same_tokens"]
+    assert t.loc["greedy (target only)", "speedup"] == 1.0 and (t.seconds > 0).all() and (t.repeats == 1).all()
+    assert a["alpha"] == pytest.approx(a["accepted"] / (a["accepted"] + a["rejected"]))
+    alpha, gamma, c = a["alpha"], a["gamma"], a["cost_ratio"]
+    series = sum(alpha**i for i in range(gamma + 1))  # (1 - α^(γ+1)) / (1 - α), summed term by term
+    assert a["predicted_speedup"] == pytest.approx(series / (gamma * c + 1)) and a["measured_speedup"] > 0
+    assert a["tokens_per_call"] == a["new_tokens"] / a["target_calls"] <= gamma + 1
+
+
+def test_speculative_sampling_check_follows_the_target():
+    r = speculative.speculative_sampling_check(MODEL, "ROMEO:\n", draws=4000, draft_temperatures=(1.0, 3.0))
+    t = r.table
+    assert (t.tv_output_target < t.tv_noise_floor * 2 + 0.02).all()
+    assert (abs(t.acceptance - t.acceptance_expected) < 4 * (t.acceptance_expected * (1 - t.acceptance_expected)
+                                                                / 4000) ** 0.5 + 1e-3).all()
+    assert t.tv_draft_target.iloc[1] > t.tv_draft_target.iloc[0]  # the hotter draft is the poorer one
+    with pytest.raises(ValueError, match="draws >= 1"):
+        speculative.speculative_sampling_check(MODEL, draws=0)
+
+
+def test_search_likelihood_rescores_each_search_independently():
+    net, tok = models.load_cached(MODEL)
+    r = decoding_methods.search_likelihood(MODEL, "ROMEO:\n", widths=(1, 2, 4), max_new_tokens=8)
+    t = r.table.set_index("num_beams")
+    assert t.logprob.tolist() == pytest.approx(t.search_score.tolist(), rel=1e-4, abs=1e-3)  # cached vs full forward
+    greedy = decoding.step_through(net, tok, "ROMEO:\n", steps=8)
+    assert t.loc[1, "tokens"] == len(greedy.token_ids) and t.loc[1, "logprob"] == pytest.approx(
+        greedy.steps[-1].cum_logprob, abs=1e-3)
 
 
 def test_next_token_cutoffs_keep_what_the_rules_say():
@@ -64,11 +91,13 @@ def test_temperature_entropy_rises_and_rejects_zero():
         decoding_methods.temperature_entropy(MODEL, "ROMEO:\n", (0.0,))
 
 
-def test_beam_tree_figure_draws_every_node():
+def test_beam_tree_figure_draws_every_node_every_finished_hypothesis_and_the_stop():
     net, tok = models.load_cached(MODEL)
     trace = decoding.step_through(net, tok, "ROMEO:\n", "beam", steps=5, num_beams=2)
     fig = decoding_methods.beam_tree_figure(trace)
-    assert len(fig.data[-1].x) == len(trace.nodes) == 8
+    named = {d.name: d for d in fig.data if d.name in ("running", "finished")}
+    assert len(named["running"].x) == len(trace.nodes) == 8 and len(named["finished"].x) == len(trace.finished) == 2
+    assert trace.stop_reason in fig.layout.title.text and fig.layout.shapes[0].x0 == trace.steps == 5
 
 
 def test_explore_validates_method():
