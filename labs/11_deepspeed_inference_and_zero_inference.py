@@ -23,9 +23,13 @@
 #
 # * **DeepSpeed-Inference** = tensor parallelism + fused kernels. `deepspeed.init_inference` splits every
 #   attention and MLP block across the ranks (AutoTP: Megatron-style, no model-specific code) and, on GPUs,
-#   can swap whole transformer blocks for fused CUDA kernels (`replace_with_kernel_inject=True`) — the
-#   successors of NVIDIA's FasterTransformer. All ranks work on *one* request.
-# * **ZeRO-Inference** = ZeRO stage 3 for a forward pass: each rank stores 1/N of the weights (optionally in
+#   can swap whole transformer blocks for DeepSpeed's own fused CUDA kernels (`replace_with_kernel_inject=True`):
+#   the "Deep-Fusion" kernels and custom GeMMs of Aminabadi et al., *DeepSpeed-Inference: Enabling Efficient
+#   Inference of Transformer Models at Unprecedented Scale* (SC'22, §III). NVIDIA's FasterTransformer is a
+#   separate library, whose development moved to TensorRT-LLM (the
+#   [FasterTransformer README](https://github.com/NVIDIA/FasterTransformer) says so). All ranks work on *one*
+#   request.
+# * **ZeRO-Inference** = ZeRO stage 3 for a forward pass: each rank stores `1/N` of the weights (optionally in
 #   CPU memory, `offload_param`), gathers each layer just before it runs, and serves *its own* requests. N
 #   ranks = N independent streams, so throughput can scale with N while latency does not improve.
 #
@@ -73,7 +77,7 @@ from labkit.parallel import deepspeed_inference as dsi
 ops = deepspeed_env.op_compile_time(compile_if_missing=not SMOKE, load=not SMOKE)
 print("DeepSpeed", ops.deepspeed, "| op", ops.op, "| cache", ops.extensions_dir)
 if ops.seconds is None:
-    print(f"op build/load skipped in smoke mode (cached build: {ops.was_cached}; a first build takes about 50 s on 2 cores)")
+    print(f"op build/load skipped in smoke mode (cached build: {ops.was_cached}; a full run times the first build)")
 else:
     print(f"{'loaded from cache' if ops.was_cached else 'compiled'} in {ops.seconds:.2f} s")
 
@@ -85,8 +89,11 @@ else:
 # ## 1. AutoTP vs labkit's own tensor parallelism vs DTensor
 #
 # The same batch through four paths on each rank; the latency is the slowest rank's median, the difference
-# is the largest logit difference to the single-process model. Predict first: on 2 CPU cores, which is faster
-# — one process with 2 threads, or 2 ranks with 1 thread each plus 2 all-reduces per layer?
+# is the largest logit difference to the single-process model. Every rank gets an equal share of this
+# machine's cores (`run_distributed`'s default: cores ÷ ranks threads each), and the "single process" row is
+# the whole, unsplit model run on every rank at the same time with that same share. So the comparison isolates
+# what tensor parallelism changes: half the weights per rank, plus two all-reduces per layer. Predict first:
+# which is faster?
 
 # %%
 from labkit.parallel.launch import run_distributed
@@ -105,7 +112,7 @@ tp_result.table
 # tensor parallelism each rank holds half the heads, so it needs half the biases. DeepSpeed knows: in
 # `deepspeed/inference/engine.py` (`build_alibi_tensor`) it replaces `transformer.build_alibi_tensor` with
 # `module_inject/auto_tp_model_utils.py:build_bloom_alibi_tensor`, which slices the heads per rank. But
-# transformers 5's `BloomModel.forward` calls that method only when it receives an `attention_mask`;
+# transformers' `BloomModel.forward` (version 5) calls that method only when it receives an `attention_mask`;
 # without one — and `generate()` drops an all-ones mask — it builds the bias for *all* heads inline
 # (`_get_alibi_slopes(self.num_heads)`, where `num_heads` is still the full count). The fix in labkit
 # (`fix_bloom_alibi`) is a forward pre-hook that passes an all-ones mask whenever there is none.
@@ -143,14 +150,16 @@ zi.table.round(2)
 # %% [markdown]
 # **The throughput arithmetic.** With N ranks each producing its own stream at s_N tokens/s, the aggregate is
 # N·s_N. On N GPUs s_N ≈ s_1 as long as gathering the shards (NVLink/PCIe) keeps up, so throughput grows ~N×
-# — while each user's latency stays what one GPU gives (or worse, with offloading). Here the two ranks share
-# two CPU cores (one thread each instead of two), so per-stream speed falls and the aggregate gain is smaller
-# than N — measure, don't assume. (And offloading to CPU costs nothing here, where "GPU" memory *is* CPU memory.)
+# — while each user's latency stays what one GPU gives (or worse, with offloading). Here the ranks share this
+# machine's cores: the one-process baseline runs with every rank's threads together, each ZeRO rank with its
+# own share, so per-stream speed falls and the aggregate gain is smaller than N — measure, don't assume. (And
+# offloading to CPU costs nothing here, where "GPU" memory *is* CPU memory.)
 #
 # ## 4. Kernel injection (GPU only)
 #
-# `replace_with_kernel_inject=True` replaces each BLOOM block with DeepSpeed's fused CUDA kernels (fused
-# QKV + bias + softmax, fewer launches and copies, pre-allocated KV cache). It needs a CUDA GPU: the code path
+# `replace_with_kernel_inject=True` replaces each BLOOM block with DeepSpeed's own fused CUDA kernels (fused
+# QKV + bias + softmax, fewer launches and copies, pre-allocated KV cache; Aminabadi et al., SC'22, §III). It
+# needs a CUDA GPU: the code path
 # below runs under `make test-gpu` (`tests/unit/test_deepspeed_inference.py::test_bloom_kernel_injection_on_gpu`).
 
 # %%
@@ -164,13 +173,15 @@ else:
     print("skipped: kernel injection needs a CUDA GPU (DeepSpeed's fused transformer kernels are CUDA-only)")
 
 # %% [markdown]
-# What kernel injection achieved at scale — published, not measured here (BLOOM-176B, 8×A100-80GB, ms per
-# generated token, empty = out of memory; Accelerate bf16 is a naive pipeline, ds-inference fp16 is TP + fused
-# kernels). The rows live in `labkit.models.specs`, with their source:
+# What DeepSpeed-Inference achieved at scale — published, not measured here (BLOOM-176B on an 8×A100-80GB
+# node, ms per generated token, empty = out of memory). The two rows differ in more than kernels: Accelerate
+# bf16 is a naive pipeline (one GPU busy at a time), ds-inference fp16 is tensor parallelism *and* injected
+# kernels, so the ratio below is the two together. The rows live in `labkit.models.specs`, with their source:
 
 # %%
 import pandas as pd
 
+from labkit import precision
 from labkit.models import specs
 
 published = specs.PUBLISHED_MS_PER_TOKEN
@@ -185,12 +196,15 @@ print("ds-inference speed-up over accelerate (published):", {b: round(v, 1) for 
 # ## What theory predicts vs what you measured
 
 # %%
+import os
+
 tpt = tp_result.table.set_index("method")
 print(f"* Theory: tensor parallelism is exact. Measured max logit difference: AutoTP "
       f"{tpt.loc['DeepSpeed AutoTP', 'max_abs_diff']:.1e}"
       f", labkit TP {tpt.loc['labkit TP (from scratch)', 'max_abs_diff']:.1e}")
-print(f"* Theory: TP divides the weights per rank by N but adds 2 all-reduces per layer. Measured on 2 shared "
-      f"cores: AutoTP {tpt.loc['DeepSpeed AutoTP', 'vs_single']:.2f}× the single-process latency.")
+print(f"* Theory: TP divides the weights per rank by N but adds 2 all-reduces per layer. Measured with {WORLD_SIZE} "
+      f"ranks sharing {os.cpu_count()} logical cores: AutoTP {tpt.loc['DeepSpeed AutoTP', 'vs_single']:.2f}× the "
+      "single-process latency.")
 zt = zi.table
 print(f"* Theory: ZeRO-Inference throughput ≈ N × one stream's. Measured: {zt.aggregate_tok_s.iloc[1]:.1f} tok/s with "
       f"{WORLD_SIZE} streams on {WORLD_SIZE} ranks vs {zt.aggregate_tok_s.iloc[0]:.1f} for one process "
@@ -204,13 +218,20 @@ print(f"* Theory: ZeRO-3 computes exactly what one process computes. Same tokens
 #
 # 1. Rerun section 1 with `batch=16`. Does AutoTP's latency ratio to one process go up or down, and why
 #    (compute per all-reduce grows with the batch)?
-# 2. In section 3, call `generate_ranks(..., offload=False)`. What changes on a CPU, and what would change on a
-#    GPU box with PCIe 4 (~25 GB/s) for a 176 B-parameter model in bf16? (Time to stream all weights once.)
+# 2. In section 3, call `generate_ranks(..., offload=False)`. What changes on a CPU? And on a GPU box whose
+#    weights stream from pinned host memory over PCIe 4.0 x16 (the link speed printed below, from
+#    `labkit.models.specs`): how many seconds does streaming BLOOM-176B's bf16 weights once take?
 # 3. Using the published table: at batch 1, how many times faster per token is ds-inference than Accelerate?
 
 # %%
+link = "pinned (PCIe 4.0 x16)"
+print(f"{link}: {specs.HOST_LINK_GBPS[link]} GB/s")
+answer_2 = None  # seconds to stream BLOOM-176B's bf16 weights once
 answer_3 = None
+expected_2 = models.estimate_memory("bloom-176b").params * precision.bytes_per_value("bf16") / (specs.HOST_LINK_GBPS[link] * 1e9)
 expected_3 = round(speedup_published[1], 1)
+if answer_2 is not None:
+    print("2: ✓" if abs(answer_2 - expected_2) < 0.05 * expected_2 else f"2: ✗ it is {expected_2:.1f} s")
 if answer_3 is not None:
     print("3: ✓" if abs(answer_3 - expected_3) < 0.15 else f"3: ✗ it is {expected_3}")
 

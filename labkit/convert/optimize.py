@@ -11,36 +11,55 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-ORT_LEVELS = ("disable", "basic", "extended", "all")
+from labkit.hardware import Unavailable
+
+# ONNX Runtime's graph optimisation levels, in order (`onnxruntime.GraphOptimizationLevel`; the C API's enum
+# `GraphOptimizationLevel` in onnxruntime_c_api.h: ORT_DISABLE_ALL = 0, ORT_ENABLE_BASIC = 1, ORT_ENABLE_EXTENDED = 2,
+# ORT_ENABLE_LAYOUT = 3 (since onnxruntime 1.23), ORT_ENABLE_ALL = 99). Each level runs every rewrite of the levels
+# before it (onnxruntime.ai/docs/performance/model-optimizations/graph-optimizations.html).
+ORT_LEVELS = ("disable", "basic", "extended", "layout", "all")
+_ORT_ENUM = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
+             "layout": "ORT_ENABLE_LAYOUT", "all": "ORT_ENABLE_ALL"}  # fmt: skip
 # Standard-domain ops that appear in an optimised graph only as fusions of smaller ones. Ops in ORT's
 # own domains (com.microsoft, com.microsoft.nchwc) exist only as fusions or layout rewrites.
 FUSED_OPS = {"LayerNormalization", "Gelu", "Attention", "RotaryEmbedding", "GroupNormalization"}
+
+
+def available_levels() -> tuple[str, ...]:
+    """The levels of ORT_LEVELS that the installed onnxruntime has ("layout" needs onnxruntime >= 1.23).
+
+    Returns:
+        a sub-tuple of ORT_LEVELS, in order.
+    """
+    import onnxruntime as ort  # optional package
+
+    return tuple(lv for lv in ORT_LEVELS if hasattr(ort.GraphOptimizationLevel, _ORT_ENUM[lv]))
 
 
 def session_options(level: str = "all", num_threads: int | None = None):
     """ONNX Runtime session options at an optimisation level.
 
     Args:
-        level: "disable", "basic" (constant folding, redundant nodes), "extended" (operator fusions) or "all"
-            (+ layout changes such as NCHWc).
+        level: one of ORT_LEVELS: "disable"; "basic" (constant folding, redundant-node removal, simple fusions that
+            any execution provider can run); "extended" (operator fusions into ORT's own kernels: GELU, LayerNorm,
+            Conv+activation, ...); "layout" (+ layout changes such as the CPU's blocked NCHWc); "all" (every
+            rewrite this onnxruntime has).
         num_threads: intra-op threads; None lets ONNX Runtime choose.
     Returns:
         an `onnxruntime.SessionOptions`.
     Raises:
         ValueError: for an unknown level, naming the valid ones.
+        Unavailable: a level the installed onnxruntime does not have ("layout" before 1.23).
     """
     import onnxruntime as ort  # optional package
 
-    levels = {
-        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,  # constant folding, redundant-node removal
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,  # operator fusions
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,  # + layout changes (NCHWc)
-    }
-    if level not in levels:
-        raise ValueError(f"unknown optimisation level {level!r}; choose from {list(levels)}")
+    if level not in ORT_LEVELS:
+        raise ValueError(f"unknown optimisation level {level!r}; choose from {list(ORT_LEVELS)}")
+    if level not in available_levels():
+        raise Unavailable(f"onnxruntime {ort.__version__} has no {_ORT_ENUM[level]} (added in 1.23); "
+                          f"choose from {list(available_levels())}")
     so = ort.SessionOptions()
-    so.graph_optimization_level = levels[level]
+    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _ORT_ENUM[level])
     so.log_severity_level = 3  # errors only: the NCHWc "hardware specific" warning is expected
     if num_threads:
         so.intra_op_num_threads = num_threads
@@ -57,15 +76,14 @@ def optimize_onnx(path: Path | str, level: str = "all", num_threads: int | None 
         the optimised file, `<stem>.ort-<level>.onnx`.
     Raises:
         ValueError: for an unknown level, naming the valid ones.
+        Unavailable: a level the installed onnxruntime does not have.
     """
     import onnxruntime as ort  # optional package
 
-    if level not in ORT_LEVELS:
-        raise ValueError(f"unknown optimisation level {level!r}; choose from {list(ORT_LEVELS)}")
+    so = session_options(level, num_threads)  # validates the level before anything is written
     path = Path(path)
     out = path.with_name(f"{path.stem}.ort-{level}.onnx")
     if not out.exists():
-        so = session_options(level, num_threads)
         so.optimized_model_filepath = str(out)
         ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     return out

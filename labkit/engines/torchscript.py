@@ -1,4 +1,10 @@
-"""TorchScript: trace the model once into a static graph, freeze weights into it, fuse ops."""
+"""TorchScript: trace the model once into a static graph, freeze weights into it, fuse ops.
+
+TorchScript is deprecated: the PyTorch documentation says "TorchScript is deprecated, please use torch.export
+instead" (docs.pytorch.org/docs/stable/jit_language_reference.html), and `torch.jit.trace` raises a
+DeprecationWarning pointing to `torch.compile` / `torch.export`. It is kept as the legacy graph runtime that many
+deployed models still use; the ONNX export (`convert.export_onnx`) already captures graphs with `torch.export`.
+"""
 
 from __future__ import annotations
 

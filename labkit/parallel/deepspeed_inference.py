@@ -4,7 +4,8 @@
 
 AutoTP splits every attention and MLP block Megatron-style (column-parallel in, row-parallel out with an
 all-reduce) without model-specific code. Kernel injection (`replace_with_kernel_inject=True`) swaps whole
-transformer blocks for DeepSpeed's fused CUDA kernels: GPU only.
+transformer blocks for DeepSpeed's own fused CUDA kernels (Aminabadi et al., "DeepSpeed-Inference: Enabling Efficient
+Inference of Transformer Models at Unprecedented Scale", SC'22, §III: Deep-Fusion and custom GeMM kernels): GPU only.
 
 Two CPU caveats, both handled here:
 - DeepSpeed all-reduces inference activations through a shared-memory C++ op it compiles on first use;

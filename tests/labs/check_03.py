@@ -1,5 +1,7 @@
-"""Lab 03: checks on the results its smoke run recorded."""
+"""Lab 03: checks on the results its smoke run recorded, against the model's config, the installed onnxruntime's
+optimisation levels and the digits CNN's layers."""
 
+import onnxruntime as ort
 import pytest  # noqa: F401
 
 from labkit import models, precision
@@ -14,6 +16,11 @@ def check(r: dict) -> None:
     assert r["fastgelu_nodes"] == r["n_layers"] == layers  # one fused GELU per layer
     assert r["bn_folded"] == 2  # the digits CNN's two BatchNorms after convolutions
     assert "com.microsoft.nchwc:Conv" in r["cnn_layout_ops"]  # the NCHWc layout change
+    assert any("Reorder" in op for op in r["cnn_reorders"])  # the graph leaves NCHWc through a Reorder node
+    # every level the installed onnxruntime names was measured, in its order (five since onnxruntime added LAYOUT)
+    assert len(r["ort_levels"]) == len(ort.GraphOptimizationLevel.__members__)
+    assert list(r["bloom_nodes"]) == ["exported (raw)", *r["ort_levels"]] and list(r["cnn_nodes"]) == r["ort_levels"]
+    assert r["loading_fused"] == []  # ORT_DISABLE_ALL fuses nothing (loading only turns Constant nodes into weights)
     assert r["folding_nodes"][1] < r["folding_nodes"][0]
     # BLOOM's ALiBi attention: no ORT fusion finds it; the export patch writes one Attention node per layer
     assert r["transformer_attention_fusions"] == 0

@@ -73,19 +73,62 @@ def test_dynamic_int8_replaces_linear_layers(base):
     assert "Linear" in layer["layer"] and "qint8" in layer["weight"]
 
 
-def test_gguf_is_smollm2s_own_file():
+def test_gguf_reports_the_bytes_of_what_runs():
     from labkit.models import smollm2
 
     if smollm2.find_gguf() is None:
         try:
             smollm2.download_gguf()
-        except RuntimeError as err:
+        except hardware.Unavailable as err:
             pytest.skip(f"the SmolLM2 GGUF is not here and cannot be downloaded: {err}")
     q = quant.quantize("gguf-q4_1", "smollm2-135m")
-    fp32_bytes = 4 * models.estimate_memory("smollm2-135m").params
-    assert q.stored_bytes == 96_576_768
-    assert q.stored_bytes / fp32_bytes < 0.30
-    assert quant.gguf_tensor_types(smollm2.find_gguf()) == {"F32": 61, "Q4_1": 210, "Q8_0": 1}
+    # what runs is the dequantized model: 4 bytes per parameter (tied embedding counted once) + its buffers (RoPE's
+    # inverse frequencies), not the file's 4 bits
+    buffers = sum(b.numel() * b.element_size() for b in q.model.buffers())
+    assert q.resident_bytes == 4 * models.estimate_memory("smollm2-135m").params + buffers
+    assert all(p.dtype == torch.float32 for p in q.model.parameters())
+    assert smollm2.gguf_tensor_bytes() == 96_576_768  # the 4-bit file, as a file
+    assert smollm2.gguf_tensor_types() == {"F32": 61, "Q4_1": 210, "Q8_0": 1}
+    assert "dequantized to fp32" in q.notes
+    quant.QUANTIZERS["gguf-q4_1"].check(smollm2.HUB_ID)  # also next to the Hub's published weights
+
+
+def test_smollm2_weights_choice_says_why(monkeypatch):
+    from labkit.models import smollm2
+
+    with pytest.raises(ValueError, match=r"unknown SmolLM2 weights 'fp8'; choose from \['auto', 'hub', 'gguf'\]"):
+        smollm2.weights("fp8")
+    assert smollm2.weights("gguf")[0] == smollm2.NAME
+
+    def unreachable(*args, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co'")
+
+    monkeypatch.setattr(smollm2, "cached_file", unreachable)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    name, why = smollm2.weights("auto")
+    assert name == smollm2.NAME and "HF_HUB_OFFLINE=1" in why and "Q4_1 GGUF" in why
+    with pytest.raises(hardware.Unavailable, match="not cached and HF_HUB_OFFLINE=1"):
+        smollm2.weights("hub")
+    monkeypatch.setattr(smollm2, "cached_file", lambda repo, filename: f"/cache/{repo}/{filename}")
+    assert smollm2.weights("auto")[0] == smollm2.weights("hub")[0] == smollm2.HUB_ID
+
+
+def test_int8_groups_match_what_the_libraries_do(base):
+    import onnx
+
+    dynamic = build("int8-dynamic", base[0])  # torch.ao: one weight scale per tensor
+    layer = next(m for m in dynamic.model.modules() if hasattr(m, "_packed_params"))
+    assert layer.weight().qscheme() == torch.per_tensor_affine and layer.weight().q_zero_point() == 0
+    ort = build("ort-int8", base[0])  # ONNX Runtime: DynamicQuantizeLinear (one scale per tensor) before MatMulInteger
+    ops = {n.op_type for n in onnx.load(ort.session._model_path).graph.node}
+    assert {"DynamicQuantizeLinear", "MatMulInteger"} <= ops
+    for name in quantization.WEIGHT_ONLY_INT8:  # torchao / quanto: one weight scale per output channel
+        q = build(name, base[0])
+        layer = q.model.transformer.h[0].mlp.dense_4h_to_h
+        scale = getattr(layer.weight, "scale", None)
+        scale = scale if scale is not None else layer.weight._scale
+        assert tuple(scale.shape) == (layer.out_features, 1), name
+    assert set(quantization.W8A8_PER_TENSOR) | set(quantization.WEIGHT_ONLY_INT8) <= set(quantization.INT8)
 
 
 def test_bad_combinations_say_why():
