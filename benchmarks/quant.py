@@ -16,8 +16,7 @@ from pathlib import Path
 from labkit import hardware
 from labkit.experiments import quantization
 
-INT8 = ("int8-dynamic", "int8-weight", "quanto-int8", "bnb-int8", "ort-int8", "genai-int8")
-FOUR_BIT = ("int4-weight", "bnb-nf4", "ort-int4", "genai-int4", "gguf-q4_1")
+INT8, FOUR_BIT = quantization.INT8, quantization.FOUR_BIT  # gguf-q4_1 runs dequantized to fp32: not 4-bit
 
 
 def main() -> int:

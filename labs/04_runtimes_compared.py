@@ -21,7 +21,9 @@
 #
 # The online half of an inference engine: the runtime that executes the graph. You will run the
 # same models through PyTorch eager, TorchScript, torch.compile (Inductor), ONNX Runtime and
-# OpenVINO — and TensorRT or ONNX Runtime's CUDA provider where a GPU is present — and measure:
+# OpenVINO — and TensorRT or ONNX Runtime's CUDA provider where a GPU is present. (TorchScript is deprecated in
+# favour of `torch.export`, per the PyTorch docs' TorchScript Language Reference; it is here because models
+# deployed in it still exist.) You will measure:
 #
 # * **steady-state latency** (median and p90 after warm-up) over batch size × sequence length,
 # * **cold start**: what the first request pays for export, optimisation and compilation,

@@ -9,6 +9,7 @@ from labkit.convert.optimize import (
     ORT_LEVELS,
     GraphDiff,
     GraphStats,
+    available_levels,
     graph_diff,
     graph_stats,
     optimize_onnx,
@@ -19,6 +20,7 @@ from labkit.convert.optimize import (
 
 __all__ = [
     "FUSED_OPS", "ORT_LEVELS", "GenAIModel", "GenAIUnavailable", "Graph", "GraphDiff", "GraphStats", "as_graph",
-    "build_genai", "export_onnx", "export_openvino", "export_torchscript", "fingerprint", "graph_diff", "graph_stats",
-    "load_genai", "optimize_onnx", "session_options", "transformer_fusions", "weight_matmuls",
+    "available_levels", "build_genai", "export_onnx", "export_openvino", "export_torchscript", "fingerprint",
+    "graph_diff", "graph_stats", "load_genai", "optimize_onnx", "session_options", "transformer_fusions",
+    "weight_matmuls",
 ]  # fmt: skip

@@ -134,6 +134,9 @@ def export_openvino(model: torch.nn.Module | Graph, example=None, path: Path | N
 def export_torchscript(model: torch.nn.Module | Graph, example=None, path: Path | None = None) -> Path:
     """A traced TorchScript file, loadable without the Python class (`torch.jit.load`); cached.
 
+    TorchScript is deprecated in favour of `torch.export` (PyTorch docs, "TorchScript Language Reference": "TorchScript
+    is deprecated, please use torch.export instead"); it is kept because it is still a deployed format to compare.
+
     Args:
         model, example: as for `export_onnx`.
         path: the .pt file to write; default in the cache, named after the graph and its fingerprint.

@@ -32,13 +32,15 @@ from transformers import BitsAndBytesConfig
 
 from labkit import plots
 from labkit.experiments.quantization import quality
+from labkit.models import specs
 from labkit.quant import QuantizedModel
 
 # The magnitude threshold: bitsandbytes' default `llm_int8_threshold`, the paper's 6.0 (§3.2, §4.1).
 LLM_INT8_THRESHOLD = BitsAndBytesConfig().llm_int8_threshold
-LLM_INT8_MIN_LAYER_SHARE = 0.25  # §4.1: the same dimension in at least 25 % of the layers ...
-LLM_INT8_MIN_POSITION_SHARE = 0.06  # ... and at at least 6 % of the sequence positions
-LLM_INT8_EMERGENCE_PARAMS = 6.7e9  # §4.2 (1): from 6.7 B parameters outlier features are in every layer
+# The paper's systematic-feature criterion and emergence scale (§4.1, §4.2): published numbers, kept in specs.
+LLM_INT8_MIN_LAYER_SHARE = specs.LLM_INT8_MIN_LAYER_SHARE
+LLM_INT8_MIN_POSITION_SHARE = specs.LLM_INT8_MIN_POSITION_SHARE
+LLM_INT8_EMERGENCE_PARAMS = specs.LLM_INT8_EMERGENCE_PARAMS
 GRANULARITIES = {"weights": ("tensor", "channel"), "activations": ("tensor", "token")}
 # What a Linear's input is, by the module's own name (Llama / BLOOM / GPT-2 / OPT spellings). k/v and up projections
 # read the same input as q and gate: counted once. The census of §4.1 reads the attention and FFN-expansion inputs.

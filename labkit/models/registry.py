@@ -116,7 +116,8 @@ REGISTRY: dict[str, RegistryEntry] = {
     for s in (
         RegistryEntry(
             "smollm2-135m",
-            "SmolLM2-135M-Instruct, a real pretrained Llama-architecture chat model (GGUF from PyPI)",
+            "SmolLM2-135M-Instruct, a real pretrained Llama-architecture chat model "
+            "(the Q4_1 GGUF from PyPI, dequantized to fp32)",
             smollm2.config,
             lambda dtype: _from_dir(smollm2.prepare(), dtype),
             hub_id=smollm2.HUB_ID,

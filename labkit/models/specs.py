@@ -154,3 +154,10 @@ SERVING_SPEEDUPS = (
     SpeedUp("vLLM", "FasterTransformer / Orca (same latency)", 2.0, 4.0, "Kwon et al., PagedAttention, SOSP'23"),
     SpeedUp("vLLM", "HF Transformers", 24.0, 24.0, "vLLM launch post, 2023-06-20 (up to)"),
 )
+
+# LLM.int8() (Dettmers et al. 2022, arXiv:2208.07339): a hidden dimension is a systematic outlier feature when values
+# of magnitude >= 6 (bitsandbytes' default threshold) appear in it in at least 25 % of the layers and at at least 6 %
+# of the sequence positions (§4.1); from 6.7 B parameters such features are in every layer (§4.2).
+LLM_INT8_MIN_LAYER_SHARE = 0.25
+LLM_INT8_MIN_POSITION_SHARE = 0.06
+LLM_INT8_EMERGENCE_PARAMS = 6.7e9
