@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 from fastapi import Request as HttpRequest
 from fastapi.responses import JSONResponse, Response
 
+from labkit.decoding.lm import eos_ids
 from labkit.serving import protocol as P
 from labkit.serving.logprobs import TokenText, chat_logprobs, completion_logprobs
 from labkit.serving.protocol import ApiError
@@ -45,7 +46,7 @@ class Completion:
         self.prompt, self.echo = prompt, (not chat and body.echo)
         self.rid, self.created, self.lp_sent, self.echoed = P.new_id(chat), int(time.time()), 0, False
         loop, self.queue = asyncio.get_running_loop(), asyncio.Queue()
-        self.req = Request(ids, params, dep.tokenizer.eos_token_id,
+        self.req = Request(ids, params, stop_ids(dep),
                            on_event=lambda kind, value: loop.call_soon_threadsafe(self.queue.put_nowait, (kind, value)))
 
     def submit(self) -> None:
@@ -179,6 +180,13 @@ def prompt_offsets(tokenizer, ids: list[int], prompt: str) -> list[int]:
         stream.add(token)
     shift = max(0, len(stream.raw) - len(prompt)) if stream.raw.endswith(prompt) else 0
     return [min(max(0, o - shift), len(prompt)) for o in stream.raw_offsets]
+
+
+def stop_ids(dep) -> tuple[int, ...] | None:
+    """The ids that end a completion: the model's generation config's, as generate() uses (several for some chat
+    models); the tokenizer's EOS when the config names none. None: only the length limit stops it."""
+    ids = eos_ids(dep.engine.model) or ({dep.tokenizer.eos_token_id} - {None})
+    return tuple(sorted(ids)) or None
 
 
 def _sse(obj: dict) -> str:

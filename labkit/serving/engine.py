@@ -117,13 +117,13 @@ class Engine(ABC):
             self._thread.join(timeout)
 
     def generate(self, prompts: list[list[int]], params: SamplingParams | None = None,
-                 eos_token_id: int | None = None) -> list[list[int]]:
+                 eos_token_id: int | tuple[int, ...] | None = None) -> list[list[int]]:
         """Submit prompts together and wait for them (for tests and notebooks).
 
         Args:
             prompts: token ids per prompt.
             params: sampling settings for every prompt (greedy, 16 tokens by default).
-            eos_token_id: stop a sequence after this token (None: only max_tokens stops it).
+            eos_token_id: stop a sequence after this token or tokens (None: only max_tokens stops it).
         Returns:
             the new token ids per prompt.
         Raises:
@@ -190,7 +190,7 @@ class Engine(ABC):
         if req.t_first is None:
             req.t_first = time.perf_counter()
         _notify(req, "token", token)
-        if token == req.eos_token_id:
+        if token in req.stop_ids:
             self._finish(req, "stop")
         elif len(req.tokens) >= req.params.max_tokens:
             self._finish(req, "length")

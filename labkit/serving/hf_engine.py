@@ -76,7 +76,7 @@ class HFEngine(Engine):
 
     def step(self) -> None:
         for req in self._admit():
-            eos = req.eos_token_id if req.eos_token_id is not None else -1
+            eos = sorted(req.stop_ids) or -1  # -1: no EOS stop (transformers' convention)
             self.manager.add_request(req.prompt_ids, request_id=req.id, max_new_tokens=req.params.max_tokens,
                                      streaming=True, eos_token_id=eos)
         self._leave()

@@ -119,7 +119,8 @@ class Request:
     Args:
         prompt_ids: the prompt's token ids.
         params: sampling settings (greedy, 16 tokens by default).
-        eos_token_id: generation stops after this token (finish reason "stop"); None = only max_tokens stops it.
+        eos_token_id: generation stops after this token, or any of these tokens (finish reason "stop"), as
+            generate() stops at every id of the generation config; None = only max_tokens stops it.
         on_event: called from the engine's worker thread with ("token", id), ("done", reason) or ("error", msg).
 
     Logprobs (when `params` asks): `logprobs` aligned with `tokens`; `prompt_logprobs` aligned with `prompt_ids`
@@ -129,7 +130,7 @@ class Request:
 
     prompt_ids: list[int]
     params: SamplingParams = SamplingParams()
-    eos_token_id: int | None = None
+    eos_token_id: int | tuple[int, ...] | None = None
     on_event: Callable[[str, object], None] = _no_events
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
     tokens: list[int] = field(default_factory=list)
@@ -143,6 +144,12 @@ class Request:
     cancelled: threading.Event = field(default_factory=threading.Event)
     finished: threading.Event = field(default_factory=threading.Event)
     _generator: torch.Generator | None = field(default=None, repr=False)
+
+    @property
+    def stop_ids(self) -> frozenset[int]:
+        """The end-of-text ids that finish this request (empty: only max_tokens does)."""
+        e = self.eos_token_id
+        return frozenset() if e is None else frozenset((e,) if isinstance(e, int) else e)
 
     @property
     def tokens_left(self) -> int:

@@ -212,3 +212,22 @@ def test_a_bug_is_still_an_openai_shaped_500_and_is_counted():
     err = resp.json()["error"]
     assert err["type"] == "server_error" and "RuntimeError: boom" in err["message"]
     assert 'status="500"' in app.state.metrics.render()
+
+
+def test_generation_stops_at_every_eos_id_of_the_generation_config(server):
+    """generate() stops at every id in `generation_config.eos_token_id`; the server must too, not only at the
+    tokenizer's single EOS. Make the greedy first token an extra EOS id: the answer is then 1 token, "stop"."""
+    dep = server.app.state.repo.route(M)
+    model, tok = dep.engine.model, dep.tokenizer
+    body = {"model": M, "prompt": "ROMEO:", "max_tokens": 4, "temperature": 0}
+    assert httpx.post(server.url + "/v1/completions", json=body, timeout=60).json()["usage"]["completion_tokens"] == 4
+    with torch.no_grad():  # the greedy first token, from the model itself
+        first_id = int(model(**tok("ROMEO:", return_tensors="pt")).logits[0, -1].argmax())
+    assert first_id != tok.eos_token_id
+    saved = model.generation_config.eos_token_id
+    model.generation_config.eos_token_id = [tok.eos_token_id, first_id]
+    try:
+        again = httpx.post(server.url + "/v1/completions", json=body, timeout=60).json()
+    finally:
+        model.generation_config.eos_token_id = saved
+    assert again["usage"]["completion_tokens"] == 1 and again["choices"][0]["finish_reason"] == "stop", again
