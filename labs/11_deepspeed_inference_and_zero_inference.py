@@ -209,7 +209,9 @@ zt = zi.table
 print(f"* Theory: ZeRO-Inference throughput ≈ N × one stream's. Measured: {zt.aggregate_tok_s.iloc[1]:.1f} tok/s with "
       f"{WORLD_SIZE} streams on {WORLD_SIZE} ranks vs {zt.aggregate_tok_s.iloc[0]:.1f} for one process "
       f"({zt.speedup.iloc[1]:.2f}×, ideal {WORLD_SIZE}× on {WORLD_SIZE} GPUs); each rank holds "
-      f"{zt.weights_held_per_rank_MB.iloc[1]:.1f} MB of {zt.weights_held_per_rank_MB.iloc[0]:.1f} MB weights.")
+      f"{zt.weights_held_per_rank_MB.iloc[1]:.1f} MB of {zt.weights_held_per_rank_MB.iloc[0]:.1f} MB weights as its shard "
+      f"(in CPU memory: offload), and gathers up to {zt.gathered_peak_per_rank_MB.iloc[1]:.1f} MB of whole weights "
+      "while it runs a layer (that layer plus the prefetch bucket): the term a per-device budget must add.")
 print(f"* Theory: ZeRO-3 computes exactly what one process computes. Same tokens on every rank: "
       f"{all(r.same_as_single_process for r in zi_ranks)}")
 
@@ -255,5 +257,7 @@ run.record({
     "zi_aggregate_tok_s": zt.aggregate_tok_s.tolist(),
     "zi_speedup": float(zt.speedup.iloc[1]),
     "zi_weights_held_MB": zt.weights_held_per_rank_MB.tolist(),
+    "zi_gathered_peak_MB": float(zt.gathered_peak_per_rank_MB.iloc[1]),
+    "zi_model": ZI_MODEL,
     "kernel_inject_ran": bool(torch.cuda.is_available()),
 })

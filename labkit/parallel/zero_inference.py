@@ -66,7 +66,8 @@ class ZeroInferenceRun:
     baseline: DecodeRun | None
     same_as_single_process: bool | None
     weight_bytes_full: int
-    weight_bytes_held: int
+    weight_bytes_held: int  # this rank's shards (in CPU memory with offload)
+    weight_bytes_gathered: int  # the most whole parameters held at once while a layer ran (its own + prefetched)
     offload: bool
 
     @property
@@ -124,7 +125,8 @@ def generate_ranks(model_name: str = "tiny-bloom", prompts: tuple[str, ...] = PR
     engine = deepspeed.initialize(model=model, config=ds_zero_config(model.config.hidden_size, offload))[0]
     engine.module.eval()
     held = sum(p.ds_tensor.numel() * p.ds_tensor.element_size() for p in engine.module.parameters())  # the shards
-    with torch.no_grad():  # warm-up: 2 tokens are enough to gather every layer once
+    peak = _GatheredPeak(engine.module)
+    with torch.no_grad(), peak:  # warm-up: 2 tokens gather every layer once; the peak is read on the way
         engine.module.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=2, do_sample=False,
                                pad_token_id=model.generation_config.pad_token_id or 0, synced_gpus=True)
     dist.barrier()
@@ -132,7 +134,28 @@ def generate_ranks(model_name: str = "tiny-bloom", prompts: tuple[str, ...] = PR
     tokens = run.tokens[0]
     return ZeroInferenceRun(rank, world, model_name, prompt, tok.decode(tokens, skip_special_tokens=True),
                             tuple(tokens), run, baseline, tokens == ref.tokens[0] if reference else None,
-                            full_bytes, held, offload)  # fmt: skip
+                            full_bytes, held, peak.bytes, offload)  # fmt: skip
+
+
+class _GatheredPeak:
+    """Context manager: the most bytes of whole (gathered) ZeRO-3 parameters alive at once, read just before every
+    module runs. A pre-hook registered after DeepSpeed's fetch hook sees the module's own parameters gathered, plus
+    whatever the prefetch bucket already brought in (`stage3_prefetch_bucket_size`)."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.module, self.bytes, self._hooks = module, 0, []
+
+    def _note(self, *_args) -> None:
+        now = sum(p.data.numel() * p.data.element_size() for p in self.module.parameters() if p.data.numel() > 0)
+        self.bytes = max(self.bytes, now)
+
+    def __enter__(self) -> _GatheredPeak:
+        self._hooks = [m.register_forward_pre_hook(self._note) for m in self.module.modules()]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._hooks:
+            h.remove()
 
 
 def throughput(ranks: list[ZeroInferenceRun]) -> plots.Measured:
@@ -142,13 +165,17 @@ def throughput(ranks: list[ZeroInferenceRun]) -> plots.Measured:
         ranks: every rank's ZeroInferenceRun, rank order.
     Returns:
         Measured: per setup streams, tokens, wall_s (DecodeRun.total_s; ZeRO-3: the slowest rank),
-        weights held per rank (MB), aggregate_tok_s = tokens / wall_s, per_stream_tok_s, speedup over one process.
+        weights stored per rank (MB: ZeRO-3's shard, in CPU memory with offload), the most whole weights a rank
+        held at once while running (MB: the gathered layer and the prefetch bucket),
+        aggregate_tok_s = tokens / wall_s, per_stream_tok_s, speedup over one process.
     """
     n, world = ranks[0].new_tokens, len(ranks)
     rows = [{"setup": "1 process, whole model", "streams": 1, "tokens": n, "wall_s": ranks[0].baseline.total_s,
-             "weights_held_per_rank_MB": ranks[0].weight_bytes_full / 1e6},
+             "weights_held_per_rank_MB": ranks[0].weight_bytes_full / 1e6,
+             "gathered_peak_per_rank_MB": 0.0},
             {"setup": f"ZeRO-3 on {world} ranks", "streams": world, "tokens": sum(r.new_tokens for r in ranks),
-             "wall_s": max(r.seconds for r in ranks), "weights_held_per_rank_MB": ranks[0].weight_bytes_held / 1e6}]
+             "wall_s": max(r.seconds for r in ranks), "weights_held_per_rank_MB": ranks[0].weight_bytes_held / 1e6,
+             "gathered_peak_per_rank_MB": max(r.weight_bytes_gathered for r in ranks) / 1e6}]
     df = results_frame(rows)
     df["aggregate_tok_s"] = df.tokens / df.wall_s
     df["per_stream_tok_s"] = df.aggregate_tok_s / df.streams

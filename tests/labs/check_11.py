@@ -7,6 +7,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from labkit.cache import cache_dir
+from labkit.parallel import zero
 
 
 def check(r: dict) -> None:
@@ -29,4 +30,6 @@ def check(r: dict) -> None:
     assert r["zi_same_as_single_process"] and len(set(r["zi_prompts"])) == 2  # different prompt per rank
     full, held = r["zi_weights_held_MB"]
     assert abs(held / full - 0.5) < 0.01  # ZeRO-3: each of 2 ranks stores half the weights
+    largest_MB = zero.model_size(r["zi_model"]).largest_layer_params * 4 / 1e6  # fp32, DeepSpeed's rule
+    assert largest_MB * 0.999 <= r["zi_gathered_peak_MB"] <= full  # a rank holds at least its largest layer whole
     assert all(math.isfinite(v) and v > 0 for v in r["zi_aggregate_tok_s"])
