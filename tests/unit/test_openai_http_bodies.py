@@ -3,14 +3,11 @@
 import json
 
 import pytest
-import torch
 
 httpx = pytest.importorskip("httpx", reason="the serving extra is not installed (pip install labkit[serve])")
 pytest.importorskip("fastapi", reason="the serving extra is not installed (pip install labkit[serve])")
 
-from labkit.models import load_cached
-from labkit.serving.app import Server, create_app
-from labkit.serving.repository import ModelRepository
+from tests.unit.serving_server import serving
 
 LIMIT = 24
 M = "bard"
@@ -22,15 +19,9 @@ DONE = "/v1/completions"
 
 @pytest.fixture(scope="module")
 def http():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # see test_serving.py
-    repo = ModelRepository("continuous", max_batch=4)
-    repo.load(M, "v1", loaded=load_cached("tiny-bloom-shakespeare"))
-    repo.load("smol", "v1", loaded=load_cached("smollm2-135m"))
-    with Server(create_app(repo, max_tokens_limit=LIMIT, request_timeout_s=60)) as srv, \
+    with serving({M: "tiny-bloom-shakespeare", "smol": "smollm2-135m"}, LIMIT) as srv, \
             httpx.Client(base_url=srv.url, timeout=60) as c:
         yield c
-    torch.set_num_threads(threads)
 
 
 def events(http, path: str, body: dict) -> list[dict]:

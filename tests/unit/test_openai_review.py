@@ -15,14 +15,14 @@ openai = pytest.importorskip("openai", reason="the test extra is not installed (
 from openai.types.chat import ChatCompletionStreamOptionsParam
 from pydantic import ValidationError
 
-from labkit.models import load_cached
 from labkit.serving import fields, metrics
-from labkit.serving.app import Server, create_app
+from labkit.serving.app import create_app
 from labkit.serving.engine import sample_tokens
 from labkit.serving.fields import validation_message
 from labkit.serving.protocol import ChatBody, CompletionBody
 from labkit.serving.repository import ModelRepository
 from labkit.serving.request import Request, SamplingParams
+from tests.unit.serving_server import serving
 
 M = "bard"
 INT64 = torch.iinfo(torch.long)  # OpenAI's spec and vLLM's protocol: seed is a signed 64-bit integer
@@ -126,13 +126,8 @@ def test_every_stream_option_of_the_official_client_is_in_the_table():
 # --- over HTTP ----------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def server():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # see test_serving.py
-    repo = ModelRepository("continuous", max_batch=4)
-    repo.load(M, "v1", loaded=load_cached("tiny-bloom-shakespeare"))
-    with Server(create_app(repo, max_tokens_limit=16, request_timeout_s=60)) as srv:
+    with serving({M: "tiny-bloom-shakespeare"}, 16) as srv:
         yield srv
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,8 @@ pytest.importorskip("fastapi", reason="the serving extra is not installed (pip i
 openai = pytest.importorskip("openai", reason="the test extra is not installed (pip install labkit[test])")
 
 from labkit.models import load_cached
-from labkit.serving.app import Server, create_app
 from labkit.serving.logprobs import TokenText
-from labkit.serving.repository import ModelRepository
+from tests.unit.serving_server import serving
 
 LIMIT = 40  # the server's --max-tokens
 TRANSCRIPT = ("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n<|im_start|>user\n"
@@ -20,16 +19,9 @@ USER = [{"role": "user", "content": "Speak, ROMEO."}]
 
 @pytest.fixture(scope="module")
 def server():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # see test_serving.py
-    repo = ModelRepository("continuous", max_batch=4)
-    repo.load("bard", "v1", loaded=load_cached("tiny-bloom-shakespeare"))
-    repo.load("llama", "v1", loaded=load_cached("tiny-llama"))
-    repo.load("llama-hf", "v1", loaded=load_cached("tiny-llama"), scheduler="hf-continuous")
-    repo.load("smol", "v1", loaded=load_cached("smollm2-135m"))
-    with Server(create_app(repo, max_tokens_limit=LIMIT, request_timeout_s=60)) as srv:
+    with serving({"bard": "tiny-bloom-shakespeare", "llama": "tiny-llama", "llama-hf": ("tiny-llama", "hf-continuous"),
+                  "smol": "smollm2-135m"}, LIMIT) as srv:
         yield srv
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
