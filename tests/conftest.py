@@ -12,12 +12,23 @@ import torch  # noqa: E402
 NOTEBOOK_DURATIONS: dict[str, float] = {}
 
 
+def pytest_addoption(parser):
+    parser.addoption("--lab-device", default=os.environ.get("LABKIT_LAB_DEVICE", "auto"),
+                     help="the DEVICE parameter every lab notebook runs with (auto | cpu | cuda); "
+                          "`make test-gpu` passes cuda")
+
+
+@pytest.fixture(scope="session")
+def lab_device(request) -> str:
+    return request.config.getoption("--lab-device")
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU; this machine has none (run `make test-gpu` on one)")
     for item in items:
-        if "gpu" in item.keywords:
+        if item.get_closest_marker("gpu") is not None:  # the marker, not a name that contains "gpu"
             item.add_marker(skip)
 
 
