@@ -54,7 +54,10 @@ run-labs: prepare
 report: prepare
 	$(BIN)/labkit run-labs --html --out reports $(if $(filter 1,$(FULL)),,--smoke)
 
-# On a CUDA machine: the GPU-marked tests (plus the CPU suite's unit tests), < 8 minutes.
+# On one CUDA GPU: every lab notebook executed with DEVICE="cuda" (papermill, smoke parameters, checks asserted) plus
+# the GPU-marked unit tests, < 8 minutes; per-lab seconds and recorded numbers in $$OUT/gpu_summary.json. For the bare
+# box without network or Jupyter: scripts/fetch_gpu_wheels.sh, then scripts/gpu_stage_weights.sh, then the two device
+# calls written at the top of scripts/test_gpu.sh.
 test-gpu:
 	bash scripts/test_gpu.sh
 

@@ -65,11 +65,13 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 def cmd_run_labs(args: argparse.Namespace) -> int:
     """Execute labs with papermill, export each to HTML and write OUT/index.html; non-zero if any lab failed."""
     from labkit.notebook.report import run_labs, write_index
-    from labkit.notebook.run import LABS_DIR, find_labs
+    from labkit.notebook.run import LABS_DIR, device_parameter, every_lab, find_labs
 
     labs = find_labs(args.labs, Path(args.labs_dir) if args.labs_dir else LABS_DIR)
+    device = device_parameter(args.device)  # a bad --device fails here, naming the choices, before any lab runs
     out_dir = Path(args.out)
-    reports = run_labs(labs, out_dir, smoke=args.smoke, html_export=not args.no_html)
+    with every_lab(**device):
+        reports = run_labs(labs, out_dir, smoke=args.smoke, html_export=not args.no_html)
     index = write_index(reports, out_dir, mode="smoke" if args.smoke else "full")
     failed = [r.lab for r in reports if not r.ok]
     print(f"index: {index}")
@@ -95,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smoke", action="store_true", help="small parameters (each lab < 90 s)")
     p.add_argument("--out", default="reports", help="output folder (default: reports/)")
     p.add_argument("--labs-dir", default=None, help="where the NN_*.ipynb labs are (default: the repo's labs/)")
+    p.add_argument("--device", default="auto",
+                   help="the DEVICE every lab runs on: auto (the GPU when there is one, else the CPU; the default), "
+                        "cpu, cuda or cuda:N")
     html = p.add_mutually_exclusive_group()
     html.add_argument("--html", dest="no_html", action="store_false", default=False,
                       help="export each lab to HTML (the default)")

@@ -6,15 +6,49 @@ A lab ends with `record({...})`: the dict is stored in the cell output under RES
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from labkit import hardware
+
 RESULTS_MIME = "application/vnd.labkit.results+json"
 LABS_DIR = Path(__file__).resolve().parents[2] / "labs"
 SMOKE_PARAMETERS = {"SMOKE": True}
+_EVERY_LAB: dict = {}  # what `every_lab(...)` adds to each run_lab's parameters
+
+
+def device_parameter(device: str) -> dict:
+    """The DEVICE parameter every lab has, checked before any lab starts.
+
+    Args:
+        device: "auto" (the GPU when there is one, else the CPU), "cpu", "cuda" or "cuda:N".
+    Returns:
+        {"DEVICE": device}, for `run_lab(parameters=...)` or `every_lab(**...)`.
+    Raises:
+        ValueError: an unknown device, naming the valid choices (`hardware.resolve_device`).
+        CapabilityMissing: a CUDA device asked for on a machine without one.
+    """
+    hardware.resolve_device(device)
+    return {"DEVICE": str(device)}
+
+
+@contextlib.contextmanager
+def every_lab(**parameters):
+    """Inside the block, every `run_lab` call also passes `parameters` (its own `parameters` win on a clash).
+
+    This is how `labkit run-labs --device cuda` reaches the labs that `report.run_labs` executes.
+    """
+    saved = dict(_EVERY_LAB)
+    _EVERY_LAB.update(parameters)
+    try:
+        yield
+    finally:
+        _EVERY_LAB.clear()
+        _EVERY_LAB.update(saved)
 
 
 def record(results: dict) -> None:
@@ -78,11 +112,27 @@ class LabRun:
 
 def run_lab(path: Path, out_dir: Path, smoke: bool = True, parameters: dict | None = None,
             html: bool = True, timeout_s: int = 600) -> LabRun:
-    """Execute one notebook with papermill into `out_dir`; optionally export it as HTML."""
+    """Execute one notebook with papermill into `out_dir`; optionally export it as HTML.
+
+    Args:
+        path: the lab notebook (labs/NN_*.ipynb).
+        out_dir: where the executed notebook (and its HTML) go.
+        smoke: run with SMOKE_PARAMETERS (each lab < 90 s).
+        parameters: papermill parameters, over the smoke ones and those of `every_lab` (e.g. {"DEVICE": "cuda"}).
+        html: also export the executed notebook to self-contained HTML.
+        timeout_s: the longest one cell may run.
+    Returns:
+        LabRun with the seconds it took and the results the lab recorded.
+    Raises:
+        ValueError: a DEVICE parameter that is no device (checked before the notebook starts).
+        papermill.PapermillExecutionError: a cell failed.
+    """
     import papermill as pm
 
+    params = {**(SMOKE_PARAMETERS if smoke else {}), **_EVERY_LAB, **(parameters or {})}
+    if "DEVICE" in params:
+        device_parameter(params["DEVICE"])
     out_dir.mkdir(parents=True, exist_ok=True)
-    params = {**(SMOKE_PARAMETERS if smoke else {}), **(parameters or {})}
     executed = out_dir / path.name
     env_before = os.environ.get("PYDEVD_DISABLE_FILE_VALIDATION")
     os.environ["PYDEVD_DISABLE_FILE_VALIDATION"] = "1"  # silences a debugger warning in every kernel

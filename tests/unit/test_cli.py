@@ -2,6 +2,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from labkit import cli
 
 
@@ -34,3 +36,15 @@ def test_console_script_is_installed():
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     for command in ("doctor", "prepare", "run-labs", "models"):
         assert command in out
+
+
+def test_run_labs_rejects_an_unknown_device_before_any_lab_runs(capsys):
+    assert cli.main(["run-labs", "--device", "tpu", "00", "--out", "/nonexistent/never-written"]) == 2
+    err = capsys.readouterr().err
+    assert "labkit run-labs: unknown device 'tpu'; choose from ['auto', 'cpu', 'cuda', 'cuda:N']" in err
+
+
+def test_run_labs_has_a_device_option(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["run-labs", "--help"])
+    assert "--device" in capsys.readouterr().out

@@ -136,3 +136,42 @@ def test_index_of_nothing_but_failures_and_json_safe_results(tmp_path):
     assert "&lt;x&gt;" in page and "boom &lt;b&gt;" in page and "&lt;i&gt;" in page and "<b>boom" not in page
     assert "2026-01-02 03:04 UTC" in page and "1 of 2 labs ran (full parameters)" in page
     assert 'href="02_y.html"' in page  # a relative link inside the report folder
+
+
+def test_every_lab_parameters_sit_under_the_explicit_ones_and_a_bad_device_never_starts(monkeypatch, tmp_path):
+    import papermill
+
+    seen = []
+
+    def execute(path, out, parameters, **kwargs):  # papermill's place: what each lab would be given
+        seen.append(dict(parameters))
+        return nbformat.v4.new_notebook()
+
+    monkeypatch.setattr(papermill, "execute_notebook", execute)
+    with run.every_lab(DEVICE="cpu"):
+        run.run_lab(REAL_LAB, tmp_path, html=False)
+        run.run_lab(REAL_LAB, tmp_path, html=False, parameters={"DEVICE": "auto"})
+    run.run_lab(REAL_LAB, tmp_path, smoke=False, html=False)
+    assert seen == [{"SMOKE": True, "DEVICE": "cpu"}, {"SMOKE": True, "DEVICE": "auto"}, {}]
+    with pytest.raises(ValueError, match=r"choose from \['auto', 'cpu', 'cuda', 'cuda:N'\]"):
+        run.run_lab(REAL_LAB, tmp_path, parameters={"DEVICE": "gpu0"})
+    assert len(seen) == 3  # the bad DEVICE was refused before papermill started
+
+
+@pytest.mark.timeout(120)
+def test_run_labs_device_reaches_every_lab(tmp_path):
+    """`labkit run-labs --device cpu`: the lab's DEVICE parameter is "cpu" when it runs (it records what it got)."""
+    labs, out = tmp_path / "labs", tmp_path / "reports"
+    labs.mkdir()
+    nb = nbformat.v4.new_notebook()
+    nb.metadata = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
+    record = "from labkit.notebook import run\nrun.record({'DEVICE': DEVICE})"
+    nb.cells = [nbformat.v4.new_markdown_cell("# Lab 97 — Records its device"),
+                nbformat.v4.new_code_cell('SMOKE = False\nDEVICE = "auto"', metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell(record)]  # fmt: skip
+    nbformat.write(nb, labs / "97_device.ipynb")
+    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+        code = cli.main(["run-labs", "--smoke", "--no-html", "--device", "cpu", "--labs-dir", str(labs),
+                         "--out", str(out)])  # fmt: skip
+    assert code == 0
+    assert run.read_results(nbformat.read(out / "97_device.ipynb", as_version=4)) == {"DEVICE": "cpu"}
