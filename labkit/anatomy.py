@@ -14,12 +14,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from transformers import AutoConfig, PretrainedConfig
 from transformers.cache_utils import get_layer_types_and_kwargs
 
-from labkit import measure, models
-from labkit.precision import FLOAT_PRECISIONS, bytes_per_value, canonical, torch_dtype
+from labkit import models
+from labkit.precision import FLOAT_PRECISIONS, bytes_per_value, canonical
 
 
 def config_of(model_or_config) -> PretrainedConfig:
@@ -216,22 +215,3 @@ def cache_bytes(cache) -> int:
             if t is not None:
                 total += t.numel() * t.element_size()
     return total
-
-
-def matmul_flops(size: int = 1024, precision: str = "fp32", repeat: int = 5, device: str = "cpu") -> float:
-    """Measured dense matmul throughput: 2·n³ FLOPs per (n × n) @ (n × n) product over its median time.
-
-    Args:
-        size: n. precision: fp32 | bf16 | fp16 (or an alias). repeat: timed products (after 2 warm-ups).
-        device: where to multiply ("cpu", "cuda", ...).
-    Returns:
-        FLOP/s (float).
-    Raises:
-        ValueError: an unknown precision, or int8 / int4 (no dense float matmul).
-    """
-    name = canonical(precision)
-    if name not in FLOAT_PRECISIONS:
-        raise ValueError(f"matmul_flops times a float matmul, not {name}; choose from {list(FLOAT_PRECISIONS)}")
-    a = torch.randn(size, size, device=device).to(torch_dtype(name))
-    stats = measure.benchmark(lambda: a @ a, warmup=2, repeat=repeat)
-    return 2 * size**3 / stats.median

@@ -15,8 +15,23 @@ import torch
 from labkit import hardware, precision
 
 
+def resolve(device: str | torch.device = "auto") -> torch.device:
+    """`hardware.resolve_device` with the GPU index spelled out ("cuda" -> "cuda:<current>"), so one device has
+    one name: caches, records and comparisons keyed by it agree.
+
+    Args:
+        device: "auto", "cpu", "cuda", "cuda:N" or a torch.device.
+    Returns:
+        the torch.device ("cpu" or "cuda:N").
+    Raises:
+        ValueError: an unknown device, naming the valid ones. CapabilityMissing: CUDA asked for without a GPU.
+    """
+    dev = hardware.resolve_device(device)
+    return torch.device("cuda", torch.cuda.current_device()) if dev.type == "cuda" and dev.index is None else dev
+
+
 def device_name(device: str | torch.device) -> str:
-    """The hardware behind a device: the GPU's name ("NVIDIA H200") or the CPU model (`hardware.detect`).
+    """The hardware behind a device: the GPU's name ("NVIDIA H200") or the CPU model (/proc/cpuinfo).
 
     Args:
         device: "auto", "cpu", "cuda", "cuda:N" or a torch.device (`hardware.resolve_device`).
@@ -25,17 +40,15 @@ def device_name(device: str | torch.device) -> str:
     Raises:
         ValueError: an unknown device, naming the valid ones. CapabilityMissing: CUDA asked for without a GPU.
     """
-    dev = hardware.resolve_device(device)
+    dev = resolve(device)
     if dev.type == "cuda":
-        return torch.cuda.get_device_name(dev.index if dev.index is not None else torch.cuda.current_device())
-    return hardware.detect().cpu_model
+        return torch.cuda.get_device_name(dev)
+    return hardware.cpu_model_and_flags()[0]  # not detect(): that probes DeepSpeed and ONNX Runtime (~2 s)
 
 
 def device_label(device: str | torch.device) -> str:
     """ "cpu (AMD EPYC 7B13)" or "cuda:0 (NVIDIA H200)": the device and its hardware, for records and titles."""
-    dev = hardware.resolve_device(device)
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", torch.cuda.current_device())
+    dev = resolve(device)
     return f"{dev} ({device_name(dev)})"
 
 
@@ -92,9 +105,7 @@ def choose(device: str | torch.device = "auto") -> DeviceChoice:
         ValueError: an unknown device, naming the valid choices (`hardware.DEVICES`).
         CapabilityMissing: "cuda" asked for on a machine without a CUDA GPU.
     """
-    dev = hardware.resolve_device(device)
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", torch.cuda.current_device())
+    dev = resolve(device)
     asked = str(device)
     if asked == "auto":
         why = "the GPU, because there is one" if dev.type == "cuda" else "no CUDA GPU on this machine, so the CPU"
@@ -106,7 +117,7 @@ def choose(device: str | torch.device = "auto") -> DeviceChoice:
         half_why = (f"compute capability {major}.{minor} ≥ 8.0 computes bf16 natively" if half == "bf16"
                     else f"compute capability {major}.{minor} < 8.0: bf16 is emulated there, fp16 runs on tensor cores")
     else:
-        flags = hardware.detect().cpu_flags
+        flags = hardware.cpu_model_and_flags()[1]
         native = [f for f in ("avx512_bf16", "amx") if flags.get(f)]
         half_why = ("CPUs take bf16 (labkit's rule): this CPU has " + " and ".join(native) + " for it" if native
                     else "CPUs take bf16 (labkit's rule); this CPU has no AVX-512 BF16 or AMX, so bf16 is converted "

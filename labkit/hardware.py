@@ -98,7 +98,13 @@ def _yes(flag: bool) -> str:
     return "yes" if flag else "no"
 
 
-def _cpu_model_and_flags() -> tuple[str, dict[str, bool]]:
+def cpu_model_and_flags() -> tuple[str, dict[str, bool]]:
+    """The CPU's model name and its inference-relevant flags, read from /proc/cpuinfo (cheap: no package probed).
+
+    Returns:
+        (model name, {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx": present?}); elsewhere than Linux,
+        platform.processor() and all flags False.
+    """
     model, flags = platform.processor() or platform.machine(), set()
     try:
         with open("/proc/cpuinfo") as f:
@@ -179,7 +185,7 @@ def detect() -> Hardware:
     import torch
     import torch.distributed as dist
 
-    cpu_model, flags = _cpu_model_and_flags()
+    cpu_model, flags = cpu_model_and_flags()
     gpus: tuple[GPU, ...] = ()
     if torch.cuda.is_available():
         gpus = tuple(

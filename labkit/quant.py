@@ -1,10 +1,11 @@
 """Quantizers behind one function each: a registry `name -> Quantizer`.
 
     q = quantize("int8-dynamic", "smollm2-135m")      # -> QuantizedModel
-    q.logits(input_ids), q.model.generate(...), q.stored_bytes
+    q.logits(input_ids), q.model.generate(...), q.stored_bytes, q.device
 
 Every quantizer says which devices, packages and models it needs; a combination that cannot run here raises
 `QuantizerUnavailable` (a `hardware.Unavailable`) before any work, and a real failure inside one raises as it is.
+The device is a parameter: each quantizer places its copy of the weights there (`Quantizer.runs_on`: CPU-only ones).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-from labkit import models
+from labkit import models, precision
 from labkit.convert import Graph, export_onnx
 from labkit.convert import genai as genai_format
 from labkit.engines.workloads import LogitsOnly
@@ -41,12 +42,13 @@ class QuantizedModel:
     notes: str = ""
     name: str = ""  # the registry name, set by quantize()
     genai: genai_format.GenAIModel | None = None  # ORT GenAI quantizers: the model folder (generation.backend_for)
+    device: torch.device = torch.device("cpu")  # where the weights are and the model computes
 
     @torch.no_grad()
     def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """(batch, seq) token ids -> (batch, seq, vocab) float32 logits, on the CPU."""
+        """(batch, seq) token ids (any device) -> (batch, seq, vocab) float32 logits, on the CPU."""
         if self.session is not None:
-            return torch.from_numpy(self.session.run(None, {"input_ids": input_ids.numpy()})[0]).float()
+            return torch.from_numpy(self.session.run(None, {"input_ids": input_ids.cpu().numpy()})[0]).float()
         return self.model(input_ids=input_ids.to(self.model.device), use_cache=False).logits.float().cpu()
 
 
@@ -55,8 +57,8 @@ class Quantizer:
     name: str
     library: str
     what: str  # what is quantized, and when
-    devices: tuple[str, ...]
-    apply: Callable[[torch.nn.Module, str], QuantizedModel]
+    devices: tuple[str, ...]  # device types it runs on: "cpu", "cuda"
+    apply: Callable[[torch.nn.Module, str, torch.device], QuantizedModel]  # (fp32 model, source, device)
     requires: str | None = None  # the module it imports (None: torch itself)
     check: Callable[[str], None] | None = None  # raises Unavailable when the quantizer does not cover this model
 
@@ -68,8 +70,7 @@ class Quantizer:
         Raises:
             ValueError: for an unknown device string, naming the valid ones.
             QuantizerUnavailable: the device is not one it runs on, or its package is not installed.
-            Unavailable: the model is not supported (e.g. BLOOM for ORT GenAI), or a CUDA device is asked for on a
-                machine without one (`hardware.CapabilityMissing`).
+            Unavailable: an unsupported model (BLOOM for ORT GenAI), CUDA without a GPU (`CapabilityMissing`).
         """
         kind = "cuda" if str(device).startswith("cuda") else resolve_device(device).type  # validates the string
         if kind not in self.devices:
@@ -83,6 +84,12 @@ class Quantizer:
             self.check(source)
         return resolve_device(device)
 
+    def runs_on(self, device: str | torch.device) -> torch.device:
+        """Where it runs when a lab asks for `device`: there when it supports that device type, else on the CPU,
+        deliberately (a CPU-only quantizer, e.g. torch.ao's dynamic int8, in a GPU run). Raises as `resolve_device`."""
+        dev = resolve_device(device)
+        return dev if dev.type in self.devices or "cpu" not in self.devices else torch.device("cpu")
+
 
 def _installed(module: str) -> bool:
     try:
@@ -91,67 +98,79 @@ def _installed(module: str) -> bool:
         return False
 
 
-def _module_result(model: torch.nn.Module, notes: str = "") -> QuantizedModel:
-    return QuantizedModel(model.eval(), None, stored_bytes(model), resident_bytes(model), notes)
+def _module_result(model: torch.nn.Module, device: torch.device, notes: str = "") -> QuantizedModel:
+    return QuantizedModel(model.eval(), None, stored_bytes(model), resident_bytes(model), notes, device=device)
+
+
+def _copy(model: torch.nn.Module, device: torch.device, dtype: torch.dtype | None = None) -> torch.nn.Module:
+    return copy.deepcopy(model).to(device=device, dtype=dtype)  # Module.to moves in place: copy first
+
+
+def _on_cpu(model: torch.nn.Module) -> torch.nn.Module:  # read-only use by the CPU-only exporters
+    return model if next(model.parameters()).device.type == "cpu" else _copy(model, torch.device("cpu"))
 
 
 def _cast(dtype: torch.dtype) -> Callable:
-    def apply(model, source):
-        return _module_result(copy.deepcopy(model).to(dtype))
+    def apply(model, source, device):
+        return _module_result(_copy(model, device, dtype), device)
 
     return apply
 
 
-def _int8_dynamic(model, source):
+def _int8_dynamic(model, source, device):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao.quantization is deprecated in favour of torchao
-        q = torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {torch.nn.Linear}, dtype=torch.qint8)
-    return _module_result(q, "Linear weights int8 ahead of time; activations quantized per call")
+        q = torch.ao.quantization.quantize_dynamic(_copy(model, device), {torch.nn.Linear}, dtype=torch.qint8)
+    return _module_result(q, device, "Linear weights int8 ahead of time; activations quantized per call")
 
 
-def _torchao_int8_weight(model, source):
+def _torchao_int8_weight(model, source, device):
     from torchao.quantization import Int8WeightOnlyConfig, quantize_  # optional package
 
-    q = copy.deepcopy(model)
+    q = _copy(model, device)
     quantize_(q, Int8WeightOnlyConfig())
-    return _module_result(q, "torchao: int8 weights, dequantized to fp32 inside each matmul")
+    return _module_result(q, device, "torchao: int8 weights, dequantized to fp32 inside each matmul")
 
 
 def _quanto(bits: int):
-    def apply(model, source):
+    def apply(model, source, device):
         from optimum.quanto import freeze, qint4, qint8, quantize  # optional package
 
-        q = copy.deepcopy(model)
+        q = _copy(model, device)
         quantize(q, weights=qint4 if bits == 4 else qint8)
         freeze(q)  # replace fp32 weights by their quantized form now, not at every forward
         notes = "optimum-quanto weight-only (use torch.no_grad, not inference_mode)"
-        return _module_result(q, notes)
+        return _module_result(q, device, notes)
 
     return apply
 
 
 def _bnb(kind: str):
-    def apply(model, source):
+    def apply(model, source, device):
+        # float parts and compute: fp32 on the CPU; on a GPU its native 16-bit float (fp16 on a T4, bf16 on Ampere+)
+        dtype = torch.float32 if device.type == "cpu" else precision.torch_dtype(precision.native_half(device))
         if kind == "int8":
             cfg = BitsAndBytesConfig(load_in_8bit=True)
         else:
-            cfg = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
+            cfg = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
         with tempfile.TemporaryDirectory() as tmp:  # bitsandbytes quantizes while loading a checkpoint
             model.save_pretrained(tmp)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                q = AutoModelForCausalLM.from_pretrained(tmp, quantization_config=cfg, device_map="cpu")
-        return _module_result(q, "bitsandbytes, quantized at load time")
+                q = AutoModelForCausalLM.from_pretrained(tmp, quantization_config=cfg, device_map=str(device),
+                                                         dtype=dtype)
+        where = "its CPU kernels" if device.type == "cpu" else f"its CUDA kernels, {precision.canonical(dtype)} compute"
+        return _module_result(q, device, f"bitsandbytes, quantized at load time; {where}")
 
     return apply
 
 
 def _ort(bits: int):
-    def apply(model, source):
+    def apply(model, source, device):
         import onnxruntime as ort  # optional package
 
         ids = torch.zeros(1, 8, dtype=torch.long)
-        graph = Graph(f"{source.replace('/', '--')}-quant", LogitsOnly(model).eval(), (ids,), ("input_ids",),
+        graph = Graph(f"{source.replace('/', '--')}-quant", LogitsOnly(_on_cpu(model)).eval(), (ids,), ("input_ids",),
                       {"input_ids": {0: "batch", 1: "seq"}})
         # the plain export: ORT's quantizers mistake opset 23's standard Attention op for their own
         # com.microsoft Attention and write an invalid QAttention node (seen with onnxruntime 1.32)
@@ -186,11 +205,11 @@ class _GenAILogits:
         return [self.built.logits(feeds["input_ids"].tolist())]
 
 
-def _genai(precision: str):
-    def apply(model, source):
-        path = genai_format.build_genai(models.checkpoint_dir(source), precision)
-        built = genai_format.load_genai(path, precision, threads=torch.get_num_threads())
-        notes = (f"ONNX Runtime GenAI: {precision} weights in MatMulNBits blocks of 32, int8 dot products, "
+def _genai(bits: str):
+    def apply(model, source, device):
+        path = genai_format.build_genai(models.checkpoint_dir(source), bits)
+        built = genai_format.load_genai(path, bits, threads=torch.get_num_threads())
+        notes = (f"ONNX Runtime GenAI: {bits} weights in MatMulNBits blocks of 32, int8 dot products, "
                  "KV cache kept in place, C++ decode loop")  # fmt: skip
         size = built.weight_bytes
         return QuantizedModel(None, _GenAILogits(built), size, size, notes, genai=built)
@@ -202,14 +221,14 @@ def _genai_covers(source: str) -> None:
     genai_format.check_available(models.get_config(source).model_type)
 
 
-def _gguf(model, source):
+def _gguf(model, source, device):
     # What runs is the GGUF dequantized by transformers (the registry's offline SmolLM2): fp32 weights on the Q4_1
     # grid, so its bytes and speed are fp32's. With the Hub's weights as `source`, it is loaded next to them.
-    dequantized = model if source == smollm2.NAME else models.load_model(smollm2.NAME, device="cpu")[0]
+    dequantized = _on_cpu(model) if source == smollm2.NAME else models.load_model(smollm2.NAME, device="cpu")[0]
     file_mib = smollm2.gguf_tensor_bytes() / 2**20
     notes = (f"the Q4_1 GGUF ({file_mib:.1f} MiB of tensors) dequantized to fp32 by transformers and run by PyTorch: "
              "bytes and speed of those fp32 weights; llama.cpp would run the 4-bit file itself")
-    return _module_result(dequantized, notes)
+    return _module_result(dequantized, device, notes)
 
 
 def _smollm2_only(source: str) -> None:
@@ -229,10 +248,10 @@ QUANTIZERS: dict[str, Quantizer] = {q.name: q for q in (
               _quanto(4), "optimum.quanto"),
     Quantizer("quanto-int8", "optimum-quanto", "Linear weights int8, math in fp32", ("cpu", "cuda"), _quanto(8),
               "optimum.quanto"),
-    Quantizer("bnb-int8", "bitsandbytes", "LLM.int8(): int8 weights, outliers kept in fp16", ("cpu", "cuda"),
+    Quantizer("bnb-int8", "bitsandbytes", "LLM.int8(): int8 weights, outlier columns in float", ("cpu", "cuda"),
               _bnb("int8"), "bitsandbytes"),
-    Quantizer("bnb-nf4", "bitsandbytes", "4-bit NormalFloat weights, fp32 compute", ("cpu", "cuda"), _bnb("nf4"),
-              "bitsandbytes"),
+    Quantizer("bnb-nf4", "bitsandbytes", "4-bit NormalFloat weights; compute in fp32 (CPU) or the GPU's 16-bit float",
+              ("cpu", "cuda"), _bnb("nf4"), "bitsandbytes"),
     Quantizer("ort-int8", "onnxruntime", "MatMul weights int8 in the ONNX graph, dynamic activations", ("cpu",),
               _ort(8), "onnxruntime"),
     Quantizer("ort-int4", "onnxruntime", "MatMul weights 4-bit in blocks of 32 (MatMulNBits)", ("cpu",), _ort(4),
@@ -253,13 +272,14 @@ def quantize(name: str, source: str = "smollm2-135m", device: str = "cpu", model
 
     Args:
         name: one of QUANTIZERS (e.g. "int8-dynamic", "ort-int4", "genai-int4", "gguf-q4_1").
-        source: the registered model name (the checkpoint ORT GenAI builds from; the model loaded when `model` is
-            None).
-        device: "cpu", "cuda", "cuda:N" or "auto"; float casts (fp32/fp16/bf16) are moved there.
-        model: the fp32 source model, already loaded on the CPU (each quantizer works on its own copy).
+        source: the registered model name (ORT GenAI builds from its checkpoint; loaded when `model` is None).
+        device: "cpu", "cuda", "cuda:N" or "auto": where the quantized weights are placed and computed with (one of
+            the quantizer's `devices`; `Quantizer.runs_on` picks the CPU for a CPU-only one).
+        model: the fp32 source model, on any device (each quantizer works on its own copy; the caller's model is
+            never moved or changed). None: loaded on the CPU.
     Returns:
-        a QuantizedModel: `model` (a transformers LM) or `session` (ONNX, forward only; `genai` for ORT GenAI),
-        stored and resident bytes, notes.
+        a QuantizedModel: `model` (a transformers LM on `device`) or `session` (ONNX, forward only; `genai` for ORT
+        GenAI), stored and resident bytes, notes, and `device`.
     Raises:
         ValueError: for an unknown quantizer or device string, naming the valid choices.
         Unavailable: before any work, when it cannot run here (`QuantizerUnavailable`: device, package, model;
@@ -271,10 +291,8 @@ def quantize(name: str, source: str = "smollm2-135m", device: str = "cpu", model
     dev = q.ensure_available(source, device)
     if model is None:
         model, _ = models.load_model(source, device="cpu")
-    result = q.apply(model, source)
-    result.name = name
-    if result.model is not None and dev.type != "cpu" and name in ("fp32", "fp16", "bf16"):
-        result.model.to(dev)
+    result = q.apply(model, source, dev)
+    result.name, result.device = name, dev
     return result
 
 

@@ -18,9 +18,18 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from labkit import measure
+from labkit import devices, measure
 from labkit.data import shakespeare
 from labkit.memory import model_state_bytes
+
+
+def place(model, device: str | torch.device | None = None) -> torch.device:
+    """`device` with its index, the model moved there in place (None: where the model is). ValueError for an unknown
+    device, naming the valid ones; CapabilityMissing for CUDA without a GPU."""
+    dev = devices.resolve(device if device is not None else next(model.parameters()).device)
+    if next(model.parameters()).device != dev:
+        model.to(dev)
+    return dev
 
 
 @dataclass(frozen=True)
@@ -126,10 +135,11 @@ def evaluate(model, batches: list[torch.Tensor]) -> float:
 
 @dataclass
 class TrainResult:
-    """What `train()` returns: the loss history and the training throughput (tokens per second)."""
+    """What `train()` returns: the loss history, the training throughput (tokens per second) and the device."""
 
     history: pd.DataFrame  # step, train_loss, val_loss (NaN between evals), seconds
     tokens_per_second: float
+    device: str = "cpu"  # where it trained: "cpu", "cuda:0"
 
     @property
     def first_val_loss(self) -> float:
@@ -148,25 +158,27 @@ def train(
     config: TrainConfig = TrainConfig(),
     on_eval: Callable[[pd.DataFrame], None] | None = None,
     progress: bool = True,
+    device: str | torch.device | None = None,
 ) -> TrainResult:
     """Train a causal LM on Shakespeare's training plays with AdamW and a warm-up + cosine schedule.
 
     Args:
-        model: a transformers causal LM (trained in place, on the device it is on).
+        model: a transformers causal LM (trained in place).
         tokenizer: its tokenizer (the corpus is tokenized once per split and cached).
         config: steps, batch size, sequence length, learning rate, evaluation cadence, seed.
         on_eval: called with the history so far (a DataFrame) after each evaluation, e.g. to update a live plot.
         progress: show a progress bar.
+        device: where to train ("cpu", "cuda", "cuda:N", "auto"; the model is moved there); None: where it is.
     Returns:
-        TrainResult: history (step, train_loss, val_loss with NaN between evaluations, seconds) and training
-        tokens per second. The model is left in eval mode.
+        TrainResult: history (step, train_loss, val_loss with NaN between evaluations, seconds), training
+        tokens per second and the device. The model is left in eval mode.
     """
     gen = torch.Generator().manual_seed(config.seed)
     train_tokens = token_stream("train", tokenizer, config.max_chars)
     val_tokens = token_stream("validation", tokenizer, config.max_chars)
-    val_batches = [get_batch(val_tokens, config.batch_size, config.seq_len, gen) for _ in range(config.eval_batches)]
-    device = next(model.parameters()).device
-    val_batches = [b.to(device) for b in val_batches]
+    device = place(model, device)
+    val_batches = [get_batch(val_tokens, config.batch_size, config.seq_len, gen).to(device)
+                   for _ in range(config.eval_batches)]
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=config.betas, weight_decay=0.1)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(config))
     rows = [{"step": 0, "train_loss": math.nan, "val_loss": evaluate(model, val_batches), "seconds": 0.0}]
@@ -182,8 +194,10 @@ def train(
         if on_eval and not math.isnan(row["val_loss"]):
             on_eval(pd.DataFrame(rows))
     model.eval()
+    measure.sync_device()
     elapsed = time.perf_counter() - start
-    return TrainResult(measure.results_frame(rows), config.steps * config.batch_size * config.seq_len / elapsed)
+    tokens_per_s = config.steps * config.batch_size * config.seq_len / elapsed
+    return TrainResult(measure.results_frame(rows, device=str(device)), tokens_per_s, str(device))
 
 
 def _warmup_cosine(config: TrainConfig) -> Callable[[int], float]:
@@ -210,24 +224,27 @@ def save_checkpoint(model, tokenizer, path: Path) -> Path:
 
 
 # --- training vs inference, measured -------------------------------------------------------
-def step_costs(model, tokenizer, batch_size: int = 8, seq_len: int = 128, repeat: int = 10) -> pd.DataFrame:
-    """Time and memory of one training step vs one inference step on the same batch.
-
-    The model's weights are restored afterwards, so measuring does not train it.
+def step_costs(model, tokenizer, batch_size: int = 8, seq_len: int = 128, repeat: int = 10,
+               device: str | torch.device | None = None) -> pd.DataFrame:
+    """Time and memory of one training step vs one inference step on the same batch, on one device. The model's
+    weights are restored afterwards, so measuring does not train it.
 
     Args:
         model: a transformers causal LM. tokenizer: its tokenizer (the batch comes from the validation plays).
-        batch_size, seq_len: the batch shape. repeat: timed runs per phase (after 2 warm-ups).
+        batch_size, seq_len: the batch shape. repeat: timed runs per phase (after 2 warm-ups; CUDA synchronised).
+        device: where to measure ("cpu", "cuda", "cuda:N", "auto"; the model is moved there); None: where it is.
     Returns:
-        DataFrame, one row per phase ("training step", "inference step"): median_ms, p90_ms, peak_step_MiB (tensor
-        memory allocated during one step), persistent_MiB and its parts (weights, gradients, optimizer state).
+        DataFrame, one row per phase ("training step", "inference step"): device, median_ms, p90_ms, peak_step_MiB
+        (memory allocated during one step: on CUDA `torch.cuda.max_memory_allocated` above the start, on the CPU
+        the tensor storages the step creates), persistent_MiB and its parts (weights, gradients, optimizer state).
+        attrs: batch_size, seq_len, device, peak_memory (which counter).
     Raises:
-        ValueError: batch_size or seq_len < 1.
+        ValueError: batch_size or seq_len < 1, or an unknown device.
     """
     if batch_size < 1 or seq_len < 1:
         raise ValueError(f"batch_size and seq_len must be >= 1, got {batch_size}, {seq_len}")
+    device = place(model, device)
     saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    device = next(model.parameters()).device
     batch = get_batch(token_stream("validation", tokenizer), batch_size, seq_len, torch.Generator().manual_seed(0))
     batch = batch.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
@@ -239,35 +256,38 @@ def step_costs(model, tokenizer, batch_size: int = 8, seq_len: int = 128, repeat
         rows = []
         for phase, fn in steps.items():
             stats = measure.benchmark(fn, warmup=2, repeat=repeat)  # warm-up also creates AdamW state
-            peak = measure.peak_memory(fn)
+            peak = measure.peak_memory(fn, device=device)
             persistent = model_state_bytes(model, optimizer if phase == "training step" else None)
             rows.append({
-                "phase": phase, "median_ms": stats.median * 1e3, "p90_ms": stats.p90 * 1e3,
-                "peak_step_MiB": peak.tensor_bytes / 2**20,
+                "phase": phase, "device": str(device), "median_ms": stats.median * 1e3, "p90_ms": stats.p90 * 1e3,
+                "peak_step_MiB": (peak.cuda_bytes if device.type == "cuda" else peak.tensor_bytes) / 2**20,
                 "persistent_MiB": sum(persistent.values()) / 2**20,
                 **{f"{k}_MiB": v / 2**20 for k, v in persistent.items()},
             })  # fmt: skip
     finally:
         model.load_state_dict(saved)
         model.eval()
-    return measure.results_frame(rows, batch_size=batch_size, seq_len=seq_len)
+    counter = "torch.cuda.max_memory_allocated" if device.type == "cuda" else "tensor storages created by the step"
+    return measure.results_frame(rows, batch_size=batch_size, seq_len=seq_len, device=str(device), peak_memory=counter)
 
 
 def batch_sweep(model, batch_sizes=(1, 2, 4, 8, 16, 32), seq_len: int = 64, repeat: int = 10,
-                progress: bool = True) -> pd.DataFrame:
+                progress: bool = True, device: str | torch.device | None = None) -> pd.DataFrame:
     """Inference latency and throughput over batch size: the serving trade-off in one table.
 
     Args:
         model: a transformers causal LM. batch_sizes: batch sizes to time (each >= 1).
         seq_len: tokens per sequence (random ids). repeat: timed forwards per batch size. progress: progress bar.
+        device: where to measure ("cpu", "cuda", "cuda:N", "auto"; the model is moved there); None: where it is.
     Returns:
-        DataFrame, one row per batch size: latency_ms (median), p90_ms, sequences_per_s, tokens_per_s.
+        DataFrame, one row per batch size: latency_ms (median), p90_ms, sequences_per_s, tokens_per_s; attrs
+        seq_len and device.
     Raises:
-        ValueError: an empty list or a batch size < 1.
+        ValueError: an empty list, a batch size < 1 or an unknown device.
     """
     if not batch_sizes or min(batch_sizes) < 1:
         raise ValueError(f"batch sizes must be >= 1, got {batch_sizes}")
-    device = next(model.parameters()).device
+    device = place(model, device)
     vocab = model.config.vocab_size
     rows = []
     for bs in tqdm(batch_sizes, desc="batch sweep", disable=not progress):
@@ -277,4 +297,4 @@ def batch_sweep(model, batch_sizes=(1, 2, 4, 8, 16, 32), seq_len: int = 64, repe
             "batch_size": bs, "latency_ms": stats.median * 1e3, "p90_ms": stats.p90 * 1e3,
             "sequences_per_s": bs / stats.median, "tokens_per_s": bs * seq_len / stats.median,
         })  # fmt: skip
-    return measure.results_frame(rows, seq_len=seq_len)
+    return measure.results_frame(rows, seq_len=seq_len, device=str(device))

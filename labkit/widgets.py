@@ -1,7 +1,7 @@
 """The pattern every lab uses: a plain typed function, wrapped in controls for live exploration.
 
-    def measure_batch(model: str = "tiny-bloom", batch: int = 8) -> Result: ...
-    panel(measure_batch, model=["tiny-bloom", "tiny-llama"], batch=(1, 64))
+    def measure_batch(model: str = "tiny-bloom", batch: int = 8, device: str = "cpu") -> Result: ...
+    panel(measure_batch, model=["tiny-bloom", "tiny-llama"], batch=(1, 64), device=fixed(dev.device))
 
 Headless (papermill, tests) you call the function directly and errors raise. In the UI an error is
 shown in red inside the panel and logged, so a bad setting does not kill the notebook.
@@ -21,6 +21,7 @@ import ipywidgets as w
 from IPython.display import display
 
 log = logging.getLogger("labkit.widgets")
+fixed = w.fixed  # an argument passed as it is, with no control: `panel(fn, device=fixed(dev.device))`
 
 
 def show_result(result: Any) -> None:
@@ -86,12 +87,13 @@ def panel(fn: Callable[..., Any], run_label: str = "Run", auto: bool = False, **
         fn: the function to call with the controls' values; what it returns (a figure, a table, a `Measured`)
             is shown in the output area. An exception is shown there too, not raised (test `fn` itself).
         run_label: the button's text. auto: rerun on every change instead of waiting for the button.
-        **controls: argument name -> a (min, max[, step]) tuple (slider), a list (dropdown), a bool (checkbox)
-            or a str (text box).
+        **controls: argument name -> a (min, max[, step]) tuple (slider), a list (dropdown), a bool (checkbox),
+            a str (text box), or `fixed(value)`: passed on every run, no control (e.g. the lab's device).
     Returns:
         the ipywidgets VBox (controls, button, output).
     """
-    widgets = {name: _control(name, spec) for name, spec in controls.items()}
+    pinned = {name: spec.value for name, spec in controls.items() if isinstance(spec, fixed)}
+    widgets = {name: _control(name, spec) for name, spec in controls.items() if name not in pinned}
     defaults = inspect.signature(fn).parameters
     for name, control in widgets.items():  # sliders and dropdowns start at the function's own default
         default = defaults[name].default if name in defaults else inspect.Parameter.empty
@@ -105,7 +107,7 @@ def panel(fn: Callable[..., Any], run_label: str = "Run", auto: bool = False, **
     def run(*_):
         button.disabled = True
         try:
-            panel_box.last_result = run_safely(fn, out, **{k: c.value for k, c in widgets.items()})
+            panel_box.last_result = run_safely(fn, out, **pinned, **{k: c.value for k, c in widgets.items()})
         finally:
             button.disabled = False
 

@@ -26,7 +26,8 @@
 # This notebook checks your machine, shows the map of the labs and takes a first measurement.
 
 # %%
-# Setup. Locally `make lab` installed everything; on Colab this cell installs the lab first.
+# Setup. Locally `make lab` installed everything; on Colab this cell installs the lab first (on a GPU
+# runtime too: Runtime → Change runtime type → T4 GPU; DEVICE="auto" then measures that GPU).
 import sys
 
 if "google.colab" in sys.modules:  # pragma: no cover - only on Colab
@@ -34,6 +35,9 @@ if "google.colab" in sys.modules:  # pragma: no cover - only on Colab
     # %pip install -q -e "/content/inference-lab[engines,quant]"
     # !labkit prepare
     sys.path.insert(0, "/content/inference-lab")
+    from labkit.colab import setup_colab  # widgets on Colab; on a GPU runtime, the CUDA builds
+
+    print("\n".join(setup_colab()))
 assert sys.version_info >= (3, 11), f"Inference Lab needs Python 3.11+, this is {sys.version}"
 
 import labkit
@@ -42,12 +46,19 @@ labkit.setup()
 
 # %% tags=["parameters"]
 SMOKE = False  # True: small sizes for a quick headless run (tests, `labkit run-labs --smoke`)
-BANDWIDTH_MIB = 512  # buffer for the memory-bandwidth probe: larger than any CPU cache
+BANDWIDTH_MIB = 512  # buffer for the memory-bandwidth probe: larger than any CPU cache (a GPU reads at least 1 GiB)
 REPEAT = 30  # timed repeats per benchmark
+DEVICE = "auto"  # "auto": the GPU when there is one, else the CPU; or "cpu", "cuda", "cuda:N"
 
 # %%
 if SMOKE:
     BANDWIDTH_MIB, REPEAT = 256, 10
+
+# %%
+from labkit import devices
+
+dev = devices.choose(DEVICE)  # a bad DEVICE fails here, naming the valid choices
+print(dev.summary())
 
 # %% [markdown]
 # ## 1. What does this machine have?
@@ -103,23 +114,49 @@ available_labs
 # ## 3. A first measurement: memory bandwidth
 #
 # Generating one token of a large language model reads every weight once, so on most machines the
-# speed of an LLM is set by how fast memory can be read, not by arithmetic. Measure it here: the
-# time of a matrix-vector product (what a decode step is made of) over a matrix far larger than the CPU caches.
-# The bound it gives holds only for the device whose memory was read, so every row names that device
-# (a GPU, when there is one, gets its own row).
+# speed of an LLM is set by how fast memory can be read, not by arithmetic. Measure it here, on the
+# device chosen above: the time of a matrix-vector product (what a decode step is made of) over a matrix far
+# larger than the device's caches. The bound it gives holds only for the device whose memory was read, so
+# every row names that device.
 
 # %%
-from labkit import models
+from labkit import models, precision
 from labkit.experiments import roofline
 
-bounds = roofline.batch1_bounds("smollm2-135m", precisions=("fp32",), size_mib=BANDWIDTH_MIB)
-cpu = bounds[bounds.device == "cpu"].iloc[0]
-bandwidth = cpu.read_GBps  # GB/s of this CPU's memory (the exercise below uses it)
+from labkit import measure
+
+bounds = roofline.batch1_bounds("smollm2-135m", precisions=("fp32", dev.half), devices=[dev.device],
+                                size_mib=max(BANDWIDTH_MIB, measure.DEFAULT_BANDWIDTH_MIB[dev.type]))
+here = bounds.set_index("precision").loc["fp32"]
+bandwidth = here.read_GBps  # GB/s of this device's memory (the exercise below uses it)
 for row in bounds.itertuples():
     print(f"read bandwidth {row.read_GBps:.1f} GB/s, measured on {row.measured_on} ({row.device}): a decoder with "
-          f"{row.weights_GB:.2f} GB of fp32 weights (SmolLM2-135M) there produces at most {row.bound_tok_s:.0f} "
-          "tokens/s at batch 1 (lab 07 checks this bound)")
+          f"{row.weights_GB:.2f} GB of {row.precision} weights (SmolLM2-135M) there produces at most "
+          f"{row.bound_tok_s:.0f} tokens/s at batch 1 (lab 07 checks this bound)")
 bounds.round(2)
+
+# %% [markdown]
+# ## 3b. The other limit: arithmetic, and the ridge point
+#
+# A product of two $n \times n$ matrices does $2n^3$ FLOPs on $3n^2$ values: enough arithmetic per byte that
+# its time is set by the multipliers, not by memory. Timed in fp32 and in this device's half-precision float
+# (`dev.half`; on a GPU that product runs on the tensor cores), it gives the device's FLOP/s. Divided by the
+# bandwidth above it gives the **ridge point**: the FLOPs a kernel must do per byte it reads before arithmetic,
+# not memory, limits it. A decode step does two FLOPs per weight and sequence, so it reaches the ridge only at
+# a batch of $\text{ridge} \times \text{bytes per weight} / 2$ sequences (lab 07 measures where it really turns).
+
+# %%
+measured_bw = measure.Bandwidth(bandwidth, here.device, here.measured_on)  # section 3's number, with its device
+limits = roofline.machine_limits(bandwidth_gbps=measured_bw, device=dev.device, half=dev.half, repeat=REPEAT // 3)
+compute = pd.DataFrame([
+    {"precision": p, "GFLOP/s": flops / 1e9, "ridge FLOP/byte": ridge,
+     "decode batch at the ridge": ridge * precision.bytes_per_value(p) / 2}
+    for p, flops, ridge in (("fp32", limits["flops"], limits["ridge_flop_per_byte"]),
+                            (limits["half"], limits["flops_half"], limits["ridge_half_flop_per_byte"]))])
+compute.attrs["measured_on"] = limits["measured_on"]
+print(f"measured on {limits['measured_on']} ({limits['device']}): {bandwidth:.1f} GB/s read; fp32 matmul "
+      f"{limits['flops'] / 1e9:.0f} GFLOP/s, {limits['half']} matmul {limits['flops_half'] / 1e9:.0f} GFLOP/s")
+compute.round(1)
 
 # %% [markdown]
 # ## 4. Latency is a distribution, not a number
@@ -139,7 +176,8 @@ bounds.round(2)
 # %%
 from labkit.experiments import training_vs_inference
 
-latency = training_vs_inference.forward_latency("tiny-bloom", batch_size=1, seq_len=32, repeat=REPEAT)
+latency = training_vs_inference.forward_latency("tiny-bloom", batch_size=1, seq_len=32, repeat=REPEAT,
+                                               loaded=models.load_cached("tiny-bloom", device=dev.device))
 ms = latency.table.iloc[0].to_dict()  # statistics in milliseconds
 latency.table.round(3)
 
@@ -153,19 +191,35 @@ latency.figure
 # %%
 from labkit import widgets
 
-widgets.panel(training_vs_inference.forward_latency, model=training_vs_inference.TINY_MODELS, batch_size=(1, 64), seq_len=(8, 512, 8), repeat=(5, 100))
+widgets.panel(training_vs_inference.forward_latency, model=training_vs_inference.TINY_MODELS, batch_size=(1, 64), seq_len=(8, 512, 8), repeat=(5, 100),
+              device=widgets.fixed(dev.device))
 
 # %% [markdown]
 # ## What theory predicts vs what you measured
 #
 # * **Theory:** batch-1 decoding of a model with *W* bytes of weights cannot beat bandwidth / *W*
 #   tokens per second. **Measured:** the bound printed in section 3, for the device named there.
+# * **Theory:** a half-precision float halves the bytes and, where the hardware multiplies it natively (a GPU's
+#   tensor cores, a CPU's AMX or AVX-512 BF16), multiplies faster than fp32. **Measured:** the table below.
 # * **Theory:** repeated runs of the same computation should take the same time. **Measured:** the
 #   spread between median and p99 below — caused by caches, the OS scheduler and frequency scaling.
 
 # %%
+pd.DataFrame([
+    {"quantity": "batch-1 bound, fp32 (tokens/s)", "theory": "bandwidth ÷ fp32 weight bytes",
+     "measured": here.bound_tok_s},
+    {"quantity": f"{limits['half']} ÷ fp32 weight bytes", "theory": 0.5,
+     "measured": bounds.set_index("precision").weights_GB[dev.half] / here.weights_GB},
+    {"quantity": f"{limits['half']} ÷ fp32 matmul FLOP/s", "theory": "> 1 where 16-bit is native",
+     "measured": limits["flops_half"] / limits["flops"]},
+    {"quantity": "ridge point, fp32 (FLOP/byte)", "theory": "FLOP/s ÷ bytes/s",
+     "measured": limits["ridge_flop_per_byte"]},
+], columns=["quantity", "theory", "measured"]).set_index("quantity").round(2)
+
+# %%
 spread = ms["p99"] / ms["median"]
-print(f"p99 / median = {spread:.2f}: the slowest 1 % of calls take {100 * (spread - 1):.0f} % longer than a typical one")
+print(f"on {dev.label}: p99 / median = {spread:.2f}: the slowest 1 % of calls take {100 * (spread - 1):.0f} % "
+      "longer than a typical one")
 
 # %% [markdown]
 # ## How to run the labs elsewhere
@@ -179,24 +233,32 @@ print(f"p99 / median = {spread:.2f}: the slowest 1 % of calls take {100 * (sprea
 #   reports to `reports/`.
 #
 # ### Exercise
-# This CPU's batch-1 bound for SmolLM2 in **bfloat16** (half the bytes): what is it? Put your
-# number in `answer` and run the cell.
+# This device's batch-1 bound for SmolLM2 in its **16-bit float** (`dev.half`, half the bytes): what is it?
+# Put your number in `answer` and run the cell.
 
 # %%
 answer = None  # tokens/s
-bf16_bound = bandwidth / (models.estimate_memory("smollm2-135m", "bfloat16").bytes / 1e9)
+half_bound = bandwidth / (models.estimate_memory("smollm2-135m", dev.half).bytes / 1e9)
 if answer is not None:
-    print("✓ right" if abs(answer - bf16_bound) / bf16_bound < 0.05 else f"✗ not quite — it is {bf16_bound:.0f} tokens/s")
+    print("✓ right" if abs(answer - half_bound) / half_bound < 0.05 else f"✗ not quite — it is {half_bound:.0f} tokens/s")
 
 # %%
 run.record({
     "cpu": hw.cpu_model,
     "logical_cores": hw.logical_cores,
     "cuda": hw.cuda_available,
+    **dev.to_dict(),
     "bandwidth_GBps": bandwidth,
-    "bandwidth_measured_on": cpu.measured_on,
-    "bandwidth_devices": bounds.device.tolist(),
-    "smollm2_fp32_bound_tok_s": cpu.bound_tok_s,
+    "bandwidth_measured_on": here.measured_on,
+    "bandwidth_devices": sorted(set(bounds.device)),
+    "smollm2_fp32_bound_tok_s": here.bound_tok_s,
+    "smollm2_half_bound_tok_s": bounds.set_index("precision").bound_tok_s[dev.half],
+    "flops_fp32": limits["flops"],
+    "flops_half": limits["flops_half"],
+    "flops_half_precision": limits["half"],
+    "flops_measured_on": limits["flops"].device,
+    "ridge_flop_per_byte": limits["ridge_flop_per_byte"],
+    "ridge_half_flop_per_byte": limits["ridge_half_flop_per_byte"],
     "labs_available": available_labs,
     "tiny_bloom_forward_median_ms": ms["median"],
     "tiny_bloom_forward_p99_ms": ms["p99"],

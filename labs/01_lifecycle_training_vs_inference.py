@@ -28,7 +28,8 @@
 # what a training step costs next to an inference step.
 
 # %%
-# Setup. Locally `make lab` installed everything; on Colab this cell installs the lab first.
+# Setup. Locally `make lab` installed everything; on Colab this cell installs the lab first (on a GPU
+# runtime too: Runtime → Change runtime type → T4 GPU; DEVICE="auto" then measures that GPU).
 import sys
 
 if "google.colab" in sys.modules:  # pragma: no cover - only on Colab
@@ -36,6 +37,9 @@ if "google.colab" in sys.modules:  # pragma: no cover - only on Colab
     # %pip install -q -e "/content/inference-lab[engines,quant]"
     # !labkit prepare
     sys.path.insert(0, "/content/inference-lab")
+    from labkit.colab import setup_colab  # widgets on Colab; on a GPU runtime, the CUDA builds
+
+    print("\n".join(setup_colab()))
 assert sys.version_info >= (3, 11), f"Inference Lab needs Python 3.11+, this is {sys.version}"
 
 import labkit
@@ -52,11 +56,18 @@ EVAL_EVERY = 50  # steps between validation-loss checks
 MAX_CHARS = None  # cut the corpus (None: all the training plays)
 SWEEP_BATCHES = [1, 2, 4, 8, 16, 32, 64]  # inference batch sizes to time
 REPEAT = 10  # timed repeats per measurement
+DEVICE = "auto"  # "auto": the GPU when there is one, else the CPU; or "cpu", "cuda", "cuda:N"
 
 # %%
 if SMOKE:
     TRAIN_STEPS, BATCH_SIZE, SEQ_LEN, EVAL_EVERY, MAX_CHARS = 260, 8, 64, 65, 1_500_000
     SWEEP_BATCHES, REPEAT = [1, 4, 16, 32], 5
+
+# %%
+from labkit import devices
+
+dev = devices.choose(DEVICE)  # a bad DEVICE fails here, naming the valid choices
+print(dev.summary())
 
 # %% [markdown]
 # ## 1. The data: Shakespeare, split by play
@@ -83,7 +94,7 @@ pd.DataFrame([{"split": s, "plays": len(data.split_plays(s)), "characters": len(
 from labkit import models
 from labkit.models import specs
 
-model, tokenizer = models.load_model("tiny-bloom", device="cpu")
+model, tokenizer = models.load_model("tiny-bloom", device=dev.device)
 estimate = models.estimate_memory("tiny-bloom")
 print(f"{model.config.n_layer} layers of width {model.config.hidden_size}, vocabulary {model.config.vocab_size}: "
       f"{estimate.params:,} parameters = {estimate.bytes / 2**20:.1f} MiB in {estimate.dtype}")
@@ -127,10 +138,11 @@ def loss_figure(history):
 live = plots.LiveFigure(loss_figure(pd.DataFrame({"step": [], "train_loss": [], "val_loss": []})))
 
 
-result = training.train(model, tokenizer, config, on_eval=lambda history: live.update(loss_figure(history)))
+result = training.train(model, tokenizer, config, on_eval=lambda history: live.update(loss_figure(history)),
+                        device=dev.device)
 drop = 1 - result.final_val_loss / result.first_val_loss
 print(f"validation loss {result.first_val_loss:.2f} → {result.final_val_loss:.2f} ({100 * drop:.0f} % lower), "
-      f"{result.tokens_per_second:,.0f} training tokens/s")
+      f"{result.tokens_per_second:,.0f} training tokens/s on {result.device}")
 
 # %%
 after = sample(model)
@@ -147,7 +159,7 @@ from labkit.cache import cache_dir
 
 checkpoint = models.shakespeare_checkpoint_dir() if not SMOKE else cache_dir("lab01-smoke")
 training.save_checkpoint(model, tokenizer, checkpoint)
-served, served_tokenizer = models.load_model(str(checkpoint), device="cpu")
+served, served_tokenizer = models.load_model(str(checkpoint), device=dev.device)
 same = all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), served.state_dict().values()))
 print(f"saved to {checkpoint}; reloaded weights identical: {same}")
 print("Served answer:\n" + PROMPT + sample(served))
@@ -159,13 +171,15 @@ print("Served answer:\n" + PROMPT + sample(served))
 # computes a gradient for every weight and updates AdamW's two moment buffers. Inference runs the
 # forward pass with `torch.no_grad()` and frees each activation as soon as the next layer has used it.
 #
-# *peak_step_MiB* is the peak of new tensor memory during the step; *persistent_MiB* is what stays
-# allocated between steps (weights, and for training the optimizer state).
+# *peak_step_MiB* is the peak of new tensor memory during the step (on a GPU: what
+# `torch.cuda.max_memory_allocated` adds during it); *persistent_MiB* is what stays allocated between steps
+# (weights, and for training the optimizer state). Both steps run on the same device, the lab's.
 
 # %%
 from labkit.experiments import training_vs_inference
 
-steps = training_vs_inference.compare_steps(batch_size=BATCH_SIZE, seq_len=SEQ_LEN, repeat=REPEAT, loaded=(model, tokenizer))
+steps = training_vs_inference.compare_steps(batch_size=BATCH_SIZE, seq_len=SEQ_LEN, repeat=REPEAT, loaded=(model, tokenizer),
+                                           device=dev.device)
 costs = steps.table
 costs.round(2)
 
@@ -179,7 +193,8 @@ steps.figure
 # machine is compute-bound. Meanwhile each request waits for the whole batch: latency climbs too.
 
 # %%
-tradeoff = training_vs_inference.batch_tradeoff(batch_sizes=SWEEP_BATCHES, seq_len=SEQ_LEN, repeat=REPEAT, loaded=(model, tokenizer))
+tradeoff = training_vs_inference.batch_tradeoff(batch_sizes=SWEEP_BATCHES, seq_len=SEQ_LEN, repeat=REPEAT, loaded=(model, tokenizer),
+                                                device=dev.device)
 sweep = tradeoff.table
 sweep.round(2)
 
@@ -214,7 +229,8 @@ print(f"* Theory: throughput rises with batch size until compute-bound, latency 
 # %%
 from labkit import widgets
 
-widgets.panel(training_vs_inference.compare_steps, model=training_vs_inference.TINY_MODELS, batch_size=(1, 64), seq_len=(16, 512, 16), repeat=(3, 30))
+widgets.panel(training_vs_inference.compare_steps, model=training_vs_inference.TINY_MODELS, batch_size=(1, 64), seq_len=(16, 512, 16), repeat=(3, 30),
+              device=widgets.fixed(dev.device))
 
 # %% [markdown]
 # ## Exercises
@@ -252,5 +268,10 @@ run.record({
     "sweep_batch_sizes": sweep.batch_size.tolist(),
     "sweep_sequences_per_s": sweep.sequences_per_s.tolist(),
     "sweep_latency_ms": sweep.latency_ms.tolist(),
+    "train_device": result.device,
+    "steps_devices": costs.device.tolist(),
+    "sweep_device": sweep.attrs["device"],
+    "peak_memory_counter": costs.attrs["peak_memory"],
     "hardware": costs.attrs["hardware"],
+    **dev.to_dict(),
 })

@@ -27,7 +27,7 @@
 # | queue | one bounded queue per model version (`labkit.serving.engine`) | absorb bursts; full → `429 Retry-After` instead of unbounded waiting |
 # | scheduler | `labkit.serving.policies` | decide which requests run together on the model (lab 12 compares them) |
 # | model repository | `labkit.serving.repository` | load / unload named models and versions, route traffic, canary, roll back |
-# | backend | PyTorch in one worker thread | the model itself (labs 03–05 make it faster) |
+# | backend | PyTorch in one worker thread, on the lab's `DEVICE` | the model itself (labs 03–05 make it faster) |
 # | metrics | `GET /metrics` (Prometheus text) | queue depth, batch size, requests by status, TTFT / per-token / end-to-end latency |
 #
 # In this lab you start that system from the notebook, send it real HTTP requests, read its
@@ -35,7 +35,8 @@
 # to a share of the traffic, and let a rule computed from the data promote it or roll it back.
 
 # %%
-# Setup. Locally `make lab` installed everything; on Colab this cell installs the lab first.
+# Setup. Locally `make lab` installed everything; on Colab this cell installs the lab first (on a GPU
+# runtime too: Runtime → Change runtime type → T4 GPU; DEVICE="auto" then measures that GPU).
 import sys
 
 if "google.colab" in sys.modules:  # pragma: no cover - only on Colab
@@ -43,6 +44,9 @@ if "google.colab" in sys.modules:  # pragma: no cover - only on Colab
     # %pip install -q -e "/content/inference-lab[serve]"
     # !labkit prepare
     sys.path.insert(0, "/content/inference-lab")
+    from labkit.colab import setup_colab  # widgets on Colab; on a GPU runtime, the CUDA builds
+
+    print("\n".join(setup_colab()))
 assert sys.version_info >= (3, 11), f"Inference Lab needs Python 3.11+, this is {sys.version}"
 
 import labkit
@@ -51,6 +55,7 @@ labkit.setup()
 
 # %% tags=["parameters"]
 SMOKE = False  # True: small sizes for a quick headless run
+DEVICE = "auto"  # "auto": the GPU when there is one, else the CPU; or "cpu", "cuda", "cuda:N"
 MODEL = "smollm2-135m"
 PROMPT = "What is the capital of France?"
 CANARY_SHARE = 0.2
@@ -79,17 +84,24 @@ import torch
 if TORCH_THREADS:  # on a busy 2-core machine one thread avoids OpenMP spin-waits on tiny models
     torch.set_num_threads(TORCH_THREADS)
 
+# %%
+from labkit import devices
+
+dev = devices.choose(DEVICE)  # a bad DEVICE fails here, naming the valid choices
+print(dev.summary())
+
 # %% [markdown]
 # ## 1. The model repository
 #
 # Clients ask for a *name* (`"assistant"`); the repository maps it to a loaded *version*. The first
-# version loaded is the stable one. Each version gets its own queue and engine (one worker thread that owns the model).
+# version loaded is the stable one. Each version gets its own queue and engine (one worker thread that owns the model),
+# and computes on the repository's device (`device=`; `labkit serve --device` on the command line).
 
 # %%
 from labkit.serving.repository import ModelRepository
 
 MAX_BATCH, MAX_QUEUE = 4, 8
-repo = ModelRepository(scheduler="continuous", max_batch=MAX_BATCH, max_queue=MAX_QUEUE)
+repo = ModelRepository(scheduler="continuous", max_batch=MAX_BATCH, max_queue=MAX_QUEUE, device=dev.device)
 repo.load("assistant", "v1", source=MODEL)
 repo.table()
 
@@ -221,7 +233,8 @@ little.figure
 #
 # ## 6. Canary release: a decision from the data
 #
-# Version `v2` is the same model in bf16 (bfloat16): half the memory — is it as good, as fast? Rather than
+# Version `v2` is the same model in this device's half-precision float (`dev.half`: bf16 on CPUs and recent GPUs,
+# fp16 on older ones such as the T4): half the memory — is it as good, as fast? Rather than
 # switching everyone at once, send it a **canary** share of the traffic and compare. The rule that
 # decides was fixed with the parameters, before anything is measured:
 
@@ -229,13 +242,14 @@ little.figure
 print(f"promote v2 if (1) it answered >= {MIN_CANARY_REQUESTS} canary requests, (2) its greedy tokens agree with v1's "
       f"on >= {MIN_AGREEMENT:.0%} of the positions of {len(AGREEMENT_PROMPTS)} prompts (prefix agreement) and (3) its "
       f"median TTFT under the canary's traffic is <= {MAX_TTFT_RATIO:g} × v1's; otherwise roll back")
-repo.load("assistant", "v2", source=MODEL, dtype="bf16")
+repo.load("assistant", "v2", source=MODEL, dtype=dev.half)
 repo.set_canary("assistant", "v2", CANARY_SHARE)
 before = metrics.parse(client.get("/metrics").text)
 canary = run_load(server.url, "assistant", [PROMPT], clients=4, requests=CANARY_REQUESTS, max_tokens=MAX_TOKENS)
 per_version = canary.records.groupby("version").agg(requests=("index", "size"), ttft_p50_s=("ttft_s", "median"),
                                                     e2e_p50_s=("e2e_s", "median"), tokens=("tokens", "sum"))
 per_version["share"] = per_version.requests / per_version.requests.sum()
+served_on = repo.table().set_index("version").device.to_dict()  # where each version computed (its model's device)
 per_version
 
 # %%
@@ -319,7 +333,10 @@ print("health after stop:", "server closed")
 from labkit.notebook import run
 
 run.record({
+    **dev.to_dict(),
     "model": MODEL,
+    "served_on": served_on,
+    "canary_dtype": dev.half,
     "first_reply_status": reply.status_code,
     "stream_pieces": len(pieces),
     "refusal_statuses": refusals.set_index("request").status.to_dict(),

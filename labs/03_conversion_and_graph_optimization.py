@@ -30,7 +30,8 @@
 # ONNX Runtime's optimisation levels change.
 
 # %%
-# Setup. Locally `make lab` installed everything; on Colab this cell installs the lab first.
+# Setup. Locally `make lab` installed everything; on Colab this cell installs the lab first (on a GPU
+# runtime too: Runtime → Change runtime type → T4 GPU; DEVICE="auto" then measures that GPU).
 import sys
 
 if "google.colab" in sys.modules:  # pragma: no cover - only on Colab
@@ -38,6 +39,9 @@ if "google.colab" in sys.modules:  # pragma: no cover - only on Colab
     # %pip install -q -e "/content/inference-lab[engines,quant]"
     # !labkit prepare
     sys.path.insert(0, "/content/inference-lab")
+    from labkit.colab import setup_colab  # widgets on Colab; on a GPU runtime, the CUDA builds
+
+    print("\n".join(setup_colab()))
 assert sys.version_info >= (3, 11), f"Inference Lab needs Python 3.11+, this is {sys.version}"
 
 import labkit
@@ -49,12 +53,22 @@ SMOKE = False  # True: small sizes for a quick headless run
 WORKLOADS = ["tiny-bloom", "digits-cnn", "smollm2-135m"]  # SmolLM2's first ONNX export is slow: see `seconds` below
 REPEAT = 100  # timed runs per engine in section 7, after warm-up
 ROUNDS = 5  # engines take turns this many times (drift lands on all alike)
+DEVICE = "auto"  # "auto": the GPU when there is one, else the CPU; or "cpu", "cuda", "cuda:N"
 
 # %%
 if SMOKE:
     WORKLOADS = ["tiny-bloom", "digits-cnn"]
     REPEAT = 30
     ROUNDS = 2
+
+# %%
+from labkit import devices
+
+dev = devices.choose(DEVICE)  # a bad DEVICE fails here, naming the valid choices
+print(dev.summary())
+if dev.is_cuda:
+    print(f"Export, conversion and graph optimisation (sections 1-6) run on the CPU on purpose: an ONNX file is the same "
+          f"whatever device runs it later; section 7 times the engines on {dev.label}.")
 
 # %% [markdown]
 # ## 1. Frontends: one model, three formats
@@ -210,6 +224,8 @@ transformer_ops
 #
 # Two questions: how much smaller is the graph ONNX Runtime runs, and is the speed-up the runtime's
 # fused kernel or just the rewrite? The last row answers the second: eager running the patched forward.
+# All rows run on one device, eager included: the lab's, when ONNX Runtime can run there (on a GPU: its CUDA
+# provider, from `onnxruntime-gpu`), else the CPU — the cell says which.
 
 # %%
 import onnx
@@ -230,12 +246,14 @@ attention_table
 # %%
 from labkit.experiments import engine_comparison
 
+attention_device, note = engine_comparison.device_for("onnxruntime", dev.device)
+print(note or f"timed on {dev.label}")
 attention_runs = engine_comparison.compare_variants("tiny-bloom", {
     "ORT, plain export": ("onnxruntime", {"fused_attention": False}),
-    "ORT, fused attention": ("onnxruntime", {}),
+    "ORT, fused attention": ("onnxruntime", {"fused_attention": True}),
     "eager, patched forward": ("torch-eager", {"export_patches": True}),
-}, batch_size=1, seq_len=32, threads=2, repeat=REPEAT, rounds=ROUNDS)
-attention_runs.table[["variant", "provider", "median_ms", "p90_ms", "speedup_vs_eager", "relative_diff"]].round(4)
+}, batch_size=1, seq_len=32, threads=2, repeat=REPEAT, rounds=ROUNDS, device=attention_device)
+attention_runs.table[["variant", "device", "provider", "median_ms", "p90_ms", "speedup_vs_eager", "relative_diff"]].round(4)
 
 # %%
 attention_runs.figure
@@ -313,5 +331,8 @@ run.record({
     "attention_nodes": {k: int(v) for k, v in attention_table.loc["Attention nodes"].items()},
     "nodes_after_all": {k: int(v) for k, v in attention_table.loc["nodes after ORT all"].items()},
     "attention_speedups": {k: float(v) for k, v in speed.items()},
+    "attention_device": str(attention_device),
+    "attention_rows": attention_runs.table[["variant", "engine", "device", "provider"]].to_dict("records"),
     "attention_max_relative_diff": float(attention_runs.table.relative_diff.max()),
+    **dev.to_dict(),
 })

@@ -33,7 +33,8 @@
 # something else would stop the lab with the numbers.
 
 # %%
-# Setup. Locally `make lab` installed everything; on Colab this cell installs the lab first.
+# Setup. Locally `make lab` installed everything; on Colab this cell installs the lab first (on a GPU
+# runtime too: Runtime → Change runtime type → T4 GPU; DEVICE="auto" then measures that GPU).
 import sys
 
 if "google.colab" in sys.modules:  # pragma: no cover - only on Colab
@@ -41,6 +42,9 @@ if "google.colab" in sys.modules:  # pragma: no cover - only on Colab
     # %pip install -q -e "/content/inference-lab[engines,quant]"
     # !labkit prepare
     sys.path.insert(0, "/content/inference-lab")
+    from labkit.colab import setup_colab  # widgets on Colab; on a GPU runtime, the CUDA builds
+
+    print("\n".join(setup_colab(onnxruntime_gpu=True)))
 assert sys.version_info >= (3, 11), f"Inference Lab needs Python 3.11+, this is {sys.version}"
 
 import labkit
@@ -55,28 +59,39 @@ SEQ_LENS = [32, 128]
 THREADS = [1, 2]
 REPEAT = 20  # timed runs per measurement, after warm-up
 ROUNDS = 5  # engines take turns this many times (drift lands on all alike)
+DEVICE = "auto"  # "auto": the GPU when there is one, else the CPU; or "cpu", "cuda", "cuda:N"
 
 # %%
 if SMOKE:
     WORKLOADS, BATCH_SIZES, SEQ_LENS, THREADS, REPEAT = ["tiny-bloom", "digits-cnn"], [1], [32], [1, 2], 10
     ROUNDS = 2
 
+# %%
+from labkit import devices
+
+dev = devices.choose(DEVICE)  # a bad DEVICE fails here, naming the valid choices
+print(dev.summary())
+
 # %% [markdown]
 # ## 1. Which engines run here?
 #
-# Engines that cannot run on this machine stay in every table with the reason.
+# Engines that cannot run on the lab's device stay in every table with the reason: OpenVINO's plugin here is the
+# CPU's, TensorRT needs an NVIDIA GPU, and ONNX Runtime runs on a GPU only through the CUDA provider of the
+# `onnxruntime-gpu` build.
 
 # %%
 from labkit import engines
 from labkit.experiments import engine_comparison
 
-engines.engine_table()
+engines.engine_table(dev.device)
 
 # %% [markdown]
 # ## 2. Latency and speed-up over eager
 #
-# For each model: every engine at every shape, with the default 2 threads. Speed-up = eager's
-# median latency ÷ the engine's, at the same shape.
+# For each model: every engine at every shape, with the default 2 threads, all on the lab's device. Speed-up =
+# eager's median latency ÷ the engine's, at the same shape **and on the same device**: on a GPU, the baseline is
+# GPU eager. Every engine takes its inputs from the host and returns its output to it, so on a GPU each call
+# includes the same two copies (and waits for the GPU's kernels to finish).
 #
 # A shared machine speeds up and slows down while you measure. So all engines of one shape are prepared
 # first and then timed in alternating rounds (`measure.benchmark_rounds`): a slow patch of time hits
@@ -90,9 +105,10 @@ import pandas as pd
 results = {}
 for workload in WORKLOADS:
     batches = BATCH_SIZES if workload != "smollm2-135m" else BATCH_SIZES[:2]
-    results[workload] = engine_comparison.compare_engines(workload, batch_sizes=batches, seq_lens=SEQ_LENS, threads=(2,), repeat=REPEAT, rounds=ROUNDS)
+    results[workload] = engine_comparison.compare_engines(workload, batch_sizes=batches, seq_lens=SEQ_LENS, threads=(2,), repeat=REPEAT, rounds=ROUNDS,
+                                                          device=dev.device)
 table = pd.concat([r.table for r in results.values()])
-table[["workload", "engine", "batch_size", "seq_len", "available", "median_ms", "p90_ms", "speedup_vs_eager", "cold_start_s", "reason"]].round(3)
+table[["workload", "engine", "device", "batch_size", "seq_len", "available", "median_ms", "p90_ms", "speedup_vs_eager", "cold_start_s", "reason"]].round(3)
 
 # %%
 results["tiny-bloom"].figure
@@ -110,17 +126,22 @@ results["digits-cnn"].figure
 # * **OpenVINO** compiles for the shapes it will see (`static_shapes=True`, as a fixed-shape deployment
 #   or a TensorRT optimisation profile would): memory is planned and kernels are picked once, not per call.
 #   The price: that session refuses any other shape.
+#
+# OpenVINO runs on the CPU here, so on a GPU this comparison runs on the CPU, eager included (the cell says so).
 
 # %%
+options_device, note = engine_comparison.device_for("openvino", dev.device)
+print(note or f"timed on {dev.label}")
 variants = {
     "ORT, plain export": ("onnxruntime", {"fused_attention": False}),
     "ORT, fused attention": ("onnxruntime", {}),
     "OpenVINO, dynamic shapes": ("openvino", {"static_shapes": False}),
     "OpenVINO, static shapes": ("openvino", {}),
 }
-variants = {k: v for k, v in variants.items() if v[0] in engines.available_engines()}  # skip what is not installed
-options = engine_comparison.compare_variants("tiny-bloom", variants, batch_size=1, seq_len=SEQ_LENS[0], threads=2, repeat=5 * REPEAT, rounds=ROUNDS)
-options.table[["variant", "provider", "median_ms", "p90_ms", "speedup_vs_eager"]].round(3)
+variants = {k: v for k, v in variants.items() if v[0] in engines.available_engines(options_device)}  # skip what is not installed
+options = engine_comparison.compare_variants("tiny-bloom", variants, batch_size=1, seq_len=SEQ_LENS[0], threads=2, repeat=5 * REPEAT, rounds=ROUNDS,
+                                             device=options_device)
+options.table[["variant", "device", "provider", "median_ms", "p90_ms", "speedup_vs_eager"]].round(3)
 
 # %%
 options.figure
@@ -137,14 +158,25 @@ options.figure
 engine_comparison.cold_start_figure(results["tiny-bloom"].table)
 
 # %% [markdown]
+# Build time against steady state: an engine that saves *s* ms per request over eager pays back its cold start
+# after cold start ÷ *s* requests (never, if it saves nothing).
+
+# %%
+payback = engine_comparison.payback(results["tiny-bloom"].table)
+payback.round(3)
+
+# %% [markdown]
 # ## 4. One thread or two?
 #
 # Each runtime splits large operators across its intra-op threads. On a 2-core machine the best case
-# is 2× — small operators gain less because splitting costs time too.
+# is 2× — small operators gain less because splitting costs time too. Intra-op threads are CPU threads, so this
+# section runs on the CPU whatever the lab's device.
 
 # %%
+if dev.is_cuda:
+    print(f"Intra-op threads are a CPU matter: this section runs on the CPU on purpose, not on {dev.label}.")
 thread_runs = engine_comparison.compare_engines("tiny-bloom", engines=["onnxruntime", "openvino"], batch_sizes=(1,),
-                                       seq_lens=(SEQ_LENS[-1],), threads=THREADS, repeat=REPEAT, rounds=ROUNDS)
+                                       seq_lens=(SEQ_LENS[-1],), threads=THREADS, repeat=REPEAT, rounds=ROUNDS, device="cpu")
 threads_table = thread_runs.table[thread_runs.table.available][["engine", "threads", "median_ms"]]
 threads_pivot = threads_table.pivot(index="engine", columns="threads", values="median_ms")
 threads_pivot["gain_2_vs_1"] = threads_pivot[THREADS[0]] / threads_pivot[THREADS[-1]]
@@ -157,7 +189,8 @@ threads_pivot.round(3)
 from labkit import widgets
 
 widgets.panel(engine_comparison.engine_latency, workload=list(engines.WORKLOADS), engine=[e for e in engines.ENGINES if e != "torch-eager"],
-              batch_size=(1, 64), seq_len=(8, 256, 8), threads=(1, 4), precision=["fp32", "bf16"], repeat=(5, 100))
+              batch_size=(1, 64), seq_len=(8, 256, 8), threads=(1, 4), precision=["fp32", dev.half], repeat=(5, 100),
+              device=widgets.fixed(dev.device))
 
 # %% [markdown]
 # ## 6. How far could a graph runtime go?
@@ -165,11 +198,42 @@ widgets.panel(engine_comparison.engine_latency, workload=list(engines.WORKLOADS)
 # A runtime removes Python dispatch, fuses small ops and plans memory — but it still has to do every
 # matrix multiply. Time ONNX Runtime running *only* tiny-bloom's weight MatMuls (same weights, same shapes,
 # one session) next to the whole model: eager ÷ (MatMuls alone) is the speed-up it would reach if every
-# other op were free, and the MatMuls' share says how much is left to fuse away.
+# other op were free, and the MatMuls' share says how much is left to fuse away. All three run on one device:
+# the lab's when ONNX Runtime can run there, else the CPU (the cell says which).
 
 # %%
-ceiling = engine_comparison.matmul_ceiling("tiny-bloom", batch_size=1, seq_len=SEQ_LENS[0], threads=2, repeat=5 * REPEAT, rounds=ROUNDS)
-pd.Series(ceiling).round(3)
+ceiling_device, note = engine_comparison.device_for("onnxruntime", dev.device)
+print(note or f"timed on {dev.label}")
+ceiling = engine_comparison.matmul_ceiling("tiny-bloom", batch_size=1, seq_len=SEQ_LENS[0], threads=2, repeat=5 * REPEAT, rounds=ROUNDS,
+                                           device=ceiling_device)
+pd.Series(ceiling)
+
+# %% [markdown]
+# ## 7. On a GPU: ONNX Runtime's CUDA provider, TensorRT, and fp16 engines
+#
+# On a GPU, section 2 already ran every engine that runs there against GPU eager: ONNX Runtime through its CUDA
+# provider (when `onnxruntime-gpu` is installed) and TensorRT (when `tensorrt` is). Here the same comparison runs in
+# fp16, the precision GPU tensor cores are built for: eager, torch.compile and TensorRT in fp16 against eager in fp16
+# on the same GPU, with each engine's build time next to its steady state. (ONNX Runtime runs the fp32 export
+# only here, so its row says so.)
+
+# %%
+from IPython.display import display
+
+fp16_speedups = {}
+if dev.gpu_section("ONNX Runtime CUDA provider, TensorRT and fp16 engines against GPU eager"):
+    for engine in ("onnxruntime", "tensorrt"):
+        rows = table[(table.engine == engine) & (table.workload == "tiny-bloom")]
+        print(f"{engine} on {dev.label}: " + (", ".join(f"{s:.2f}×" for s in rows.speedup_vs_eager) + " GPU eager (fp32)"
+                                              if rows.available.all() else f"not run — {rows.reason.iloc[0]}"))
+    half = engine_comparison.compare_engines("tiny-bloom", engines=["torch-compile", "onnxruntime", "tensorrt"], batch_sizes=BATCH_SIZES,
+                                             seq_lens=SEQ_LENS[:1], precision="fp16", repeat=REPEAT, rounds=ROUNDS, device=dev.device)
+    fp16_speedups = {f"{r.engine}/b{r.batch_size}": r.speedup_vs_eager for r in half.table[half.table.available].itertuples()}
+    eager32 = table[(table.workload == "tiny-bloom") & (table.engine == "torch-eager") & (table.seq_len == SEQ_LENS[0])].set_index("batch_size").median_ms
+    eager16 = half.table[half.table.engine == "torch-eager"].set_index("batch_size").median_ms
+    print(f"eager fp16 vs eager fp32 on {dev.label}: " + ", ".join(f"batch {b}: {eager32[b] / eager16[b]:.2f}× faster" for b in eager16.index if b in eager32.index))
+    display(half.table[["engine", "device", "precision", "batch_size", "available", "median_ms", "speedup_vs_eager", "cold_start_s", "reason"]].round(3))
+    display(engine_comparison.payback(half.table).round(3))
 
 # %% [markdown]
 # ## What theory predicts vs what you measured
@@ -179,13 +243,14 @@ bloom = results["tiny-bloom"].table
 ran = bloom[bloom.available]
 eager_ms = ran[ran.engine == "torch-eager"].median_ms.iloc[0]
 script_ms = ran[ran.engine == "torchscript"].median_ms.iloc[0]
-ort_speedup = ran[ran.engine == "onnxruntime"].speedup_vs_eager.iloc[0]
+ort_b1 = ran[(ran.engine == "onnxruntime") & (ran.batch_size == 1)].speedup_vs_eager
+ort_says = f"{ort_b1.iloc[0]:.2f}× eager" if len(ort_b1) else "not run on " + dev.label
 best = ran.loc[ran.speedup_vs_eager.idxmax()]
 print(f"* Theory: for a small model at batch 1, eager spends much of its time in Python dispatch, which a "
-      f"graph runtime removes.\n  Measured: TorchScript (same kernels, no Python) saves {eager_ms - script_ms:.2f} ms of "
-      f"{eager_ms:.2f} ms; ONNX Runtime is {ort_speedup:.2f}× eager.")
+      f"graph runtime removes.\n  Measured on {dev.label}: TorchScript (same kernels, no Python) saves {eager_ms - script_ms:.2f} ms of "
+      f"{eager_ms:.2f} ms; ONNX Runtime is {ort_says}.")
 print(f"* Best engine for tiny-bloom at batch {int(best.batch_size)} × {int(best.seq_len)}: {best.engine}, {best.speedup_vs_eager:.2f}× eager.")
-if len(BATCH_SIZES) > 1:
+if len(BATCH_SIZES) > 1 and len(ort_b1):
     ort = ran[(ran.engine == "onnxruntime") & (ran.seq_len == SEQ_LENS[0])].set_index("batch_size").speedup_vs_eager
     print(f"* Theory: the fixed per-call overhead matters less as the batch grows, so speed-ups shrink.\n"
           f"  Measured (ONNX Runtime): {ort.iloc[0]:.2f}× at batch {ort.index[0]} vs {ort.iloc[-1]:.2f}× at batch {ort.index[-1]}.")
@@ -207,9 +272,8 @@ print(f"* Theory: a graph runtime cannot make the matrix multiplies go away. Mea
 # %%
 answer_1 = None  # number of requests (or float("inf") if never)
 answer_2 = None  # engine name
-row = lambda e: ran[(ran.engine == e) & (ran.batch_size == 1) & (ran.seq_len == SEQ_LENS[0])].iloc[0]
-saved_ms = row("torch-eager").median_ms - row("torch-compile").median_ms
-expected_1 = row("torch-compile").cold_start_s * 1e3 / saved_ms if saved_ms > 0 else float("inf")
+compiled = payback[(payback.engine == "torch-compile") & (payback.batch_size == 1) & (payback.seq_len == SEQ_LENS[0])]
+expected_1 = compiled.break_even_requests.iloc[0] if len(compiled) else float("inf")
 cnn = results["digits-cnn"].table
 cnn = cnn[cnn.available & (cnn.batch_size == 1)]
 expected_2 = cnn.loc[cnn.speedup_vs_eager.idxmax(), "engine"]
@@ -222,16 +286,25 @@ if answer_2 is not None:
 from labkit.notebook import run
 
 speedups = {f"{r.workload}/{r.engine}/b{r.batch_size}s{r.seq_len}": r.speedup_vs_eager for r in table[table.available].itertuples()}
+b1 = lambda engine: ran[(ran.engine == engine) & (ran.batch_size == 1)].speedup_vs_eager  # noqa: E731
 run.record({
     "engines": sorted(table.engine.unique()),
     "unavailable": {r.engine: r.reason for r in table[~table.available].drop_duplicates("engine").itertuples()},
     "speedups": speedups,
-    "ort_speedup_tiny_bloom_b1": float(ran[(ran.engine == "onnxruntime") & (ran.batch_size == 1)].speedup_vs_eager.iloc[0]),
-    "openvino_speedup_tiny_bloom_b1": float(ran[(ran.engine == "openvino") & (ran.batch_size == 1)].speedup_vs_eager.iloc[0]),
+    "ort_speedup_tiny_bloom_b1": float(b1("onnxruntime").iloc[0]) if len(b1("onnxruntime")) else None,
+    "openvino_speedup_tiny_bloom_b1": float(b1("openvino").iloc[0]) if len(b1("openvino")) else None,
     "max_relative_diff": float(max(table.relative_diff.max(), options.table.relative_diff.max())),
     "option_speedups": {r.variant: float(r.speedup_vs_eager) for r in options.table.itertuples()},
     "threads_gain": threads_pivot.gain_2_vs_1.to_dict(),
     "matmul_ceiling": ceiling,
     "cold_start_s": cold.to_dict(),
+    "break_even_requests": {f"{r.engine}/b{r.batch_size}s{r.seq_len}": r.break_even_requests if r.saved_ms > 0 else None  # None: never
+                            for r in payback.itertuples()},
+    "engine_rows": table[table.available][["workload", "engine", "device", "provider", "batch_size", "seq_len", "threads"]].to_dict("records"),
+    "option_rows": options.table[["variant", "engine", "device", "provider"]].to_dict("records"),
+    "options_device": str(options_device),
+    "threads_devices": sorted(set(thread_runs.table.device)),
+    "fp16_speedups": fp16_speedups,
     "hardware": bloom.attrs["hardware"],
+    **dev.to_dict(),
 })

@@ -39,7 +39,8 @@
 # which one runs, why, and how the checkpoint stores its weights.
 
 # %%
-# Setup. Locally `make lab` installed everything; on Colab this cell installs the lab first.
+# Setup. Locally `make lab` installed everything; on Colab this cell installs the lab first (on a GPU
+# runtime too: Runtime → Change runtime type → T4 GPU; DEVICE="auto" then measures that GPU).
 import sys
 
 if "google.colab" in sys.modules:  # pragma: no cover - only on Colab
@@ -47,6 +48,9 @@ if "google.colab" in sys.modules:  # pragma: no cover - only on Colab
     # %pip install -q -e "/content/inference-lab[engines,quant]"
     # !labkit prepare
     sys.path.insert(0, "/content/inference-lab")
+    from labkit.colab import setup_colab  # widgets on Colab; on a GPU runtime, the CUDA builds
+
+    print("\n".join(setup_colab()))
 assert sys.version_info >= (3, 11), f"Inference Lab needs Python 3.11+, this is {sys.version}"
 
 import labkit
@@ -60,10 +64,17 @@ SMOLLM2_WEIGHTS = "auto"  # SmolLM2 only: "hub" (published weights), "gguf" (off
 BUDGET = 2048  # evaluation tokens from the held-out plays
 DECODE_TOKENS = 32  # tokens generated per decode measurement
 BATCH_SIZES = [1, 8]  # decode batch sizes
+DEVICE = "auto"  # "auto": the GPU when there is one, else the CPU; or "cpu", "cuda", "cuda:N"
 
 # %%
 if SMOKE:  # the trained tiny BLOOM from lab 01: same quantizers, seconds instead of minutes
     SOURCE, BUDGET, DECODE_TOKENS, BATCH_SIZES = "tiny-bloom-shakespeare", 512, 8, [1]
+
+# %%
+from labkit import devices
+
+dev = devices.choose(DEVICE)  # a bad DEVICE fails here, naming the valid choices
+print(dev.summary())
 
 # %%
 from labkit import models
@@ -100,6 +111,9 @@ if IS_SMOLLM2:
 # * **`gguf-q4_1`** (SmolLM2 only): the shipped Q4_1 file, dequantized to fp32 by transformers and run by
 #   PyTorch. Its quality is the Q4_1 grid's, but its bytes and speed are those of the fp32 weights that
 #   run — not the Q4_1 file's (lab 07 runs the Q4_1 file itself through llama.cpp, when installed).
+#
+# Each quantizer runs on the lab's device when it supports it (the `devices` column); the CPU-only ones
+# run on the CPU even in a GPU run, and the cell below says which.
 
 # %%
 import pandas as pd
@@ -110,18 +124,23 @@ from labkit.experiments import quantization
 
 print("bytes per value:", {p: precision.bytes_per_value(p) for p in precision.PRECISIONS})
 print("this CPU's vector flags:", hardware.detect().cpu_flags)
+cpu_only = [q.name for q in quant.QUANTIZERS.values() if dev.type not in q.devices]
+if cpu_only:
+    print(f"CPU-only here, so they run on the CPU deliberately (their rows name it): {cpu_only}")
 pd.DataFrame([{"quantizer": q.name, "library": q.library, "what": q.what, "devices": ", ".join(q.devices)}
               for q in quant.QUANTIZERS.values()])
 
 # %% [markdown]
 # ## 2. Measure every quantizer
 #
-# Rows that could not run here stay in the table with the reason in `error`.
+# Rows that could not run here stay in the table with the reason in `error`. Each row's `device` is where it
+# ran, and its decode speed-up divides by fp32's speed on that same device.
 
 # %%
-comparison = quantization.compare_quantizers(SOURCE, budget=BUDGET, decode_tokens=DECODE_TOKENS, batch_sizes=BATCH_SIZES)
+comparison = quantization.compare_quantizers(SOURCE, budget=BUDGET, decode_tokens=DECODE_TOKENS, batch_sizes=BATCH_SIZES,
+                                             device=dev.device)
 table = comparison.table
-columns = ["quantizer", "library", "stored_MiB", "resident_MiB", "size_vs_fp32", "perplexity", "perplexity_vs_fp32",
+columns = ["quantizer", "library", "device", "stored_MiB", "resident_MiB", "size_vs_fp32", "perplexity", "perplexity_vs_fp32",
            "top1_agreement", "kl_vs_fp32", "prefill_ms"] + [c for c in table.columns if c.startswith("decode_")] + ["error"]
 table[[c for c in columns if c in table.columns]].round(3)
 
@@ -130,6 +149,23 @@ comparison.figure
 
 # %%
 quantization.pareto(table, f"decode_tok_s_b{BATCH_SIZES[0]}", f"decode tokens/s (batch {BATCH_SIZES[0]})")
+
+# %% [markdown]
+# ### On the GPU: bitsandbytes' LLM.int8() and NF4 against the GPU's own half precision
+#
+# On a GPU, bitsandbytes runs its CUDA kernels: LLM.int8() multiplies int8 rows and columns and the outlier
+# columns in the GPU's half precision, NF4 unpacks its blocks inside the matmul and computes in that half
+# precision (`dev.half`: fp16 on a T4, whose tensor cores lack bf16; bf16 on Ampere and later). Below: bytes,
+# perplexity and decode tokens/s of fp32, fp16, bf16, int8 and NF4 on this GPU, against `dev.half`. On a GPU
+# with memory bandwidth to spare and a model this small, fewer bytes need not mean faster decoding: the
+# kernels' own work per token can dominate.
+
+# %%
+ladder = None
+if dev.gpu_section("bitsandbytes int8 / nf4 on the GPU"):
+    ladder = quantization.precision_ladder(table, dev.half)
+    print(f"native half precision here: {dev.half} ({dev.half_why})")
+ladder if ladder is None else ladder.round(3)
 
 # %% [markdown]
 # ## 3. Inside one layer
@@ -174,7 +210,7 @@ print(f"LLM.int8(): an outlier value has |x| ≥ {activation_outliers.LLM_INT8_T
       f"≈ {activation_outliers.LLM_INT8_EMERGENCE_PARAMS / 1e9:.1f} B parameters. {SOURCE}: {params / 1e6:.0f} M.")
 eval_ids = data.eval_tokens(comparison.tokenizer, BUDGET)
 float_model = comparison.models["fp32"].model
-census = activation_outliers.census(float_model, eval_ids[:1])
+census = activation_outliers.census(float_model, eval_ids[:1])  # on the fp32 model's device
 print(f"hidden dimensions that meet the systematic-outlier criterion: {len(census.systematic_dims)} "
       f"{list(census.systematic_dims)} ({census.layers} layers, {census.positions} positions)")
 census.table.sort_values("max_abs", ascending=False).head(8).round(3)
@@ -225,7 +261,8 @@ ok = t[t.error.isna()] if "error" in t else t
 b = BATCH_SIZES[0]
 int8 = ok.loc[[n for n in quantization.INT8 if n in ok.index]]
 faithful = int8[int8.perplexity_vs_fp32 <= 1.05]  # int8 paths that keep perplexity within 5 %
-best_int8 = (faithful if len(faithful) else int8)[f"decode_tok_s_b{b}"].idxmax()
+# each path against fp32 on its own device (CPU-only ones ran on the CPU in a GPU run)
+best_int8 = (faithful if len(faithful) else int8)[f"decode_speedup_b{b}"].idxmax()
 four_bit = ok.loc[[n for n in quantization.FOUR_BIT if n in ok.index]]
 smallest_4bit = four_bit.size_vs_fp32.idxmin()
 w8a8 = ok.perplexity_vs_fp32.reindex(quantization.W8A8_PER_TENSOR).dropna()
@@ -236,11 +273,13 @@ print(f"* Theory: int8 halves bf16's bytes and quarters fp32's. Measured: int8 p
       f"{int8.size_vs_fp32.min():.2f}–{int8.size_vs_fp32.max():.2f}× fp32 (the embedding table usually stays in float).")
 print(f"* Theory: batch-{b} decoding reads every weight per token, so fewer bytes → faster, if the kernels keep up.\n"
       f"  Measured: int8 decode speed-ups {int8[f'decode_speedup_b{b}'].min():.2f}–{int8[f'decode_speedup_b{b}'].max():.2f}× fp32 "
+      f"on the same device ({', '.join(sorted(set(int8.device)))}) "
       "— weight-only kernels that dequantize on the fly can cost more than the bytes they save.")
 print(f"* Measured perplexity vs fp32 on {SOURCE}: W8A8 with per-tensor scales "
       + ", ".join(f"{n} ×{v:.2f}" for n, v in w8a8.items()) + "; weight-only int8 "
       + ", ".join(f"{n} ×{v:.2f}" for n, v in weight_only.items())
-      + f". Fastest int8 path within 5 %: {best_int8} ({int8.loc[best_int8, f'decode_speedup_b{b}']:.2f}× fp32 decode).")
+      + f". Largest int8 decode speed-up within 5 %: {best_int8} ({int8.loc[best_int8, f'decode_speedup_b{b}']:.2f}× fp32 "
+      f"on {int8.loc[best_int8, 'device']}).")
 print(f"* Simulated int8, one change at a time: weights per tensor ×{g['W8 per-tensor']:.2f}, per channel "
       f"×{g['W8 per-channel']:.2f}; activations per tensor ×{g['A8 per-tensor']:.2f}, per token ×{g['A8 per-token']:.2f}; "
       f"both per tensor ×{g['W8A8 per-tensor']:.2f}, both fine-grained ×{g['W8A8 per-channel, per-token']:.2f}.")
@@ -265,13 +304,13 @@ if "gguf-q4_1" in ok.index:
 #
 # 1. How many GB does Llama-30B need for its weights in int4? Compute it from the parameter count in
 #    the claims table.
-# 2. Which quantizer here gives the fastest batch-1 decoding?
+# 2. Which quantizer gives the fastest batch-1 decoding on the lab's device?
 
 # %%
 answer_1 = None  # GB
 answer_2 = None  # quantizer name
 expected_1 = claims[claims.model == "llama-30b"].params_B.iloc[0] * precision.bytes_per_value("int4")
-expected_2 = ok[f"decode_tok_s_b{b}"].idxmax()
+expected_2 = ok[ok.device == dev.label][f"decode_tok_s_b{b}"].idxmax()
 if answer_1 is not None:
     print("1: ✓" if abs(answer_1 - expected_1) < 0.5 else f"1: ✗ {expected_1:.1f} GB")
 if answer_2 is not None:
@@ -281,8 +320,13 @@ if answer_2 is not None:
 from labkit.notebook import run
 
 run.record({
+    **dev.to_dict(),
     "source": SOURCE,
     "quantizers": list(t.index),
+    "devices": ok.device.to_dict(),  # where each quantizer ran
+    f"decode_tok_s_b{b}": ok[f"decode_tok_s_b{b}"].dropna().to_dict(),
+    "fp32_decode_tok_s": table.attrs["fp32_decode_tok_s"],  # per device: what the speed-ups divide by
+    "ladder": None if ladder is None else ladder.reset_index().to_dict("records"),
     "errors": {n: e for n, e in t.error.dropna().items()} if "error" in t else {},
     "size_vs_fp32": ok.size_vs_fp32.to_dict(),
     "perplexity": ok.perplexity.to_dict(),

@@ -33,7 +33,8 @@
 # included, down to *when* it stops.
 
 # %%
-# Setup. Locally `make lab` installed everything; on Colab this cell installs the lab first.
+# Setup. Locally `make lab` installed everything; on Colab this cell installs the lab first (on a GPU
+# runtime too: Runtime → Change runtime type → T4 GPU; DEVICE="auto" then measures that GPU).
 import sys
 
 if "google.colab" in sys.modules:  # pragma: no cover - only on Colab
@@ -41,6 +42,9 @@ if "google.colab" in sys.modules:  # pragma: no cover - only on Colab
     # %pip install -q -e "/content/inference-lab[engines,quant]"
     # !labkit prepare
     sys.path.insert(0, "/content/inference-lab")
+    from labkit.colab import setup_colab  # widgets on Colab; on a GPU runtime, the CUDA builds
+
+    print("\n".join(setup_colab()))
 assert sys.version_info >= (3, 11), f"Inference Lab needs Python 3.11+, this is {sys.version}"
 
 import labkit
@@ -54,25 +58,35 @@ PROMPT = "Write a short poem about the sea."
 NEXT_TOKEN_PROMPT = "The capital of France is"
 BEAM_PROMPT = "Is water wet? Yes or no."
 MAX_NEW_TOKENS = 32
+DEVICE = "auto"  # "auto": the GPU when there is one, else the CPU; or "cpu", "cuda", "cuda:N"
 
 # %%
 if SMOKE:  # the Shakespeare-trained tiny BLOOM from lab 01: same code, seconds instead of minutes
     MODEL, PROMPT, NEXT_TOKEN_PROMPT, MAX_NEW_TOKENS = "tiny-bloom-shakespeare", "ROMEO:\n", "KING HENRY:\nOnce more unto the", 12
     BEAM_PROMPT = "ROMEO:\n"
 
+# %%
+from labkit import devices
+
+dev = devices.choose(DEVICE)  # a bad DEVICE fails here, naming the valid choices
+print(dev.summary())
+print("The model runs in fp32 on this device: the lesson is the decoding rule, not the precision.")
+
 # %% [markdown]
 # ## 1. One prompt, every method
 #
 # Each method generates exactly `MAX_NEW_TOKENS` tokens (end-of-text is suppressed until then, so every row
 # does the same work), timed by `labkit.decoding.timing`: warm-up generations first, then timed ones;
-# `tokens_per_s` is new tokens ÷ the median whole generation, prompt included. The text shown is the last
-# timed generation's.
+# `tokens_per_s` is new tokens ÷ the median whole generation, prompt included, on the lab's device. The text
+# shown is the last timed generation's.
 
 # %%
+import functools
+
 from labkit import decoding
 from labkit.experiments import decoding_methods
 
-methods = decoding_methods.compare_methods(MODEL, PROMPT, max_new_tokens=MAX_NEW_TOKENS)
+methods = decoding_methods.compare_methods(MODEL, PROMPT, max_new_tokens=MAX_NEW_TOKENS, device=dev.device)
 print(f"every row: {methods.table.warmups.min()} warm-up and {methods.table.repeats.min()} timed generations "
       f"(decoding.timing.DecodeRun), the median reported")
 methods.table[["method", "text", "tokens_per_s", "mean_logprob", "distinct_1", "distinct_2", "repetition_4gram"]].round(3)
@@ -89,7 +103,8 @@ methods.figure
 # greedy will pick.
 
 # %%
-cutoffs = decoding_methods.next_token_cutoffs(MODEL, NEXT_TOKEN_PROMPT, temperature=1.0, k=5, p=0.9, min_p=0.1)
+cutoffs = decoding_methods.next_token_cutoffs(MODEL, NEXT_TOKEN_PROMPT, temperature=1.0, k=5, p=0.9, min_p=0.1,
+                                             device=dev.device)
 cutoffs.figure
 
 # %%
@@ -104,7 +119,7 @@ print("greedy picks:", greedy_pick)
 # flattens it toward uniform. Entropy measures how spread out it is.
 
 # %%
-temps = decoding_methods.temperature_entropy(MODEL, NEXT_TOKEN_PROMPT)
+temps = decoding_methods.temperature_entropy(MODEL, NEXT_TOKEN_PROMPT, device=dev.device)
 temps.figure
 
 # %% [markdown]
@@ -114,8 +129,9 @@ temps.figure
 # %%
 from labkit import widgets
 
-widgets.panel(decoding_methods.next_token_cutoffs, model=[MODEL], prompt=NEXT_TOKEN_PROMPT, temperature=(0.1, 3.0, 0.1),
-              k=(1, 50), p=(0.05, 1.0, 0.05), min_p=(0.0, 0.5, 0.01), auto=True)
+widgets.panel(functools.partial(decoding_methods.next_token_cutoffs, device=dev.device), model=[MODEL],
+              prompt=NEXT_TOKEN_PROMPT, temperature=(0.1, 3.0, 0.1), k=(1, 50), p=(0.05, 1.0, 0.05),
+              min_p=(0.0, 0.5, 0.01), auto=True)
 
 # %% [markdown]
 # ## 4. Step through: why each token?
@@ -123,8 +139,8 @@ widgets.panel(decoding_methods.next_token_cutoffs, model=[MODEL], prompt=NEXT_TO
 # %%
 from labkit import models
 
-net, tok = models.load_cached(MODEL)
-ids = decoding_methods.prompt_ids(tok, PROMPT)
+net, tok = models.load_cached(MODEL, dev.device)
+ids = decoding_methods.prompt_ids(tok, PROMPT).to(dev.device)
 trace = decoding.step_through(net, tok, ids, "top-p", steps=MAX_NEW_TOKENS // 2, p=0.9, seed=0)
 import pandas as pd
 
@@ -151,8 +167,10 @@ pd.DataFrame([{"step": s.position, "chosen": repr(s.chosen), "p(chosen)": round(
 # %%
 import torch
 
+from labkit.experiments import searches
+
 beam_params = {"num_beams": 2, "length_penalty": 2.0}
-beam_ids = decoding_methods.prompt_ids(tok, BEAM_PROMPT)
+beam_ids = decoding_methods.prompt_ids(tok, BEAM_PROMPT).to(dev.device)
 beam_trace = decoding.step_through(net, tok, beam_ids, "beam", steps=5, **beam_params)
 with torch.no_grad():
     library = net.generate(beam_ids, attention_mask=torch.ones_like(beam_ids),
@@ -161,7 +179,7 @@ library = library[0, beam_ids.shape[1]:].tolist()
 print(f"labkit: {tok.decode(beam_trace.token_ids)!r}; generate(): {tok.decode(library)!r}; "
       f"same tokens: {beam_trace.token_ids == library}")
 print(beam_trace.stop_reason)
-decoding_methods.beam_tree_figure(beam_trace, f"Beam search ({beam_params}) on {BEAM_PROMPT!r}")
+searches.beam_tree_figure(beam_trace, f"Beam search ({beam_params}) on {BEAM_PROMPT!r}")
 
 # %% [markdown]
 # ## 5b. Greedy and beam search are approximate searches
@@ -174,7 +192,8 @@ decoding_methods.beam_tree_figure(beam_trace, f"Beam search ({beam_params}) on {
 # pass over the whole sequence.
 
 # %%
-likelihood = decoding_methods.search_likelihood(MODEL, PROMPT, widths=(1, 2, 4, 8), max_new_tokens=MAX_NEW_TOKENS // 2)
+likelihood = searches.search_likelihood(MODEL, PROMPT, widths=(1, 2, 4, 8), max_new_tokens=MAX_NEW_TOKENS // 2,
+                                        device=dev.device)
 lk = likelihood.table.set_index("num_beams").logprob
 for width in lk.index:  # every width aims at the same maximum: any likelier output found shows this one missed it
     if lk.max() > lk[width] + 1e-4:
@@ -213,14 +232,16 @@ repetition
 # generation with the same draft and γ. The formula assumes independent acceptances and a verification
 # pass that costs one target step, with no other overhead: where prediction and measurement part, those
 # assumptions are where to look (a small model on a CPU pays per-call costs that a decode step does not
-# dwarf). The draft is an int8 copy of the same model (lab 05); prompt lookup drafts by copying n-grams
-# from the prompt.
+# dwarf). The draft is a cheaper copy of the same model on the same device (lab 05): int8 on the CPU; on a
+# GPU, where that int8 kernel does not run, the GPU's half precision (`dev.half`). Prompt lookup drafts by
+# copying n-grams from the prompt.
 
 # %%
 from labkit.experiments import speculative
 
-spec = speculative.speculative_report(MODEL, PROMPT, gamma=4, max_new_tokens=MAX_NEW_TOKENS)
+spec = speculative.speculative_report(MODEL, PROMPT, gamma=4, max_new_tokens=MAX_NEW_TOKENS, device=dev.device)
 sa = spec.table.attrs
+print(f"draft: the {sa['draft']} copy of {MODEL}, on {sa['device']}")
 print(f"labkit's greedy-verification loop gives greedy's tokens: {sa['labkit_same_tokens']}")
 print(f"α = {sa['accepted']} kept / {sa['accepted'] + sa['rejected']} compared = {sa['alpha']:.2f} "
       f"(kept / all {sa['proposed']} drafted = {sa['acceptance_rate']:.2f}), γ = {sa['gamma']}, "
@@ -235,13 +256,13 @@ spec.figure
 # %% [markdown]
 # ## 7b. Speculative sampling keeps the target's distribution
 #
-# At the prompt's next position, many draws of speculative sampling with the int8 draft, and with the
+# At the prompt's next position, many draws of speculative sampling with the draft, and with the
 # same draft made worse (its logits divided by a temperature). Total variation distance (TV) to the
 # target's p: the output's should sit at the noise floor of as many direct draws from p, whatever the
 # draft's own distance. Greedy verification instead always emits p's most likely token.
 
 # %%
-sampling = speculative.speculative_sampling_check(MODEL, PROMPT)
+sampling = speculative.speculative_sampling_check(MODEL, PROMPT, device=dev.device)
 st = sampling.table
 for row in st.itertuples():
     print(f"{row.draft}: TV(draft, target) {row.tv_draft_target:.3f}; output TV to target {row.tv_output_target:.3f} "
@@ -254,8 +275,9 @@ sampling.figure
 # ## 8. Try it yourself
 
 # %%
-widgets.panel(decoding_methods.explore, model=[MODEL], prompt=PROMPT, method=["top-p", "greedy", "sample", "top-k", "min-p", "top-k+top-p"],
-              temperature=(0.1, 2.0, 0.1), top_k=(1, 100), top_p=(0.05, 1.0, 0.05), min_p=(0.0, 0.5, 0.01), steps=(1, 48))
+widgets.panel(functools.partial(decoding_methods.explore, device=dev.device), model=[MODEL], prompt=PROMPT,
+              method=["top-p", "greedy", "sample", "top-k", "min-p", "top-k+top-p"], temperature=(0.1, 2.0, 0.1),
+              top_k=(1, 100), top_p=(0.05, 1.0, 0.05), min_p=(0.0, 0.5, 0.01), steps=(1, 48))
 
 # %% [markdown]
 # ## What theory predicts vs what you measured
@@ -271,7 +293,7 @@ print(f"* Theory: a repetition penalty lowers repetition. Measured 4-gram repeti
 ent = temps.table.set_index("temperature").entropy_nats
 print(f"* Theory: entropy grows with temperature. Measured: {ent.iloc[0]:.2f} nats at T={ent.index[0]} → {ent.iloc[-1]:.2f} at T={ent.index[-1]}.")
 spec_rows = spec.table.set_index("method")
-verified = spec_rows.drop("int8 draft alone")
+verified = spec_rows.drop("draft alone")
 print(f"* Theory: speculative decoding with greedy verification keeps greedy's output; Leviathan et al. predict "
       f"{sa['predicted_speedup']:.2f}× from α = {sa['alpha']:.2f}, γ = {sa['gamma']}, c = {sa['cost_ratio']:.2f}.\n"
       f"  Measured: same tokens {bool(verified.same_tokens.all())}; speed-up {sa['measured_speedup']:.2f}×; "
@@ -300,7 +322,11 @@ if answer_2 is not None:
 from labkit.notebook import run
 
 run.record({
+    **dev.to_dict(),
     "model": MODEL,
+    "precision": "fp32",  # every model here (the speculative draft excepted)
+    "row_devices": {"methods": list(methods.table.device), "search_likelihood": list(likelihood.table.device),
+                    "speculative": list(spec.table.device), "speculative_sampling": [st.attrs["device"]]},
     "methods": list(t.index),
     "mean_logprob": t.mean_logprob.to_dict(),
     "distinct_2": t.distinct_2.to_dict(),

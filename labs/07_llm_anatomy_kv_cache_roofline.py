@@ -26,12 +26,15 @@
 # TPOT). The **KV cache** keeps every past token's keys and values so a decode step does not redo the
 # prompt — at the price of memory that grows with batch × context.
 #
-# This lab checks the KV-cache formula against a real cache, times prefill and decode, measures this
-# machine's bandwidth and FLOP/s and places each precision on the **roofline**, and works out the
-# memory budget of BLOOM-176B and Llama-30B.
+# This lab checks the KV-cache formula against a real cache, times prefill and decode, measures the
+# device's bandwidth and FLOP/s and places each precision on the **roofline**, counts the launches a decode
+# step costs (and what CUDA graphs save on a GPU), finds how many sequences the device's memory can hold, and
+# works out the memory budget of BLOOM-176B and Llama-30B. Every number is measured on the device chosen by
+# `DEVICE` (the GPU when there is one) and names it.
 
 # %%
-# Setup. Locally `make lab` installed everything; on Colab this cell installs the lab first.
+# Setup. Locally `make lab` installed everything; on Colab this cell installs the lab first (on a GPU
+# runtime too: Runtime → Change runtime type → T4 GPU; DEVICE="auto" then measures that GPU).
 import sys
 
 if "google.colab" in sys.modules:  # pragma: no cover - only on Colab
@@ -39,6 +42,9 @@ if "google.colab" in sys.modules:  # pragma: no cover - only on Colab
     # %pip install -q -e "/content/inference-lab[engines,quant]"
     # !labkit prepare
     sys.path.insert(0, "/content/inference-lab")
+    from labkit.colab import setup_colab  # widgets on Colab; on a GPU runtime, the CUDA builds
+
+    print("\n".join(setup_colab()))
 assert sys.version_info >= (3, 11), f"Inference Lab needs Python 3.11+, this is {sys.version}"
 
 import labkit
@@ -51,18 +57,33 @@ MODEL = "smollm2-135m"
 PROMPT_LENS = (16, 64, 256)
 BATCH_SIZES = (1, 4)
 NEW_TOKENS = 16
-PRECISIONS = ("fp32", "bf16", "int8-dynamic")
+PRECISIONS = ("fp32", "half", "int8-dynamic")  # "half": the device's 16-bit float (bf16, or fp16 on older GPUs)
 ROOFLINE_BATCHES = (1, 8)
-STEP_BATCHES = (1, 4, 16, 32)  # batch sizes whose decode step is timed against the roofline (section 3)
-COMPILE = True  # static cache + torch.compile (its first call compiles: reported apart as first_call_s)
+STEP_BATCHES = (1, 4, 16, 64, 256)  # batch sizes whose decode step is timed against the roofline (section 3)
+COMPILE = True  # static cache + torch.compile (its first call compiles: reported apart as first_call_s); a GPU always
+LAUNCH_TOKENS = 8  # tokens of the generation whose kernel launches / operator calls are counted (section 4)
 GENERATORS = None  # None: every generation engine (section 5); or a list of names
 FAST_PROMPT, FAST_NEW, FAST_BATCHES = 128, 64, (1, 8)
+KV_SEQ = 2048  # tokens per sequence whose KV caches fill the memory (section 6)
+KV_BUDGET_MIB = 256  # on a CPU: the memory the caches may fill (a GPU fills its free memory, less a reserve)
+DEVICE = "auto"  # "auto": the GPU when there is one, else the CPU; or "cpu", "cuda", "cuda:N"
 
 # %%
 if SMOKE:  # tiny Llama (same architecture, 4 layers): seconds instead of minutes
     MODEL, PROMPT_LENS, BATCH_SIZES, NEW_TOKENS = "tiny-llama", (8, 256), (1, 2), 4
     PRECISIONS, ROOFLINE_BATCHES, STEP_BATCHES, COMPILE = ("fp32", "int8-dynamic"), (1, 4), (1, 16), False
     GENERATORS, FAST_PROMPT, FAST_NEW, FAST_BATCHES = ["hf-eager-fp32", "ort-genai-int4", "llama.cpp"], 16, 6, (1, 2)
+    LAUNCH_TOKENS, KV_BUDGET_MIB = 3, 32
+
+# %%
+from labkit import devices
+
+dev = devices.choose(DEVICE)  # a bad DEVICE fails here, naming the valid choices
+print(dev.summary())
+PRECISIONS = tuple(dev.half if p == "half" else p for p in PRECISIONS)
+ROOF_PRECISION = dev.half if dev.is_cuda else "fp32"  # the precision of the roofline and the timed decode steps
+print(f"roofline and decode steps in {ROOF_PRECISION}: " + ("the GPU's 16-bit float runs on its tensor cores" if
+      dev.is_cuda else "PyTorch's CPU decode path is tuned for fp32 (the half precision is measured in section 3)"))
 
 # %% [markdown]
 # ## 1. The KV cache: formula vs a real cache
@@ -83,7 +104,8 @@ from labkit.experiments import llm_anatomy
 d = anatomy.dims(MODEL)
 print(f"{MODEL}: {d.heads} query heads, {d.kv_heads} KV heads: the cache is {d.heads / d.kv_heads:g}× smaller "
       f"than with one KV head per query head")
-kv = pd.DataFrame([llm_anatomy.kv_cache_check(MODEL, batch=b, seq=s) for b, s in [(1, 32), (2, 64), (4, 128)]])
+kv = pd.DataFrame([llm_anatomy.kv_cache_check(MODEL, batch=b, seq=s, device=dev.device)
+                   for b, s in [(1, 32), (2, 64), (4, 128)]])
 kv["equal"] = kv.formula_bytes == kv.measured_bytes
 kv
 
@@ -114,7 +136,8 @@ widgets.panel(llm_anatomy.memory_calculator, model=list(llm_anatomy.CALCULATOR_M
 # %%
 from labkit import plots
 
-pd_table = llm_anatomy.prefill_decode(MODEL, prompt_lens=PROMPT_LENS, batch_sizes=BATCH_SIZES, new_tokens=NEW_TOKENS)
+pd_table = llm_anatomy.prefill_decode(MODEL, prompt_lens=PROMPT_LENS, batch_sizes=BATCH_SIZES, new_tokens=NEW_TOKENS,
+                                      device=dev.device)
 pd_table["batch"] = pd_table["batch"].astype(str)
 plots.line(pd_table.pivot(index="prompt_tokens", columns="batch", values="ttft_ms").add_prefix("TTFT ms, batch ")
            .join(pd_table.pivot(index="prompt_tokens", columns="batch", values="tpot_ms").add_prefix("TPOT ms, batch "))
@@ -131,21 +154,30 @@ print(f"largest cache timed (batch {max(BATCH_SIZES)}, {max(PROMPT_LENS) + NEW_T
 pd_table.round(2)
 
 # %% [markdown]
-# ## 3. The roofline of this machine
+# ## 3. The roofline of this device
 #
-# Two measured numbers bound every kernel here: memory bandwidth (GB/s) and matmul throughput (FLOP/s).
+# Two measured numbers bound every kernel here: memory bandwidth (GB/s) and matmul throughput (FLOP/s), both
+# measured on the lab's device, the matmul in fp32 and in the device's half-precision float (on a GPU: its tensor cores).
 # A decode step at batch *B* does $2B$ FLOPs per weight and reads each weight byte once, so its
 # arithmetic intensity is $2B$ / bytes-per-weight FLOP/byte. Below the **ridge point** (FLOP/s ÷ bandwidth)
 # the step is memory-bound and tokens/s ≤ B × bandwidth ÷ weight bytes.
 
 # %%
+from labkit import measure
 from labkit.experiments import roofline
 
-limits = roofline.machine_limits()
-print(f"measured on {limits['measured_on']}: {limits['bandwidth_GBps']:.1f} GB/s read bandwidth, "
-      f"{limits['flops'] / 1e9:.0f} GFLOP/s fp32 matmul; ridge point {limits['flops'] / 1e9 / limits['bandwidth_GBps']:.1f} "
-      "FLOP/byte")
-bounds = llm_anatomy.decode_roofline(MODEL, "fp32", bandwidth_gbps=limits["bandwidth_GBps"], flops=limits["flops"])
+limits = roofline.machine_limits(device=dev.device, half=dev.half)
+roof_flops = limits["flops"] if ROOF_PRECISION == "fp32" else limits["flops_half"]
+ridge = measure.ridge_point(roof_flops, limits["bandwidth_GBps"])
+print(f"measured on {limits['measured_on']} ({limits['device']}): {limits['bandwidth_GBps']:.1f} GB/s read bandwidth; "
+      f"matmul {limits['flops'] / 1e9:.0f} GFLOP/s in fp32 (ridge {limits['ridge_flop_per_byte']:.1f} FLOP/byte), "
+      f"{limits['flops_half'] / 1e9:.0f} GFLOP/s in {limits['half']} (ridge {limits['ridge_half_flop_per_byte']:.1f} "
+      "FLOP/byte)")
+bounds = llm_anatomy.decode_roofline(MODEL, ROOF_PRECISION, bandwidth_gbps=limits["bandwidth_GBps"], flops=roof_flops)
+compute_from = int(bounds[bounds.bound_by == "compute"].batch.min()) if (bounds.bound_by == "compute").any() else None
+print(f"{MODEL} in {ROOF_PRECISION}: memory-bound up to batch {bounds.attrs['ridge_batch']:.0f} (the measured ridge "
+      f"point {ridge:.1f} FLOP/byte); " + (f"from batch {compute_from} on, compute-bound" if compute_from else
+                                             f"still memory-bound at batch {bounds.batch.max()}"))
 bounds.round(2)
 
 # %% [markdown]
@@ -156,11 +188,12 @@ bounds.round(2)
 
 # %%
 steps = llm_anatomy.decode_step_cost(MODEL, batch_sizes=STEP_BATCHES, new_tokens=NEW_TOKENS,
-                                     bandwidth_gbps=limits["bandwidth_GBps"], flops=limits["flops"], device="cpu")
+                                     bandwidth_gbps=limits["bandwidth_GBps"], flops=roof_flops, device=dev.device,
+                                     precision=ROOF_PRECISION)
 top_step = steps.table.set_index("batch").loc[max(STEP_BATCHES)]
 print(f"a decode step at batch {max(STEP_BATCHES)} takes {top_step.step_vs_first:.1f}× the time of batch "
       f"{STEP_BATCHES[0]} (roofline: {top_step.roofline_vs_first:.1f}×); the ridge point is at batch "
-      f"{steps.table.attrs['ridge_batch']:.0f} in fp32 on this CPU")
+      f"{steps.table.attrs['ridge_batch']:.0f} in {ROOF_PRECISION} on {dev.label}")
 steps.figure
 
 # %%
@@ -171,8 +204,8 @@ steps.table.round(2)
 
 # %%
 points = roofline.precision_points(MODEL, precisions=PRECISIONS, batch_sizes=ROOFLINE_BATCHES, new_tokens=NEW_TOKENS,
-                                   limits=limits)
-roofline.roofline_figure(points, title=f"{MODEL}: decode on this machine's roofline")
+                                   limits=limits, device=dev.device)
+roofline.roofline_figure(points, title=f"{MODEL}: decode on the roofline of {dev.label}")
 
 # %%
 eager_b1 = points[(points.batch == ROOFLINE_BATCHES[0]) & (points.precision == "fp32")].pct_of_roofline.iloc[0]
@@ -180,19 +213,42 @@ print(f"PyTorch eager fp32 at batch {ROOFLINE_BATCHES[0]} reaches {eager_b1:.0f}
 points[["engine", "batch", "read_per_step_MB", "decode_tok_s", "bandwidth_bound_tok_s", "pct_of_roofline"]].round(1)
 
 # %% [markdown]
-# ## 4. Static KV cache and `torch.compile`
+# ## 4. Static KV cache, `torch.compile` and CUDA graphs
 #
 # The default (dynamic) cache grows by concatenation every step, so tensor shapes change each step.
 # A **static** cache is allocated once at its maximum length; fixed shapes let `torch.compile` build
-# one graph for every decode step (and, on GPUs, capture it as a CUDA graph). The first compiled call
-# pays for compilation — reported separately — and all variants must produce the same tokens.
+# one graph for every decode step, and with `mode="reduce-overhead"` a GPU captures it as a **CUDA graph**:
+# the whole step replayed with one launch instead of one per kernel. The first compiled call
+# pays for compilation and capture — reported separately — and all variants must produce the same tokens.
+# On a GPU the compiled variant always runs (it is this section's lesson); on a CPU when `COMPILE` is set.
 
 # %%
-cache_cmp = roofline.static_vs_dynamic(MODEL, new_tokens=max(NEW_TOKENS, 8), compile=COMPILE, repeat=2)
+cache_cmp = roofline.static_vs_dynamic(MODEL, new_tokens=max(NEW_TOKENS, 8), compile=COMPILE or dev.is_cuda, repeat=2,
+                                       device=dev.device)
 cache_cmp.figure
 
 # %%
 cache_cmp.table.round(2)
+
+# %% [markdown]
+# Where does a small model's decode step go? Count what it dispatches per token with `torch.profiler`
+# (two generations of different lengths, so the prompt and generate()'s fixed costs cancel): on a GPU the
+# kernel launches, on a CPU the ATen operator calls — the same per-operation overhead, paid in the dispatcher.
+
+# %%
+from labkit.experiments import cuda_graphs
+
+launches = [cuda_graphs.launches_per_token(MODEL, dev.device, new_tokens=LAUNCH_TOKENS)]
+if dev.gpu_section("CUDA graphs: kernel launches and per-token latency, static cache + torch.compile vs eager"):
+    launches.append(cuda_graphs.launches_per_token(MODEL, dev.device, new_tokens=LAUNCH_TOKENS, compile=True))
+    graph_speedup = cache_cmp.table.set_index("variant").speedup_vs_dynamic["static cache + torch.compile"]
+    print(f"on {dev.label}: {launches[0].launches_per_token:.0f} kernel launches per token eager, "
+          f"{launches[1].launches_per_token:.0f} (+ {launches[1].graph_launches_per_token:.0f} graph launch) with "
+          f"CUDA graphs; per-token latency {graph_speedup:.2f}× faster than eager")
+else:
+    graph_speedup = None
+launch_counts = cuda_graphs.launch_table(launches)
+launch_counts[["variant", "device", "counted", "launches_per_token", "kernels_per_token", "graph_launches_per_token"]]
 
 # %% [markdown]
 # ## 5. The fastest way to decode on this CPU
@@ -208,8 +264,11 @@ cache_cmp.table.round(2)
 # %%
 from labkit.experiments import fast_decode
 
+if dev.is_cuda:
+    print("This section compares CPU decode engines, so it runs on the CPU deliberately, against the CPU's bandwidth.")
+cpu_bandwidth = limits["bandwidth_GBps"] if not dev.is_cuda else measure.memory_bandwidth(device="cpu")
 fast = fast_decode.compare_generators(MODEL, GENERATORS, prompt_tokens=FAST_PROMPT, new_tokens=FAST_NEW,
-                                   batch_sizes=FAST_BATCHES, repeat=2, bandwidth_gbps=limits["bandwidth_GBps"])
+                                      batch_sizes=FAST_BATCHES, repeat=2, bandwidth_gbps=cpu_bandwidth)
 fast.figure
 
 # %%
@@ -218,7 +277,31 @@ fast_cols = ["generator", "batch", "decode_tok_s", "prefill_ms", "weight_MB", "p
 fast.table[[c for c in fast_cols if c in fast.table]].round(2)
 
 # %% [markdown]
-# ## 6. Budgets of the big models
+# ## 6. The KV cache as the concurrency limit
+#
+# Every sequence a server decodes at once needs its own KV cache. Once the weights are loaded, the memory left
+# over ÷ one sequence's cache is how many sequences fit — the limit a serving engine sizes its batch by.
+# The formula (`anatomy.kv_cache_bytes`) predicts it for the device's free memory; the check allocates real
+# transformers `StaticCache`s of `KV_SEQ` tokens, in the device's half-precision float, one per sequence, until the
+# memory runs out — on a GPU its free memory less a reserve, on a CPU a budget of `KV_BUDGET_MIB` (filling a
+# CPU's RAM would make it swap). A second measurement — the GPU's free memory, or the process's resident memory
+# on a CPU — shows what the caches really took (on a CPU less when they reuse memory the process freed earlier).
+
+# %%
+from labkit.experiments import kv_capacity
+
+cap = kv_capacity.kv_capacity(MODEL, KV_SEQ, dev.half, device=dev.device,
+                              budget_bytes=None if dev.is_cuda else KV_BUDGET_MIB * 2**20)
+print(f"{MODEL}, {KV_SEQ} tokens per sequence in {cap.precision}: {cap.per_sequence_formula_bytes / 2**20:.1f} MiB of "
+      f"KV cache each. The {cap.device_free_bytes / 1e9:.1f} GB free on {dev.label} would hold "
+      f"{cap.device_formula_sequences:,} sequences next to the weights (formula). Checked against "
+      f"{cap.budget_bytes / 2**20:.0f} MiB ({cap.budget_source}): the formula says {cap.formula_sequences}, "
+      f"{cap.allocated_sequences} real caches were allocated (stopped by the {cap.stopped_by}); the memory grew by "
+      f"{cap.memory_growth_bytes / 2**20:.0f} MiB for {cap.allocated_bytes / 2**20:.0f} MiB of caches.")
+pd.DataFrame([cap.row()]).T.rename(columns={0: "value"})
+
+# %% [markdown]
+# ## 7. Budgets of the big models
 #
 # The claims to check: the published BLOOM-176B figure (from `labkit.models.specs`) and the seed's
 # size of `llama-30b`; both are printed below.
@@ -268,12 +351,27 @@ print(f"* Published: BLOOM-176B needs {specs.BLOOM_176B_BF16_GB} GB in bf16. Cal
 print(f"* Theory: below the ridge point a decode step costs the same at any batch. Measured: batch "
       f"{max(STEP_BATCHES)} costs {top_step.step_vs_first:.1f}× batch {STEP_BATCHES[0]} (roofline "
       f"{top_step.roofline_vs_first:.1f}×, ridge at batch {steps.table.attrs['ridge_batch']:.0f}).")
+print(f"* Theory: the KV caches that fit = memory ÷ one sequence's cache. Measured: {cap.formula_sequences} by the "
+      f"formula, {cap.allocated_sequences} real caches allocated on {dev.label}.")
+print(f"* Measured on {dev.label}: {launch_counts.launches_per_token.iloc[0]:.0f} {launch_counts.counted.iloc[0]} per "
+      "decoded token, each a fixed cost a small model pays on top of its weight reads"
+      + (f"; CUDA graphs made a token {graph_speedup:.2f}× faster." if graph_speedup is not None else "."))
+pd.DataFrame([
+    {"quantity": "ridge point (FLOP/byte)", "theory": f"{ROOF_PRECISION} FLOP/s ÷ bytes/s", "measured": ridge},
+    *({"quantity": f"decode step at batch {b}, % of the bandwidth bound",
+       "theory": "≤ 100 (100: only weight and KV reads)", "measured": pct}
+      for b, pct in steps.table.set_index("batch").pct_of_bandwidth_bound.items()),
+    {"quantity": f"{KV_SEQ}-token sequences in {cap.budget_bytes / 2**20:.0f} MiB", "theory": cap.formula_sequences,
+     "measured": cap.allocated_sequences},
+    {"quantity": "bytes of one sequence's KV cache", "theory": cap.per_sequence_formula_bytes,
+     "measured": cap.per_sequence_allocated_bytes},
+], columns=["quantity", "theory", "measured"]).set_index("quantity").round(1)
 
 # %% [markdown]
 # ## Exercises
 #
 # 1. How many KV-cache bytes does one extra token add to the lab model's (`MODEL`) cache at batch 1 in fp32?
-# 2. At which batch size does fp32 decode on this machine stop being memory-bound (see the bounds table)?
+# 2. At which batch size does decode in `ROOF_PRECISION` on this device stop being memory-bound (see the bounds table)?
 
 # %%
 answer_1 = None  # bytes
@@ -315,5 +413,24 @@ run.record({
     "step_roofline_ms": steps.table.set_index("batch").roofline_ms.to_dict(),
     "step_ratio_top_vs_first": top_step.step_vs_first,
     "ridge_batch": steps.table.attrs["ridge_batch"],
-    "hardware": points.attrs["hardware"],
+    **dev.to_dict(),
+    "measured_on": limits["measured_on"],
+    "limits_device": limits["device"],
+    "flops_half_gflops": limits["flops_half"] / 1e9,
+    "half": limits["half"],
+    "ridge_flop_per_byte": limits["ridge_flop_per_byte"],
+    "ridge_half_flop_per_byte": limits["ridge_half_flop_per_byte"],
+    "roofline_precision": ROOF_PRECISION,
+    "roofline_gflops": roof_flops / 1e9,
+    "roofline_batches": bounds.batch.tolist(),
+    "roofline_compute_from_batch": compute_from,
+    "step_pct_of_bandwidth_bound": steps.table.set_index("batch").pct_of_bandwidth_bound.to_dict(),
+    "step_pct_of_roofline": steps.table.set_index("batch").pct_of_roofline.to_dict(),
+    "points_skipped": points.attrs["skipped"],
+    "launches_per_token": launch_counts.launches_per_token.tolist(),
+    "launch_variants": launch_counts.variant.tolist(),
+    "launches_counted": launch_counts.counted.iloc[0],
+    "cuda_graph_speedup": graph_speedup,
+    "fast_decode_cpu_bandwidth_GBps": cpu_bandwidth,
+    "kv_capacity": cap.row(),
 })

@@ -26,13 +26,15 @@
 # to the compute device; just after, they are dropped again. The model runs unchanged — slower, by
 # exactly the bytes that have to move for every token.
 #
-# On this machine the compute device is the CPU and the slow tier is disk; on a GPU machine the same
-# code maps GPU → CPU → disk. The seed compares BLOOM-176B on two A100s with CPU offload (seconds per
+# The compute device is the lab's `DEVICE`: on a GPU machine the same code maps GPU → CPU RAM → disk, and every
+# weight not on the GPU crosses the host link (PCIe) at every token; on a CPU-only machine the CPU computes from
+# CPU RAM, so only the weights on disk are read back. The seed compares BLOOM-176B on two A100s with CPU offload (seconds per
 # token) with the same model on eight A100s (milliseconds per token). Section 5 predicts the first from
 # link speeds stated in advance, and compares it with the eight-GPU figure at the same batch size.
 
 # %%
-# Setup. Locally `make lab` installed everything; on Colab this cell installs the lab first.
+# Setup. Locally `make lab` installed everything; on Colab this cell installs the lab first (on a GPU
+# runtime too: Runtime → Change runtime type → T4 GPU; DEVICE="auto" then measures that GPU).
 import sys
 
 if "google.colab" in sys.modules:  # pragma: no cover - only on Colab
@@ -40,6 +42,9 @@ if "google.colab" in sys.modules:  # pragma: no cover - only on Colab
     # %pip install -q -e "/content/inference-lab[engines,quant]"
     # !labkit prepare
     sys.path.insert(0, "/content/inference-lab")
+    from labkit.colab import setup_colab  # widgets on Colab; on a GPU runtime, the CUDA builds
+
+    print("\n".join(setup_colab()))
 assert sys.version_info >= (3, 11), f"Inference Lab needs Python 3.11+, this is {sys.version}"
 
 import labkit
@@ -48,12 +53,27 @@ labkit.setup()
 
 # %% tags=["parameters"]
 SMOKE = False  # True: small sizes for a quick headless run
+DEVICE = "auto"  # "auto": the GPU when there is one, else the CPU; or "cpu", "cuda", "cuda:N"
 MODEL = "smollm2-135m"
 NEW_TOKENS = 8
+TORCH_THREADS = None  # None: PyTorch's default
 
 # %%
 if SMOKE:  # tiny Llama: the same architecture and the same code, 20 MB instead of 540 MB
-    MODEL, NEW_TOKENS = "tiny-llama", 4
+    MODEL, NEW_TOKENS, TORCH_THREADS = "tiny-llama", 4, 1
+import torch
+
+if TORCH_THREADS:  # on a busy 2-core machine one thread avoids OpenMP spin-waits on tiny models
+    torch.set_num_threads(TORCH_THREADS)
+
+# %%
+from labkit import devices
+
+dev = devices.choose(DEVICE)  # a bad DEVICE fails here, naming the valid choices
+print(dev.summary())
+DTYPE = dev.half if dev.is_cuda else "fp32"  # the precision every model of this lab loads, offloads and computes in
+print(f"Weights in {DTYPE}: " + ("the GPU's native 16-bit float, half the bytes to move per token" if dev.is_cuda
+                                 else "the checkpoint's own precision (the CPU run keeps it, so nothing is converted)"))
 
 # %% [markdown]
 # ## 1. Build it empty, then decide where each block goes
@@ -69,18 +89,22 @@ from labkit import models, offload
 from labkit.experiments import big_models
 
 spec = models.resolve(MODEL)  # the name, resolved once: config, parameter count, checkpoint folder
-total_mb = spec.weight_bytes("fp32") / 1e6
-maps = {label: offload.device_map(spec, offload.max_memory_for(spec, share)) for label, share in big_models.SCENARIOS.items()}
-print(f"{MODEL}: {total_mb:.0f} MB of fp32 weights; compute device: {offload.execution_device()}")
+total_mb = spec.weight_bytes(DTYPE) / 1e6
+budgets = big_models.scenarios_for(dev.device)  # (share on the compute device, share in CPU RAM); the rest: disk
+maps = {f"budget: {a:.0%} on {dev.type}" + (f", {h:.0%} in CPU RAM" if dev.is_cuda else ""):
+        {m: offload.tier(d) for m, d in offload.device_map(spec, offload.max_memory_for(spec, a, h, dev.device, DTYPE)).items()}
+        for a, h in budgets}
+print(f"{MODEL}: {total_mb:.0f} MB of {DTYPE} weights; compute device: {offload.execution_device(dev.device)}")
 pd.DataFrame({label: pd.Series(m) for label, m in maps.items()}).fillna("(inside a larger block)")
 
 # %% [markdown]
 # ## 2. Load with part of the model on disk and look at the placement
 
 # %%
-half = offload.load_offloaded(spec, offload.max_memory_for(spec, 0.5))
+half = offload.load_offloaded(spec, offload.max_memory_for(spec, 0.5, device=dev.device, dtype=DTYPE), dtype=DTYPE)
 placement = offload.placement_table(half)
-offload.placement_figure(placement, title=f"{MODEL} with half its bytes allowed in memory")
+print("where the bytes landed:", offload.placement_name(placement))
+offload.placement_figure(placement, title=f"{MODEL} with half its bytes allowed on {dev.device}")
 
 # %%
 placement.groupby("device").MB.sum().round(1)
@@ -89,32 +113,60 @@ placement.groupby("device").MB.sum().round(1)
 # ## 3. Stepping through one forward: the hooks
 #
 # Every block Accelerate placed has an `AlignDevicesHook`. Its `pre_forward` moves the inputs to the
-# compute device and, for an offloaded block, loads the block's weights from the offload folder; its
-# `post_forward` puts them back on `meta`. Below, each hook call is timestamped during one forward.
+# compute device and, for an offloaded block, loads the block's weights (from CPU RAM or the offload folder);
+# its `post_forward` puts them back on `meta`. Below, each hook call is timestamped during one forward, and
+# `bytes_in` counts the bytes of the block's tensors that went from `meta` to real memory in its `pre_forward`.
 
 # %%
-import torch
-
 events = big_models.trace_hooks(half, torch.tensor([[1, 2, 3, 4]]))
-big_models.hook_timeline_figure(events, f"{MODEL}: one forward, hook by hook")  # blocks, not every sub-layer
+big_models.hook_timeline_figure(events, f"{MODEL} on {dev.device}: one forward, hook by hook")  # blocks, not every sub-layer
 
 # %%
+print(f"bytes the hooks brought in during that forward: {events.bytes_in.sum() / 1e6:.1f} MB; from the device map "
+      f"and the parameter sizes: {offload.bytes_moved_per_forward(half) / 1e6:.1f} MB")
 events.head(12)
 
 # %% [markdown]
 # ## 4. What offload costs per token
 #
-# Three loads of the same checkpoint — everything in memory, about half on disk, everything on disk —
-# each generating the same greedy tokens, timed by `labkit.decoding.timing.time_greedy` (the decode timing every
-# lab uses: one warm-up generation, then the median time per decode step). The outputs must be bit-identical:
-# offload moves bytes, it does not change the math.
+# The same checkpoint loaded under each budget — everything on the compute device, part of it in CPU RAM (GPU
+# only), part on disk, (nearly) everything on disk — each scenario named after where its bytes actually landed,
+# each generating greedy tokens timed by `labkit.decoding.timing.time_greedy` (the decode timing every lab uses:
+# one warm-up generation, then the median time per decode step).
+#
+# **What moves per token.** On a GPU every weight in CPU RAM or on disk is copied host→device at every forward
+# (one forward per generated token). On the CPU the weights in CPU RAM are already where the CPU computes from
+# (nothing moves), and only the weights on disk are read back from the offload folder. A weight two blocks share
+# (SmolLM2's embedding *is* its LM head) is read by each block's hook: twice per token when it is offloaded.
+#
+# **Same device, stated tolerance.** The reference is the same model loaded whole on the same device in the same
+# precision; the next-token logits must agree within `precision.tolerance` of that precision (relative to the
+# largest logit): offload moves bytes, it does not change the math.
 
 # %%
-offload_run = big_models.offload_latency(MODEL, new_tokens=NEW_TOKENS)
+offload_run = big_models.offload_latency(MODEL, new_tokens=NEW_TOKENS, device=dev.device, dtype=DTYPE)
 offload_run.figure
 
 # %%
-offload_run.table.round(2)
+offload_run.table.drop(columns="hardware", errors="ignore").round(3)
+
+# %% [markdown]
+# ### The host link, measured (GPU only)
+#
+# On a GPU the offloaded bytes cross PCIe (or NVLink-C2C) from host memory. Pinned (page-locked) memory is read by
+# the GPU's copy engine directly; pageable memory — what Accelerate's offloaded weights are — is staged through a
+# pinned buffer by the driver. Measured here with `offload.host_to_device_gbps`, and used to predict each scenario's
+# extra time per token: MB moved ÷ pageable GB/s.
+
+# %%
+h2d = None
+if dev.gpu_section("PCIe host→device bandwidth, pinned and pageable"):
+    h2d = {kind: offload.host_to_device_gbps(dev.device, pinned=kind == "pinned") for kind in ("pinned", "pageable")}
+    measured = offload_run.table
+    base_ms = measured.ms_per_token[measured.MB_moved_per_token.idxmin()]
+    predicted = measured.assign(predicted_ms_per_token=base_ms + measured.MB_moved_per_token / h2d["pageable"])  # MB / (GB/s) = ms
+    print(f"host→{dev.label}: pinned {h2d['pinned']:.1f} GB/s, pageable {h2d['pageable']:.1f} GB/s")
+    display(predicted[["scenario", "MB_moved_per_token", "ms_per_token", "predicted_ms_per_token"]].round(2))
 
 # %% [markdown]
 # ## 5. Seconds vs milliseconds per token, from bytes and bandwidth
@@ -146,7 +198,7 @@ eight = offload.offload_seconds_per_token(bloom_gb, 8 * a100.memory_GB, link_gbp
 batch32 = offload.offload_seconds_per_token(bloom_gb, 8 * a100.memory_GB, link_gbps=1, fast_gbps=hbm_gbps, batch=32)
 two = {link: offload.offload_seconds_per_token(bloom_gb, resident_gb, link_gbps=gbps, fast_gbps=hbm_gbps)
        for link, gbps in specs.HOST_LINK_GBPS.items()}
-disk = offload_run.table[offload_run.table.in_memory_share == 0].iloc[0]
+disk = offload_run.table.loc[offload_run.table.disk_MB.idxmax()]  # the scenario with the most bytes on disk
 print(f"BLOOM-176B bf16: {bloom_gb} GB; {a100.name}: {a100.memory_GB:.0f} GB at {hbm_gbps:.0f} GB/s. Source: {specs.BLOOM_SOURCE}")
 print(f"On 2 GPUs Accelerate keeps {resident_gb:.0f} GB; {bloom_gb - resident_gb:.0f} GB cross the host link every token.")
 arithmetic = pd.DataFrame(
@@ -176,19 +228,28 @@ print(f"Like with like (one sequence): {offload_s:.0f} s vs {published[1]:.0f} m
 from labkit import measure
 
 t = offload_run.table.set_index("scenario")
+resident = t.index[t.MB_moved_per_token.argmin()]  # everything on the compute device
 mem_gbps = measure.memory_bandwidth(device="cpu")  # offloaded bytes come from host memory, on any machine
-print(f"* Theory: offloading changes where bytes live, not the math. Measured: outputs identical in "
-      f"{int(t.identical_to_in_memory.sum())}/{len(t)} scenarios.")
+print(f"* Theory: offloading changes where bytes live, not the math. Measured on {dev.label}: next-token logits within "
+      f"{t.tolerance.iloc[0]:g} ({DTYPE}) of the model loaded whole on the same device in {int(t.matches_reference.sum())}/{len(t)} "
+      f"scenarios (largest relative difference {t.max_rel_diff.max():.1e}).")
 print(f"* Theory: every offloaded byte is read again for every token. Measured on {MODEL}: "
-      f"{disk.MB_moved_per_token:.0f} MB moved per token with everything on disk; {disk.ms_per_token:.1f} ms/token vs "
-      f"{t.loc['all in memory', 'ms_per_token']:.1f} ms in memory = {disk.slowdown:.1f}× slower.")
+      f"{disk.MB_moved_per_token:.0f} MB moved per token with '{disk.scenario}' ({disk.MB_loaded_by_hooks:.0f} MB counted "
+      f"at the hooks); {disk.ms_per_token:.1f} ms/token vs {t.loc[resident, 'ms_per_token']:.1f} ms with "
+      f"'{resident}' = {disk.slowdown:.1f}× slower.")
 if pd.notna(disk.effective_GBps):
-    print(f"* The extra time per token implies {disk.effective_GBps:.2f} GB/s for the offloaded bytes, against "
-          f"{mem_gbps:.1f} GB/s of raw host-memory bandwidth ({mem_gbps.label}): the 'disk' here is mostly the OS page cache, and the hook's "
-          "per-tensor copies, not the drive, set the pace.")
+    source = (f"{h2d['pageable']:.1f} GB/s measured host→GPU (pageable)" if h2d else
+              f"{mem_gbps:.1f} GB/s of raw host-memory bandwidth ({mem_gbps.label}): the 'disk' here is mostly the OS page "
+              "cache, and the hook's per-tensor copies, not the drive, set the pace")
+    print(f"* The extra time per token implies {disk.effective_GBps:.2f} GB/s for the offloaded bytes, against {source}.")
 print(f"* Theory: at batch 1, naive pipelining on 8×A100 reads {bloom_gb} GB at {hbm_gbps:.0f} GB/s, one GPU at a time: "
       f"{1e3 * eight['s_per_token']:.0f} ms/token (published: {published[1]:.0f} ms). Batch 32 shares each read across 32 "
       f"sequences: {1e3 * batch32['s_per_token']:.1f} ms/token (published: {published[32]:.1f} ms, a throughput).")
+if h2d:
+    assumed = {kind: next(v for k, v in specs.HOST_LINK_GBPS.items() if k.startswith(kind)) for kind in h2d}
+    print(f"* The host link these predictions assume (PCIe 4.0 x16): pinned {assumed['pinned']:g} GB/s, pageable "
+          f"{assumed['pageable']:g} GB/s. Measured host→{dev.label}: pinned {h2d['pinned']:.1f} GB/s, pageable "
+          f"{h2d['pageable']:.1f} GB/s.")
 print(f"* Theory: with 2 GPUs, {bloom_gb - resident_gb:.0f} GB cross a host link per token: {low:.1f}–{high:.1f} s from CPU "
       f"memory (pinned–pageable), {two['NVMe']['s_per_token']:.0f} s from NVMe. Published: {offload_s:.0f} s, {like:.0f}× the "
       f"batch-1 time on 8 GPUs — bytes ÷ bandwidth.")
@@ -214,14 +275,20 @@ if answer_2 is not None:
 # %%
 from labkit.notebook import run
 
+scenario_keys = ["scenario", "memory_MB", "host_MB", "disk_MB", "MB_moved_per_token", "MB_loaded_by_hooks", "ms_per_token",
+                 "same_tokens", "max_rel_diff", "tolerance", "matches_reference", "slowdown"]
 run.record({
+    **dev.to_dict(),
     "model": MODEL,
-    "fast_device": str(offload.fast_device()),
-    "placements": {label: sorted(set(map(str, m.values()))) for label, m in maps.items()},
-    "identical": t.identical_to_in_memory.to_dict(),
-    "disk_MB": t.disk_MB.to_dict(),
-    "ms_per_token": t.ms_per_token.to_dict(),
+    "compute_device": str(offload.execution_device(dev.device)),
+    "dtype": DTYPE,
+    "budget_placements": {label: sorted(set(m.values())) for label, m in maps.items()},
+    "scenarios": offload_run.table[scenario_keys].to_dict("records"),
+    "device_maps": offload_run.table.attrs["device_maps"],
+    "module_bytes": offload_run.table.attrs["module_bytes"],
     "disk_slowdown": float(disk.slowdown),
+    "h2d_GBps": {k: float(v) for k, v in h2d.items()} if h2d else None,
+    "host_memory_GBps_cpu": float(mem_gbps),  # measured on the CPU whatever DEVICE is
     "hook_events": len(events),
     "offloaded_hook_events": int(events.offloaded.sum()),
     "bloom_predicted_ms": dict(zip(arithmetic.case, arithmetic.predicted_ms_per_token, strict=True)),

@@ -35,7 +35,8 @@
 # part of the published BLOOM-176B numbers and tested on the rest, scales the comparison up to where it matters.
 
 # %%
-# Setup. Locally `make lab` installed everything; on Colab this cell installs the lab first.
+# Setup. Locally `make lab` installed everything; on Colab this cell installs the lab first (on a GPU
+# runtime too: Runtime → Change runtime type → T4 GPU; DEVICE="auto" then measures that GPU).
 import sys
 
 if "google.colab" in sys.modules:  # pragma: no cover - only on Colab
@@ -43,6 +44,9 @@ if "google.colab" in sys.modules:  # pragma: no cover - only on Colab
     # %pip install -q -e "/content/inference-lab[parallel]"
     # !labkit prepare
     sys.path.insert(0, "/content/inference-lab")
+    from labkit.colab import setup_colab  # widgets on Colab; on a GPU runtime, the CUDA builds
+
+    print("\n".join(setup_colab()))
 assert sys.version_info >= (3, 11), f"Inference Lab needs Python 3.11+, this is {sys.version}"
 
 import labkit
@@ -57,10 +61,20 @@ SWEEP_BATCHES = (1, 2, 4, 8, 16)  # latency / throughput vs batch
 MICROBATCHES = (1, 2, 4, 8)  # GPipe micro-batch counts for the bubble
 BUBBLE_REPEAT = 7  # pipeline runs per micro-batch count (the median is reported)
 REPEAT = 5  # timed forwards per measurement
+DEVICE = "auto"  # "auto": the GPU when there is one, else the CPU; or "cpu", "cuda", "cuda:N"
 
 # %%
 if SMOKE:
     BATCH, SEQ, SWEEP_BATCHES, BUBBLE_REPEAT, REPEAT = 2, 16, (1, 4), 5, 2
+
+# %%
+from labkit import devices
+from labkit.parallel.launch import place_ranks
+
+dev = devices.choose(DEVICE)  # a bad DEVICE fails here, naming the valid choices
+print(dev.summary())
+placement = place_ranks(dev.device, world_size=2)  # NCCL with a GPU per rank, else gloo on the CPU
+print(placement.sentence())
 
 # %% [markdown]
 # ## 1. Two real ranks, one launch
@@ -86,6 +100,7 @@ ranks = run_distributed(
     pipeline=dict(model_name=MODEL, batch=BATCH, seq=SEQ, steps=3, microbatches=min(4, BATCH), sweep_batches=SWEEP_BATCHES, repeat=REPEAT),
     bubble=dict(microbatches=MICROBATCHES, repeat=BUBBLE_REPEAT),
     world_size=2,
+    backend=placement.backend,
 )
 print(f"2 ranks, {ranks[0].tensor.threads} thread(s) each, finished in {time.perf_counter() - start:.1f} s")
 
@@ -123,6 +138,25 @@ tp_table.round(6)
 scratch = ranks[0].tensor.runs["scratch"]
 layers = scratch.layers
 parallelism.megatron_table(scratch)
+
+# %% [markdown]
+# ### The same code across machines
+#
+# Nothing above depends on the ranks sharing a machine. On a cluster each node starts a `torchrun` agent with the
+# same command and its own `--node-rank`; the agents meet at a rendezvous endpoint (the first node's address), start their
+# workers, and the workers join one process group. Here two agents are started separately on this machine, as two
+# nodes would be, with the endpoint on 127.0.0.1; each worker runs the same TP layer check as section 2. (Each
+# agent and worker imports PyTorch anew — half a minute on 2 cores — so a smoke run only prints the commands;
+# `tests/unit/test_multinode.py` runs them.)
+
+# %%
+from labkit.parallel import multinode
+
+for node in (0, 1):
+    print(f"node {node}:", " ".join(multinode.torchrun_command("labkit.parallel.multinode:tp_on_node", node,
+                                                                endpoint="<node-0 address>:29500")[1:]))
+nodes = [] if SMOKE else multinode.run_local_nodes("labkit.parallel.multinode:tp_on_node", nnodes=2)
+pd.concat([r.table() for r in nodes]).round(8) if nodes else None
 
 # %% [markdown]
 # ## 4. Pipeline parallelism: same output, a different timeline
@@ -325,6 +359,12 @@ if answer_2 is not None:
 from labkit.notebook import run
 
 run.record({
+    **dev.to_dict(),
+    "ranks_device": placement.ranks_device,  # every measured number below came from the ranks
+    "ranks_backend": placement.backend,
+    "multinode_nodes": [r.node for r in nodes],  # empty in a smoke run
+    "multinode_layer_parity_max": max((max(r.result.values()) for r in nodes), default=None),
+    "costmodel_source": specs.BLOOM_SOURCE,  # the cost model's numbers: fitted on, and compared with, these
     "model": MODEL,
     "layers": layers,
     "layer_parity_max": max(max(r.tensor.layer_parity.values()) for r in ranks),

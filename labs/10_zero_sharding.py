@@ -45,8 +45,10 @@
 # the parameter; the [FSDP2 migration guide](https://docs.pytorch.org/tutorials/intermediate/FSDP_tutorial.html#fsdp1-to-fsdp2-migration-guide)
 # maps FSDP1's `SHARD_GRAD_OP` to `reshard_after_forward=False`, and FSDP1 names that strategy's hybrid variant
 # `_HYBRID_SHARD_ZERO2`.
-# Below, real DeepSpeed and real PyTorch train the same model on two real ranks (gloo on this CPU, NCCL on GPUs)
-# and we read the bytes each rank holds straight from the engine's and optimizer's tensors.
+# Below, real DeepSpeed and real PyTorch train the same model on two real ranks and we read the bytes each rank
+# holds straight from the engine's and optimizer's tensors. The ranks are gloo processes on the CPU, on a GPU
+# machine too: the bytes per rank do not depend on the device, one GPU cannot give two ranks a device each, and
+# DeepSpeed runs there with its CPU accelerator.
 #
 # **Byte convention.** The paper uses mixed precision: $P = 2$, $G = 2$, $K = 12$ (fp32 master + m + v).
 # DeepSpeed's estimator counts $G = 4$: its stage-3 gradient partition is fp32. Here everything is fp32, so
@@ -55,7 +57,8 @@
 # master copy, $K = 8$. The formula takes P, G and K as arguments, so each row uses its own.
 
 # %%
-# Setup. Locally `make lab` installed everything; on Colab this cell installs the lab first.
+# Setup. Locally `make lab` installed everything; on Colab this cell installs the lab first (on a GPU
+# runtime too: Runtime → Change runtime type → T4 GPU; DEVICE="auto" then measures that GPU).
 import sys
 
 if "google.colab" in sys.modules:  # pragma: no cover - only on Colab
@@ -63,6 +66,9 @@ if "google.colab" in sys.modules:  # pragma: no cover - only on Colab
     # %pip install -q -e "/content/inference-lab[parallel]"
     # !labkit prepare
     sys.path.insert(0, "/content/inference-lab")
+    from labkit.colab import setup_colab  # widgets on Colab; on a GPU runtime, the CUDA builds
+
+    print("\n".join(setup_colab()))
 assert sys.version_info >= (3, 11), f"Inference Lab needs Python 3.11+, this is {sys.version}"
 
 import labkit
@@ -75,10 +81,21 @@ HIDDEN = 2048  # MLP width: parameters = (HIDDEN² + HIDDEN) × LAYERS
 LAYERS = 6
 STEPS = 3
 WORLD_SIZE = 2
+DEVICE = "auto"  # "auto": the GPU when there is one, else the CPU; or "cpu", "cuda", "cuda:N"
 
 # %%
 if SMOKE:
     HIDDEN, LAYERS = 1024, 4
+
+# %%
+from labkit import devices
+from labkit.parallel.launch import place_ranks
+
+dev = devices.choose(DEVICE)  # a bad DEVICE fails here, naming the valid choices
+print(dev.summary())
+placement = place_ranks(dev.device, WORLD_SIZE, nccl_ok=False,  # DeepSpeed's CPU path: gloo ranks on the CPU
+                        cpu_reason="bytes per rank do not depend on the device, and gloo's sockets show what is sent")
+print(placement.sentence())
 
 # %% [markdown]
 # ## 1. The formula at scale
@@ -148,7 +165,8 @@ print(f"BLOOM-176B on 8 devices: the gathered embedding alone is {bloom_8.gather
 import time
 
 start = time.perf_counter()
-measured = zero_sharding.train_all_methods(hidden=HIDDEN, layers=LAYERS, steps=STEPS, world_size=WORLD_SIZE)
+measured = zero_sharding.train_all_methods(hidden=HIDDEN, layers=LAYERS, steps=STEPS, world_size=WORLD_SIZE,
+                                           backend=placement.backend)
 measure_s = time.perf_counter() - start
 df = measured.table
 print(f"{df.params_M.iloc[0]:.1f} M parameters, {WORLD_SIZE} ranks, {measure_s:.0f} s for all methods")
@@ -283,6 +301,8 @@ if answer_1 is not None:
 from labkit.notebook import run
 
 run.record({
+    **dev.to_dict(),
+    "ranks_device": placement.ranks_device,  # the measured bytes, communication and losses came from the ranks
     "params_M": float(df.params_M.iloc[0]),
     "world_size": WORLD_SIZE,
     "measured_over_formula": ratios.to_dict(),

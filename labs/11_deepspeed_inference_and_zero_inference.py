@@ -37,7 +37,8 @@
 # PyTorch's DTensor.
 
 # %%
-# Setup. Locally `make lab` installed everything; on Colab this cell installs the lab first.
+# Setup. Locally `make lab` installed everything; on Colab this cell installs the lab first (on a GPU
+# runtime too: Runtime → Change runtime type → T4 GPU; DEVICE="auto" then measures that GPU).
 import sys
 
 if "google.colab" in sys.modules:  # pragma: no cover - only on Colab
@@ -45,6 +46,9 @@ if "google.colab" in sys.modules:  # pragma: no cover - only on Colab
     # %pip install -q -e "/content/inference-lab[parallel]"
     # !labkit prepare
     sys.path.insert(0, "/content/inference-lab")
+    from labkit.colab import setup_colab  # widgets on Colab; on a GPU runtime, the CUDA builds
+
+    print("\n".join(setup_colab()))
 assert sys.version_info >= (3, 11), f"Inference Lab needs Python 3.11+, this is {sys.version}"
 
 import labkit
@@ -58,10 +62,22 @@ ZI_MODEL = "tiny-bloom-shakespeare"  # ZeRO-Inference: the BLOOM-architecture mo
 NEW_TOKENS = 24
 REPEAT = 10  # timed forwards per method
 WORLD_SIZE = 2
+DEVICE = "auto"  # "auto": the GPU when there is one, else the CPU; or "cpu", "cuda", "cuda:N"
 
 # %%
 if SMOKE:
     TP_MODEL, NEW_TOKENS, REPEAT = "tiny-llama", 8, 3
+
+# %%
+from labkit import devices
+from labkit.parallel.launch import place_ranks
+
+dev = devices.choose(DEVICE)  # a bad DEVICE fails here, naming the valid choices
+print(dev.summary())
+placement = place_ranks(dev.device, WORLD_SIZE, nccl_ok=False,
+                        cpu_reason="sections 1-3 show what DeepSpeed does on gloo ranks with its CPU accelerator; "
+                                   "section 4, kernel injection, is the one that runs on the GPU")  # fmt: skip
+print(placement.sentence())
 
 # %% [markdown]
 # ## 0. DeepSpeed and its compiled ops
@@ -98,7 +114,8 @@ else:
 # %%
 from labkit.parallel.launch import run_distributed
 
-tp_ranks = run_distributed(dsi.compare_tp_ranks, TP_MODEL, batch=2, seq=16, repeat=REPEAT, world_size=WORLD_SIZE)
+tp_ranks = run_distributed(dsi.compare_tp_ranks, TP_MODEL, batch=2, seq=16, repeat=REPEAT, world_size=WORLD_SIZE,
+                           backend=placement.backend)
 tp_result = dsi.tp_table(tp_ranks)
 tp_result.figure
 
@@ -118,7 +135,7 @@ tp_result.table
 # (`fix_bloom_alibi`) is a forward pre-hook that passes an all-ones mask whenever there is none.
 
 # %%
-bloom = run_distributed(dsi.bloom_alibi_demo, "tiny-bloom", world_size=WORLD_SIZE)
+bloom = run_distributed(dsi.bloom_alibi_demo, "tiny-bloom", world_size=WORLD_SIZE, backend=placement.backend)
 print("without the fix:", bloom[0].error_without_fix)
 print("with the fix:   same tokens as one process:", all(r.same_tokens for r in bloom),
       f"| max logit difference {max(r.max_abs_diff for r in bloom):.1e}")
@@ -137,7 +154,8 @@ from labkit import models
 from labkit.parallel import zero_inference
 
 models.load_model(ZI_MODEL, device="cpu")  # trains and caches it first if lab 01 has not (once, < 1 min)
-zi_ranks = run_distributed(zero_inference.generate_ranks, ZI_MODEL, new_tokens=NEW_TOKENS, world_size=WORLD_SIZE)
+zi_ranks = run_distributed(zero_inference.generate_ranks, ZI_MODEL, new_tokens=NEW_TOKENS, world_size=WORLD_SIZE,
+                          backend=placement.backend)
 zero_inference.outputs_table(zi_ranks)
 
 # %%
@@ -155,22 +173,41 @@ zi.table.round(2)
 # own share, so per-stream speed falls and the aggregate gain is smaller than N — measure, don't assume. (And
 # offloading to CPU costs nothing here, where "GPU" memory *is* CPU memory.)
 #
-# ## 4. Kernel injection (GPU only)
+# ## 4. Kernel injection: fewer kernels per token (GPU)
 #
 # `replace_with_kernel_inject=True` replaces each BLOOM block with DeepSpeed's own fused CUDA kernels (fused
-# QKV + bias + softmax, fewer launches and copies, pre-allocated KV cache; Aminabadi et al., SC'22, §III). It
-# needs a CUDA GPU: the code path
-# below runs under `make test-gpu` (`tests/unit/test_deepspeed_inference.py::test_bloom_kernel_injection_on_gpu`).
+# QKV + bias + softmax, fewer launches and copies, pre-allocated KV cache; Aminabadi et al., SC'22, §III). Fusion
+# shows in how much work the device is handed per generated token: `torch.profiler` counts it, over a greedy
+# generation of two tokens and of several (the difference, per extra token, is one decode step). On a GPU it counts
+# kernel launches; on the CPU, the aten operators eager PyTorch dispatches, each a call through PyTorch's dispatcher.
+# First, HF eager on this lab's device:
 
 # %%
-import torch
+from labkit.parallel import kernel_inject
 
-if torch.cuda.is_available():
-    inj = run_distributed(dsi.autotp_ranks, "tiny-bloom", kernel_inject=True, world_size=1, backend="nccl")
-    print(f"kernel injection: {inj[0].autotp_ms:.2f} ms vs eager fp16 {inj[0].single_ms:.2f} ms "
-          f"(max |diff| {inj[0].max_abs_diff:.1e})")
-else:
-    print("skipped: kernel injection needs a CUDA GPU (DeepSpeed's fused transformer kernels are CUDA-only)")
+eager_model, _ = models.load_model("tiny-bloom", device=dev.device)
+eager_launches = kernel_inject.launches_per_token(eager_model, dsi.example_ids("tiny-bloom", seq=16).to(dev.device))
+print(f"HF eager tiny-bloom on {eager_launches.device}: {eager_launches.per_token:.0f} {eager_launches.unit} per decode "
+      "token")
+
+# %% [markdown]
+# On the GPU, one rank (NCCL) times HF eager fp16 and kernel injection fp16 of the same model on the same GPU
+# (`decoding.timing`: the GPU is synchronised before every clock read), counts each one's kernel launches per
+# token, and reports the first build of DeepSpeed's inference kernels (compiled once into `TORCH_EXTENSIONS_DIR`,
+# labkit's cache; later runs load the cached build).
+
+# %%
+from IPython.display import display
+
+injection = None
+if dev.gpu_section("kernel injection vs HF eager"):
+    injection = run_distributed(kernel_inject.injection_rank, "tiny-bloom", new_tokens=NEW_TOKENS, repeat=REPEAT,
+                                device=str(dev.device), world_size=1, backend="nccl", timeout=1200)[0]
+    b = injection.build
+    print(f"DeepSpeed's inference kernels: {'loaded from the cache' if b.was_cached else 'first build'} in "
+          f"{b.seconds:.1f} s ({b.build_dir}); init_inference {injection.init_s:.1f} s; max |logits − eager| "
+          f"{injection.max_abs_diff:.1e}, same greedy tokens: {injection.same_tokens}")
+    display(injection.table().round(3))
 
 # %% [markdown]
 # What DeepSpeed-Inference achieved at scale — published, not measured here (BLOOM-176B on an 8×A100-80GB
@@ -259,5 +296,10 @@ run.record({
     "zi_weights_held_MB": zt.weights_held_per_rank_MB.tolist(),
     "zi_gathered_peak_MB": float(zt.gathered_peak_per_rank_MB.iloc[1]),
     "zi_model": ZI_MODEL,
-    "kernel_inject_ran": bool(torch.cuda.is_available()),
+    **dev.to_dict(),
+    "ranks_device": placement.ranks_device,  # sections 1-3 (AutoTP, the ALiBi fix, ZeRO-Inference) ran on the ranks
+    "eager_launches": vars(eager_launches),  # names its device: this lab's
+    "kernel_inject_ran": injection is not None,
+    "kernel_inject": injection.summary() if injection is not None else None,  # its `device` field names the GPU
+    "published_source": specs.BLOOM_SOURCE,  # the published table, not measured here
 })

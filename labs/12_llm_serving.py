@@ -23,7 +23,9 @@
 # time, everyone else waits in the queue. Generating a token reads every weight once, whether the
 # batch holds one sequence or many, so below the ridge point of lab 07's roofline a decode step costs
 # about the same for a batch as for one sequence, and serving one at a time wastes the hardware.
-# Above the ridge point a step grows with the batch; section 5 measures where this machine stands.
+# Above the ridge point a step grows with the batch; section 5 measures where the lab's device stands. A GPU's
+# ridge sits far higher than a CPU's, so there a step at batch 32 costs about what one at batch 1 does, and
+# continuous batching gains far more than on a CPU.
 #
 # * **sync** — the BLOOM server: FIFO, batch of one.
 # * **dynamic** — wait up to B requests or T ms, run them together *until the longest is done*.
@@ -38,7 +40,8 @@
 # they differ only in when requests join the batch and when they leave it.
 
 # %%
-# Setup. Locally `make lab` installed everything; on Colab this cell installs the lab first.
+# Setup. Locally `make lab` installed everything; on Colab this cell installs the lab first (on a GPU
+# runtime too: Runtime → Change runtime type → T4 GPU; DEVICE="auto" then measures that GPU).
 import sys
 
 if "google.colab" in sys.modules:  # pragma: no cover - only on Colab
@@ -46,6 +49,9 @@ if "google.colab" in sys.modules:  # pragma: no cover - only on Colab
     # %pip install -q -e "/content/inference-lab[serve]"
     # !labkit prepare
     sys.path.insert(0, "/content/inference-lab")
+    from labkit.colab import setup_colab  # widgets on Colab; on a GPU runtime, the CUDA builds
+
+    print("\n".join(setup_colab()))
 assert sys.version_info >= (3, 11), f"Inference Lab needs Python 3.11+, this is {sys.version}"
 
 import labkit
@@ -54,6 +60,7 @@ labkit.setup()
 
 # %% tags=["parameters"]
 SMOKE = False  # True: small sizes for a quick headless run
+DEVICE = "auto"  # "auto": the GPU when there is one, else the CPU; or "cpu", "cuda", "cuda:N"
 MODEL = "smollm2-135m"
 CLIENTS = (1, 4, 16, 32)
 REQUESTS_PER_CLIENT = 1
@@ -72,11 +79,18 @@ if TORCH_THREADS:  # on a busy 2-core machine one thread avoids OpenMP spin-wait
 PROMPTS = ("Write a haiku about the sea.", "What is the capital of France?", "Tell me a joke about cats.",
            "Explain what a GPU does in one sentence.")
 
+# %%
+from labkit import devices
+
+dev = devices.choose(DEVICE)  # a bad DEVICE fails here, naming the valid choices
+print(dev.summary())
+
 # %% [markdown]
 # ## 1. Every scheduler gives greedy's exact text
 #
 # Batching must not change the answer. With left padding, an attention mask and per-row positions,
 # each row of a batch computes what it would compute alone; requests join and leave mid-batch here.
+# The model is loaded once on `dev` (fp32) and every engine of this lab serves it there.
 
 # %%
 from labkit import models
@@ -84,13 +98,13 @@ from labkit.serving.hf_engine import check_supported
 from labkit.serving.repository import SCHEDULERS, make_engine
 from labkit.serving.request import SamplingParams
 
-net, tok = models.load_cached(MODEL)
+net, tok = models.load_model(MODEL, device=dev.device)
 ids = [models.encode_prompt(tok, p)["input_ids"][0].tolist() for p in PROMPTS]
-reference = [net.generate(torch.tensor([i]), max_new_tokens=12, do_sample=False, pad_token_id=tok.pad_token_id or tok.eos_token_id)[0, len(i):].tolist() for i in ids]
+reference = [net.generate(torch.tensor([i], device=dev.device), max_new_tokens=12, do_sample=False, pad_token_id=tok.pad_token_id or tok.eos_token_id)[0, len(i):].tolist() for i in ids]
 SCHEDS = [s for s in SCHEDULERS if s != "hf-continuous" or net.config.model_type != "bloom"]
 parity = {}
 for name in SCHEDS:
-    engine = make_engine(name, net, tok, max_batch=3)
+    engine = make_engine(name, net, tok, max_batch=3, device=dev.device)
     parity[name] = engine.generate(ids, SamplingParams(max_tokens=12), eos_token_id=tok.eos_token_id) == reference
     engine.stop()
 print("same tokens as generate():", parity)
@@ -115,7 +129,8 @@ except ValueError as err:
 from labkit.experiments import scheduler_comparison
 
 sweep = scheduler_comparison.compare_schedulers(MODEL, tuple(SCHEDS), clients=CLIENTS, requests_per_client=REQUESTS_PER_CLIENT,
-                                       max_tokens=MAX_TOKENS, prompts=PROMPTS)
+                                       max_tokens=MAX_TOKENS, prompts=PROMPTS, device=dev.device, loaded=(net, tok))
+print("served on:", ", ".join(sweep.table.device.unique()))
 cols = ["scheduler", "clients", "succeeded", "tokens_per_s", "ttft_p50_s", "ttft_p99_s", "tpot_p50_s", "e2e_p99_s", "mean_decode_batch"]
 sweep.table[cols].round(3)
 
@@ -144,7 +159,7 @@ from labkit.serving.repository import ModelRepository
 
 timelines = {}
 for name in ("sync", "continuous"):
-    repo = ModelRepository(name, max_batch=32)
+    repo = ModelRepository(name, max_batch=32, device=dev.device)
     repo.load(MODEL, "v1", loaded=(net, tok))
     with Server(create_app(repo)) as srv:
         timelines[name] = run_load(srv.url, MODEL, PROMPTS, clients=8, requests=8, max_tokens=MAX_TOKENS)
@@ -160,7 +175,8 @@ scheduler_comparison.timeline(timelines["continuous"], "continuous: the same 8 r
 # queue grows for as long as the load lasts, and so does p99.
 
 # %%
-opened = scheduler_comparison.open_loop(MODEL, ("sync", "continuous"), rates=RATES, requests=OPEN_REQUESTS, max_tokens=MAX_TOKENS)
+opened = scheduler_comparison.open_loop(MODEL, ("sync", "continuous"), rates=RATES, requests=OPEN_REQUESTS, max_tokens=MAX_TOKENS,
+                                       device=dev.device, loaded=(net, tok))
 opened.table[["scheduler", "rate", "sent", "succeeded", "rejected", "tokens_per_s", "ttft_p50_s", "e2e_p99_s"]].round(3)
 
 # %%
@@ -178,7 +194,7 @@ opened.figure
 from labkit.experiments import llm_anatomy
 
 top = max(CLIENTS)
-step_cost = llm_anatomy.decode_step_cost(MODEL, batch_sizes=(1, top), device=str(net.device))
+step_cost = llm_anatomy.decode_step_cost(MODEL, batch_sizes=(1, top), device=str(dev.device))
 step_ratio = step_cost.table.set_index("batch").step_vs_first[top]
 ridge_batch = step_cost.table.attrs["ridge_batch"]
 print(f"measured on {step_cost.table.attrs['measured_on']}: a decode step at batch {top} takes {step_ratio:.1f}× "
@@ -213,7 +229,7 @@ print(f"* Published: {published}.\n"
       f"  Measured here ({hardware.detect().summary}, {MODEL}): continuous/sync {speedup:.1f}×, continuous/dynamic "
       f"{t.loc[('continuous', top), 'tokens_per_s'] / t.loc[('dynamic', top), 'tokens_per_s']:.1f}×. GPUs gain more: "
       f"an {a100.name}'s datasheet ridge is {a100_ridge:.0f} FLOP/byte, so its bf16 decode step stays memory-bound up "
-      f"to batch ≈ {a100_ridge:.0f}, against ≈ {ridge_batch:.0f} (fp32) measured here.")
+      f"to batch ≈ {a100_ridge:.0f}, against ≈ {ridge_batch:.0f} (fp32) measured here, on {dev.label}.")
 
 # %% [markdown]
 # ## Exercises
@@ -231,7 +247,10 @@ if answer_1 is not None:
 from labkit.notebook import run
 
 run.record({
+    **dev.to_dict(),
     "model": MODEL,
+    "served_on": sorted(set(sweep.table.device) | set(opened.table.device)),  # each engine's model's device
+    "step_measured_on": step_cost.table.attrs["measured_on"],
     "schedulers": list(SCHEDS),
     "greedy_parity": parity,
     "clients": list(CLIENTS),

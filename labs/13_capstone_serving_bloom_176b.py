@@ -37,13 +37,17 @@
 # `labkit.experiments.serving_plan`, `benchmark_traps` and `tp_vs_pipeline`, or measured.
 
 # %%
-# Setup. Locally `make lab` installed everything; on Colab this cell installs the lab first.
+# Setup. Locally `make lab` installed everything; on Colab this cell installs the lab first (on a GPU
+# runtime too: Runtime → Change runtime type → T4 GPU; DEVICE="auto" then measures that GPU).
 import sys
 
 if "google.colab" in sys.modules:  # pragma: no cover - only on Colab
     # !git clone -q --depth 1 https://github.com/inference-lab/inference-lab /content/inference-lab
     # %pip install -q -e "/content/inference-lab"
     sys.path.insert(0, "/content/inference-lab")
+    from labkit.colab import setup_colab  # widgets on Colab; on a GPU runtime, the CUDA builds
+
+    print("\n".join(setup_colab()))
 assert sys.version_info >= (3, 11), f"Inference Lab needs Python 3.11+, this is {sys.version}"
 
 import labkit
@@ -59,14 +63,25 @@ GPUS = specs.BLOOM_BENCHMARK_GPUS  # as many as the published benchmark
 PRECISION = "bf16"  # of the weights: bf16 | fp16 | int8
 BATCH = 16
 PROMPT, NEW_TOKENS = 10, specs.BLOOM_BENCHMARK_NEW_TOKENS  # short prompts, new tokens as published
-SMALL_MODEL = "tiny-llama"  # the measured part: a tiny Llama on 2 CPU ranks
+SMALL_MODEL = "tiny-llama"  # the measured part: a tiny Llama on 2 ranks
 SMALL_BATCHES = (1, 4, 16)
 SMALL_SEQ = 16
 REPEAT = 7  # timed forwards per strategy and batch (median)
+DEVICE = "auto"  # "auto": the GPU when there is one, else the CPU; or "cpu", "cuda", "cuda:N"
 
 # %%
 if SMOKE:
     SMALL_BATCHES, REPEAT = (1, 16), 3
+
+# %%
+from labkit import devices
+from labkit.parallel.launch import place_ranks
+
+dev = devices.choose(DEVICE)  # a bad DEVICE fails here, naming the valid choices
+print(dev.summary())
+placement = place_ranks(dev.device, world_size=2)  # the measured part: NCCL with a GPU per rank, else gloo on the CPU
+print("Everything but section 6's measurement is computed from published numbers and the cost model (no device). "
+      + placement.sentence())
 
 # %% [markdown]
 # ## 1. How much memory?
@@ -215,9 +230,10 @@ print(f"* The link: below {links[1]:.2f} GB/s (batch 1) or {links[TRAPS_BATCH]:.
       "if it keeps each layer's KV cache in place (Accelerate in 2022 also carried the cache to GPU 0 and back every step).")
 
 # %% [markdown]
-# ### Measured here: the same effects on two CPU ranks
+# ### Measured here: the same effects on two ranks
 #
-# A tiny Llama split two ways over 2 gloo ranks (one CPU core each): tensor parallel (labkit's from-scratch
+# A tiny Llama split two ways over 2 gloo ranks on the CPU, one core each (NCCL ranks, one per GPU, where there is
+# a GPU per rank; the ranks' device is printed at the top and recorded): tensor parallel (labkit's from-scratch
 # Megatron layers, lab 09) and the naive pipeline (Accelerate-style, lab 09), next to one rank running the
 # whole model. One forward over the prompt stands in for one generation step, so ms/token = latency ÷ batch.
 
@@ -228,8 +244,8 @@ from labkit.parallel.launch import run_distributed
 
 start = time.perf_counter()
 ranks = run_distributed(tp_vs_pipeline.tp_vs_pipeline_rank, SMALL_MODEL, batches=SMALL_BATCHES, seq=SMALL_SEQ,
-                        repeat=REPEAT, world_size=2)
-print(f"2 ranks, {ranks[0].threads} thread(s) each, {time.perf_counter() - start:.1f} s; "
+                        repeat=REPEAT, world_size=2, backend=placement.backend)
+print(f"2 ranks on {placement.ranks_device}, {ranks[0].threads} thread(s) each, {time.perf_counter() - start:.1f} s; "
       f"max |TP logits − pipeline logits| = {ranks[-1].max_diff_tp_vs_pipeline:.1e}")
 small = tp_vs_pipeline.small_scale(ranks)
 small.figure
@@ -253,7 +269,7 @@ ahead = "naive pipeline" if small_ms.loc[b_hi, "naive pipeline"] < small_ms.loc[
 comm_share = tp_check.all_reduces * tp_check.all_reduce_ms / tp_check["tensor parallel"]
 print(f"* Equal batch {b_hi}, measured: tensor parallel {small_ms.loc[b_hi, 'tensor parallel']:.2f} vs naive pipeline "
       f"{small_ms.loc[b_hi, 'naive pipeline']:.2f} ms/token: the {ahead} is ahead here. Tensor parallelism's "
-      f"{tp_check.all_reduces.iloc[0]} all-reduces per forward (gloo over loopback TCP, a slow link for a tiny model) "
+      f"{tp_check.all_reduces.iloc[0]} all-reduces per forward ({'gloo over loopback TCP, a slow link for a tiny model' if placement.backend == 'gloo' else 'NCCL'}) "
       f"take {comm_share.iloc[0]:.0%} of its time at batch {b_lo} and {comm_share.iloc[-1]:.0%} at batch {b_hi}: "
       "the slower the link relative to the compute, the more TP loses — what the cost model says of GPUs on a slow link.")
 
@@ -334,7 +350,7 @@ print(f"* ZeRO-Inference: weight traffic per step does not depend on the batch, 
 print(f"* Decode roofline: batch-1 step ≥ weights / HBM bandwidth = {weights_GB / GPUS / (gpu.hbm_TBps * 1e3) * 1e3:.1f} ms on "
       f"{GPUS} GPUs in parallel (TP); the model's TP weight-streaming term: "
       f"{serving_plan.plan(GPU_TYPE, GPUS, precision=PRECISION, batch=1).table.set_index('backend').loc['ds-inference', 'weights (HBM)_ms']:.1f} ms/token.")
-print(f"* Tensor parallelism on a slow link: theory says communication dominates. Measured on 2 CPU ranks at batch {b_hi}: "
+print(f"* Tensor parallelism on a slow link: theory says communication dominates. Measured on 2 ranks ({placement.ranks_device}) at batch {b_hi}: "
       f"TP {small_ms.loc[b_hi, 'tensor parallel']:.2f} vs naive pipeline {small_ms.loc[b_hi, 'naive pipeline']:.2f} ms/token.")
 
 # %% [markdown]
@@ -360,6 +376,9 @@ if answer_2 is not None:
 from labkit.notebook import run
 
 run.record({
+    **dev.to_dict(),
+    "small_ranks_device": placement.ranks_device,  # the small_* numbers: measured on the ranks, on this machine
+    "published_source": specs.BLOOM_SOURCE,  # published_* and the cost model's fit cells come from there
     "gpu": GPU_TYPE, "gpus": GPUS, "precision": PRECISION, "batch": BATCH, "new_tokens": NEW_TOKENS,
     "weights_GB": weights_GB,
     "fits": pt.fits.to_dict(),

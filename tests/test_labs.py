@@ -1,6 +1,8 @@
 """Every lab runs headless with smoke parameters; the results it recorded are checked by tests/labs/check_NN.py."""
 
 import importlib
+import importlib.util
+import re
 from pathlib import Path
 
 import pytest
@@ -16,15 +18,53 @@ CHECKS = {path.stem[-2:]: importlib.import_module(f"{__package__}.labs.{path.ste
           for path in sorted((Path(__file__).parent / "labs").glob("check_[0-9][0-9].py"))}
 
 
+def expected_device(asked: str) -> tuple[str, str]:
+    """(device type, hardware name) a lab run with DEVICE=`asked` must record, read without labkit: the GPU's name
+    from the driver, the CPU's from /proc/cpuinfo (else platform.processor())."""
+    import platform
+
+    import torch
+
+    if asked.startswith("cuda") or (asked == "auto" and torch.cuda.is_available()):
+        index = int(asked.split(":")[1]) if ":" in asked else 0
+        return "cuda", torch.cuda.get_device_name(index)
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return "cpu", line.split(":", 1)[1].strip()
+    return "cpu", platform.processor()
+
+
+def check_device(results: dict, asked: str) -> None:
+    """Every lab records the device its numbers came from, and it is the one DEVICE asked for."""
+    kind, name = expected_device(asked)
+    assert results.get("device_type") == kind, f"recorded device_type {results.get('device_type')!r}, expected {kind}"
+    assert name in str(results.get("device")), f"recorded device {results.get('device')!r} does not name {name!r}"
+    assert results.get("half_precision") in ("bf16", "fp16"), results.get("half_precision")
+
+
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("lab", list_labs(), ids=lambda p: p.stem)
-def test_lab_runs_and_records_results(lab: Path, tmp_path):
+def test_lab_runs_and_records_results(lab: Path, tmp_path, lab_device):
     number = lab.name[:2]
     assert number in CHECKS, f"{lab.name} has no checks: write tests/labs/check_{number}.py"
-    run = run_lab(lab, tmp_path, smoke=True, html=True)
+    html = importlib.util.find_spec("nbconvert") is not None  # the bare GPU box carries no nbconvert
+    run = run_lab(lab, tmp_path, smoke=True, html=html, parameters={"DEVICE": lab_device})
     NOTEBOOK_DURATIONS[lab.stem] = run.seconds
     assert run.results, f"{lab.name} recorded no results"
+    check_device(run.results, lab_device)
     CHECKS[number](run.results)
-    html = run.html.read_text()
-    assert "plotly-graph-div" in html and "Plotly.newPlot" in html  # figures are in the HTML
+    if html:
+        page = run.html.read_text()
+        assert "plotly-graph-div" in page and "Plotly.newPlot" in page  # figures are in the HTML
     assert run.seconds < SMOKE_BUDGET_S, f"{lab.name} took {run.seconds:.0f} s in smoke mode"
+
+
+@pytest.mark.parametrize("lab", list_labs(), ids=lambda p: p.stem)
+def test_lab_has_a_device_parameter(lab: Path):
+    """Every lab's parameters cell has DEVICE = "auto", and the lab resolves it with `devices.choose(DEVICE)`."""
+    source = lab.with_suffix(".py").read_text()
+    cell = source.split('# %% tags=["parameters"]', 1)[1].split("# %%", 1)[0]
+    assert re.search(r'^DEVICE = "auto"', cell, re.M), f"{lab.name}: no DEVICE = \"auto\" in its parameters cell"
+    assert "devices.choose(DEVICE)" in source, f"{lab.name} never resolves DEVICE with devices.choose"

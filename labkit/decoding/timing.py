@@ -233,18 +233,19 @@ def time_greedy(model, input_ids: torch.Tensor, new_tokens: int = 32, warmup: in
                          **{"do_sample": False, **generate_kwargs})
 
 
-def static_cache_compile(fullgraph: bool = False, dynamic: bool = False) -> dict:
+def static_cache_compile(fullgraph: bool = False, dynamic: bool = False, mode: str = "reduce-overhead") -> dict:
     """generate() keyword arguments for a static (pre-allocated) KV cache whose decode step torch.compile compiles.
 
     transformers compiles the decode step of a static cache by itself only on accelerators; the private flag
     `CompileConfig._compile_all_devices` asks it to on the CPU too (transformers 5's generation utils).
 
     Args:
-        fullgraph, dynamic: passed to torch.compile through transformers' CompileConfig.
+        fullgraph, dynamic, mode: passed to torch.compile through transformers' CompileConfig; mode
+            "reduce-overhead" (transformers' default) captures the compiled step as a CUDA graph on a GPU.
     Returns:
         {"cache_implementation": "static", "compile_config": CompileConfig(...)}, for `generate(**kwargs)`.
     """
-    config = CompileConfig(fullgraph=fullgraph, dynamic=dynamic)
+    config = CompileConfig(fullgraph=fullgraph, dynamic=dynamic, mode=mode)
     config._compile_all_devices = True  # the one place this private flag is set
     return {"cache_implementation": "static", "compile_config": config}
 

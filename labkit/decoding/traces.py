@@ -77,7 +77,8 @@ def decode_loop(model, tokenizer, prompt_ids: torch.Tensor, steps: int = 16, do_
         temperature, top_k, top_p, min_p: the sampling rule of `filter_logits`.
         repetition_penalty: transformers' rule, applied to every token already present (1.0: off).
         seed: the draw generator's seed (a CPU generator seeded like `torch.manual_seed(seed)`, so with the same
-            seed generate(do_sample=True) draws the same tokens).
+            seed generate(do_sample=True) on the CPU draws the same tokens). The model may be on any device: each
+            forward runs there, and the choices are made on the CPU.
     Returns:
         Trace with one Step per new token.
     """

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import pandas as pd
+import torch
 
 from labkit.convert import Graph
 from labkit.engines.base import (
@@ -17,6 +18,7 @@ from labkit.engines.base import (
     Session,
     SessionInfo,
     check_parity,
+    engine_device,
 )
 from labkit.engines.compile import TorchCompile
 from labkit.engines.eager import TorchEager
@@ -31,16 +33,19 @@ ENGINES: dict[str, Engine] = {
 }
 
 
-def engine_table() -> pd.DataFrame:
-    """Every engine with whether it runs here and why (not).
+def engine_table(device: str | torch.device = "cpu") -> pd.DataFrame:
+    """Every engine with whether it runs on `device` here and why (not).
 
+    Args:
+        device: the device asked about ("cpu", "cuda", "cuda:N", or a torch.device; `Engine.supports`).
     Returns:
-        one row per engine: engine, available, reason, precisions, what.
+        one row per engine: engine, device, available, reason, precisions, devices (the kinds it runs on), what.
     """
     rows = []
     for name, engine in ENGINES.items():
-        ok, reason = engine.available()
-        rows.append({"engine": name, "available": ok, "reason": reason, "precisions": ", ".join(engine.precisions),
+        ok, reason = engine.supports(device)
+        rows.append({"engine": name, "device": str(device), "available": ok, "reason": reason,
+                     "precisions": ", ".join(engine.precisions), "devices": ", ".join(engine.devices),
                      "what": engine.description})
     return pd.DataFrame(rows)
 
@@ -64,13 +69,15 @@ def get_engine(name: str) -> Engine:
     return ENGINES[name]
 
 
-def available_engines() -> list[str]:
-    """The engines that can run on this machine.
+def available_engines(device: str | torch.device = "cpu") -> list[str]:
+    """The engines that can run on `device` on this machine.
 
+    Args:
+        device: "cpu", "cuda", "cuda:N" or a torch.device (`Engine.supports`).
     Returns:
         their names, in ENGINES order.
     """
-    return [name for name, e in ENGINES.items() if e.available()[0]]
+    return [name for name, e in ENGINES.items() if e.supports(device)[0]]
 
 
 def _status() -> str:
@@ -80,5 +87,5 @@ def _status() -> str:
 
 __all__ = [
     "ENGINES", "WORKLOADS", "Engine", "EngineUnavailable", "Graph", "Parity", "ParityError", "Session", "SessionInfo",
-    "available_engines", "check_parity", "engine_table", "get_engine", "graph_for",
+    "available_engines", "check_parity", "engine_device", "engine_table", "get_engine", "graph_for",
 ]  # fmt: skip

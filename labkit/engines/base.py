@@ -14,8 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from labkit import devices
 from labkit.convert import Graph
-from labkit.hardware import Unavailable
+from labkit.hardware import DEVICES, Unavailable, resolve_device
 from labkit.precision import canonical
 from labkit.precision import tolerance as parity_tolerance
 
@@ -33,8 +34,8 @@ class SessionInfo:
     engine: str
     precision: str  # fp32 | bf16 | fp16 (labkit.precision)
     threads: int | None
-    device: str
-    provider: str  # e.g. "CPUExecutionProvider", "inductor", "CPU plugin"
+    device: str  # the torch device it ran on, with its index: "cpu", "cuda:0"
+    provider: str  # e.g. "CPUExecutionProvider (all)", "inductor", "CPU plugin, static shapes"
     prepare_s: float  # export + optimisation + compilation + first run: the cold-start cost, seconds
 
 
@@ -58,12 +59,40 @@ class Session(ABC):
         return {**self.info.__dict__}
 
 
+def device_kind(device: str | torch.device) -> str:
+    """ "cpu" or "cuda": the kind of a device, without asking whether this machine has one ("auto" is resolved).
+
+    Raises:
+        ValueError: an unknown device, naming the valid ones (`hardware.DEVICES`).
+    """
+    if str(device) == "auto":
+        return resolve_device("auto").type
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        kind = None
+    if kind not in ("cpu", "cuda"):
+        raise ValueError(f"unknown device {device!r}; choose from {list(DEVICES)}")
+    return kind
+
+
+def engine_device(device: str | torch.device) -> torch.device:
+    """The device a session runs on, with its index ("cuda" -> cuda:<current>): what `SessionInfo.device` names.
+
+    Raises:
+        ValueError: an unknown device, naming the valid ones. CapabilityMissing: CUDA asked for without a GPU.
+    """
+    return devices.resolve(device)
+
+
 class Engine(ABC):
-    """An inference runtime: `available()` says whether it runs here, `prepare()` builds a `Session`."""
+    """An inference runtime: `available()` says whether it runs here, `supports(device)` whether it runs on that
+    device, `prepare()` builds a `Session`."""
 
     name: str
     description: str
     precisions: tuple[str, ...] = ("fp32",)
+    devices: tuple[str, ...] = ("cpu",)  # the torch device types it can run on
 
     @abstractmethod
     def available(self) -> tuple[bool, str]:
@@ -73,23 +102,47 @@ class Engine(ABC):
             (True, what it will use) or (False, why not and how to get it).
         """
 
-    @abstractmethod
-    def _prepare(self, graph: Graph, precision: str, num_threads: int | None, **options) -> Session: ...
+    def supports(self, device: str | torch.device) -> tuple[bool, str]:
+        """Whether this engine can run on `device` here (installed, and that kind of device is one it runs on).
 
-    def prepare(self, graph: Graph, precision: str = "fp32", num_threads: int | None = None, **options) -> Session:
-        """Build a session for `graph`: export / compile / load, then run it once.
+        Args:
+            device: a torch.device or its name ("cpu", "cuda", "cuda:1", "auto"); only "auto" is resolved, so a CUDA
+                device can be asked about on a machine without one.
+        Returns:
+            (True, what it will use) or (False, why not).
+        Raises:
+            ValueError: an unknown device, naming the valid ones.
+        """
+        ok, reason = self.available()
+        kind = device_kind(device)
+        if ok and kind not in self.devices:
+            return False, f"runs on {' or '.join(self.devices)} only, not on {kind}"
+        return ok, reason
+
+    @abstractmethod
+    def _prepare(self, graph: Graph, precision: str, num_threads: int | None, device: torch.device,
+                 **options) -> Session: ...
+
+    def prepare(self, graph: Graph, precision: str = "fp32", num_threads: int | None = None,
+                device: str | torch.device = "cpu", **options) -> Session:
+        """Build a session for `graph` on `device`: export / compile / load, then run it once.
 
         Args:
             graph: what to run (see `engines.graph_for`).
             precision: one of this engine's `precisions` ("fp32", "bf16", "fp16"; aliases such as "float32" accepted).
             num_threads: intra-op threads; None keeps the runtime's default.
-            **options: engine-specific preparation options (e.g. device="cuda", provider="cuda",
-                fused_attention=False, static_shapes=False); see each engine's `_prepare`.
+            device: "cpu", "cuda", "cuda:N" or "auto" (`hardware.resolve_device`): where the session computes.
+                Inputs and outputs stay host tensors / arrays, so a GPU session's time includes their copies.
+            **options: engine-specific preparation options (e.g. provider="tensorrt", fused_attention=False,
+                static_shapes=False); see each engine's `_prepare`.
         Returns:
-            a Session whose `info.prepare_s` is the cold-start cost in seconds.
+            a Session whose `info.prepare_s` is the cold-start cost in seconds and `info.device` its device.
         Raises:
-            EngineUnavailable: the engine cannot run here (missing package or hardware), before any work.
-            ValueError: for a precision the engine lacks or num_threads < 1, naming the valid choices.
+            EngineUnavailable: the engine cannot run here or not on `device` (missing package or hardware), before
+                any work.
+            ValueError: for a precision the engine lacks, num_threads < 1 or an unknown device, naming the valid
+                choices.
+            CapabilityMissing: a CUDA device on a machine without one.
         """
         ok, reason = self.available()
         if not ok:
@@ -99,7 +152,11 @@ class Engine(ABC):
             raise ValueError(f"engine {self.name!r} supports precisions {list(self.precisions)}, not {precision!r}")
         if num_threads is not None and num_threads < 1:
             raise ValueError(f"num_threads must be >= 1, got {num_threads}")
-        return self._prepare(graph, precision, num_threads, **options)
+        dev = engine_device(device)
+        ok, reason = self.supports(dev)
+        if not ok:
+            raise EngineUnavailable(f"engine {self.name!r} cannot run on {dev}: {reason}")
+        return self._prepare(graph, precision, num_threads, dev, **options)
 
 
 @contextlib.contextmanager
@@ -112,6 +169,21 @@ def torch_threads(n: int | None):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def exact_fp32(device: torch.device, precision: str):
+    """fp32 on a GPU computes in fp32: cuDNN convolutions default to TF32 in PyTorch (10-bit mantissas,
+    `torch.backends.cudnn.allow_tf32`), which would fail fp32 parity and compare unequal work. No-op elsewhere."""
+    if device.type != "cuda" or precision != "fp32":
+        yield
+        return
+    before = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = before
 
 
 class Timer:

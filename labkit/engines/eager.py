@@ -11,8 +11,7 @@ import torch
 
 from labkit.convert import Graph
 from labkit.convert import export_patches as patches
-from labkit.engines.base import Engine, Session, SessionInfo, Timer, torch_threads
-from labkit.hardware import resolve_device
+from labkit.engines.base import Engine, Session, SessionInfo, Timer, exact_fp32, torch_threads
 from labkit.precision import torch_dtype
 
 
@@ -25,9 +24,10 @@ class TorchModuleSession(Session):
     def run(self, *inputs: torch.Tensor) -> np.ndarray:
         inputs = cast_inputs(inputs, self.dtype, self.device)
         patch = patches.patched_for_export(self.fn) if self.patched else contextlib.nullcontext()
-        with torch.inference_mode(), torch_threads(self.info.threads), patch:
+        exact = exact_fp32(self.device, self.info.precision)
+        with torch.inference_mode(), torch_threads(self.info.threads), exact, patch:
             out = self.fn(*inputs)
-        return out.float().cpu().numpy()
+        return out.float().cpu().numpy()  # the copy to the host waits for the GPU's kernels
 
 
 def cast_inputs(inputs: tuple[torch.Tensor, ...], dtype: torch.dtype, device: torch.device) -> tuple:
@@ -46,15 +46,14 @@ class TorchEager(Engine):
     name = "torch-eager"
     description = "PyTorch eager mode: each op dispatched from Python"
     precisions = ("fp32", "bf16", "fp16")
+    devices = ("cpu", "cuda")
 
     def available(self) -> tuple[bool, str]:
         return True, f"PyTorch {torch.__version__}"
 
-    def _prepare(self, graph, precision, num_threads, device: str = "cpu", export_patches: bool = False, **_):
-        """device: "cpu", "cuda", "cuda:N" or "auto" (`hardware.resolve_device`). export_patches=True runs the
-        forward that ONNX export uses (`convert.export_patches`): it separates what the rewrite itself is worth
-        from what a runtime's fused kernel is worth."""
-        dev = resolve_device(device)
+    def _prepare(self, graph, precision, num_threads, dev, export_patches: bool = False, **_):
+        """export_patches=True runs the forward that ONNX export uses (`convert.export_patches`): it separates what
+        the rewrite itself is worth from what a runtime's fused kernel is worth."""
         with Timer() as t:
             module = module_for(graph, precision, dev)
             kernels = "aten, export-patched forward" if export_patches else "aten"

@@ -45,11 +45,13 @@ class OpenVINO(Engine):
             return False, f"OpenVINO sees no CPU device (devices: {devices})"
         return True, f"OpenVINO {ov.get_version().split('-')[0]}: {', '.join(devices)}"
 
-    def _prepare(self, graph, precision, num_threads, device: str = "CPU", static_shapes: bool = True, **_):
-        """static_shapes=True compiles for the example's shapes, as a fixed-shape deployment (or a TensorRT
-        profile) would: the plugin then plans memory and picks kernels once instead of per call."""
+    def _prepare(self, graph, precision, num_threads, dev, static_shapes: bool = True, **_):
+        """Runs on OpenVINO's CPU plugin (`devices`: the CPU only). static_shapes=True compiles for the example's
+        shapes, as a fixed-shape deployment (or a TensorRT profile) would: the plugin then plans memory and picks
+        kernels once instead of per call."""
         import openvino as ov  # optional package
 
+        plugin = "CPU"
         config = {"INFERENCE_PRECISION_HINT": OV_PRECISION[precision], "PERFORMANCE_HINT": "LATENCY"}
         if num_threads:
             config["INFERENCE_NUM_THREADS"] = num_threads
@@ -58,8 +60,8 @@ class OpenVINO(Engine):
             shapes = [tuple(t.shape) for t in graph.example] if static_shapes else None
             if shapes:
                 model.reshape({i: list(shape) for i, shape in enumerate(shapes)})
-            session = OVSession(ov.Core().compile_model(model, device, config), None, shapes)
+            session = OVSession(ov.Core().compile_model(model, plugin, config), None, shapes)
             session.run(*graph.example)
         kind = "static shapes" if static_shapes else "dynamic shapes"
-        session.info = SessionInfo(self.name, precision, num_threads, device, f"{device} plugin, {kind}", t.seconds)
+        session.info = SessionInfo(self.name, precision, num_threads, str(dev), f"{plugin} plugin, {kind}", t.seconds)
         return session

@@ -12,9 +12,8 @@ import warnings
 
 import torch
 
-from labkit.engines.base import Engine, SessionInfo, Timer, torch_threads
+from labkit.engines.base import Engine, SessionInfo, Timer, exact_fp32, torch_threads
 from labkit.engines.eager import TorchModuleSession, cast_inputs, module_for
-from labkit.hardware import resolve_device
 from labkit.precision import torch_dtype
 
 
@@ -22,15 +21,16 @@ class TorchScript(Engine):
     name = "torchscript"
     description = "torch.jit.trace + freeze + optimize_for_inference (no Python in the loop)"
     precisions = ("fp32", "bf16", "fp16")
+    devices = ("cpu", "cuda")
 
     def available(self) -> tuple[bool, str]:
         return hasattr(torch.jit, "trace"), f"torch.jit in PyTorch {torch.__version__}"
 
-    def _prepare(self, graph, precision, num_threads, device: str = "cpu", **_):
-        dev = resolve_device(device)
+    def _prepare(self, graph, precision, num_threads, dev, **_):
         module = module_for(graph, precision, dev)
         example = cast_inputs(graph.example, torch_dtype(precision), dev)
-        with Timer() as t, torch.inference_mode(), torch_threads(num_threads), warnings.catch_warnings():
+        with Timer() as t, torch.inference_mode(), torch_threads(num_threads), warnings.catch_warnings(), \
+                exact_fp32(dev, precision):
             warnings.simplefilter("ignore")  # tracer warnings about Python control flow on shapes
             traced = torch.jit.trace(module, example, strict=False, check_trace=False)
             frozen = torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))

@@ -50,7 +50,7 @@ class LogitsOnly(torch.nn.Module):
 def _module(name: str) -> torch.nn.Module:
     if name == cnn.NAME:
         return cnn.load_digits_cnn()
-    model, _ = models.load_model(name, device="cpu")
+    model, _ = models.load_model(name, device="cpu")  # the export source and fp32 reference; engines copy it to theirs
     return LogitsOnly(_export_friendly(model)).eval()
 
 

@@ -154,7 +154,8 @@ def int8_granularity(model: torch.nn.Module, tokens: torch.Tensor, variants: dic
     """Perplexity, agreement and KL of simulated int8 at each granularity, against the same model in float.
 
     Args:
-        model: a causal LM in fp32, on the CPU (left unchanged). tokens: (n_windows, window) evaluation ids.
+        model: a causal LM in fp32, on any device (left unchanged; the simulation runs there). tokens: (n_windows,
+            window) evaluation ids, on any device.
         variants: name -> (weights, activations) granularities (None = float); default VARIANTS.
     Returns:
         DataFrame: variant, weights, activations, perplexity, top1_agreement, kl_vs_fp32, perplexity_vs_fp32.
@@ -167,8 +168,9 @@ def int8_granularity(model: torch.nn.Module, tokens: torch.Tensor, variants: dic
             _check("weights", w)
         if a:
             _check("activations", a)
-    reference = QuantizedModel(model.eval(), None, 0, 0, name="fp32")
-    candidates = {n: _Simulated(model, None, 0, 0, name=n, weights=w, activations=a) for n, (w, a) in variants.items()}
+    reference = QuantizedModel(model.eval(), None, 0, 0, name="fp32", device=model.device)
+    candidates = {n: _Simulated(model, None, 0, 0, name=n, device=model.device, weights=w, activations=a)
+                  for n, (w, a) in variants.items()}
     plain = next((n for n, (w, a) in variants.items() if not w and not a), None)  # scores as the reference does
     if plain is None:
         candidates[_REFERENCE] = reference
@@ -227,7 +229,7 @@ def census(model: torch.nn.Module, tokens: torch.Tensor, threshold: float = LLM_
     """What every Linear layer receives on `tokens`, and which hidden dimensions are LLM.int8() outlier features.
 
     Args:
-        model: a causal LM on the CPU. tokens: (batch, seq) ids, run in one forward.
+        model: a causal LM, on any device (the census is taken there). tokens: (batch, seq) ids, run in one forward.
         threshold: the magnitude of an outlier value (default: LLM.int8()'s, from bitsandbytes).
     Returns:
         OutlierCensus (see its fields). A dimension is systematic when some input of CENSUS_ROLES reaches
@@ -244,7 +246,7 @@ def census(model: torch.nn.Module, tokens: torch.Tensor, threshold: float = LLM_
     hooks = [m.register_forward_pre_hook(lambda _m, args, n=n: seen.__setitem__(n, args[0].detach().flatten(0, -2)))
              for n, m in modules.items()]  # fmt: skip
     try:
-        model(input_ids=tokens, use_cache=False)
+        model(input_ids=tokens.to(model.device), use_cache=False)
     finally:
         for h in hooks:
             h.remove()

@@ -1,6 +1,6 @@
 """Decoding methods side by side, measured: text, diversity, likelihood and speed; where the cut-offs fall;
-temperature; beam trees and how likely each search's output is. Every time comes from `decoding.timing`
-(speculative decoding: `experiments.speculative`)."""
+temperature. Every time comes from `decoding.timing` (speculative decoding: `experiments.speculative`; beam trees and
+how likely each search's output is: `experiments.searches`). Each function takes the device its model runs on."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from labkit import decoding, measure, models, plots
+from labkit import decoding, devices, measure, models, plots
 from labkit.decoding import timing
 from labkit.plots import Measured
 
@@ -20,6 +20,14 @@ DEFAULT_METHODS: dict[str, dict] = {
     "top-p": {"p": 0.9}, "top-k+top-p": {"k": 50, "p": 0.9}, "min-p": {"p": 0.05},
     "repetition-penalty": {"penalty": 1.3}, "prompt-lookup": {"num_tokens": 3}, "contrastive": {"k": 4, "alpha": 0.6},
 }  # fmt: skip
+
+
+def _next_token_logits(model: str, prompt: str, device: str | torch.device) -> tuple[torch.Tensor, object]:
+    """(vocab,) float32 next-token logits after `prompt` (no chat template), on the CPU, and the tokenizer."""
+    net, tok = models.load_cached(model, device)
+    with torch.no_grad():
+        logits = net(input_ids=tok(prompt, return_tensors="pt")["input_ids"].to(net.device)).logits[0, -1]
+    return logits.float().cpu(), tok
 
 
 def prompt_ids(tokenizer, prompt: str) -> torch.Tensor:
@@ -72,6 +80,7 @@ def timed_method(model, tokenizer, ids: torch.Tensor, method: str, params: dict,
     Raises:
         ValueError: an unknown method or a parameter out of range.
     """
+    ids = ids.to(model.device)
     if method == "contrastive":
         def loop(mark):
             out = decoding.contrastive_search(model, ids, max_new_tokens=max_new_tokens, eos_token_id=[], mark=mark,
@@ -86,52 +95,54 @@ def timed_method(model, tokenizer, ids: torch.Tensor, method: str, params: dict,
 
 def compare_methods(model: str = "smollm2-135m", prompt: str = "Write a short poem about the sea.",
                     methods: dict[str, dict] | None = None, max_new_tokens: int = 32, seed: int = 0,
-                    repeat: int = 3) -> Measured:
-    """One prompt through every method: the text, its diversity and repetition, likelihood and speed.
+                    repeat: int = 3, device: str | torch.device = "auto") -> Measured:
+    """One prompt through every method: the text, its diversity and repetition, likelihood and speed, on `device`.
 
     Args:
         model: a registry name. prompt: the text (chat template for chat models).
         methods: method name -> parameters (default: DEFAULT_METHODS). max_new_tokens: tokens per method.
         seed: torch's seed before each method. repeat: timed generations (after one warm-up).
+        device: where the model runs (`hardware.resolve_device`).
     Returns:
-        Measured: table (method, params, text, tokens_per_s = new tokens / median whole generation, prefill
-        included, warmups and repeats of that timing, mean_logprob, distinct_1, distinct_2, repetition_4gram, length)
-        and a diversity bar figure.
+        Measured: table (method, params, device (label), text, tokens_per_s = new tokens / median whole generation,
+        prefill included, warmups and repeats of that timing, mean_logprob, distinct_1, distinct_2, repetition_4gram,
+        length) and a diversity bar figure.
     Raises:
-        ValueError: an unknown method or a parameter out of range.
+        ValueError: an unknown method, device or a parameter out of range.
     """
-    net, tok = models.load_cached(model)
-    ids = prompt_ids(tok, prompt)
+    net, tok = models.load_cached(model, device)
+    ids = prompt_ids(tok, prompt).to(net.device)
+    label = devices.device_label(net.device)
     rows = []
     for method, params in (methods or DEFAULT_METHODS).items():
         torch.manual_seed(seed)
         run = timed_method(net, tok, ids, method, params, max_new_tokens, repeat=repeat)
         new = run.tokens[0]
-        out = torch.cat([ids, torch.tensor([new])], dim=1)
-        rows.append({"method": method, "params": params, "text": tok.decode(new, skip_special_tokens=True),
+        out = torch.cat([ids, torch.tensor([new], device=ids.device)], dim=1)
+        rows.append({"method": method, "params": params, "device": label,
+                     "text": tok.decode(new, skip_special_tokens=True),
                      "tokens_per_s": run.end_to_end_tok_s, "warmups": len(run.warmups_s), "repeats": run.repeats,
                      "mean_logprob": mean_logprob(net, out, len(new)),
                      **decoding.text_metrics(new)})
-    table = measure.results_frame(rows, model=model, prompt=prompt)
+    table = measure.results_frame(rows, model=model, prompt=prompt, device=label)
     long = table.melt(id_vars="method", value_vars=["distinct_1", "distinct_2", "repetition_4gram"], var_name="metric")
     long.attrs = table.attrs
     return Measured(table, plots.bars(long, "method", "value", "Diversity and repetition per method", color="metric"))
 
 
 def next_token_cutoffs(model: str = "smollm2-135m", prompt: str = "The capital of France is", temperature: float = 1.0,
-                       k: int = 5, p: float = 0.9, min_p: float = 0.1, top: int = 15) -> Measured:
+                       k: int = 5, p: float = 0.9, min_p: float = 0.1, top: int = 15,
+                       device: str | torch.device = "auto") -> Measured:
     """The next-token distribution and which tokens top-k, top-p and min-p keep (`decoding.filter_logits`).
 
     Args:
         model: a registry name. prompt: the text. temperature: divides the logits. k, p, min_p: the cut-offs.
-        top: most likely tokens shown.
+        top: most likely tokens shown. device: where the model's forward runs (the cut-offs then run on the CPU).
     Returns:
         Measured: table (token, probability, one kept/cut column per rule), attrs kept_counts (tokens each rule
         keeps out of the whole vocabulary) and entropy_nats; three bar panels, kept tokens in colour.
     """
-    net, tok = models.load_cached(model)
-    with torch.no_grad():
-        logits = net(input_ids=tok(prompt, return_tensors="pt")["input_ids"]).logits[0, -1].float()
+    logits, tok = _next_token_logits(model, prompt, device)
     probs = (logits / temperature).softmax(-1)
     kept = {
         f"top-k (k={k})": decoding.filter_logits(logits, temperature, top_k=k),
@@ -154,19 +165,17 @@ def next_token_cutoffs(model: str = "smollm2-135m", prompt: str = "The capital o
 
 
 def temperature_entropy(model: str = "smollm2-135m", prompt: str = "The capital of France is",
-                        temperatures=(0.25, 0.5, 0.75, 1.0, 1.5, 2.0)) -> Measured:
+                        temperatures=(0.25, 0.5, 0.75, 1.0, 1.5, 2.0), device: str | torch.device = "auto") -> Measured:
     """Entropy of the next-token distribution as temperature rescales the logits.
 
     Args:
-        model: a registry name. prompt: the text. temperatures: each > 0.
+        model: a registry name. prompt: the text. temperatures: each > 0. device: where the forward runs.
     Returns:
         Measured: table (temperature, entropy_nats, top1_probability) and a two-axis figure.
     Raises:
         ValueError: a temperature <= 0.
     """
-    net, tok = models.load_cached(model)
-    with torch.no_grad():
-        logits = net(input_ids=tok(prompt, return_tensors="pt")["input_ids"]).logits[0, -1].float()
+    logits, _ = _next_token_logits(model, prompt, device)
     rows = []
     for t in temperatures:
         if t <= 0:
@@ -179,84 +188,15 @@ def temperature_entropy(model: str = "smollm2-135m", prompt: str = "The capital 
                                            "Temperature flattens (T > 1) or sharpens (T < 1) the distribution"))
 
 
-def beam_tree_figure(trace: decoding.BeamTrace, title: str = "Beam search tree") -> go.Figure:
-    """The beam tree: each running beam per step, each finished hypothesis, and when and why the search stopped.
-
-    Args:
-        trace: a `decoding.beam_step_through` result. title: the figure's title (the stop reason is added below it).
-    Returns:
-        dots (colour: cumulative log-probability, text: the token) at (new-token index, beam slot); diamonds below
-        them for finished hypotheses (text: their length-normalised score); lines join each to the beam it grew
-        from; a dotted line marks the step the search stopped at.
-    """
-    fig = go.Figure()
-    slots = 1 + max((n.beam for n in trace.nodes), default=0)
-    pos = {(n.step, n.beam): (n.step + 1, -n.beam) for n in trace.nodes}
-    ends: dict[int, int] = {}
-    done = []
-    for h in trace.finished:  # below the running beams, in the order they finished at each step
-        ends[h.step] = ends.get(h.step, 0) + 1
-        done.append((h, (h.step + 1, -(slots - 1 + ends[h.step]))))
-    edges = [(n.step, n.parent, pos[(n.step, n.beam)]) for n in trace.nodes]
-    edges += [(h.step, h.parent, xy) for h, xy in done]
-    for step, parent, (x1, y1) in edges:
-        x0, y0 = pos[(step - 1, parent)] if step > 0 else (0, 0)  # step 0 grows from the prompt at (0, 0)
-        fig.add_trace(go.Scatter(x=[x0, x1], y=[y0, y1], mode="lines", line=dict(color="#bbbbbb"),
-                                 showlegend=False, hoverinfo="skip"))
-    fig.add_trace(go.Scatter(x=[xy[0] for _, xy in done], y=[xy[1] for _, xy in done], name="finished",
-                             text=[f"{h.score:.2f}" for h, _ in done], mode="markers+text",
-                             textposition="bottom center",
-                             marker=dict(symbol="diamond", color=plots.COLORS[1], size=10),
-                             hovertext=[repr(h.token_ids) for h, _ in done]))
-    fig.add_trace(go.Scatter(x=[xy[0] for xy in pos.values()], y=[xy[1] for xy in pos.values()], name="running",
-                             text=[n.token for n in trace.nodes], mode="markers+text", textposition="top center",
-                             marker=dict(color=[n.score for n in trace.nodes], colorscale="Viridis", size=10,
-                                         colorbar=dict(title="log p")), showlegend=False))
-    fig.add_vline(x=trace.steps, line_dash="dot", line_color="#888888")
-    fig.update_xaxes(title="step (new tokens)", dtick=1)
-    fig.update_yaxes(title="beam slot (finished below)", showticklabels=False)
-    return plots.style(fig, title, trace.stop_reason)
-
-
-def search_likelihood(model: str = "smollm2-135m", prompt: str = "Write a short poem about the sea.",
-                      widths: tuple[int, ...] = (1, 2, 4, 8), max_new_tokens: int = 16) -> Measured:
-    """How likely is each search's output? Beam search with length_penalty=0 ranks finished hypotheses by their
-    log-probability, so every width aims at the most likely sequence (ending at end of text or at max_new_tokens);
-    width 1 is greedy. A wider beam finding a likelier sequence shows the narrower one missed the maximum.
-
-    Args:
-        model: a registry name. prompt: the text (chat template for chat models). widths: num_beams values (>= 1).
-        max_new_tokens: the length limit.
-    Returns:
-        Measured: table (num_beams, text, tokens, logprob: re-scored by `sequence_logprob`, search_score: the
-        search's own, stop_reason) and a bar figure of logprob per width.
-    Raises:
-        ValueError: for a width < 1.
-    """
-    net, tok = models.load_cached(model)
-    ids = prompt_ids(tok, prompt)
-    rows = []
-    for width in widths:
-        trace = decoding.beam_step_through(net, tok, ids, width, max_new_tokens, length_penalty=0.0,
-                                           early_stopping="never")
-        new = trace.token_ids
-        rows.append({"num_beams": width, "text": tok.decode(new, skip_special_tokens=True), "tokens": len(new),
-                     "logprob": float(token_logprobs(net, torch.cat([ids, torch.tensor([new])], 1), len(new)).sum()),
-                     "search_score": trace.score, "stop_reason": trace.stop_reason})
-    table = measure.results_frame(rows, model=model, prompt=prompt, max_new_tokens=max_new_tokens)
-    fig = plots.bars(table.assign(search=[f"{w} beam{'s' * (w > 1)}" for w in table.num_beams]), "search", "logprob",
-                     "Log-probability of each search's output (higher = likelier)", ylabel="log p (nats)")
-    return Measured(table, fig)
-
-
 def explore(model: str = "smollm2-135m", prompt: str = "Once upon a time", method: str = "top-p",
             temperature: float = 1.0, top_k: int = 50, top_p: float = 0.9, min_p: float = 0.05, steps: int = 12,
-            seed: int = 0) -> Measured:
+            seed: int = 0, device: str | torch.device = "auto") -> Measured:
     """The widget's function: step through one method (`decoding.step_through`) and show each step's choice.
 
     Args:
         model: a registry name. prompt: the text. method: greedy, sample, top-k, top-p, min-p or top-k+top-p.
         temperature, top_k, top_p, min_p: the method's parameters. steps: tokens. seed: the sampling seed.
+        device: where the model's forward runs (the draws are made on the CPU, `decoding.decode_loop`).
     Returns:
         Measured: table (step, chosen, p(chosen), kept, kept_mass, top-3) and a bar of p(chosen) per step.
     Raises:
@@ -267,7 +207,7 @@ def explore(model: str = "smollm2-135m", prompt: str = "Once upon a time", metho
               "top-k+top-p": {"k": top_k, "p": top_p, "temperature": temperature}}
     if method not in params:
         raise ValueError(f"explore steps through {list(params)}; got {method!r}")
-    net, tok = models.load_cached(model)
+    net, tok = models.load_cached(model, device)
     trace = decoding.step_through(net, tok, prompt, method, steps, seed=seed, **params[method])
     table = pd.DataFrame([{"step": s.position, "chosen": repr(s.chosen), "p(chosen)": s.chosen_prob, "kept": s.kept,
                            "kept_mass": s.kept_mass, "top-3": [t for t, _ in s.candidates[:3]]} for s in trace.steps])

@@ -68,25 +68,34 @@ def prefill_decode(model: str = "tiny-llama", prompt_lens=(16, 64, 256), batch_s
     return table[["batch", "prompt_tokens", "ttft_ms", "tpot_ms", "decode_tok_s", "new_tokens"]].copy()
 
 
+ROOFLINE_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
 def decode_roofline(model: str = "smollm2-135m", precision: str = "fp32", bandwidth_gbps: float | None = None,
-                    flops: float | None = None, batch_sizes=(1, 2, 4, 8, 16, 32, 64)) -> pd.DataFrame:
-    """Per batch size: the bandwidth-bound and compute-bound decode limits (tokens/s) on this machine.
+                    flops: float | None = None, batch_sizes=ROOFLINE_BATCHES, device: str = "auto") -> pd.DataFrame:
+    """Per batch size: the bandwidth-bound and compute-bound decode limits (tokens/s) on one device.
 
     Each decode step reads every weight once and does 2 FLOPs per weight per sequence, so arithmetic intensity =
-    2 × batch × params / weight bytes (FLOP/byte) (Williams, Waterman & Patterson, "Roofline", 2009).
+    2 × batch × params / weight bytes (FLOP/byte) (Williams, Waterman & Patterson, "Roofline", 2009); the step is
+    memory-bound below the ridge point FLOP/s ÷ bytes/s.
 
     Args:
         model: a model name or config. precision: the weights' precision (fp32 | bf16 | fp16 | int8 | int4).
-        bandwidth_gbps: memory bandwidth, GB/s (None: measured). flops: matmul FLOP/s (None: measured, in
-            `precision` when it is fp32 or bf16, else fp32). batch_sizes: sequences per step.
+        bandwidth_gbps: memory bandwidth, GB/s (None: measured on `device`). flops: matmul FLOP/s (None: measured
+            on `device`, in `precision` when it is a float, else in fp32). batch_sizes: sequences per step.
+        device: the device measured when a number is not given ("auto", "cpu", "cuda", "cuda:N").
     Returns:
         DataFrame: batch, intensity_flop_per_byte, memory_bound_tok_s, compute_bound_tok_s, limit_tok_s, bound_by;
-        attrs: bandwidth_GBps, tflops, weights_GB, measured_on (the device the bandwidth was measured on).
+        attrs: bandwidth_GBps, tflops, weights_GB, ridge_flop_per_byte, ridge_batch (the batch whose intensity
+        reaches the ridge), measured_on (the device the bandwidth was measured on).
+    Raises:
+        ValueError: an unknown precision or device (naming the valid ones).
     """
     mem = anatomy.model_memory(model, precision)
-    measured = bandwidth_gbps or measure.memory_bandwidth()
+    measured = bandwidth_gbps or measure.memory_bandwidth(device=device)
     bw = measured * 1e9
-    fl = flops or anatomy.matmul_flops(precision=mem.precision if mem.precision in ("fp32", "bf16") else "fp32")
+    fl = flops or measure.matmul_flops(precision=mem.precision if mem.precision in FLOAT_PRECISIONS else "fp32",
+                                       device=device)
     rows = []
     for b in batch_sizes:
         memory_bound = b * bw / mem.weights_bytes  # tokens/s if only weight reads mattered
@@ -96,14 +105,16 @@ def decode_roofline(model: str = "smollm2-135m", precision: str = "fp32", bandwi
                      "limit_tok_s": min(memory_bound, compute_bound),
                      "bound_by": "memory" if memory_bound < compute_bound else "compute"})
     table = pd.DataFrame(rows)
+    ridge = measure.ridge_point(fl, measured)
     table.attrs.update(bandwidth_GBps=bw / 1e9, tflops=fl / 1e12, weights_GB=mem.weights_bytes / 1e9,
+                       ridge_flop_per_byte=ridge, ridge_batch=ridge * mem.weights_bytes / (2 * mem.params),
                        measured_on=getattr(measured, "device_name", "(bandwidth given)"))
     return table
 
 
 def decode_step_cost(model: str = "smollm2-135m", batch_sizes=(1, 32), prompt_tokens: int = 16,
                      new_tokens: int = 8, repeat: int = 3, bandwidth_gbps: float | None = None,
-                     flops: float | None = None, device: str = "auto") -> Measured:
+                     flops: float | None = None, device: str = "auto", precision: str = "fp32") -> Measured:
     """How a decode step's time grows with the batch: measured against the roofline's prediction.
 
     The roofline (Williams, Waterman & Patterson, 2009) says a step takes max(bytes read / bandwidth,
@@ -113,42 +124,49 @@ def decode_step_cost(model: str = "smollm2-135m", batch_sizes=(1, 32), prompt_to
     one `decoding.timing.time_greedy` run (1 warm-up, `repeat` timed generations).
 
     Args:
-        model: a registry name with weights (loaded in fp32). batch_sizes: sequences per step (the first is the
-            reference of the ratios). prompt_tokens: random prompt length. new_tokens: tokens generated (>= 2).
-        repeat: timed generations. bandwidth_gbps, flops: the device's read GB/s and matmul FLOP/s (None: measured
-            on `device`, `measure.memory_bandwidth` and `anatomy.matmul_flops`).
-        device: "auto" (the GPU when there is one), "cpu", "cuda".
+        model: a registry name with weights. batch_sizes: sequences per step (the first is the reference of the
+            ratios). prompt_tokens: random prompt length. new_tokens: tokens generated (>= 2).
+        repeat: timed generations. bandwidth_gbps, flops: the device's read GB/s and matmul FLOP/s in `precision`
+            (None: measured on `device`, `measure.memory_bandwidth` and `measure.matmul_flops`).
+        device: "auto" (the GPU when there is one), "cpu", "cuda". precision: the weights, KV cache and matmuls:
+            fp32 | bf16 | fp16 (`DeviceChoice.half` for the device's 16-bit float).
     Returns:
         Measured: table (batch, tpot_ms, step_vs_first: measured ratio to the first batch, roofline_ms,
-        roofline_vs_first, bound_by) and a figure of both; attrs: bandwidth_GBps, flops, measured_on,
-        ridge_flop_per_byte (FLOP/s ÷ bandwidth) and ridge_batch (the batch whose intensity 2·B·params / weight
-        bytes reaches the ridge).
+        roofline_vs_first, bound_by, pct_of_bandwidth_bound: 100 × (bytes read ÷ bandwidth) ÷ measured step,
+        pct_of_roofline: 100 × roofline_ms ÷ tpot_ms) and a figure of both times; attrs: bandwidth_GBps, flops,
+        measured_on, precision, ridge_flop_per_byte (FLOP/s ÷ bandwidth) and ridge_batch (the batch whose intensity
+        2·B·params / weight bytes reaches the ridge).
     Raises:
-        ValueError: new_tokens < 2 or a batch size < 1 (before loading).
+        ValueError: new_tokens < 2, a batch size < 1 or a precision that is not a float (before loading).
     """
     if new_tokens < 2 or min(batch_sizes) < 1:
         raise ValueError(f"need new_tokens >= 2 and batch sizes >= 1, got {new_tokens} and {list(batch_sizes)}")
-    net, _ = models.load_model(model, device=device)
+    name = canonical(precision)
+    if name not in FLOAT_PRECISIONS:
+        raise ValueError(f"a model runs in {list(FLOAT_PRECISIONS)}, not {name}")
+    net, _ = models.load_model(model, name, device=device)
     bw = bandwidth_gbps or measure.memory_bandwidth(device=net.device)
-    fl = flops or anatomy.matmul_flops(device=net.device)
-    mem = anatomy.model_memory(model, "fp32")
+    fl = flops or measure.matmul_flops(precision=name, device=net.device)
+    mem = anatomy.model_memory(model, name)
     rows = []
     for b in batch_sizes:
         ids = timing.random_prompt(b, prompt_tokens, net.config.vocab_size, seed=b).to(net.device)
         run = timing.time_greedy(net, ids, new_tokens, warmup=1, repeat=repeat)
-        kv = anatomy.kv_cache_bytes(model, b, prompt_tokens + new_tokens // 2, "fp32", cache="static")  # read per step
-        read = mem.weights_bytes + kv
-        memory_s, compute_s = read / (bw * 1e9), 2 * mem.params * b / fl
+        kv = anatomy.kv_cache_bytes(model, b, prompt_tokens + new_tokens // 2, name, cache="static")  # read per step
+        memory_s, compute_s = (mem.weights_bytes + kv) / (bw * 1e9), 2 * mem.params * b / fl
         rows.append({"batch": b, "tpot_ms": run.tpot_s * 1e3, "roofline_ms": max(memory_s, compute_s) * 1e3,
-                     "bound_by": "memory" if memory_s >= compute_s else "compute"})
-    ridge = fl / (bw * 1e9)
-    table = measure.results_frame(rows, model=model, bandwidth_GBps=float(bw), flops=fl, ridge_flop_per_byte=ridge,
-                                  ridge_batch=ridge * mem.weights_bytes / (2 * mem.params),
+                     "bound_by": "memory" if memory_s >= compute_s else "compute",
+                     "pct_of_bandwidth_bound": 100 * memory_s / run.tpot_s,
+                     "pct_of_roofline": 100 * max(memory_s, compute_s) / run.tpot_s})
+    ridge = measure.ridge_point(fl, bw)
+    table = measure.results_frame(rows, model=model, bandwidth_GBps=float(bw), flops=float(fl), precision=name,
+                                  ridge_flop_per_byte=ridge, ridge_batch=ridge * mem.weights_bytes / (2 * mem.params),
                                   measured_on=getattr(bw, "device_name", "(bandwidth given)"))  # fmt: skip
     table.insert(2, "step_vs_first", table.tpot_ms / table.tpot_ms.iloc[0])
     table.insert(4, "roofline_vs_first", table.roofline_ms / table.roofline_ms.iloc[0])
     fig = plots.line(table, "batch", ["tpot_ms", "roofline_ms"], log_x=True, xlabel="sequences per decode step",
-                     ylabel="ms per decode step", title=f"{model}: decode step time vs batch, measured and roofline")
+                     ylabel="ms per decode step", title=f"{model} ({name}): decode step time vs batch, measured "
+                     "and roofline")
     fig.add_vline(x=table.attrs["ridge_batch"], line_dash="dot",
                   annotation_text=f"ridge: batch {table.attrs['ridge_batch']:.0f}")
     return Measured(table, fig)

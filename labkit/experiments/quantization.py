@@ -2,7 +2,8 @@
 
 Quality is measured on held-out Shakespeare (plays the training never saw): perplexity, and against the fp32 model on
 the same tokens, top-1 agreement and KL divergence. Speed is one `decoding.timing` run per batch size: prefill
-(time to first token) and decode tokens/s (batch / median step) of the same generation.
+(time to first token) and decode tokens/s (batch / median step) of the same generation. Every row names the device it
+ran on, and a speed-up divides by the fp32 model's speed on that same device.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ import plotly.graph_objects as go
 import torch
 from tqdm.auto import tqdm
 
-from labkit import generation, measure, models, plots
+from labkit import devices, generation, measure, models, plots
 from labkit.data.windows import eval_tokens
 from labkit.decoding import timing
-from labkit.hardware import Unavailable
+from labkit.hardware import Unavailable, resolve_device
 from labkit.plots import Measured
 from labkit.quant import QUANTIZERS, QuantizedModel, quantize
 
@@ -31,6 +32,8 @@ INT8 = ("int8-dynamic", "int8-weight", "quanto-int8", "bnb-int8", "ort-int8", "g
 FOUR_BIT = ("int4-weight", "bnb-nf4", "ort-int4", "genai-int4")
 W8A8_PER_TENSOR = ("int8-dynamic", "ort-int8")
 WEIGHT_ONLY_INT8 = ("int8-weight", "quanto-int8")
+# The precision ladder on one device: fp32, the two 16-bit floats, bitsandbytes' LLM.int8() and NF4.
+LADDER = ("fp32", "fp16", "bf16", "bnb-int8", "bnb-nf4")
 
 
 @dataclass
@@ -71,7 +74,8 @@ def quality(candidates: dict[str, QuantizedModel], reference: QuantizedModel, to
 
 def speed(q: QuantizedModel, prefill_tokens: int = 128, decode_tokens: int = 32, batch_sizes=(1, 8),
           vocab: int = 1000, repeat: int = 3, warmup: int = 1) -> dict:
-    """Prefill latency and greedy decode tokens/s of a quantized model, one `decoding.timing` run per batch size.
+    """Prefill latency and greedy decode tokens/s of a quantized model on its device (`q.device`), one
+    `decoding.timing` run per batch size (the timing synchronises the device before every clock read).
 
     Each run generates `decode_tokens` tokens after a random prompt of `prefill_tokens` tokens (`warmup` untimed and
     `repeat` timed generations; medians). A forward-only ONNX graph (no KV cache) gets its prefill timed the same
@@ -116,47 +120,99 @@ def _forward_once(q: QuantizedModel, prompt: torch.Tensor) -> Callable[[Callable
 
 
 def compare_quantizers(source: str = "smollm2-135m", names: Sequence[str] | None = None, budget: int = 2048,
-                       decode_tokens: int = 32, batch_sizes: Sequence[int] = (1, 8),
-                       progress: bool = True) -> QuantComparison:
-    """Every quantizer on one model: bytes, perplexity, agreement, KL, prefill and decode speed.
+                       decode_tokens: int = 32, batch_sizes: Sequence[int] = (1, 8), progress: bool = True,
+                       device: str | torch.device = "auto") -> QuantComparison:
+    """Every quantizer on one model: bytes, perplexity, agreement, KL, prefill and decode speed, on `device`.
+
+    A quantizer that does not run on `device` (torch.ao, ONNX Runtime, ORT GenAI, the GGUF path: CPU-only) runs on
+    the CPU, deliberately, and its row says so in `device`; its speed-ups divide by fp32's speed on the CPU.
 
     Args:
         source: a registry model name. names: quantizers (default: every one in `quant.QUANTIZERS`; "fp32" must be
             among them, it is the reference). budget: evaluation tokens from the held-out plays (`eval_tokens`).
         decode_tokens, batch_sizes: the speed runs (`speed`). progress: show a progress bar.
+        device: "auto", "cpu", "cuda" or "cuda:N" (`hardware.resolve_device`): where the quantizers run.
     Returns:
-        QuantComparison: table (one row per quantizer: quantizer, library, stored_MiB, resident_MiB, prefill_ms,
-        decode_tok_s_b{B}, notes, perplexity, top1_agreement, kl_vs_fp32, size_vs_fp32, perplexity_vs_fp32,
-        decode_speedup_b{B}; a quantizer that cannot run here keeps its row with the reason in `error`), a Pareto
-        figure of size vs perplexity, the built models and the tokenizer.
+        QuantComparison: table (one row per quantizer: quantizer, library, device (label: `devices.device_label`),
+        stored_MiB, resident_MiB, prefill_ms, decode_tok_s_b{B}, notes, perplexity, top1_agreement, kl_vs_fp32,
+        size_vs_fp32, perplexity_vs_fp32, decode_speedup_b{B} = decode_tok_s_b{B} / fp32's on the row's device; a
+        quantizer that cannot run here keeps its row with the reason in `error`; attrs fp32_decode_tok_s: device
+        label -> {decode_tok_s_b{B}: fp32's}), a Pareto figure of size vs perplexity, the built models, the tokenizer.
     Raises:
-        ValueError: an unknown quantizer or model. Any failure inside a quantizer that can run here (only
-            `hardware.Unavailable` becomes an `error` row).
+        ValueError: an unknown quantizer, model or device. CapabilityMissing: CUDA asked for without a GPU. Any
+            failure inside a quantizer that can run here (only `hardware.Unavailable` becomes an `error` row).
     """
     names = list(names or QUANTIZERS)
-    base, tok = models.load_model(source, device="cpu")
-    reference = quantize("fp32", source, model=base)
+    dev = resolve_device(device)
+    base, tok = models.load_model(source, device="cpu")  # every quantizer copies from it onto its own device
+    reference = quantize("fp32", source, device=dev, model=base)
     tokens = eval_tokens(tok, budget)
-    rows, built = [], {}
+    rows, built, used = [], {}, {}
     for name in tqdm(names, desc=f"quantizing {source}", disable=not progress):
         try:
-            built[name] = quantize(name, source, model=base)
+            built[name] = quantize(name, source, device=QUANTIZERS[name].runs_on(dev), model=base)
         except Unavailable as err:  # cannot run here (package, device, model): keep the row, say why
             rows.append({"quantizer": name, "library": QUANTIZERS[name].library, "error": str(err)[:300]})
             continue
         q = built[name]
-        rows.append({"quantizer": name, "library": QUANTIZERS[name].library, "stored_MiB": q.stored_bytes / 2**20,
-                     "resident_MiB": q.resident_bytes / 2**20,
+        label = devices.device_label(q.device)
+        used[label] = q.device
+        rows.append({"quantizer": name, "library": QUANTIZERS[name].library, "device": label,
+                     "stored_MiB": q.stored_bytes / 2**20, "resident_MiB": q.resident_bytes / 2**20,
                      **speed(q, decode_tokens=decode_tokens, batch_sizes=batch_sizes, vocab=len(tok)),
                      "notes": q.notes})
     table = pd.DataFrame(rows).merge(quality(built, reference, tokens), on="quantizer", how="left")
     fp32 = table.set_index("quantizer").loc["fp32"]
     table["size_vs_fp32"] = table.stored_MiB / fp32.stored_MiB
     table["perplexity_vs_fp32"] = table.perplexity / fp32.perplexity
-    for bs in batch_sizes:
-        table[f"decode_speedup_b{bs}"] = table[f"decode_tok_s_b{bs}"] / fp32[f"decode_tok_s_b{bs}"]
-    table = measure.results_frame(table.to_dict("records"), source=source, eval_tokens=int(tokens.numel()))
+    columns = [f"decode_tok_s_b{bs}" for bs in batch_sizes]
+    same_device = {label: _fp32_speed(table, label, lambda d=d: quantize("fp32", source, device=d, model=base),
+                                      decode_tokens, batch_sizes, len(tok), columns) for label, d in used.items()}
+    for bs, col in zip(batch_sizes, columns, strict=True):
+        fp32_there = table.device.map(lambda lab, c=col: same_device[lab][c] if lab in same_device else math.nan)
+        table[f"decode_speedup_b{bs}"] = table[col] / fp32_there
+    table = measure.results_frame(table.to_dict("records"), source=source, eval_tokens=int(tokens.numel()),
+                                  fp32_decode_tok_s=same_device)
     return QuantComparison(table, pareto(table, "stored_MiB", "size (MiB, as stored)"), built, tok)
+
+
+def _fp32_speed(table: pd.DataFrame, label: str, build: Callable[[], QuantizedModel], decode_tokens: int,
+                batch_sizes: Sequence[int], vocab: int, columns: list[str]) -> dict[str, float]:
+    """fp32's decode tokens/s on the device `label`: its row's when the table has one there, else measured now (a
+    CPU-only quantizer in a GPU run is compared with fp32 on the CPU)."""
+    row = table[(table.quantizer == "fp32") & (table.device == label)]
+    measured = row.iloc[0] if len(row) else speed(build(), decode_tokens=decode_tokens, batch_sizes=batch_sizes,
+                                                  vocab=vocab)
+    return {c: float(measured[c]) for c in columns}
+
+
+def precision_ladder(table: pd.DataFrame, half: str) -> pd.DataFrame:
+    """fp32 → 16-bit float → int8 → 4-bit on one device: `compare_quantizers`' rows of LADDER, against the device's
+    native 16-bit float (`devices.DeviceChoice.half`: fp16 on a T4, bf16 on Ampere and later and on CPUs).
+
+    Args:
+        table: `compare_quantizers`' table. half: "fp16" or "bf16", the device's native 16-bit float.
+    Returns:
+        DataFrame indexed by quantizer (LADDER rows that ran, on the device of `half`'s row): device, stored_MiB,
+        perplexity, decode_tok_s_b{B} and, against `half`: bytes_vs_half, perplexity_vs_half and
+        decode_speedup_b{B}_vs_half.
+    Raises:
+        ValueError: for `half` not fp16 / bf16, or a table without that row.
+    """
+    if half not in ("fp16", "bf16"):
+        raise ValueError(f"half must be 'fp16' or 'bf16' (the device's native 16-bit float), got {half!r}")
+    ok = table.dropna(subset=["perplexity"]).set_index("quantizer") if "perplexity" in table else table.iloc[:0]
+    if half not in ok.index:
+        raise ValueError(f"the table has no {half} row that ran; it has {list(ok.index)}")
+    ref = ok.loc[half]
+    ladder = ok.loc[[n for n in LADDER if n in ok.index and ok.loc[n, "device"] == ref.device]]
+    speed_cols = [c for c in ladder.columns if c.startswith("decode_tok_s_b")]
+    out = ladder[["device", "stored_MiB", "perplexity", *speed_cols]].copy()
+    out["bytes_vs_half"] = out.stored_MiB / ref.stored_MiB
+    out["perplexity_vs_half"] = out.perplexity / ref.perplexity
+    for c in speed_cols:
+        out[c.replace("decode_tok_s", "decode_speedup") + "_vs_half"] = out[c] / ref[c]
+    return out
 
 
 def describe_linear(q: QuantizedModel) -> dict:

@@ -8,19 +8,29 @@ from __future__ import annotations
 
 import pandas as pd
 import plotly.graph_objects as go
+import torch
 
+from labkit.devices import device_label
 from labkit.measure import results_frame
-from labkit.models import load_cached
+from labkit.models import load_model
 from labkit.plots import Measured, style
 from labkit.serving.app import Server, create_app
 from labkit.serving.loadgen import DEFAULT_PROMPTS, LoadResult, run_load
-from labkit.serving.repository import SCHEDULERS, ModelRepository
+from labkit.serving.repository import SCHEDULERS, ModelRepository, check_on
 
 
-def _serve(model: str, scheduler: str, max_batch: int, max_queue: int) -> tuple[Server, ModelRepository]:
-    repo = ModelRepository(scheduler, max_batch=max_batch, max_queue=max_queue)
-    repo.load(model, "v1", loaded=load_cached(model))
+def _serve(model: str, scheduler: str, max_batch: int, max_queue: int, loaded: tuple) -> tuple[Server, ModelRepository]:
+    repo = ModelRepository(scheduler, max_batch=max_batch, max_queue=max_queue, device=loaded[0].device)
+    repo.load(model, "v1", loaded=loaded)
     return Server(create_app(repo, max_tokens_limit=4096, request_timeout_s=TIMEOUT_S)).start(), repo
+
+
+def _loaded(model: str, device: str | torch.device, loaded: tuple | None) -> tuple:
+    """The (model, tokenizer) every scheduler serves: `loaded` (checked to be on `device`), else loaded there once."""
+    if loaded is None:
+        return load_model(model, device=device)
+    check_on(loaded[0], device)
+    return loaded
 
 
 THREE = ("sync", "dynamic", "continuous")
@@ -29,25 +39,29 @@ TIMEOUT_S = 900.0  # a synchronous server at 32 clients keeps the last one waiti
 
 def compare_schedulers(model: str = "tiny-bloom-shakespeare", schedulers: tuple[str, ...] = THREE,
                        clients: tuple[int, ...] = (1, 4, 16), requests_per_client: int = 2, max_tokens: int = 32,
-                       max_batch: int = 32, prompts: tuple[str, ...] = DEFAULT_PROMPTS) -> Measured:
-    """Closed-loop load at each concurrency against a fresh server per scheduler (same weights).
+                       max_batch: int = 32, prompts: tuple[str, ...] = DEFAULT_PROMPTS,
+                       device: str | torch.device = "auto", loaded: tuple | None = None) -> Measured:
+    """Closed-loop load at each concurrency against a fresh server per scheduler (same weights, same device).
 
     Args:
         model: a labkit model name. schedulers: which to compare (from serving.repository.SCHEDULERS).
         clients: concurrent clients per run. requests_per_client: requests each client sends.
         max_tokens: new tokens per request. max_batch: batch slots of every engine.
         prompts: cycled through by the requests.
+        device: where the engines compute ("auto": the GPU when there is one; "cpu", "cuda", "cuda:N").
+        loaded: a ready (model, tokenizer) on `device`, shared by every scheduler (None: `model` is loaded once).
     Returns:
-        Measured: one row per (scheduler, clients) with loadgen's summary (tokens_per_s, ttft_p50_s, ... in s)
-        and mean_decode_batch (sequences per decode step; NaN for 'hf-continuous', which counts no steps);
-        the figure is tokens/s against clients.
+        Measured: one row per (scheduler, clients) with loadgen's summary (tokens_per_s, ttft_p50_s, ... in s),
+        mean_decode_batch (sequences per decode step; NaN for 'hf-continuous', which counts no steps) and device
+        (where the engine computed, with its hardware); the figure is tokens/s against clients.
     Raises:
-        ValueError: an unknown scheduler, naming the valid ones.
+        ValueError: an unknown scheduler or device (naming the valid ones), or `loaded` on another device.
     """
     _check(schedulers)
+    loaded = _loaded(model, device, loaded)
     rows = []
     for name in schedulers:
-        server, repo = _serve(model, name, max_batch, max_queue=max(clients) * 2)
+        server, repo = _serve(model, name, max_batch, max(clients) * 2, loaded)
         try:
             run_load(server.url, model, prompts, clients=2, requests=2, max_tokens=4)  # warm-up
             engine = repo.route(model).engine
@@ -58,7 +72,8 @@ def compare_schedulers(model: str = "tiny-bloom-shakespeare", schedulers: tuple[
                 sizes = engine.batch_sizes
                 steps = sum(sizes.values())  # hf-continuous runs its own loop: no step counts (NaN)
                 mean_batch = sum(k * v for k, v in sizes.items()) / steps if steps else float("nan")
-                rows.append({"scheduler": name, **res.summary, "mean_decode_batch": mean_batch})
+                rows.append({"scheduler": name, **res.summary, "mean_decode_batch": mean_batch,
+                             "device": device_label(engine.device)})
         finally:
             server.stop()
     df = results_frame(rows, model=model, max_tokens=max_tokens)
@@ -68,28 +83,30 @@ def compare_schedulers(model: str = "tiny-bloom-shakespeare", schedulers: tuple[
 
 def open_loop(model: str = "tiny-bloom-shakespeare", schedulers: tuple[str, ...] = ("sync", "continuous"),
               rates: tuple[float, ...] = (2.0, 8.0), requests: int = 16, max_tokens: int = 32,
-              max_batch: int = 32) -> Measured:
+              max_batch: int = 32, device: str | torch.device = "auto", loaded: tuple | None = None) -> Measured:
     """Poisson arrivals at each rate: below capacity latency is flat, above it the queue (and p99) grows.
 
     Args:
         model: a labkit model name. schedulers: which to compare. rates: arrivals per second.
         requests: requests per rate (also each engine's queue bound). max_tokens: new tokens per request.
-        max_batch: batch slots of every engine.
+        max_batch: batch slots of every engine. device, loaded: as in `compare_schedulers`.
     Returns:
-        Measured: one row per (scheduler, rate) with loadgen's summary; the figure is p99 latency (s) against rate.
+        Measured: one row per (scheduler, rate) with loadgen's summary and device; the figure is p99 latency (s)
+        against rate.
     Raises:
-        ValueError: an unknown scheduler, naming the valid ones.
+        ValueError: an unknown scheduler or device (naming the valid ones), or `loaded` on another device.
     """
     _check(schedulers)
+    loaded = _loaded(model, device, loaded)
     rows = []
     for name in schedulers:
-        server, _repo = _serve(model, name, max_batch, max_queue=requests)
+        server, repo = _serve(model, name, max_batch, requests, loaded)
         try:
             run_load(server.url, model, clients=2, requests=2, max_tokens=4)
             for rate in rates:
                 res = run_load(server.url, model, mode="open", rate=rate, requests=requests, max_tokens=max_tokens,
                                timeout_s=TIMEOUT_S)
-                rows.append({"scheduler": name, **res.summary})
+                rows.append({"scheduler": name, **res.summary, "device": device_label(repo.route(model).engine.device)})
         finally:
             server.stop()
     df = results_frame(rows, model=model)

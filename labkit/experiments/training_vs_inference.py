@@ -6,7 +6,8 @@ and the serving trade-off of batch size. Plain arguments in, a table and a figur
     widgets.panel(forward_latency, model=["tiny-bloom", "tiny-llama"], batch_size=(1, 64))
 
 Persistent bytes (weights, gradients, optimizer state) are counted by `labkit.memory.model_state_bytes`, through
-`labkit.training.step_costs`.
+`labkit.training.step_costs`. Every function measures on one `device` (None: where the model passed in is, or the CPU
+for a model loaded by name) and its table says which (attrs["device"]).
 """
 
 from __future__ import annotations
@@ -18,31 +19,36 @@ import plotly.graph_objects as go
 import torch
 
 from labkit import measure, models, plots, training
+from labkit.hardware import resolve_device
 from labkit.plots import Measured
 
 TINY_MODELS = ["tiny-bloom", "tiny-llama", "tiny-bloom-shakespeare"]
 
 
-def _model(model: str, loaded):
-    """(model, tokenizer): the one passed in, or a cached load of `model` by name."""
-    return loaded if loaded is not None else models.load_cached(model)
+def _model(model: str, loaded, device) -> tuple:
+    """(model, tokenizer, device): the pair passed in, or a cached load of `model` by name, on `device` (None: where
+    the pair is, or the CPU for a load by name; a pair elsewhere is moved there, in place)."""
+    net, tok = loaded if loaded is not None else models.load_cached(model, device if device is not None else "cpu")
+    return net, tok, training.place(net, device)
 
 
-def check_activation_memory(batch_size: int, seq_len: int, vocab_size: int, copies: int) -> None:
-    """Refuse, before allocating, a batch whose logits alone would not fit in free CPU memory.
+def check_activation_memory(batch_size: int, seq_len: int, vocab_size: int, copies: int,
+                            device: str | torch.device = "cpu") -> None:
+    """Refuse, before allocating, a batch whose logits alone would not fit in the device's free memory.
 
     Args:
         batch_size, seq_len: the batch's shape (>= 1). vocab_size: the model's vocabulary.
         copies: how many (batch, seq, vocab) fp32 logits live at once (about 1 for inference, 4 for training:
             logits, log-softmax, and their gradients).
+        device: where the batch would be computed (`models.available_memory`: free GPU memory or available RAM).
     Raises:
-        ValueError: for batch_size or seq_len < 1. MemoryError: when batch × seq × vocab × 4 B × copies exceeds the
-            free memory, with both sizes in GiB.
+        ValueError: for batch_size or seq_len < 1, or an unknown device. MemoryError: when batch × seq × vocab × 4 B
+            × copies exceeds the device's free memory, with both sizes in GiB.
     """
     if batch_size < 1 or seq_len < 1:
         raise ValueError(f"batch_size and seq_len must be >= 1, got {batch_size} and {seq_len}")
     need = batch_size * seq_len * vocab_size * 4 * copies
-    free = models.available_memory(torch.device("cpu"))
+    free = models.available_memory(resolve_device(device))
     if need > free:
         raise MemoryError(
             f"batch {batch_size} x {seq_len} tokens needs about {need / 2**30:.1f} GiB for logits alone, "
@@ -51,24 +57,26 @@ def check_activation_memory(batch_size: int, seq_len: int, vocab_size: int, copi
 
 
 def forward_latency(model: str = "tiny-bloom", batch_size: int = 1, seq_len: int = 32, repeat: int = 30,
-                    loaded=None) -> Measured:
+                    loaded=None, device: str | torch.device | None = None) -> Measured:
     """The distribution of one forward pass's latency over `repeat` runs (after 3 warm-up runs).
 
     Args:
         model: a registry name (loaded once and cached) unless `loaded` is given. batch_size, seq_len: the input's
             shape (random token ids, seeded). repeat: timed runs. loaded: (model, tokenizer) to measure instead.
+        device: where to run ("cpu", "cuda", "cuda:N", "auto"); None: where `loaded` is, or the CPU.
     Returns:
-        Measured: one row of `measure.Stats` in ms (median, p10, p90, p99, ...) with the model and shape; a histogram
-        of the runs with the median, p90 and p99 marked.
+        Measured: one row of `measure.Stats` in ms (median, p10, p90, p99, ...) with the model, device and shape; a
+        histogram of the runs with the median, p90 and p99 marked.
     Raises:
         ValueError, MemoryError: see `check_activation_memory`.
     """
-    net, _ = _model(model, loaded)
-    check_activation_memory(batch_size, seq_len, net.config.vocab_size, copies=1)
+    net, _, dev = _model(model, loaded, device)
+    check_activation_memory(batch_size, seq_len, net.config.vocab_size, copies=1, device=dev)
     ids = torch.randint(0, net.config.vocab_size, (batch_size, seq_len), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        stats = measure.benchmark(lambda: net(input_ids=ids.to(net.device)), warmup=3, repeat=repeat)
-    table = measure.results_frame([{"model": model, "batch_size": batch_size, "seq_len": seq_len, **stats.ms()}])
+        stats = measure.benchmark(lambda: net(input_ids=ids.to(dev)), warmup=3, repeat=repeat)
+    row = {"model": model, "device": str(dev), "batch_size": batch_size, "seq_len": seq_len, **stats.ms()}
+    table = measure.results_frame([row], device=str(dev))
     samples = pd.DataFrame({"latency_ms": [s * 1e3 for s in stats.samples]})
     fig = go.Figure(go.Histogram(x=samples.latency_ms, nbinsx=20, name="runs"))
     for name, where in (("median", "top left"), ("p90", "top right"), ("p99", "bottom right")):
@@ -80,45 +88,49 @@ def forward_latency(model: str = "tiny-bloom", batch_size: int = 1, seq_len: int
 
 
 def compare_steps(model: str = "tiny-bloom", batch_size: int = 8, seq_len: int = 64, repeat: int = 10,
-                  loaded=None) -> Measured:
+                  loaded=None, device: str | torch.device | None = None) -> Measured:
     """One training step (forward, loss, backward, AdamW step) vs one inference step on the same batch.
 
     Args:
         model: a registry name unless `loaded` is given. batch_size, seq_len: validation tokens per step.
         repeat: timed steps per phase. loaded: (model, tokenizer) to measure instead (its weights are restored).
+        device: where to measure ("cpu", "cuda", "cuda:N", "auto"); None: where `loaded` is, or the CPU.
     Returns:
         Measured: one row per phase (`training.step_costs`: median_ms, p90_ms, peak_step_MiB, persistent_MiB and
         weights/gradients/optimizer_state MiB); grouped bars of time and memory.
     Raises:
         ValueError, MemoryError: see `check_activation_memory`.
     """
-    net, tok = _model(model, loaded)
-    check_activation_memory(batch_size, seq_len, net.config.vocab_size, copies=4)
-    costs = training.step_costs(net, tok, batch_size=batch_size, seq_len=seq_len, repeat=repeat)
+    net, tok, dev = _model(model, loaded, device)
+    check_activation_memory(batch_size, seq_len, net.config.vocab_size, copies=4, device=dev)
+    costs = training.step_costs(net, tok, batch_size=batch_size, seq_len=seq_len, repeat=repeat, device=dev)
     long = costs.melt(id_vars="phase", value_vars=["median_ms", "peak_step_MiB", "persistent_MiB"], var_name="metric")
     long.attrs = costs.attrs
-    title = f"Training vs inference step, batch {batch_size} × {seq_len} tokens"
+    title = f"Training vs inference step on {dev}, batch {batch_size} × {seq_len} tokens"
     return Measured(costs, plots.bars(long, x="metric", y="value", color="phase", title=title))
 
 
 def batch_tradeoff(model: str = "tiny-bloom", batch_sizes: Sequence[int] = (1, 2, 4, 8, 16, 32), seq_len: int = 64,
-                   repeat: int = 10, loaded=None, progress: bool = True) -> Measured:
+                   repeat: int = 10, loaded=None, progress: bool = True,
+                   device: str | torch.device | None = None) -> Measured:
     """Inference latency and throughput over batch size: the serving trade-off.
 
     Args:
         model: a registry name unless `loaded` is given. batch_sizes: batches to time (>= 1). seq_len: tokens per
             sequence. repeat: timed forwards per batch. loaded: (model, tokenizer) to measure instead.
-        progress: show a progress bar.
+        progress: show a progress bar. device: where to measure ("cpu", "cuda", "cuda:N", "auto"); None: where
+            `loaded` is, or the CPU.
     Returns:
         Measured: one row per batch (batch_size, latency_ms, p90_ms, sequences_per_s, tokens_per_s); latency and
         throughput on two axes.
     Raises:
         ValueError, MemoryError: see `check_activation_memory`.
     """
-    net, _ = _model(model, loaded)
-    check_activation_memory(max(batch_sizes, default=0), seq_len, net.config.vocab_size, copies=1)
-    sweep = training.batch_sweep(net, tuple(batch_sizes), seq_len=seq_len, repeat=repeat, progress=progress)
-    title = "Inference: latency and throughput vs batch size"
+    net, _, dev = _model(model, loaded, device)
+    check_activation_memory(max(batch_sizes, default=0), seq_len, net.config.vocab_size, copies=1, device=dev)
+    sweep = training.batch_sweep(net, tuple(batch_sizes), seq_len=seq_len, repeat=repeat, progress=progress,
+                                 device=dev)
+    title = f"Inference on {dev}: latency and throughput vs batch size"
     return Measured(sweep, plots.dual_axis(sweep, "batch_size", "latency_ms", "sequences_per_s", title, log_x=True))
 
 

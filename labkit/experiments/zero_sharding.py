@@ -19,12 +19,15 @@ from labkit.parallel.zero_training import METHODS, RankTraining, TrainingRun, tr
 
 
 def train_all_methods(hidden: int = 2048, layers: int = 6, batch: int = 4, steps: int = 3,
-                      methods: tuple[str, ...] = tuple(METHODS), world_size: int = 2) -> plots.Measured:
+                      methods: tuple[str, ...] = tuple(METHODS), world_size: int = 2,
+                      backend: str = "gloo") -> plots.Measured:  # fmt: skip
     """Train an MLP with every method on `world_size` real ranks; measured vs formula bytes per rank.
 
     Args:
         hidden, layers: the MLP ((hidden² + hidden) × layers fp32 parameters). batch: rows per rank per step.
         steps: AdamW steps. methods: names from zero_training.METHODS. world_size: data-parallel ranks.
+        backend: the ranks' process group: "gloo" (CPU ranks, DeepSpeed's CPU accelerator; the default: the
+            training runs on the CPU) or a `launch.place_ranks` backend.
     Returns:
         Measured: `model_state_table` of the ranks' results.
     Raises:
@@ -34,7 +37,7 @@ def train_all_methods(hidden: int = 2048, layers: int = 6, batch: int = 4, steps
     if unknown:
         raise ValueError(f"unknown methods {unknown}; choose from {list(METHODS)}")
     ranks = run_distributed(train_ranks, tuple(methods), hidden=hidden, layers=layers, batch=batch, steps=steps,
-                            world_size=world_size, timeout=900)
+                            world_size=world_size, backend=backend, timeout=900)
     return model_state_table(ranks)
 
 

@@ -15,9 +15,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 
 import numpy as np
+import torch
 
 from labkit.decoding.timing import DecodeRun
-from labkit.hardware import Unavailable
+from labkit.hardware import Unavailable, resolve_device
 
 
 class BackendUnavailable(Unavailable):
@@ -33,6 +34,7 @@ class DecodeBackend(ABC):
         exact: same arithmetic as HF fp32, so greedy tokens must match HF's token for token.
         weight_bytes: bytes of the weights as this backend holds them (set by `load`).
         max_batch: the most sequences it decodes together (None: no limit).
+        devices: the device types it decodes on ("cpu", "cuda").
     """
 
     name: str
@@ -40,6 +42,19 @@ class DecodeBackend(ABC):
     exact: bool
     weight_bytes: int = 0
     max_batch: int | None = None
+    devices: tuple[str, ...] = ("cpu",)
+
+    def check_device(self, device: str | torch.device) -> torch.device:
+        """The resolved device, when this backend decodes there.
+
+        Raises:
+            ValueError: an unknown device string. BackendUnavailable: a device type it does not run on, naming
+                the ones it does. CapabilityMissing: CUDA asked for without a GPU.
+        """
+        dev = resolve_device(device)
+        if dev.type not in self.devices:
+            raise BackendUnavailable(f"{self.name} decodes on {list(self.devices)}, not {str(device)!r}")
+        return dev
 
     def available(self, model: str) -> tuple[bool, str]:
         """Whether this backend can run `model` here, checked without loading anything heavy.
@@ -50,8 +65,9 @@ class DecodeBackend(ABC):
         return True, ""
 
     @abstractmethod
-    def load(self, model: str, threads: int) -> None:
-        """Load (building or converting once, cached) the registered `model` to decode with `threads` threads."""
+    def load(self, model: str, threads: int, device: str | torch.device = "cpu") -> None:
+        """Load (building or converting once, cached) the registered `model` to decode with `threads` threads on
+        `device` (one of `devices`; `check_device` raises BackendUnavailable otherwise)."""
 
     @abstractmethod
     def generate(self, prompts: list[list[int]], new_tokens: int, warmup: int = 1, repeat: int = 1) -> DecodeRun:

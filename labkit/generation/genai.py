@@ -38,8 +38,9 @@ class OrtGenAI(DecodeBackend):
         backend.genai, backend.weight_bytes = built, built.weight_bytes
         return backend
 
-    def load(self, model: str, threads: int) -> None:
+    def load(self, model: str, threads: int, device="cpu") -> None:
         """Build the model folder once (cached; see `convert.genai.build_genai`) and load it for the CPU."""
+        self.check_device(device)  # the CPU build of onnxruntime-genai
         path = genai.build_genai(models.checkpoint_dir(model), self.precision)
         self.genai = genai.load_genai(path, self.precision, threads)
         self.weight_bytes = self.genai.weight_bytes

@@ -9,6 +9,7 @@ import torch
 from labkit import models, quant
 from labkit.decoding.timing import DecodeRun, static_cache_compile, time_greedy
 from labkit.generation.base import DecodeBackend
+from labkit.hardware import resolve_device
 
 
 class HFBackend(DecodeBackend):
@@ -17,6 +18,7 @@ class HFBackend(DecodeBackend):
     def __init__(self, name: str, quantizer: str, compiled: bool = False, description: str = ""):
         self.name, self.quantizer, self.compiled, self.description = name, quantizer, compiled, description
         self.exact = quantizer == "fp32"
+        self.devices = quant.QUANTIZERS[quantizer].devices if quantizer in quant.QUANTIZERS else ("cpu", "cuda")
 
     @classmethod
     def of(cls, q: quant.QuantizedModel) -> HFBackend:
@@ -29,9 +31,10 @@ class HFBackend(DecodeBackend):
         self.model, self.weight_bytes = q.model, q.resident_bytes
         self.kwargs = static_cache_compile() if self.compiled else {}
 
-    def load(self, model: str, threads: int) -> None:
+    def load(self, model: str, threads: int, device="cpu") -> None:
+        dev = self.check_device(device)
         torch.set_num_threads(threads)
-        self._use(quant.quantize(self.quantizer, source=model))
+        self._use(quant.quantize(self.quantizer, source=model, device=dev))
 
     def generate(self, prompts: list[list[int]], new_tokens: int, warmup: int = 1, repeat: int = 1) -> DecodeRun:
         ids = torch.tensor(prompts, device=self.model.device)
@@ -43,15 +46,19 @@ class HFBackend(DecodeBackend):
         return self.model(input_ids=ids, use_cache=False).logits.float().cpu().numpy()
 
 
-def reference_tokens(model: str, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
+def reference_tokens(model: str, prompts: list[list[int]], new_tokens: int,
+                     device: str | torch.device = "cpu") -> list[list[int]]:
     """The HF fp32 greedy continuation that exact backends must reproduce token for token.
 
     Args:
         model: a registered model name. prompts: (batch, prompt_len) equal-length token ids.
-        new_tokens: tokens generated per prompt.
+        new_tokens: tokens generated per prompt. device: where the reference runs ("cpu": the cached model).
     Returns:
         (batch, new_tokens) token ids: one generation by `decoding.timing.time_greedy`, the greedy every HF
         backend runs.
+    Raises:
+        ValueError: an unknown model or device. CapabilityMissing: CUDA asked for without a GPU.
     """
-    net, _ = models.load_cached(model)
-    return time_greedy(net, torch.tensor(prompts), new_tokens, warmup=0, repeat=1).tokens
+    dev = resolve_device(device)
+    net = models.load_cached(model)[0] if dev.type == "cpu" else models.load_model(model, device=dev)[0]
+    return time_greedy(net, torch.tensor(prompts, device=dev), new_tokens, warmup=0, repeat=1).tokens

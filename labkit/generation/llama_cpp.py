@@ -32,7 +32,8 @@ class LlamaCpp(DecodeBackend):
             return False, f"no GGUF file for {model} (llama.cpp runs the shipped SmolLM2 Q4_1 GGUF)"
         return _llama_cpp_runs()
 
-    def load(self, model: str, threads: int) -> None:
+    def load(self, model: str, threads: int, device="cpu") -> None:
+        self.check_device(device)  # llama-cpp-python is built for the CPU here
         from llama_cpp import Llama  # optional package
 
         path = smollm2.find_gguf() or smollm2.download_gguf()

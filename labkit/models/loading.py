@@ -17,7 +17,7 @@ import psutil
 import torch
 from transformers import PretrainedConfig
 
-from labkit import precision
+from labkit import devices, precision
 from labkit.hardware import resolve_device
 from labkit.models.registry import ModelNotAvailable, ModelSpec, count_params, load_weights, resolve
 
@@ -99,16 +99,25 @@ def check_fits(estimate: MemoryEstimate, device: torch.device, headroom: float =
         )
 
 
-@functools.lru_cache(maxsize=4)
-def load_cached(name: str):
-    """`load_model(name, device="cpu")` once per process: for widgets that rerun on every click.
+def load_cached(name: str, device: str | torch.device = "cpu"):
+    """`load_model(name, device=device)` once per process and device: for widgets that rerun on every click.
 
     Args:
         name: anything `load_model()` accepts.
+        device: "cpu" (the default, which callers that move nothing rely on), "cuda", "cuda:N" or "auto"
+            (`hardware.resolve_device`); "cuda" and "cuda:<current>" share one copy.
     Returns:
-        (model, tokenizer), the same objects on every call: callers must not change the model.
+        (model, tokenizer) on `device`, the same objects on every call with that device: callers must not change
+        the model.
+    Raises:
+        as `load_model()`.
     """
-    return load_model(name, device="cpu")
+    return _load_cached(name, devices.resolve(device))  # with its index: one cache entry per GPU
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cached(name: str, device: torch.device):
+    return load_model(name, device=device)
 
 
 def load_model(name: str, dtype: str | torch.dtype = "fp32", device: str | torch.device = "auto"):

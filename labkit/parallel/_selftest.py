@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.distributed as dist
 
@@ -37,3 +39,16 @@ def collectives() -> CommLog:
         dist.reduce_scatter_tensor(torch.empty(4), torch.ones(8))
         dist.all_gather_into_tensor(torch.empty(8), torch.ones(4))
     return counter.log
+
+
+def deepspeed_accelerator() -> dict:
+    """This rank's DS_ACCELERATOR and, when DeepSpeed is installed, the accelerator DeepSpeed picked (its
+    `device_name()`: "cpu" or "cuda")."""
+    import importlib.util  # the launcher's tests run without DeepSpeed too
+
+    name = None
+    if importlib.util.find_spec("deepspeed") is not None:
+        from deepspeed.accelerator import get_accelerator  # optional and slow to import: only this rank pays
+
+        name = get_accelerator().device_name()
+    return {"env": os.environ.get("DS_ACCELERATOR"), "accelerator": name, "backend": dist.get_backend()}

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch.distributed as dist
 
 from labkit.cache import cache_dir
+from labkit.hardware import CapabilityMissing
 
 
 def use_extension_cache() -> str:
@@ -69,28 +70,58 @@ class OpBuild:
     seconds: float | None
 
 
-def op_compile_time(compile_if_missing: bool = True, load: bool = True) -> OpBuild:
-    """Build (or load from TORCH_EXTENSIONS_DIR) DeepSpeed's CPU shared-memory op, timed.
+CPU_OPS = ("ShareMemCommBuilder",)  # DeepSpeed's CPU op builders this lab times (deepspeed/ops/op_builder/cpu)
 
-    The first use compiles C++ (~50 s on 2 cores); later uses load the cached .so.
+
+def op_builder(name: str = "ShareMemCommBuilder"):
+    """DeepSpeed's builder of one compiled op: a CPU op from DeepSpeed's CPU builders whatever accelerator DeepSpeed
+    picked in this process (a notebook on a GPU machine picks CUDA, whose accelerator has no CPU ops), any other from
+    the accelerator's own (e.g. "InferenceBuilder", kernel injection's CUDA kernels).
+
+    Args:
+        name: the builder's class name (deepspeed/ops/op_builder).
+    Returns:
+        an OpBuilder instance.
+    Raises:
+        CapabilityMissing: the accelerator DeepSpeed uses here does not build that op (e.g. CUDA kernels on a CPU).
+    """
+    from deepspeed.accelerator import get_accelerator  # optional and slow to import (see the module docstring)
+
+    if name in CPU_OPS:
+        return getattr(importlib.import_module("deepspeed.ops.op_builder.cpu"), name)()
+    builder = get_accelerator().create_op_builder(name)
+    if builder is None or type(builder).__name__ == "NotImplementedBuilder":
+        raise CapabilityMissing(f"DeepSpeed's {get_accelerator().device_name()} accelerator does not build {name}; "
+                                f"it needs the accelerator the op is written for (CPU ops: {list(CPU_OPS)})")
+    return builder
+
+
+def op_compile_time(compile_if_missing: bool = True, load: bool = True,
+                    builder: str = "ShareMemCommBuilder") -> OpBuild:
+    """Build (or load from TORCH_EXTENSIONS_DIR) one of DeepSpeed's compiled ops, timed.
+
+    The first use compiles C++ (the CPU shared-memory op: ~50 s on 2 cores) or CUDA (kernel injection's
+    "InferenceBuilder": minutes); later uses load the cached .so.
 
     Args:
         compile_if_missing: build an op that is not cached (False: report, do not build).
         load: load the op at all (False: only report whether a build is cached; ninja sometimes decides to
             rebuild a cached op, ~30 s here, which a smoke run should not pay for).
+        builder: the op's builder class (`op_builder`).
     Returns:
         OpBuild; `seconds` (wall time of the build or load) is None when nothing was loaded.
+    Raises:
+        CapabilityMissing: as `op_builder`.
     """
     import deepspeed  # optional and slow to import (see the module docstring)
-    from deepspeed.accelerator import get_accelerator
 
     root = use_extension_cache()
-    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
-    build_dir = os.path.join(root, builder.NAME)
+    op = op_builder(builder)
+    build_dir = os.path.join(root, op.NAME)
     cached = any(f.endswith(".so") for _, _, files in os.walk(build_dir) for f in files)
     seconds = None
     if load and (cached or compile_if_missing):
         start = time.perf_counter()
-        builder.load(verbose=False)
+        op.load(verbose=False)
         seconds = time.perf_counter() - start
-    return OpBuild(deepspeed.__version__, builder.absolute_name(), cached, root, build_dir, seconds)
+    return OpBuild(deepspeed.__version__, op.absolute_name(), cached, root, build_dir, seconds)

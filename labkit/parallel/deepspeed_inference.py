@@ -74,7 +74,13 @@ def greedy(model, ids: torch.Tensor, new_tokens: int) -> list[int]:
 
 
 def example_ids(model_name: str, batch: int = 1, seq: int = 32, seed: int = 0) -> torch.Tensor:
-    """(batch, seq) random token ids of the model's vocabulary, the same on every rank for a seed."""
+    """Random token ids of the model's vocabulary, the same on every rank for a seed (ranks must agree on inputs).
+
+    Args:
+        model_name: a registry name (its config gives the vocabulary). batch, seq: the shape. seed: the generator's.
+    Returns:
+        (batch, seq) int64 ids on the CPU, drawn uniformly from [0, vocab_size).
+    """
     vocab = models.get_config(model_name).vocab_size
     return torch.randint(0, vocab, (batch, seq), generator=torch.Generator().manual_seed(seed))
 
@@ -84,7 +90,9 @@ def _check_model(model_name: str) -> None:
         raise ValueError(f"unknown model {model_name!r}; choose from {list(MODELS)}")
 
 
-def _init_inference(model, dtype: torch.dtype = torch.float32, kernel_inject: bool = False):
+def init_inference(model, dtype: torch.dtype = torch.float32, kernel_inject: bool = False):
+    """`deepspeed.init_inference` over this process group (tp = world size): AutoTP, or fused kernels when
+    `kernel_inject` (CUDA only). Returns DeepSpeed's InferenceEngine (`.module` is the model)."""
     import deepspeed  # optional extra (labkit[parallel]), slow to import
 
     return deepspeed.init_inference(model, tensor_parallel={"tp_size": dist.get_world_size()}, dtype=dtype,
@@ -143,7 +151,7 @@ def autotp_ranks(model_name: str = "tiny-llama", seq: int = 32, new_tokens: int 
     single = time_on_all_ranks(lambda: forward_ids(model, ids), warmup=2, repeat=repeat)
     full_bytes = model_state_bytes(model)["weights"]
     start = time.perf_counter()
-    tp_model = _init_inference(model, dtype, kernel_inject).module
+    tp_model = init_inference(model, dtype, kernel_inject).module
     init_s = time.perf_counter() - start
     fixed = fix_bloom_alibi(tp_model) if fix_alibi else False
     logits = forward_ids(tp_model, ids)
@@ -202,7 +210,7 @@ def compare_tp_ranks(model_name: str = "tiny-llama", batch: int = 2, seq: int = 
     for mode, label in (("scratch", "labkit TP (from scratch)"), ("dtensor", "DTensor parallelize_module")):
         out = tp.tp_forward(model_name, ids, mode, warmup=1, repeat=repeat, model=model)
         rows.append(MethodTiming(label, out.latency_ms, (out.logits - ref).abs().max().item()))
-    engine = _init_inference(model)
+    engine = init_inference(model)
     fix_bloom_alibi(engine.module)
     out = forward_ids(engine.module, ids)
     ms = time_on_all_ranks(lambda: forward_ids(engine.module, ids), 1, repeat).median * 1e3
@@ -261,7 +269,7 @@ def bloom_alibi_demo(model_name: str = "tiny-bloom", seq: int = 8, new_tokens: i
     model, _ = models.load_model(model_name, device="cpu")
     ids = example_ids(model_name, seq=seq)
     ref_logits, ref_tokens = forward_ids(model, ids), greedy(model, ids, new_tokens)
-    tp_model = _init_inference(model).module
+    tp_model = init_inference(model).module
     try:
         greedy(tp_model, ids, new_tokens)
         error = None

@@ -7,7 +7,8 @@ Each rank is a fresh process (spawn): it joins a process group (gloo on CPU, NCC
 GPU per rank), runs `fn(*args, **kwargs)` and sends its return value back. `fn` must live in an
 importable module (not a notebook cell) so the child processes can find it.
 
-Under `torchrun` (RANK/WORLD_SIZE/MASTER_ADDR already set) the same function runs in place:
+Under `torchrun` (RANK/WORLD_SIZE/MASTER_ADDR already set) the same function runs in place, on one machine or
+across several (`multinode.torchrun_command` writes the command line of each node's agent):
 
     torchrun --nproc_per_node=8 -m labkit.parallel.launch labkit.parallel.tp:layer_parity
 
@@ -28,11 +29,14 @@ import socket
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
+from labkit import devices
 from labkit.hardware import resolve_device
 from labkit.measure import Stats, sync_device
 
@@ -57,6 +61,61 @@ def pick_backend(backend: str, world_size: int) -> str:
         raise ValueError(f"NCCL needs one GPU per rank: {world_size} ranks, {torch.cuda.device_count()} GPUs; "
                          "use backend='gloo' on CPU")  # fmt: skip
     return backend
+
+
+def backend_environment(backend: str) -> dict[str, str]:
+    """Environment a rank of this backend needs before anything imports DeepSpeed.
+
+    DeepSpeed picks its accelerator once, at first use: CUDA whenever torch sees a GPU, even in a gloo rank that
+    has none of its own. `DS_ACCELERATOR` overrides the guess (deepspeed/accelerator/real_accelerator.py,
+    `get_accelerator`); it is set either way, so a rank never inherits its parent's choice.
+
+    Args:
+        backend: "gloo" or "nccl" (after `pick_backend`).
+    Returns:
+        {"DS_ACCELERATOR": "cpu"} for gloo, {"DS_ACCELERATOR": "cuda"} for NCCL.
+    """
+    return {"DS_ACCELERATOR": "cpu" if backend == "gloo" else "cuda"}
+
+
+@dataclass(frozen=True)
+class RankPlacement:
+    """Where a lab's ranks run: the process-group backend, the device label of the ranks and why."""
+
+    backend: str
+    world_size: int
+    ranks_device: str  # "cpu (Intel(R) Xeon(R) ...)" or "cuda:0–1 (NVIDIA H200)"
+    why: str
+
+    def sentence(self) -> str:
+        """The one sentence a lab prints before starting its ranks."""
+        return f"The {self.world_size} ranks run on {self.ranks_device} ({self.backend}): {self.why}."
+
+
+def place_ranks(device: str | torch.device, world_size: int, nccl_ok: bool = True,
+                cpu_reason: str = "this demonstration runs CPU ranks") -> RankPlacement:
+    """Choose the ranks' backend from the lab's device: NCCL with one GPU per rank, else gloo on the CPU, on purpose.
+
+    Args:
+        device: the lab's device (`devices.choose(DEVICE).device`). world_size: ranks (>= 1).
+        nccl_ok: False for demonstrations that only run on CPU ranks (DeepSpeed's CPU path).
+        cpu_reason: why, for those, said when the lab itself runs on a GPU.
+    Returns:
+        RankPlacement; pass `.backend` to `run_distributed`, record `.ranks_device` with the ranks' numbers.
+    Raises:
+        ValueError: for world_size < 1 or an unknown device.
+    """
+    if world_size < 1:
+        raise ValueError(f"world_size must be >= 1, got {world_size}")
+    dev = resolve_device(device)
+    gpus = torch.cuda.device_count() if dev.type == "cuda" else 0
+    if nccl_ok and gpus >= world_size:
+        last = f"–{world_size - 1}" if world_size > 1 else ""
+        return RankPlacement("nccl", world_size, f"cuda:0{last} ({devices.device_name('cuda:0')})",
+                             "one GPU per rank")  # fmt: skip
+    why = "the lab runs on the CPU" if dev.type == "cpu" else f"on purpose — {cpu_reason}" if not nccl_ok else (
+        f"on purpose — NCCL needs a GPU per rank, this machine has {gpus}, and ranks sharing one GPU show nothing")
+    return RankPlacement("gloo", world_size, devices.device_label("cpu"), why)
 
 
 def rank_device() -> torch.device:
@@ -101,7 +160,7 @@ def time_on_all_ranks(fn: Callable[[], object], warmup: int = 1, repeat: int = 3
     return Stats.of(times)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -119,6 +178,7 @@ def init_from_env(backend: str = "auto", timeout_s: float = 120.0) -> None:
     """Join the process group described by RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT (torchrun's env://)."""
     world_size = int(os.environ["WORLD_SIZE"])
     backend = pick_backend(backend, world_size)
+    os.environ.update(backend_environment(backend))
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", os.environ["RANK"])))
     dist.init_process_group(backend, init_method="env://", timeout=datetime.timedelta(seconds=timeout_s))
@@ -127,7 +187,7 @@ def init_from_env(backend: str = "auto", timeout_s: float = 120.0) -> None:
 def _worker(rank: int, world_size: int, port: int, backend: str, threads: int, timeout_s: float,
             fn: Callable, args: tuple, kwargs: dict, results) -> None:  # fmt: skip
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(world_size))  # fmt: skip
+                      WORLD_SIZE=str(world_size), **backend_environment(backend))  # fmt: skip
     torch.set_num_threads(threads)  # ranks share the cores, as torchrun's OMP_NUM_THREADS does
     try:
         init_from_env(backend, timeout_s)
@@ -171,7 +231,7 @@ def run_distributed(
     threads = threads_per_rank or max(1, (os.cpu_count() or 1) // world_size)
     ctx = torch.multiprocessing.get_context("spawn")
     results = ctx.Queue()
-    port = _free_port()
+    port = free_port()
     procs = [ctx.Process(target=_worker, daemon=True,
                          args=(r, world_size, port, backend, threads, timeout, fn, args, kwargs, results))
              for r in range(world_size)]  # fmt: skip
@@ -215,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("target", help="module:function, e.g. labkit.parallel.tp:layer_parity")
     parser.add_argument("--world-size", type=int, default=2)
     parser.add_argument("--backend", default="auto", choices=BACKENDS)
+    parser.add_argument("--out", help="folder: each rank also writes its result there, pickled, as rank<N>.pkl")
     args = parser.parse_args(argv)
     fn = _resolve(args.target)
     if "RANK" in os.environ and "MASTER_ADDR" in os.environ:  # launched by torchrun
@@ -222,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             value = fn()
             print(f"rank {dist.get_rank()}: {value!r}")
+            if args.out:
+                (Path(args.out) / f"rank{dist.get_rank()}.pkl").write_bytes(_to_bytes(value))
         finally:
             dist.destroy_process_group()
         return 0

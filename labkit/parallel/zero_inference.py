@@ -33,14 +33,16 @@ def ds_zero_config(hidden: int, offload: bool = True) -> dict:
     """The ZeRO-Inference config of the BLOOM ds-zero script (huggingface/transformers-bloom-inference).
 
     Args:
-        hidden: the model's hidden size h (bucket sizes are h² and 0.9 h²). offload: parameters in CPU memory.
+        hidden: the model's hidden size h (bucket sizes are h² and 0.9 h²). offload: parameters in CPU memory
+            (pinned when this rank computes on a GPU: page-locked memory speeds host→GPU copies only; a gloo rank
+            on a GPU machine has no GPU of its own).
     Returns:
         a DeepSpeed config dict (stage 3, one sequence per rank).
     """
     return {
         "zero_optimization": {
             "stage": 3,
-            "offload_param": {"device": "cpu", "pin_memory": torch.cuda.is_available()} if offload else None,
+            "offload_param": {"device": "cpu", "pin_memory": rank_device().type == "cuda"} if offload else None,
             "overlap_comm": True, "contiguous_gradients": True,
             "reduce_bucket_size": hidden * hidden,
             "stage3_prefetch_bucket_size": int(0.9 * hidden * hidden),

@@ -25,10 +25,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: listening on {args.host}: anyone who can reach it can use the model", file=sys.stderr)
-    repo = ModelRepository(args.scheduler, limits=Limits(max_batch=args.max_batch, max_queue=args.max_queue))
-    repo.load(args.name or args.model, args.version, source=args.model, dtype=args.dtype)
+    # The device is checked first (a bad one fails naming the valid choices, before a model is loaded).
+    repo = ModelRepository(args.scheduler, limits=Limits(max_batch=args.max_batch, max_queue=args.max_queue),
+                           device=args.device)
+    dep = repo.load(args.name or args.model, args.version, source=args.model, dtype=args.dtype)
     app = create_app(repo, max_tokens_limit=args.max_tokens, request_timeout_s=args.timeout)
-    print(f"serving {args.model} ({args.scheduler}) on http://{args.host}:{args.port}/v1", file=sys.stderr)
+    print(f"serving {args.model} ({args.scheduler}, {dep.dtype} on {dep.device}) on http://{args.host}:{args.port}/v1",
+          file=sys.stderr)
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=30)
     finally:
@@ -57,6 +60,8 @@ def add_commands(sub) -> None:
     p.add_argument("--name", default=None, help="name clients use in requests (default: --model)")
     p.add_argument("--version", default="v1")
     p.add_argument("--dtype", default="fp32", help="fp32 | bf16 | fp16")
+    p.add_argument("--device", default="auto",
+                   help="where the model computes: auto (the GPU when there is one) | cpu | cuda | cuda:N")
     p.add_argument("--scheduler", default="continuous", choices=SCHEDULER_NAMES)
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--max-queue", type=int, default=64, help="queued requests before answering 429")

@@ -21,6 +21,12 @@ def check(r: dict) -> None:
     assert r["inference_persistent_MiB"] == pytest.approx(weights_MiB, rel=1e-3)
     assert r["train_persistent_MiB"] == pytest.approx(3 * weights_MiB, rel=1e-3)
     assert r["checkpoint_roundtrip_identical"] is True
+    # every number came from the device the lab recorded: its label starts with the torch device ("cuda:0 (NVIDIA …)")
+    recorded = r["device"].split(" ", 1)[0]
+    assert r["train_device"] == recorded and r["sweep_device"] == recorded, (r["train_device"], r["sweep_device"])
+    assert r["steps_devices"] == [recorded, recorded]  # the training and the inference step, on the same device
+    cuda_counter = "torch.cuda.max_memory_allocated"  # GPU memory is counted by the CUDA allocator, not the tracker
+    assert (r["peak_memory_counter"] == cuda_counter) == (r["device_type"] == "cuda"), r["peak_memory_counter"]
     thr = r["sweep_sequences_per_s"]
     assert max(thr) > 1.5 * thr[0]  # batching raises throughput
     assert r["sweep_latency_ms"][-1] > r["sweep_latency_ms"][0]  # ... at the cost of latency

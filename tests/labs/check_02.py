@@ -12,6 +12,9 @@ def _leading_matches(x: list, y: list) -> int:
 
 
 def check(r: dict) -> None:
+    # every version computed on the device the lab recorded (read from each engine's model), v2 in its 16-bit float
+    assert set(r["served_on"]) == {"v1", "v2"} and set(r["served_on"].values()) == {r["device"]}
+    assert r["canary_dtype"] == r["half_precision"]
     assert r["first_reply_status"] == 200 and r["stream_pieces"] >= 1
     assert r["refusal_statuses"] == {"malformed JSON": 400, "unknown model": 404, "max_tokens over the limit": 400,
                                      "temperature out of range": 400}

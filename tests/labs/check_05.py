@@ -4,10 +4,31 @@ simulated int8 against its library twin (torchao's per-channel weight-only int8)
 import pytest
 
 from labkit.models import specs
+from labkit.quant import QUANTIZERS
 from tests.hand_counts import bloom_params, llama_params
 
 
+def check_devices(r: dict) -> None:
+    """Every row that ran names its device: the lab's device where the registry says the quantizer runs there, else
+    the CPU; a speed-up divides by fp32's speed on the row's own device."""
+    ran = r["perplexity"].keys()
+    assert r["devices"].keys() == ran, "a quantizer that ran has no device recorded"
+    for name, label in r["devices"].items():
+        expected = r["device"] if r["device_type"] in QUANTIZERS[name].devices else "cpu ("
+        assert label.startswith(expected), f"{name} ran on {label!r}, expected {expected!r}"
+    b = next(k for k in r if k.startswith("decode_speedup_b")).removeprefix("decode_speedup_")
+    fp32 = r["fp32_decode_tok_s"]
+    assert fp32[r["device"]][f"decode_tok_s_{b}"] == pytest.approx(r[f"decode_tok_s_{b}"]["fp32"])
+    for name, speedup in r[f"decode_speedup_{b}"].items():  # side by side only with fp32 on the same device
+        assert speedup == pytest.approx(r[f"decode_tok_s_{b}"][name] / fp32[r["devices"][name]][f"decode_tok_s_{b}"])
+    if r["ladder"] is not None:  # the GPU section: one device, against its native 16-bit float
+        assert r["device_type"] == "cuda" and {row["device"] for row in r["ladder"]} == {r["device"]}
+        half = next(row for row in r["ladder"] if row["quantizer"] == r["half_precision"])
+        assert half["bytes_vs_half"] == 1.0 and {"bnb-int8", "bnb-nf4"} <= {row["quantizer"] for row in r["ladder"]}
+
+
 def check(r: dict) -> None:
+    check_devices(r)
     assert set(r["quantizers"]) >= {"fp32", "bf16", "int8-dynamic", "int4-weight", "bnb-nf4", "ort-int8", "ort-int4"}
     size = r["size_vs_fp32"]
     assert abs(size["bf16"] - 0.5) < 0.01 and size["int8-dynamic"] < 0.56 and size[r["smallest_4bit"]] < 0.45

@@ -7,9 +7,14 @@ import pytest
 
 from labkit.models import get_config, specs
 from labkit.parallel import pp
+from tests.labs.ranks import check_ranks_device
 
 
 def check(r: dict) -> None:
+    check_ranks_device(r)  # the ranks' numbers name the device they ran on (this CPU, with fewer GPUs than ranks)
+    assert r["costmodel_source"] == specs.BLOOM_SOURCE
+    if r["multinode_nodes"]:  # a full run: two torchrun agents (nodes 0 and 1, c10d), the same TP layers, exact
+        assert r["multinode_nodes"] == [0, 1] and r["multinode_layer_parity_max"] < 1e-5
     config = get_config(r["model"])
     layers = config.num_hidden_layers
     assert r["layers"] == layers

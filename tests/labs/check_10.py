@@ -5,6 +5,7 @@ import math
 
 from labkit.models import specs
 from tests.hand_counts import bloom_params
+from tests.labs.ranks import check_ranks_device
 
 
 def _deepspeed_zero3_gpu_bytes(total: float, largest: float, gpus: int) -> float:
@@ -20,6 +21,7 @@ def _deepspeed_zero3_gpu_bytes(total: float, largest: float, gpus: int) -> float
 
 def check(r: dict) -> None:
     n = r["world_size"]
+    check_ranks_device(r, world_size=n, nccl_ok=False)  # DeepSpeed's gloo ranks: on this CPU, recorded as such
     assert n == 2 and r["params_M"] > 1
     methods = {"deepspeed-0", "deepspeed-1", "deepspeed-2", "deepspeed-3", "torch-zero-redundancy", "torch-fsdp2"}
     assert set(r["measured_over_formula"]) == methods

@@ -7,10 +7,29 @@ from importlib.metadata import version
 from pathlib import Path
 
 from labkit.cache import cache_dir
+from labkit.models import get_config, specs
 from labkit.parallel import zero
+from tests.labs.ranks import check_ranks_device
 
 
 def check(r: dict) -> None:
+    check_ranks_device(r, nccl_ok=False)  # DeepSpeed's gloo ranks (sections 1-3): on this CPU, recorded as such
+    assert r["published_source"] == specs.BLOOM_SOURCE
+    eager = r["eager_launches"]  # HF eager on the lab's device: kernels on a GPU, aten operators on the CPU
+    assert eager["device"] == r["device"] and eager["unit"] == ("CUDA kernel launch API calls" if r["device_type"] == "cuda"
+                                                                else "ATen operator calls (CPU)")  # fmt: skip
+    # Each BLOOM block has 4 linear layers (fused QKV, attention output, MLP up and down): a decode step launches at
+    # least one kernel (dispatches at least one operator) for each.
+    assert eager["per_token"] >= 4 * get_config("tiny-bloom").num_hidden_layers
+    assert r["kernel_inject_ran"] == (r["device_type"] == "cuda")  # the GPU section runs exactly on a GPU
+    if r["kernel_inject_ran"]:
+        k = r["kernel_inject"]
+        assert k["device"] == r["device"] == k["eager_launches"]["device"] == k["injected_launches"]["device"]
+        assert k["injected_launches"]["per_token"] < k["eager_launches"]["per_token"]  # fused blocks: fewer kernels
+        assert Path(k["build"]["extensions_dir"]) == Path(os.environ.get("TORCH_EXTENSIONS_DIR",
+                                                                         cache_dir("torch_extensions")))
+        assert any(Path(k["build"]["build_dir"]).rglob("*.so")) and k["build"]["seconds"] > 0  # built and cached
+        assert k["max_abs_diff"] < 5e-2 and k["injected_tpot_ms"] > 0 and k["eager_tpot_ms"] > 0
     assert r["deepspeed_version"] == version("deepspeed")
     extensions = Path(os.environ.get("TORCH_EXTENSIONS_DIR", cache_dir("torch_extensions")))
     assert Path(r["op_extensions_dir"]) == extensions  # DeepSpeed compiles into labkit's cache

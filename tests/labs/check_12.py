@@ -4,6 +4,10 @@ import pytest
 
 
 def check(r: dict) -> None:
+    # every engine of the sweeps computed on the recorded device (read from each engine's model), and the step cost
+    # was timed on the same hardware
+    assert r["served_on"] == [r["device"]]
+    assert r["step_measured_on"] in r["device"]
     assert set(r["schedulers"]) >= {"sync", "dynamic", "continuous"}
     assert all(r["greedy_parity"].values()), r["greedy_parity"]  # batching never changes greedy's text
     assert r["all_succeeded"]

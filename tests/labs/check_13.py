@@ -5,11 +5,14 @@ import statistics
 import pytest
 
 from labkit.models import specs
+from tests.labs.ranks import check_ranks_device
 
 PUB, STARTUP, A100 = specs.PUBLISHED_MS_PER_TOKEN, specs.STARTUP_S, specs.A100_80GB
 
 
 def check(r: dict) -> None:
+    check_ranks_device(r, key="small_ranks_device")  # the measured part names the device its ranks ran on
+    assert r["published_source"] == specs.BLOOM_SOURCE  # published numbers keep their source
     assert r["weights_GB"] == pytest.approx(specs.BLOOM_176B_BF16_GB, rel=5e-3)  # "BLOOM-176B needs 352 GB in bf16"
     # The plan on every published cell: errors from the published times in specs; in-sample = the rows' fit cells.
     rows, predicted = specs.BLOOM_ROWS, r["published_predicted_ms"]

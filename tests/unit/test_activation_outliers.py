@@ -80,3 +80,15 @@ def test_census_finds_a_planted_outlier_dimension():
     assert (mlp_in.dims_at_threshold >= 1).all() and (mlp_in.max_abs >= ao.LLM_INT8_THRESHOLD).all()
     assert (c.table.zeroed_per_token <= c.table.zeroed_per_tensor + 1e-9).all()  # a token's step <= the tensor's
     assert c.threshold == 6.0  # bitsandbytes' default llm_int8_threshold, LLM.int8()'s 6.0
+
+
+@pytest.mark.gpu
+def test_census_and_simulation_on_the_gpu_match_the_cpu():
+    model, tok = models.load_model("tiny-bloom-shakespeare", device="cpu")
+    tokens = data.eval_tokens(tok, budget=256, window=128)
+    gpu = quant.quantize("fp32", "tiny-bloom-shakespeare", device="cuda", model=model).model
+    on_cpu, on_gpu = ao.census(model, tokens[:1]), ao.census(gpu, tokens[:1])  # tokens stay on the CPU: moved there
+    assert on_gpu.table.max_abs.tolist() == pytest.approx(on_cpu.table.max_abs.tolist(), rel=1e-3)
+    variants = {"W8A8 per-tensor": ("tensor", "tensor")}
+    cpu_ppl = ao.int8_granularity(model, tokens, variants).perplexity_vs_fp32.iloc[0]
+    assert ao.int8_granularity(gpu, tokens, variants).perplexity_vs_fp32.iloc[0] == pytest.approx(cpu_ppl, rel=1e-3)

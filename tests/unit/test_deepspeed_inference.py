@@ -2,9 +2,13 @@
 
 import pytest
 import torch
+from transformers import DynamicCache
 
+from labkit import models
+from labkit.devices import device_label
 from labkit.hardware import CapabilityMissing
-from labkit.parallel import deepspeed_env, zero_inference
+from labkit.measure import launches
+from labkit.parallel import deepspeed_env, kernel_inject, zero_inference
 from labkit.parallel import deepspeed_inference as dsi
 from labkit.parallel.launch import run_distributed
 
@@ -63,3 +67,59 @@ def test_op_compile_time_can_report_without_loading():
     info = deepspeed_env.op_compile_time(compile_if_missing=False, load=False)
     assert info.seconds is None and isinstance(info.was_cached, bool)
     assert info.op.endswith("shm_comm_op") and info.extensions_dir == deepspeed_env.use_extension_cache()
+
+
+def test_launches_per_token_of_hf_eager_on_the_cpu():
+    model, _ = models.load_model("tiny-llama", device="cpu")
+    ids = dsi.example_ids("tiny-llama", seq=8)
+    count = kernel_inject.launches_per_token(model, ids, new_tokens=4)
+    assert count.unit == launches.unit("cpu") and count.device == device_label("cpu") and count.tokens == 4
+    # A second measurement: every decode step runs one cached forward of one token (plus the pick of the token), so
+    # a step dispatches at least the operators of that forward, counted on its own.
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad():
+        model(input_ids=ids, cache=cache, use_cache=True)
+        step = launches.count_dispatches(lambda: model(input_ids=ids[:, :1], cache=cache,
+                                                       use_cache=True), "cpu").aten  # fmt: skip
+    assert step <= count.per_token < 2 * step
+    with pytest.raises(ValueError, match="new_tokens"):
+        kernel_inject.launches_per_token(model, ids, new_tokens=2)
+
+
+def test_injection_rank_needs_a_gpu():
+    if not torch.cuda.is_available():
+        with pytest.raises(CapabilityMissing, match="GPU"):
+            kernel_inject.injection_rank("tiny-bloom", device="cpu")
+
+
+def test_op_builder_cpu_op_whatever_the_accelerator_and_cuda_ops_only_on_cuda():
+    pytest.importorskip("deepspeed")
+    assert deepspeed_env.op_builder("ShareMemCommBuilder").NAME == "deepspeed_shm_comm"
+    from deepspeed.accelerator import get_accelerator
+
+    if get_accelerator().device_name() == "cpu":
+        with pytest.raises(CapabilityMissing, match="InferenceBuilder"):
+            deepspeed_env.op_compile_time(builder="InferenceBuilder", load=False)
+
+
+@pytest.mark.gpu
+def test_kernel_injection_fewer_launches_than_eager_on_the_same_gpu():
+    runs = run_distributed(kernel_inject.injection_rank, "tiny-bloom", new_tokens=8, repeat=2, world_size=1,
+                           backend="nccl", timeout=900)  # fmt: skip
+    r = runs[0]
+    assert r.eager_launches.device == r.injected_launches.device == r.device and "cuda" in r.device
+    assert r.injected_launches.per_token < r.eager_launches.per_token  # fused blocks: fewer kernels per token
+    assert r.max_abs_diff < 5e-2 and r.injected_tpot_ms > 0 and r.build.extensions_dir.endswith("torch_extensions")
+
+
+def test_zero_inference_pins_host_memory_only_for_a_rank_with_a_gpu(monkeypatch, tmp_path):
+    """A gloo rank on a GPU machine computes on the CPU: page-locked offload memory would buy it nothing."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
+    try:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU machine
+        assert zero_inference.ds_zero_config(64)["zero_optimization"]["offload_param"]["pin_memory"] is False
+        assert zero_inference.ds_zero_config(64, offload=False)["zero_optimization"]["offload_param"] is None
+    finally:
+        dist.destroy_process_group()

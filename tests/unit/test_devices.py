@@ -57,3 +57,12 @@ def test_cuda_choice_names_the_gpu_and_its_half():
     major, _ = torch.cuda.get_device_capability(0)
     assert choice.half == ("bf16" if major >= 8 else "fp16")
     assert choice.gpu_section("anything") is True
+
+
+def test_resolve_spells_out_the_gpu_index():
+    assert devices.resolve("cpu") == torch.device("cpu")
+    assert devices.resolve("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.cuda.is_available():
+        assert devices.resolve("cuda") == torch.device("cuda", torch.cuda.current_device())
+    with pytest.raises(ValueError, match="choose from"):
+        devices.resolve("npu")

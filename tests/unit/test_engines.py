@@ -36,7 +36,7 @@ def test_fp32_parity_with_eager(name, workload):
     parity = engines.check_parity(session, graph)  # raises ParityError with the numbers
     assert parity.ok and parity.relative_diff <= precision.tolerance("fp32")
     assert session.info.engine == name and session.info.precision == "fp32" and session.info.threads == 2
-    assert session.info.prepare_s > 0
+    assert session.info.prepare_s > 0 and session.info.device == "cpu"  # the default device, named
 
 
 @pytest.mark.parametrize("name", ["torch-eager", "openvino"])
@@ -104,8 +104,12 @@ def test_bad_precision_and_threads_are_refused():
         engines.get_engine("torch-eager").prepare(graph, precision="fp8")
     eager = engines.get_engine("torch-eager").prepare(graph, precision="bfloat16")  # an alias, at the edge
     assert eager.info.precision == "bf16"
-    with pytest.raises(ValueError, match="unknown provider"):
+    with pytest.raises(ValueError, match=r"unknown provider 'rocm'; choose from \['cpu', 'cuda', 'tensorrt'\]"):
         engines.get_engine("onnxruntime").prepare(graph, provider="rocm")
+    with pytest.raises(ValueError, match="provider 'cuda' runs on cuda, not on cpu"):
+        engines.get_engine("onnxruntime").prepare(graph, provider="cuda")  # the provider must match the device
+    with pytest.raises(ValueError, match=r"unknown device 'tpu'; choose from \['auto', 'cpu'"):
+        engines.get_engine("torch-eager").prepare(graph, device="tpu")
     with pytest.raises(ValueError, match="unknown workload"):
         engines.graph_for("resnet-50")
 
@@ -158,4 +162,71 @@ def test_onnxruntime_cuda_provider():
         providers = ort.get_available_providers()
         pytest.skip(f"this onnxruntime build has no CUDA provider ({providers}); needs onnxruntime-gpu")
     graph = engines.graph_for("tiny-bloom", batch_size=2, seq_len=16)
-    assert engines.check_parity(engines.get_engine("onnxruntime").prepare(graph, provider="cuda"), graph).ok
+    session = engines.get_engine("onnxruntime").prepare(graph, device="cuda")
+    assert session.info.device == "cuda:0" and session.info.provider.startswith("CUDAExecutionProvider")
+    assert engines.check_parity(session, graph).ok
+
+
+def test_ort_provider_follows_the_device():
+    from labkit.engines.ort import execution_providers
+
+    gpu_build = ["CUDAExecutionProvider", "CPUExecutionProvider"]  # what onnxruntime-gpu lists (no GPU needed here)
+    assert execution_providers("cpu", available=["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    cuda = execution_providers(torch.device("cuda", 1), available=gpu_build)
+    assert cuda == [("CUDAExecutionProvider", {"device_id": 1, "use_tf32": 0}), "CPUExecutionProvider"]
+    half = execution_providers("cuda", precision="fp16", available=gpu_build)
+    assert half == [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"]  # TF32 is fp32's concern
+    trt = execution_providers("cuda", "tensorrt", available=["TensorrtExecutionProvider", *gpu_build])
+    assert trt[0][0] == "TensorrtExecutionProvider"
+    with pytest.raises(ValueError, match="provider 'tensorrt' runs on cuda, not on cpu"):
+        execution_providers("cpu", "tensorrt", available=gpu_build)
+
+
+def test_ort_on_cuda_without_its_provider_names_the_providers_there_are():
+    import onnxruntime as ort
+
+    from labkit.engines.ort import execution_providers
+
+    with pytest.raises(engines.EngineUnavailable, match=r"CUDAExecutionProvider is not in this onnxruntime build, "
+                                                        r"which has \['CPUExecutionProvider'\].*onnxruntime-gpu"):
+        execution_providers("cuda", available=["CPUExecutionProvider"])
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has the CUDA provider")
+    ok, reason = engines.ENGINES["onnxruntime"].supports("cuda")  # asked about without a GPU: nothing is resolved
+    assert not ok and "CUDAExecutionProvider is not in this onnxruntime build" in reason
+    assert all(p in reason for p in ort.get_available_providers())  # the providers this build has, by name
+
+
+def test_engines_say_which_devices_they_run_on():
+    ok, reason = engines.ENGINES["openvino"].supports("cuda")
+    assert not ok and "runs on cpu only, not on cuda" in reason
+    if engines.ENGINES["tensorrt"].available()[0]:
+        assert not engines.ENGINES["tensorrt"].supports("cpu")[0]  # never timed against CPU eager
+    assert engines.ENGINES["torch-eager"].supports("cuda")[0] and engines.ENGINES["torch-eager"].supports("cpu")[0]
+    table = engines.engine_table("cuda").set_index("engine")
+    assert (table.device == "cuda").all() and not table.loc["openvino", "available"]
+    assert engines.available_engines("cpu") == [n for n in engines.ENGINES if engines.ENGINES[n].supports("cpu")[0]]
+    assert "tensorrt" not in engines.available_engines("cpu") and "openvino" not in engines.available_engines("cuda")
+    auto = engines.engine_table("auto").set_index("engine")  # "auto" is resolved: the GPU when there is one
+    installed = engines.ENGINES["openvino"].available()[0]
+    assert auto.loc["openvino", "available"] == (installed and not torch.cuda.is_available())
+    with pytest.raises(ValueError, match=r"unknown device 'tpu'; choose from \['auto', 'cpu'"):
+        engines.ENGINES["torch-eager"].supports("tpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only error; this machine has a GPU")
+def test_a_cuda_session_on_a_cpu_machine_is_refused_before_any_work():
+    graph = engines.graph_for("digits-cnn")
+    with pytest.raises(hardware.Unavailable, match="no CUDA GPU"):
+        engines.get_engine("torch-eager").prepare(graph, device="cuda")
+
+
+def test_fp32_on_cuda_turns_cudnn_tf32_off_only_while_it_runs():
+    before = torch.backends.cudnn.allow_tf32
+    with base.exact_fp32(torch.device("cpu"), "fp32"):
+        assert torch.backends.cudnn.allow_tf32 == before  # the CPU: nothing to change
+    with base.exact_fp32(torch.device("cuda", 0), "fp16"):
+        assert torch.backends.cudnn.allow_tf32 == before  # fp16 is not fp32's concern
+    with base.exact_fp32(torch.device("cuda", 0), "fp32"):  # the flag is a plain setting: no GPU needed to see it
+        assert torch.backends.cudnn.allow_tf32 is False
+    assert torch.backends.cudnn.allow_tf32 == before

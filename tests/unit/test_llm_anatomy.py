@@ -41,6 +41,10 @@ def test_roofline_turns_compute_bound_as_the_batch_grows():
     assert measured.attrs["measured_on"] == hardware.detect().cpu_model  # the device the bound holds for
     assert t.memory_bound_tok_s.iloc[0] == pytest.approx(20e9 / (4 * 134_515_008))
     assert t.intensity_flop_per_byte.tolist() == [0.5, 4.0, 32.0]  # fp32: 2 FLOPs per 4-byte weight per sequence
+    assert t.attrs["ridge_flop_per_byte"] == pytest.approx(2.5e11 / 20e9)  # FLOP/s ÷ bytes/s
+    assert t.attrs["ridge_batch"] == pytest.approx(2.5e11 / 20e9 * 4 / 2)  # the batch whose intensity is the ridge
+    assert list(llm_anatomy.decode_roofline("smollm2-135m", bandwidth_gbps=20.0, flops=2.5e11).batch) == [
+        2**k for k in range(9)]  # 1 ... 256 by default
     bf16 = llm_anatomy.decode_roofline("smollm2-135m", "bfloat16", bandwidth_gbps=20.0, flops=2.5e11, batch_sizes=(1,))
     assert bf16.memory_bound_tok_s.iloc[0] == pytest.approx(2 * t.memory_bound_tok_s.iloc[0])  # half the bytes
 
@@ -72,6 +76,9 @@ def test_decode_step_cost_against_the_roofline_by_hand():
     for b in (1, 4, 32):
         by_hand = max((4 * params + b * kv) / (bw * 1e9), 2 * params * b / flops) * 1e3
         assert t.roofline_ms[b] == pytest.approx(by_hand)
+        memory_ms = (4 * params + b * kv) / (bw * 1e9) * 1e3
+        assert t.pct_of_bandwidth_bound[b] == pytest.approx(100 * memory_ms / t.tpot_ms[b])
+        assert t.pct_of_roofline[b] == pytest.approx(100 * by_hand / t.tpot_ms[b])
     assert t.bound_by.tolist() == ["memory", "memory", "compute"]  # ridge: 1e11 / 20e9 = 5 FLOP/byte = batch 10
     assert cost.table.attrs["ridge_batch"] == pytest.approx(flops / (bw * 1e9) * 4 / 2)
     assert t.step_vs_first[1] == 1.0 and t.step_vs_first.tolist() == pytest.approx((t.tpot_ms / t.tpot_ms[1]).tolist())
@@ -89,3 +96,14 @@ def test_kv_curve_says_where_the_cache_overtakes_the_weights():
     windowed = {"model_type": "mistral", "num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128,
                 "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 1000, "sliding_window": 16}
     assert llm_anatomy.kv_cache_curve(windowed, "fp32", batch=1).table.attrs["crossover_tokens"] is None  # capped
+
+
+def test_decode_step_cost_in_16_bit_reads_half_the_bytes():
+    bw, flops = 20.0, 1e11
+    fp32, bf16 = (llm_anatomy.decode_step_cost("tiny-llama", batch_sizes=(1,), prompt_tokens=8, new_tokens=3,
+                                               repeat=1, bandwidth_gbps=bw, flops=flops, device="cpu", precision=p)
+                  for p in ("fp32", "bfloat16"))
+    assert bf16.table.attrs["precision"] == "bf16"
+    assert bf16.table.roofline_ms.iloc[0] == pytest.approx(fp32.table.roofline_ms.iloc[0] / 2)  # memory-bound
+    with pytest.raises(ValueError, match="not int8"):
+        llm_anatomy.decode_step_cost("tiny-llama", precision="int8")

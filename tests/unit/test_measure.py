@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from labkit import hardware, measure
+from labkit import hardware, measure, precision
 
 
 def test_stats_match_numpy():
@@ -132,3 +132,42 @@ def test_rates_and_ratios():
         measure.tokens_per_second(1, 0)
     with pytest.raises(ZeroDivisionError):
         measure.ratio(1.0, 0.0)
+
+
+def test_matmul_flops_names_its_device_and_precision():
+    fp32 = measure.matmul_flops(size=256, repeat=2, device="cpu")
+    bf16 = measure.matmul_flops(size=256, precision="bfloat16", repeat=2, device="cpu")
+    assert fp32 > 1e8 and bf16 > 1e8
+    assert (fp32.device, fp32.device_name, fp32.precision) == ("cpu", hardware.detect().cpu_model, "fp32")
+    assert bf16.precision == "bf16"  # the canonical name, whatever alias was asked for
+    again = pickle.loads(pickle.dumps(bf16))
+    assert again == bf16 and (again.device, again.precision) == ("cpu", "bf16")
+
+
+def test_matmul_flops_rejects_bad_input_before_allocating():
+    with pytest.raises(ValueError, match="float matmul"):
+        measure.matmul_flops(64, "int8")
+    with pytest.raises(ValueError, match="choose from"):
+        measure.matmul_flops(64, device="tpu")
+    with pytest.raises(ValueError, match="size and repeat"):
+        measure.matmul_flops(64, repeat=0)
+
+
+def test_ridge_point_is_flops_over_bytes_per_second_of_one_device():
+    assert measure.ridge_point(2e11, 20.0) == pytest.approx(10.0)  # 2e11 FLOP/s ÷ 2e10 B/s
+    cpu_bw = measure.Bandwidth(20.0, "cpu", "x")
+    assert measure.ridge_point(measure.FlopRate(4e11, "cpu", "x"), cpu_bw) == pytest.approx(20.0)
+    with pytest.raises(ValueError, match="same device"):
+        measure.ridge_point(measure.FlopRate(4e11, "cuda:0", "gpu"), cpu_bw)
+    with pytest.raises(ValueError, match="positive"):
+        measure.ridge_point(1e9, 0.0)
+
+
+@pytest.mark.gpu
+def test_gpu_half_precision_matmul_runs_on_the_tensor_cores():
+    fp32 = measure.matmul_flops(size=4096, repeat=3, device="cuda")
+    half = measure.matmul_flops(size=4096, precision=precision.native_half("cuda"), repeat=3, device="cuda")
+    assert half > 2 * fp32  # tensor cores: far more than fp32 (TF32 off by default)
+    bw = measure.memory_bandwidth(repeat=3, device="cuda")
+    assert measure.ridge_point(half, bw) > 20  # FLOP/byte: a GPU's ridge is far right of a CPU's
+    assert half.device == bw.device == "cuda:0" and half.device_name == torch.cuda.get_device_name(0)

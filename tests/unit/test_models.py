@@ -115,6 +115,18 @@ def test_cuda_without_gpu_is_a_clear_error():
         models.load_model("tiny-bloom", device="cuda")
 
 
+def test_load_cached_keeps_one_copy_per_device():
+    model, tok = models.load_cached("tiny-bloom")
+    assert models.load_cached("tiny-bloom", device="cpu") == (model, tok)  # the default is the CPU: one entry
+    assert models.load_cached("tiny-bloom", device=torch.device("cpu"))[0] is model
+    assert next(model.parameters()).device.type == "cpu"
+    with pytest.raises(ValueError, match=r"unknown device 'tpu'; choose from \['auto', 'cpu'"):
+        models.load_cached("tiny-bloom", device="tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(CapabilityMissing, match="no CUDA GPU"):
+            models.load_cached("tiny-bloom", device="cuda")
+
+
 def test_hub_id_offline_fails_listing_offline_models():
     with pytest.raises(models.ModelNotAvailable, match=r"HF_HUB_OFFLINE=1.*\['smollm2-135m'"):
         models.load_model("bigscience/bloom-560m")

@@ -6,7 +6,7 @@ import torch
 pytest.importorskip("fastapi", reason="the serving extra is not installed (pip install labkit[serve])")
 
 from labkit.models import encode_prompt, load_cached
-from labkit.serving.engine import BatchEngine
+from labkit.serving.batch_engine import BatchEngine
 from labkit.serving.limits import Limits
 from labkit.serving.policies import POLICIES
 from labkit.serving.repository import make_engine

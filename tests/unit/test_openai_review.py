@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from labkit.serving import fields, metrics
 from labkit.serving.app import create_app
-from labkit.serving.engine import sample_tokens
+from labkit.serving.batch_engine import sample_tokens
 from labkit.serving.fields import validation_message
 from labkit.serving.protocol import ChatBody, CompletionBody
 from labkit.serving.repository import ModelRepository

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from labkit import data, generation, hardware, models, quant
+from labkit import data, devices, generation, hardware, models, precision, quant
 from labkit.experiments import quantization
 
 SOURCE = "tiny-bloom-shakespeare"
@@ -173,3 +173,66 @@ def test_genai_int8_keeps_quality_and_decodes():
     assert quantization.speed(q, decode_tokens=4, batch_sizes=(1, 2), vocab=len(tok))["decode_tok_s_b2"] > 0
     with pytest.raises(hardware.Unavailable, match="does not support bloom"):
         quant.quantize("genai-int4", SOURCE, model=torch.nn.Linear(1, 1))  # refused before touching the model
+
+
+def test_quantizer_places_its_copy_on_the_device_and_leaves_the_source(base):
+    model = base[0]
+    for name in ("bf16", "int8-dynamic"):
+        q = build(name, model)
+        assert q.device == torch.device("cpu")
+        assert all(t.device.type == "cpu" for t in (*q.model.parameters(), *q.model.buffers()))
+    assert all(p.dtype == torch.float32 and p.device.type == "cpu" for p in model.parameters())  # untouched
+    nf4 = build("bnb-nf4", model)  # bitsandbytes >= 0.45 has CPU kernels: it runs here, on the CPU
+    assert nf4.device.type == "cpu" and "CPU kernels" in nf4.notes
+
+
+def test_a_cuda_only_quantizer_on_the_cpu_names_its_devices():
+    cuda_only = quant.Quantizer("cuda-only", "somelib", "int8 on CUDA", ("cuda",), lambda model, source, device: None)
+    with pytest.raises(quant.QuantizerUnavailable, match=r"cuda-only \(somelib\) runs on \['cuda'\], not 'cpu'; "
+                                                         r"on cpu use one of \['fp16', 'bf16', 'int8-dynamic'"):
+        cuda_only.ensure_available(SOURCE, "cpu")
+    assert cuda_only.runs_on("cpu") == torch.device("cpu")  # not moved: ensure_available says why it cannot run
+
+
+def test_cpu_only_quantizers_run_on_the_cpu_in_a_gpu_run(monkeypatch):
+    gpu = torch.device("cuda", 0)
+    monkeypatch.setattr(quant, "resolve_device", lambda device: gpu)  # as on a machine with a GPU
+    for name, q in quant.QUANTIZERS.items():
+        assert q.runs_on("cuda") == (gpu if "cuda" in q.devices else torch.device("cpu")), name
+    assert {n for n, q in quant.QUANTIZERS.items() if "cuda" not in q.devices} >= {"int8-dynamic", "ort-int8"}
+
+
+def test_every_row_names_its_device_and_speedups_divide_by_fp32_there():
+    r = quantization.compare_quantizers(SOURCE, names=["fp32", "bf16", "int8-dynamic", "bnb-nf4"], budget=256,
+                                        decode_tokens=2, batch_sizes=(1,), progress=False, device="cpu")
+    t = r.table.set_index("quantizer")
+    label = devices.device_label("cpu")
+    assert set(t.device) == {label} and set(t.attrs["fp32_decode_tok_s"]) == {label}
+    fp32_speed = t.loc["fp32", "decode_tok_s_b1"]
+    assert t.decode_speedup_b1.tolist() == pytest.approx((t.decode_tok_s_b1 / fp32_speed).tolist())
+    ladder = quantization.precision_ladder(r.table, "bf16")  # the GPU section's function, on this CPU's rows
+    assert list(ladder.index) == ["fp32", "bf16", "bnb-nf4"] and set(ladder.device) == {label}
+    assert ladder.loc["bf16", "bytes_vs_half"] == 1.0
+    assert ladder.loc["fp32", "bytes_vs_half"] == pytest.approx(t.stored_MiB["fp32"] / t.stored_MiB["bf16"])
+    with pytest.raises(ValueError, match="half must be 'fp16' or 'bf16'"):
+        quantization.precision_ladder(r.table, "int8")
+    with pytest.raises(ValueError, match="has no fp16 row that ran"):
+        quantization.precision_ladder(r.table, "fp16")
+
+
+@pytest.mark.gpu
+def test_bitsandbytes_on_the_gpu_uses_its_cuda_kernels_and_the_native_half(base):
+    pytest.importorskip("bitsandbytes")
+    half = precision.torch_dtype(precision.native_half("cuda"))
+    for name, layer_class in (("bnb-int8", "Linear8bitLt"), ("bnb-nf4", "Linear4bit")):
+        q = quant.quantize(name, SOURCE, device="cuda", model=base[0])
+        assert q.device.type == "cuda" and quantization.describe_linear(q)["layer"] == layer_class
+        assert q.model.get_input_embeddings().weight.dtype == half and "CUDA kernels" in q.notes
+    r = quantization.compare_quantizers(SOURCE, names=["fp32", "fp16", "bf16", "int8-dynamic", "bnb-int8"],
+                                        budget=256, decode_tokens=2, batch_sizes=(1,), progress=False, device="cuda")
+    t = r.table.set_index("quantizer")
+    cpu, gpu = devices.device_label("cpu"), devices.device_label("cuda")
+    assert t.loc["int8-dynamic", "device"] == cpu and set(t.device.drop("int8-dynamic")) == {gpu}
+    assert t.loc["int8-dynamic", "decode_speedup_b1"] == pytest.approx(
+        t.loc["int8-dynamic", "decode_tok_s_b1"] / t.attrs["fp32_decode_tok_s"][cpu]["decode_tok_s_b1"])
+    assert set(quantization.precision_ladder(r.table, precision.native_half("cuda")).device) == {gpu}

@@ -5,7 +5,7 @@ import inspect
 
 import pytest
 
-from labkit import hardware, models
+from labkit import hardware, measure, models
 from labkit.experiments import roofline
 
 
@@ -13,6 +13,10 @@ def test_static_cache_gives_greedy_the_same_tokens():
     result = roofline.static_vs_dynamic("tiny-llama", new_tokens=8, compile=False, repeat=1)
     assert list(result.table.variant) == ["dynamic cache", "static cache"]
     assert result.table.same_tokens_as_dynamic.all()
+    assert result.table.attrs["device"] == "cpu"  # "auto" on a machine without a GPU
+    t = result.table
+    assert t.speedup_vs_dynamic.tolist() == pytest.approx((t.decode_tok_s / t.decode_tok_s.iloc[0]).tolist())
+    assert t.decode_tok_s.tolist() == pytest.approx((1e3 / t.tpot_ms).tolist())  # batch 1
     assert (result.table.decode_tok_s > 0).all() and (result.table.first_call_s > 0).all()
 
 
@@ -59,3 +63,16 @@ def test_roofline_times_through_decoding_timing_not_another_experiment():
     imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     assert "labkit.decoding" in imported and not any(m and m.startswith("labkit.experiments") for m in imported)
+
+
+def test_machine_limits_measure_the_half_precision_matmul_and_both_ridges():
+    bw = measure.Bandwidth(20.0, "cpu", hardware.detect().cpu_model)  # given: only the matmuls are measured
+    limits = roofline.machine_limits(bandwidth_gbps=bw, device="cpu", half="bfloat16", repeat=2)
+    assert limits["half"] == "bf16" and limits["flops_half"].precision == "bf16"
+    assert limits["flops"].device == limits["flops_half"].device == limits["device"] == "cpu"
+    assert limits["ridge_flop_per_byte"] == pytest.approx(limits["flops"] / 20e9)  # FLOP/s ÷ bytes/s
+    assert limits["ridge_half_flop_per_byte"] == pytest.approx(limits["flops_half"] / 20e9)
+    with pytest.raises(ValueError, match="bf16 or fp16"):
+        roofline.machine_limits(device="cpu", half="int8")
+    with pytest.raises(ValueError, match="unknown quantizers"):
+        roofline.precision_points("tiny-llama", precisions=("fp32", "int3"), limits=limits)

@@ -9,7 +9,7 @@ pytest.importorskip("fastapi", reason="the serving extra is not installed (pip i
 
 from labkit.models import encode_prompt, load_model
 from labkit.serving import metrics
-from labkit.serving.engine import sample_tokens
+from labkit.serving.batch_engine import sample_tokens
 from labkit.serving.hf_engine import check_supported
 from labkit.serving.policies import POLICIES
 from labkit.serving.repository import SCHEDULERS, ModelRepository, make_engine
@@ -111,6 +111,9 @@ def test_cli_parses_serve_and_loadgen_and_refuses_remote_targets(capsys):
     assert cli.main(["loadgen", "--url", "http://10.2.3.4:8000"]) == 2
     assert "loopback" in capsys.readouterr().err
     assert parser.parse_args(["loadgen", "--chat"]).chat
+    assert parser.parse_args(["serve"]).device == "auto"
+    assert cli.main(["serve", "--model", "tiny-llama", "--device", "gpu"]) == 2  # refused before loading a model
+    assert "choose from ['auto', 'cpu', 'cuda', 'cuda:N']" in capsys.readouterr().err
     assert cli.main(["serve", "--fields"]) == 0  # the field table, without loading a model
     table = capsys.readouterr().out
     assert "| `n` | refused | one choice per request; accepted: null, 1 |" in table

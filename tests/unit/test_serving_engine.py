@@ -9,7 +9,8 @@ pytest.importorskip("fastapi", reason="the serving extra is not installed (pip i
 
 from labkit.decoding.sampling import sample_next
 from labkit.models import load_model
-from labkit.serving.engine import BatchEngine, Engine, sample_tokens
+from labkit.serving.batch_engine import BatchEngine, sample_tokens
+from labkit.serving.engine import Engine
 from labkit.serving.hf_engine import HFEngine
 from labkit.serving.limits import Limits
 from labkit.serving.policies import POLICIES, View, continuous, dynamic, get_policy, sync
@@ -95,3 +96,53 @@ def test_every_engine_implements_the_whole_interface():
         assert not inspect.isabstract(cls)
         assert "NotImplementedError" not in inspect.getsource(cls)
     assert set(Engine.__abstractmethods__) == {"step"}
+
+
+def test_engines_and_repository_serve_on_the_asked_device(bard):
+    """The device threads through make_engine and ModelRepository: a bad one is refused naming the choices before
+    anything loads, a model elsewhere is refused, and each deployment names where it computes."""
+    from labkit import devices
+    from labkit.hardware import CapabilityMissing
+
+    with pytest.raises(ValueError, match="choose from"):
+        ModelRepository("continuous", device="gpu")
+    with pytest.raises(ValueError, match="choose from"):
+        make_engine("sync", *bard, device="tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(CapabilityMissing, match="no CUDA GPU"):
+            ModelRepository("continuous", device="cuda")
+
+    class ElsewhereModel:  # only its device matters: the check happens before any engine is built
+        device = torch.device("cuda", 0)
+
+    with pytest.raises(ValueError, match="not on cpu"):
+        make_engine("sync", ElsewhereModel(), bard[1], device="cpu")
+    engine = make_engine("sync", *bard, device="cpu")
+    engine.stop()
+    assert engine.device == next(bard[0].parameters()).device == torch.device("cpu")
+    repo = ModelRepository("continuous", device="cpu")
+    try:
+        dep = repo.load("bard", "v1", loaded=bard)
+        tiny = repo.load("tiny", "v1", source="tiny-llama", dtype="bf16")  # loaded by the repository, on its device
+        assert next(tiny.engine.model.parameters()).device == torch.device("cpu")
+        assert next(tiny.engine.model.parameters()).dtype == torch.bfloat16
+        label = devices.device_label("cpu")  # "cpu (<the CPU model>)"
+        assert dep.device == tiny.device == label and set(repo.table().device) == {label}
+    finally:
+        repo.close()
+
+
+@pytest.mark.gpu
+def test_engine_on_the_gpu_equals_generate_there_and_samples_with_a_cpu_seed():
+    model, tok = load_model("tiny-llama", device="cuda")
+    ids = [tok("Once upon a time")["input_ids"], tok("The sea")["input_ids"]]
+    reference = [model.generate(torch.tensor([i], device="cuda"), max_new_tokens=6, do_sample=False,
+                                pad_token_id=tok.eos_token_id)[0, len(i):].tolist() for i in ids]
+    engine = make_engine("continuous", model, tok, max_batch=2, device="cuda")
+    try:
+        assert engine.device.type == "cuda"
+        assert engine.generate(ids, SamplingParams(max_tokens=6)) == reference
+        sampled = [engine.generate(ids[:1], SamplingParams(max_tokens=6, temperature=0.8, seed=3)) for _ in range(2)]
+        assert sampled[0] == sampled[1]  # the seeded CPU generator drives draws from CUDA logits
+    finally:
+        engine.stop()

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from labkit import training
+from labkit.hardware import CapabilityMissing
 
 
 def test_config_rejects_bad_values():
@@ -51,6 +52,35 @@ def test_step_costs_training_is_slower_and_bigger_and_leaves_weights_alone(tiny_
     assert costs.attrs["batch_size"] == 4
 
 
+def test_device_is_threaded_through_training_and_both_steps(tiny_bloom):
+    model, tok = tiny_bloom
+    cfg = training.TrainConfig(steps=2, batch_size=2, seq_len=16, eval_every=2, eval_batches=1, max_chars=50_000)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    try:
+        result = training.train(model, tok, cfg, progress=False, device="cpu")
+    finally:
+        model.load_state_dict(before)
+    assert result.device == "cpu" and result.history.attrs["device"] == "cpu"
+    costs = training.step_costs(model, tok, batch_size=2, seq_len=16, repeat=1, device="cpu")
+    assert costs.device.tolist() == ["cpu", "cpu"] and costs.attrs["device"] == "cpu"
+    assert costs.attrs["peak_memory"] == "tensor storages created by the step"  # on CUDA: the CUDA allocator's peak
+    sweep = training.batch_sweep(model, [1], seq_len=8, repeat=1, progress=False, device=torch.device("cpu"))
+    assert sweep.attrs["device"] == "cpu"
+    assert training.place(model) == torch.device("cpu")  # None: where the model is
+
+
+def test_a_bad_device_is_refused_before_training(tiny_bloom):
+    model, tok = tiny_bloom
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"unknown device 'tpu'; choose from \['auto', 'cpu'"):
+        training.train(model, tok, training.TrainConfig(steps=1), progress=False, device="tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(CapabilityMissing, match="no CUDA GPU"):
+            training.step_costs(model, tok, batch_size=2, seq_len=8, repeat=1, device="cuda")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert next(model.parameters()).device.type == "cpu"
+
+
 def test_batch_sweep(tiny_bloom):
     model, _ = tiny_bloom
     sweep = training.batch_sweep(model, [1, 4], seq_len=16, repeat=3, progress=False)
@@ -69,3 +99,15 @@ def test_save_checkpoint_round_trip(tiny_bloom, tmp_path):
     assert (tmp_path / "model.safetensors").exists()
     again, _ = load_model(str(tmp_path), device="cpu")
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values(), strict=True))
+
+
+@pytest.mark.gpu
+def test_device_cuda_moves_the_model_and_counts_with_the_cuda_allocator():
+    from labkit.models import load_model
+
+    model, tok = load_model("tiny-bloom", device="cpu")
+    costs = training.step_costs(model, tok, batch_size=4, seq_len=32, repeat=2, device="cuda").set_index("phase")
+    assert next(model.parameters()).device.type == "cuda"
+    assert set(costs.device) == {f"cuda:{torch.cuda.current_device()}"}
+    assert costs.attrs["peak_memory"] == "torch.cuda.max_memory_allocated"
+    assert costs.loc["training step", "peak_step_MiB"] > costs.loc["inference step", "peak_step_MiB"] > 0

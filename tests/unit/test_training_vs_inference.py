@@ -42,3 +42,22 @@ def test_trained_shakespeare_checkpoint_beats_random_init(tiny_bloom):
     random_loss = training.evaluate(tiny_bloom[0], batches)
     trained_loss = training.evaluate(trained, batches)
     assert trained_loss < random_loss - 2.0  # ~8.3 nats (uniform over 4096) -> below 6.3 on unseen plays
+
+
+def test_every_measurement_names_its_device(tiny_bloom):
+    latency = training_vs_inference.forward_latency(batch_size=1, seq_len=8, repeat=2, loaded=tiny_bloom, device="cpu")
+    assert latency.table.device.tolist() == ["cpu"] and latency.table.attrs["device"] == "cpu"
+    steps = training_vs_inference.compare_steps(batch_size=2, seq_len=8, repeat=1, loaded=tiny_bloom, device="cpu")
+    assert steps.table.device.tolist() == ["cpu", "cpu"] and "on cpu" in steps.figure.layout.title.text
+    sweep = training_vs_inference.batch_tradeoff(batch_sizes=[1], seq_len=8, repeat=1, loaded=tiny_bloom,
+                                                 progress=False)
+    assert sweep.table.attrs["device"] == "cpu"  # None: where the model passed in is
+    by_name = training_vs_inference.forward_latency("tiny-llama", batch_size=1, seq_len=8, repeat=2, device="cpu")
+    assert by_name.table.device.tolist() == ["cpu"]
+    assert models.load_cached("tiny-llama", "cpu")[0] is models.load_cached("tiny-llama")[0]  # one cached copy
+
+
+def test_the_memory_check_asks_the_device_it_measures_on():
+    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+        training_vs_inference.check_activation_memory(1, 8, 100, copies=1, device="tpu")
+    training_vs_inference.check_activation_memory(1, 8, 100, copies=1, device="cpu")  # fits: no error

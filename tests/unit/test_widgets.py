@@ -54,3 +54,14 @@ def test_errors_show_in_red_and_are_logged_not_raised(caplog):
 def test_headless_call_raises():
     with pytest.raises(ValueError, match="n must be >= 0"):
         double(-1)
+
+
+def test_fixed_arguments_are_passed_on_every_run_without_a_control():
+    def f(n: int = 1, device: str = "cpu") -> pd.DataFrame:
+        return pd.DataFrame({"n": [n], "device": [device]})
+
+    p = widgets.panel(f, n=(0, 10), device=widgets.fixed("cuda:1"))
+    assert set(p.controls) == {"n"}  # nothing to click for the device
+    p.controls["n"].value = 3
+    p.run()
+    assert p.last_result.device.item() == "cuda:1" and p.last_result.n.item() == 3

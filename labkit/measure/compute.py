@@ -1,0 +1,137 @@
+"""The two numbers that bound every kernel on a device: its memory read bandwidth (GB/s) and its dense matmul
+throughput (FLOP/s) — measured, each tagged with the device it was measured on; their ratio is the roofline's ridge.
+
+Both are ceilings (Williams, Waterman & Patterson, "Roofline", CACM 2009), so the fastest repeat counts: other
+work on the machine can only slow a run down. Both are timed by `measure.benchmark`, which synchronises CUDA.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from labkit import devices
+from labkit.measure.stats import benchmark
+from labkit.precision import FLOAT_PRECISIONS, canonical, torch_dtype
+
+
+class DeviceRate(float):
+    """A measured rate (a float: arithmetic, comparisons and formats work as on the number) that keeps the device it
+    was measured on: `device` ("cpu", "cuda:0") and `device_name` (CPU model or GPU name). A bound derived from it
+    holds for that device only, so tables and figures say `label` ("measured on <device_name>")."""
+
+    def __new__(cls, value: float, device: str, device_name: str) -> DeviceRate:
+        rate = super().__new__(cls, value)
+        rate.device, rate.device_name = device, device_name
+        return rate
+
+    def __reduce__(self):  # pickle (and copy) keep the device
+        return type(self), (float(self), self.device, self.device_name)
+
+    @property
+    def label(self) -> str:
+        """ "measured on <device_name>", for tables and figure titles."""
+        return f"measured on {self.device_name}"
+
+
+class Bandwidth(DeviceRate):
+    """A read bandwidth in GB/s (1e9 bytes per second), with the device it was measured on."""
+
+
+class FlopRate(DeviceRate):
+    """A matmul throughput in FLOP/s, with the device it was measured on and the precision multiplied (`.precision`)."""
+
+    def __new__(cls, value: float, device: str, device_name: str, precision: str = "fp32") -> FlopRate:
+        rate = super().__new__(cls, value, device, device_name)
+        rate.precision = precision
+        return rate
+
+    def __reduce__(self):
+        return FlopRate, (float(self), self.device, self.device_name, self.precision)
+
+
+def _device(device: str | torch.device) -> tuple[torch.device, str]:
+    """(the device with its index, e.g. cuda:0; its name: the CPU model or the GPU's)."""
+    dev = devices.resolve(device)
+    return dev, devices.device_name(dev)
+
+
+DEFAULT_BANDWIDTH_MIB = {"cpu": 256, "cuda": 1024}  # well above a CPU's last-level cache and a GPU's L2
+
+
+def memory_bandwidth(size_mib: int | None = None, repeat: int = 5, device: str | torch.device = "cpu") -> Bandwidth:
+    """Measured read bandwidth in GB/s: a matrix-vector product over a matrix too big for the caches.
+
+    That is the operation a batch-1 decode step is made of (every weight read once per token), so this is the
+    number that bounds it. It is a ceiling, so the fastest repeat counts: other work can only slow a run down.
+
+    Args:
+        size_mib: size of the fp32 matrix read, MiB, well above the last-level cache (None: `DEFAULT_BANDWIDTH_MIB`
+            of the device type; a GPU's read must also last long against the clock's own overhead).
+        repeat: timed repeats after 2 warm-ups.
+        device: "cpu", "cuda", "cuda:N" or "auto" (the device whose memory is measured; `hardware.resolve_device`).
+    Returns:
+        Bandwidth: bytes read / fastest repeat, in GB/s (1e9 bytes per second), carrying the device it was
+        measured on (`.device`, `.device_name`, `.label`).
+    Raises:
+        ValueError: size_mib or repeat < 1, or an unknown device (naming the valid ones), before allocating.
+        CapabilityMissing: a CUDA device on a machine without one.
+    """
+    if (size_mib is not None and size_mib < 1) or repeat < 1:
+        raise ValueError(f"size_mib and repeat must be >= 1, got {size_mib} and {repeat}")
+    (dev, name), cols = _device(device), 4096
+    size_mib = size_mib or DEFAULT_BANDWIDTH_MIB[dev.type]
+    weights = torch.ones(max(1, size_mib * 2**20 // 4 // cols), cols, dtype=torch.float32, device=dev)
+    vector = torch.ones(cols, dtype=torch.float32, device=dev)
+    stats = benchmark(lambda: weights @ vector, warmup=2, repeat=repeat)
+    gbps = weights.numel() * weights.element_size() / min(stats.samples) / 1e9
+    return Bandwidth(gbps, str(dev), name)
+
+
+DEFAULT_MATMUL_SIZE = {"cpu": 1024, "cuda": 8192}  # n of the n × n product: seconds on a CPU, fills a GPU's SMs
+
+
+def matmul_flops(size: int | None = None, precision: str = "fp32", repeat: int = 5,
+                 device: str | torch.device = "cpu") -> FlopRate:
+    """Measured dense matmul throughput: 2·n³ FLOPs per (n × n) @ (n × n) product over its fastest repeat.
+
+    On a GPU a 16-bit product runs on the tensor cores, so fp16 / bf16 give the tensor-core rate; fp32 stays
+    IEEE fp32 unless `torch.backends.cuda.matmul.allow_tf32` was switched on (PyTorch's default: off).
+
+    Args:
+        size: n (None: `DEFAULT_MATMUL_SIZE` of the device type). precision: fp32 | bf16 | fp16 (or an alias).
+        repeat: timed products (after 2 warm-ups).
+        device: "cpu", "cuda", "cuda:N" or "auto" (`hardware.resolve_device`).
+    Returns:
+        FlopRate: FLOP/s, carrying the device (`.device`, `.device_name`) and the canonical `.precision`.
+    Raises:
+        ValueError: an unknown precision, int8 / int4 (no dense float matmul), size or repeat < 1, or an unknown
+            device — before allocating. CapabilityMissing: a CUDA device on a machine without one.
+    """
+    name = canonical(precision)
+    if name not in FLOAT_PRECISIONS:
+        raise ValueError(f"matmul_flops times a float matmul, not {name}; choose from {list(FLOAT_PRECISIONS)}")
+    dev, device_name = _device(device)
+    n = size or DEFAULT_MATMUL_SIZE[dev.type]
+    if n < 1 or repeat < 1:
+        raise ValueError(f"size and repeat must be >= 1, got {n} and {repeat}")
+    a = torch.randn(n, n, device=dev, dtype=torch_dtype(name))
+    stats = benchmark(lambda: a @ a, warmup=2, repeat=repeat)
+    return FlopRate(2 * n**3 / min(stats.samples), str(dev), device_name, name)
+
+
+def ridge_point(flops: float, bandwidth_gbps: float) -> float:
+    """The roofline's ridge: the arithmetic intensity (FLOP per byte) above which a kernel is compute-bound.
+
+    Args:
+        flops: matmul FLOP/s. bandwidth_gbps: read bandwidth, GB/s (1e9 bytes/s). Both of the same device.
+    Returns:
+        FLOP/s ÷ bytes/s, FLOP/byte.
+    Raises:
+        ValueError: a non-positive bandwidth or FLOP/s, or numbers measured on two different devices.
+    """
+    if flops <= 0 or bandwidth_gbps <= 0:
+        raise ValueError(f"flops and bandwidth must be positive, got {flops} and {bandwidth_gbps}")
+    where = {getattr(x, "device", None) for x in (flops, bandwidth_gbps)} - {None}
+    if len(where) > 1:
+        raise ValueError(f"a ridge point needs FLOP/s and bandwidth of the same device, got {sorted(where)}")
+    return float(flops) / (float(bandwidth_gbps) * 1e9)
