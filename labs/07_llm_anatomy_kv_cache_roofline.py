@@ -66,6 +66,7 @@ GENERATORS = None  # None: every generation engine (section 5); or a list of nam
 FAST_PROMPT, FAST_NEW, FAST_BATCHES = 128, 64, (1, 8)
 KV_SEQ = 2048  # tokens per sequence whose KV caches fill the memory (section 6)
 KV_BUDGET_MIB = 256  # on a CPU: the memory the caches may fill (a GPU fills its free memory, less a reserve)
+KV_GPU_BUDGET_MIB = None  # on a GPU: None fills its free memory (less a reserve); a number caps it
 DEVICE = "auto"  # "auto": the GPU when there is one, else the CPU; or "cpu", "cuda", "cuda:N"
 
 # %%
@@ -73,7 +74,7 @@ if SMOKE:  # tiny Llama (same architecture, 4 layers): seconds instead of minute
     MODEL, PROMPT_LENS, BATCH_SIZES, NEW_TOKENS = "tiny-llama", (8, 256), (1, 2), 4
     PRECISIONS, ROOFLINE_BATCHES, STEP_BATCHES, COMPILE = ("fp32", "int8-dynamic"), (1, 4), (1, 16), False
     GENERATORS, FAST_PROMPT, FAST_NEW, FAST_BATCHES = ["hf-eager-fp32", "ort-genai-int4", "llama.cpp"], 16, 6, (1, 2)
-    LAUNCH_TOKENS, KV_BUDGET_MIB = 3, 32
+    LAUNCH_TOKENS, KV_BUDGET_MIB, KV_GPU_BUDGET_MIB = 3, 32, 2048  # a GPU: 2 GiB, not tens of thousands of caches
 
 # %%
 from labkit import devices
@@ -283,15 +284,16 @@ fast.table[[c for c in fast_cols if c in fast.table]].round(2)
 # over ÷ one sequence's cache is how many sequences fit — the limit a serving engine sizes its batch by.
 # The formula (`anatomy.kv_cache_bytes`) predicts it for the device's free memory; the check allocates real
 # transformers `StaticCache`s of `KV_SEQ` tokens, in the device's half-precision float, one per sequence, until the
-# memory runs out — on a GPU its free memory less a reserve, on a CPU a budget of `KV_BUDGET_MIB` (filling a
-# CPU's RAM would make it swap). A second measurement — the GPU's free memory, or the process's resident memory
+# memory runs out — on a GPU its free memory less a reserve (or `KV_GPU_BUDGET_MIB`, as the smoke run does), on a
+# CPU a budget of `KV_BUDGET_MIB` (filling a CPU's RAM would make it swap). A second measurement — the GPU's free memory, or the process's resident memory
 # on a CPU — shows what the caches really took (on a CPU less when they reuse memory the process freed earlier).
 
 # %%
 from labkit.experiments import kv_capacity
 
+kv_budget_mib = KV_GPU_BUDGET_MIB if dev.is_cuda else KV_BUDGET_MIB  # None: the GPU's free memory
 cap = kv_capacity.kv_capacity(MODEL, KV_SEQ, dev.half, device=dev.device,
-                              budget_bytes=None if dev.is_cuda else KV_BUDGET_MIB * 2**20)
+                              budget_bytes=None if kv_budget_mib is None else kv_budget_mib * 2**20)
 print(f"{MODEL}, {KV_SEQ} tokens per sequence in {cap.precision}: {cap.per_sequence_formula_bytes / 2**20:.1f} MiB of "
       f"KV cache each. The {cap.device_free_bytes / 1e9:.1f} GB free on {dev.label} would hold "
       f"{cap.device_formula_sequences:,} sequences next to the weights (formula). Checked against "
