@@ -239,6 +239,7 @@ cache_cmp.table.round(2)
 # %%
 from labkit.experiments import cuda_graphs
 
+LAUNCH_TOKENS = max(LAUNCH_TOKENS, 8) if dev.is_cuda else LAUNCH_TOKENS  # graph replays need steps after capture
 launches = [cuda_graphs.launches_per_token(MODEL, dev.device, new_tokens=LAUNCH_TOKENS)]
 if dev.gpu_section("CUDA graphs: kernel launches and per-token latency, static cache + torch.compile vs eager"):
     launches.append(cuda_graphs.launches_per_token(MODEL, dev.device, new_tokens=LAUNCH_TOKENS, compile=True))
@@ -285,8 +286,9 @@ fast.table[[c for c in fast_cols if c in fast.table]].round(2)
 # The formula (`anatomy.kv_cache_bytes`) predicts it for the device's free memory; the check allocates real
 # transformers `StaticCache`s of `KV_SEQ` tokens, in the device's half-precision float, one per sequence, until the
 # memory runs out — on a GPU its free memory less a reserve (or `KV_GPU_BUDGET_MIB`, as the smoke run does), on a
-# CPU a budget of `KV_BUDGET_MIB` (filling a CPU's RAM would make it swap). A second measurement — the GPU's free memory, or the process's resident memory
-# on a CPU — shows what the caches really took (on a CPU less when they reuse memory the process freed earlier).
+# CPU a budget of `KV_BUDGET_MIB` (filling a CPU's RAM would make it swap). A second measurement — the bytes PyTorch's
+# GPU allocator handed out, or the process's resident memory on a CPU — shows what the caches really took (on a CPU
+# less when they reuse memory the process freed earlier).
 
 # %%
 from labkit.experiments import kv_capacity
@@ -431,6 +433,7 @@ run.record({
     "points_skipped": points.attrs["skipped"],
     "launches_per_token": launch_counts.launches_per_token.tolist(),
     "launch_variants": launch_counts.variant.tolist(),
+    "graph_launches_per_token": [None if pd.isna(v) else v for v in launch_counts.graph_launches_per_token],
     "launches_counted": launch_counts.counted.iloc[0],
     "cuda_graph_speedup": graph_speedup,
     "fast_decode_cpu_bandwidth_GBps": cpu_bandwidth,

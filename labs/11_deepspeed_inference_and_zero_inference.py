@@ -199,8 +199,10 @@ print(f"HF eager tiny-bloom on {eager_launches.device}: {eager_launches.per_toke
 # %%
 from IPython.display import display
 
-injection = None
-if dev.gpu_section("kernel injection vs HF eager"):
+injection, injection_skipped = None, dsi.injection_unsupported()
+if dev.gpu_section("kernel injection vs HF eager") and injection_skipped:
+    print(f"Kernel injection skipped on {dev.label}: {injection_skipped}.")
+elif dev.is_cuda:
     injection = run_distributed(kernel_inject.injection_rank, "tiny-bloom", new_tokens=NEW_TOKENS, repeat=REPEAT,
                                 device=str(dev.device), world_size=1, backend="nccl", timeout=1200)[0]
     b = injection.build
@@ -300,6 +302,7 @@ run.record({
     "ranks_device": placement.ranks_device,  # sections 1-3 (AutoTP, the ALiBi fix, ZeRO-Inference) ran on the ranks
     "eager_launches": vars(eager_launches),  # names its device: this lab's
     "kernel_inject_ran": injection is not None,
+    "kernel_inject_skipped": injection_skipped if dev.is_cuda else "no GPU",
     "kernel_inject": injection.summary() if injection is not None else None,  # its `device` field names the GPU
     "published_source": specs.BLOOM_SOURCE,  # the published table, not measured here
 })

@@ -26,9 +26,10 @@ LAB_TEST = re.compile(r"test_lab_runs_and_records_results\[(\d\d_[^\]]+)\]")
 # Recorded keys (flattened "a.b.c", matched case-insensitively) that carry each number the GPU track reports.
 HEADLINES = {
     "HBM / memory bandwidth (GB/s)": r"(hbm|bandwidth).*(gb_?/?s|gbps)|(gb_?/?s|gbps).*(hbm|bandwidth)",
-    "tensor-core FLOP/s (TFLOP/s)": r"tflop",
+    "tensor-core FLOP/s (TFLOP/s)": r"tflop|flops_half",
     "CUDA-graph speed-up": r"graph.*speed_?up|speed_?up.*graph",
-    "decode roofline % of bound": r"roofline.*(pct|percent|fraction|share|of_bound)|(pct|percent)_?of_?(the_)?bound",
+    "decode roofline % of bound": (r"roofline.*(pct|percent|fraction|share|of_bound)|(pct|percent)_?of_?(the_)?"
+                                   r"(bandwidth_)?bound|pct_of_roofline"),
     "KV-limited concurrency": r"kv.*(concurren|sequences|max_seq|fit)|concurren.*(kv|limit|max)",
     "continuous vs sync tok/s": r"(continuous|sync|static).*(tok|throughput)|(tok|throughput).*(continuous|sync)",
 }

@@ -58,7 +58,8 @@ def test_lab_runs_and_records_results(lab: Path, tmp_path, lab_device):
     if html:
         page = run.html.read_text()
         assert "plotly-graph-div" in page and "Plotly.newPlot" in page  # figures are in the HTML
-    assert run.seconds < SMOKE_BUDGET_S, f"{lab.name} took {run.seconds:.0f} s in smoke mode"
+    if expected_device(lab_device)[0] == "cpu":  # CI's budget; on a GPU, `make test-gpu` bounds the whole run
+        assert run.seconds < SMOKE_BUDGET_S, f"{lab.name} took {run.seconds:.0f} s in smoke mode"
 
 
 @pytest.mark.parametrize("lab", list_labs(), ids=lambda p: p.stem)

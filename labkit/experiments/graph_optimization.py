@@ -3,6 +3,7 @@ level changes in the graph, constant folding on a hand-made graph, and small dra
 
 from __future__ import annotations
 
+import importlib.util
 import time
 import warnings
 from collections import Counter
@@ -32,10 +33,9 @@ def convert_three_ways(workload: str = "tiny-bloom") -> Measured:
     Returns:
         Measured: one row per format (format, file, seconds to convert (cached files: ~0), MiB on disk,
         max_abs_diff, relative_diff, parity_ok: relative_diff <= the fp32 tolerance of `labkit.precision`), and a
-        chart of the file sizes.
+        chart of the file sizes; attrs["skipped"]: {format: reason} for a converter not installed (OpenVINO).
     """
-    import onnxruntime as ort  # optional packages
-    import openvino as ov
+    import onnxruntime as ort  # optional package (labkit[engines])
 
     graph = graph_for(workload)
     ref = graph.reference()
@@ -47,12 +47,19 @@ def convert_three_ways(workload: str = "tiny-bloom") -> Measured:
                  "MiB": _size(onnx_path)})
     sess = ort.InferenceSession(str(onnx_path), convert.session_options("disable"), providers=["CPUExecutionProvider"])
     outputs["ONNX"] = sess.run(None, graph.feeds(graph.example))[0]
-    start = time.perf_counter()
-    xml = convert.export_openvino(graph)
-    rows.append({"format": "OpenVINO IR", "file": xml.name, "seconds": time.perf_counter() - start,
-                 "MiB": _size(xml, xml.with_suffix(".bin"))})
-    compiled = ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    outputs["OpenVINO IR"] = compiled({i: t.numpy() for i, t in enumerate(graph.example)})[0]
+    skipped = {}
+    if importlib.util.find_spec("openvino") is None:  # e.g. a GPU box without it: the other two formats still run
+        skipped["OpenVINO IR"] = "openvino is not installed here (pip install 'labkit[engines]')"
+        print(f"OpenVINO IR skipped: {skipped['OpenVINO IR']}")
+    else:
+        import openvino as ov  # optional package
+
+        start = time.perf_counter()
+        xml = convert.export_openvino(graph)
+        rows.append({"format": "OpenVINO IR", "file": xml.name, "seconds": time.perf_counter() - start,
+                     "MiB": _size(xml, xml.with_suffix(".bin"))})
+        compiled = ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        outputs["OpenVINO IR"] = compiled({i: t.numpy() for i, t in enumerate(graph.example)})[0]
     start = time.perf_counter()
     ts = convert.export_torchscript(graph)
     rows.append({"format": "TorchScript", "file": ts.name, "seconds": time.perf_counter() - start, "MiB": _size(ts)})
@@ -63,6 +70,7 @@ def convert_three_ways(workload: str = "tiny-bloom") -> Measured:
         diff = float(np.abs(outputs[row["format"]] - ref).max())
         row.update(max_abs_diff=diff, relative_diff=diff / scale, parity_ok=diff / scale <= tolerance("fp32"))
     table = measure.results_frame(rows, workload=workload)
+    table.attrs["skipped"] = skipped
     fig = plots.bars(table, x="format", y="MiB", title=f"{workload}: file size per format", ylabel="MiB")
     return Measured(table, fig)
 

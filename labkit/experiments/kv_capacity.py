@@ -27,7 +27,7 @@ class KVCapacity:
     free memory before the weights were loaded (psutil's available RAM on a CPU, `torch.cuda.mem_get_info` on a
     GPU) and `device_formula_sequences` = (device_free_bytes − weights − reserve) ÷ one sequence's cache, the
     formula's answer for the whole device. `memory_growth_bytes` is a second measurement of what the allocated
-    caches took: the process's RSS growth on a CPU, the drop of the GPU's free memory on a GPU.
+    caches took: the process's RSS growth on a CPU, the growth of `torch.cuda.memory_allocated` on a GPU.
     """
 
     model: str
@@ -62,10 +62,10 @@ def _free_bytes(device: torch.device) -> int:
 
 
 def _used_bytes(device: torch.device) -> int:
-    """Memory in use, for the second measurement: RSS on a CPU, total − free on a GPU."""
+    """Memory in use, for the second measurement: the process's RSS on a CPU; on a GPU the bytes PyTorch's allocator
+    has handed to this process's tensors (not total − free, which other processes sharing the GPU would move)."""
     if device.type == "cuda":
-        free, total = torch.cuda.mem_get_info(device)
-        return int(total - free)
+        return int(torch.cuda.memory_allocated(device))
     return measure.process_rss()
 
 

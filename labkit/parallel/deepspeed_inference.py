@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 import pandas as pd
 import torch
 import torch.distributed as dist
+import transformers
 
 from labkit import models, plots
 from labkit.hardware import CapabilityMissing
@@ -90,6 +91,19 @@ def _check_model(model_name: str) -> None:
         raise ValueError(f"unknown model {model_name!r}; choose from {list(MODELS)}")
 
 
+def injection_unsupported() -> str | None:
+    """Why kernel injection cannot generate with the installed transformers (None: it can).
+
+    DeepSpeed's injected BLOOM attention unpacks `layer_past` as one (key, value) pair (deepspeed/ops/transformer/
+    inference/ds_attention.py, compute_attention); transformers 5 hands each block the model's whole Cache object
+    (modeling_bloom.py, BloomModel.forward), so the first cached forward fails ("too many values to unpack").
+    """
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        return (f"DeepSpeed's injected BLOOM block expects a (key, value) pair per layer, but transformers "
+                f"{transformers.__version__} passes each block the whole Cache object, so generate() fails")
+    return None
+
+
 def init_inference(model, dtype: torch.dtype = torch.float32, kernel_inject: bool = False):
     """`deepspeed.init_inference` over this process group (tp = world size): AutoTP, or fused kernels when
     `kernel_inject` (CUDA only). Returns DeepSpeed's InferenceEngine (`.module` is the model)."""
@@ -135,13 +149,16 @@ def autotp_ranks(model_name: str = "tiny-llama", seq: int = 32, new_tokens: int 
         AutoTPRun for this rank.
     Raises:
         ValueError: for a model not in MODELS.
-        CapabilityMissing: for kernel_inject without a GPU per rank (NCCL).
+        CapabilityMissing: for kernel_inject without a GPU per rank (NCCL), or with a transformers it cannot run
+            with (`injection_unsupported`).
     """
     _check_model(model_name)
     device = rank_device() if kernel_inject else torch.device("cpu")
     if device.type != "cuda" and kernel_inject:
         raise CapabilityMissing("kernel injection runs DeepSpeed's fused CUDA kernels: it needs a GPU per rank "
                                 "(backend='nccl'); use kernel_inject=False on the CPU")
+    if kernel_inject and injection_unsupported():
+        raise CapabilityMissing(injection_unsupported())
     join_deepspeed()
     dtype = torch.float16 if kernel_inject else torch.float32
     model, _ = models.load_model(model_name, device="cpu")

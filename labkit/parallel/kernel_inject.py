@@ -24,7 +24,7 @@ from labkit.decoding.timing import time_greedy
 from labkit.hardware import CapabilityMissing, resolve_device
 from labkit.measure import launches
 from labkit.parallel import deepspeed_env
-from labkit.parallel.deepspeed_inference import example_ids, forward_ids, init_inference
+from labkit.parallel.deepspeed_inference import example_ids, forward_ids, init_inference, injection_unsupported
 from labkit.parallel.launch import rank_device
 
 
@@ -100,11 +100,14 @@ def injection_rank(model_name: str = "tiny-bloom", seq: int = 16, new_tokens: in
     Returns:
         InjectionRun.
     Raises:
-        CapabilityMissing: without a CUDA device, or without DeepSpeed (its fused kernels are CUDA-only).
+        CapabilityMissing: without a CUDA device, without DeepSpeed (its fused kernels are CUDA-only), or when the
+            installed transformers cannot run them (`injection_unsupported`) — before anything is built.
     """
     device = resolve_device(device) if device is not None else rank_device()
     if device.type != "cuda":
         raise CapabilityMissing("kernel injection runs DeepSpeed's fused CUDA kernels: it needs a GPU")
+    if injection_unsupported():
+        raise CapabilityMissing(injection_unsupported())
     torch.cuda.set_device(device)  # DeepSpeed allocates on the current device
     if importlib.util.find_spec("deepspeed") is None:
         raise CapabilityMissing("kernel injection needs DeepSpeed (pip install 'labkit[parallel]')")

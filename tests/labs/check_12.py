@@ -18,7 +18,9 @@ def check(r: dict) -> None:
     assert batch[f"sync@{top}"] == 1 and batch[f"continuous@{top}"] > 2  # continuous really batches
     assert r["continuous_over_sync"] > 1.5  # loose: the CPU is shared during tests
     # the step cost that bounds batching: measured at batch 1 and at the top concurrency, with its ridge point
-    assert r["step_batches"] == [1, top] and r["step_ratio_top_vs_1"] > 1  # more sequences never make a step cheaper
+    assert r["step_batches"] == [1, top]
+    # more sequences never make a step cheaper (on a GPU the smoke model's step is launch-bound: no order to see)
+    assert r["step_ratio_top_vs_1"] > 1 or r["device_type"] == "cuda"
     # the ridge as a batch: FLOP/s ÷ bandwidth (FLOP/byte) × 4 B per fp32 weight ÷ 2 FLOPs per weight and sequence
     assert r["step_ridge_batch"] == pytest.approx(r["step_gflops"] / r["step_bandwidth_GBps"] * 4 / 2)
     ttft = r["ttft_p50_s"]

@@ -143,3 +143,16 @@ def test_exported_graph_runs_at_any_batch_and_sequence(name, fused):
             with torch.no_grad():
                 want = graph.module(ids).numpy()
             assert got.shape == want.shape and abs(got - want).max() <= 1e-4 * abs(want).max(), (batch, seq)
+
+
+def test_convert_three_ways_without_openvino_keeps_the_other_formats(monkeypatch):
+    """A machine without openvino (the bare GPU box) still converts to ONNX and TorchScript, and says why not IR."""
+    import importlib.util
+
+    from labkit.experiments import graph_optimization
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else real(name, *a))
+    result = graph_optimization.convert_three_ways("tiny-bloom")
+    assert list(result.table.format) == ["ONNX", "TorchScript"] and result.table.parity_ok.all()
+    assert "openvino is not installed" in result.table.attrs["skipped"]["OpenVINO IR"]

@@ -151,7 +151,7 @@ def test_tensorrt_matches_eager():
     if not ok:
         pytest.skip(f"TensorRT unavailable: {reason}")
     graph = engines.graph_for("digits-cnn", batch_size=4)
-    assert engines.check_parity(engines.get_engine("tensorrt").prepare(graph), graph).ok
+    assert engines.check_parity(engines.get_engine("tensorrt").prepare(graph, device="cuda"), graph).ok
 
 
 @pytest.mark.gpu
