@@ -92,11 +92,12 @@ def _check_model(model_name: str) -> None:
 
 
 def injection_unsupported() -> str | None:
-    """Why kernel injection cannot generate with the installed transformers (None: it can).
+    """Why kernel injection cannot generate with the installed transformers. DeepSpeed's injected BLOOM attention
+    unpacks `layer_past` as one (key, value) pair (deepspeed/ops/transformer/inference/ds_attention.py); transformers
+    5 hands each block the whole Cache object (modeling_bloom.py), so a cached forward fails ("too many values").
 
-    DeepSpeed's injected BLOOM attention unpacks `layer_past` as one (key, value) pair (deepspeed/ops/transformer/
-    inference/ds_attention.py, compute_attention); transformers 5 hands each block the model's whole Cache object
-    (modeling_bloom.py, BloomModel.forward), so the first cached forward fails ("too many values to unpack").
+    Returns:
+        the reason, naming the installed transformers version, or None where blocks still get (key, value) pairs.
     """
     if int(transformers.__version__.split(".")[0]) >= 5:
         return (f"DeepSpeed's injected BLOOM block expects a (key, value) pair per layer, but transformers "
