@@ -12,6 +12,7 @@ from labkit.notebook.run import list_labs, run_lab
 pytest.importorskip("papermill", reason="papermill is not installed here: notebooks cannot run (install labkit[lab])")
 
 from .conftest import NOTEBOOK_DURATIONS
+from .labs.ranks import cpu_name
 
 SMOKE_BUDGET_S = 90
 CHECKS = {path.stem[-2:]: importlib.import_module(f"{__package__}.labs.{path.stem}").check
@@ -20,20 +21,13 @@ CHECKS = {path.stem[-2:]: importlib.import_module(f"{__package__}.labs.{path.ste
 
 def expected_device(asked: str) -> tuple[str, str]:
     """(device type, hardware name) a lab run with DEVICE=`asked` must record, read without labkit: the GPU's name
-    from the driver, the CPU's from /proc/cpuinfo (else platform.processor())."""
-    import platform
-
+    from the driver, the CPU's from /proc/cpuinfo (`labs.ranks.cpu_name`)."""
     import torch
 
     if asked.startswith("cuda") or (asked == "auto" and torch.cuda.is_available()):
         index = int(asked.split(":")[1]) if ":" in asked else 0
         return "cuda", torch.cuda.get_device_name(index)
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return "cpu", line.split(":", 1)[1].strip()
-    return "cpu", platform.processor()
+    return "cpu", cpu_name()
 
 
 def check_device(results: dict, asked: str) -> None:

@@ -1,24 +1,16 @@
 """`devices.choose`: the DEVICE parameter resolved with its reasons, checked against torch and /proc/cpuinfo."""
 
-from pathlib import Path
-
 import pytest
 import torch
 
 from labkit import devices, hardware
-
-
-def _cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    pytest.skip("no /proc/cpuinfo here")
+from tests.labs.ranks import cpu_name
 
 
 def test_cpu_choice_names_the_cpu_and_bf16():
     choice = devices.choose("cpu")
     assert choice.device == torch.device("cpu") and choice.type == "cpu" and not choice.is_cuda
-    assert choice.label == f"cpu ({_cpu_model()})"
+    assert choice.label == f"cpu ({cpu_name()})"
     assert choice.half == "bf16" and choice.why == "asked for"
     assert choice.to_dict() == {"device": choice.label, "device_type": "cpu", "half_precision": "bf16"}
     assert "DEVICE='cpu'" in choice.summary() and "bf16" in choice.summary()
