@@ -159,6 +159,8 @@ offload_run.table.drop(columns="hardware", errors="ignore").round(3)
 # extra time per token: MB moved ÷ pageable GB/s.
 
 # %%
+from IPython.display import display
+
 h2d = None
 if dev.gpu_section("PCIe host→device bandwidth, pinned and pageable"):
     h2d = {kind: offload.host_to_device_gbps(dev.device, pinned=kind == "pinned") for kind in ("pinned", "pageable")}
