@@ -53,14 +53,6 @@ class KVCapacity:
         return asdict(self)
 
 
-def _free_bytes(device: torch.device) -> int:
-    """Free memory of the device: `torch.cuda.mem_get_info` on a GPU, psutil's available RAM on a CPU."""
-    if device.type == "cuda":
-        torch.cuda.empty_cache()  # memory PyTorch holds but no tensor uses is free for the caches too
-        return int(torch.cuda.mem_get_info(device)[0])
-    return int(psutil.virtual_memory().available)
-
-
 def _used_bytes(device: torch.device) -> int:
     """Memory in use, for the second measurement: the process's RSS on a CPU; on a GPU the bytes PyTorch's allocator
     has handed to this process's tensors (not total − free, which other processes sharing the GPU would move)."""
@@ -107,7 +99,9 @@ def kv_capacity(model: str = "smollm2-135m", seq: int = 2048, precision: str | N
         raise ValueError("on a CPU give budget_bytes (e.g. 256 * 2**20): filling all free RAM would make it swap")
     per_seq = anatomy.kv_cache_bytes(model, 1, seq, name, cache="static")
     weights = int(anatomy.model_memory(model, name).weights_bytes)
-    free_before = _free_bytes(dev)
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()  # memory PyTorch holds but no tensor uses is free for the caches too
+    free_before = int(models.available_memory(dev))  # free GPU memory, or psutil's available RAM
     total = torch.cuda.mem_get_info(dev)[1] if dev.type == "cuda" else psutil.virtual_memory().total
     reserve_bytes = int(reserve * total)
     device_budget = max(0, free_before - weights - reserve_bytes)
