@@ -334,7 +334,7 @@ ins, held = fit_summary["in-sample"], fit_summary["held-out"]
 print(f"* Cost model, fitted on {ins['timed_cells']} published cells: median |error| {ins['median_abs_error_pct']:.1f} % on them "
       f"(a fit's residual, not a test). On {held['timed_cells']} held-out cells: median {held['median_abs_error_pct']:.1f} %, "
       f"worst {held['max_abs_error_pct']:.1f} %; out-of-memory cells right: {ins['oom_right'] + held['oom_right']} of "
-      f"{ins['oom_cells'] + held['oom_cells']} (wrong: {[f'{r.row} {r.batch}' for r in fit.table.itertuples() if not r.oom_right]}).")
+      f"{ins['oom_cells'] + held['oom_cells']}" + (f" (wrong: {wrong})." if (wrong := [f'{r.row} {r.batch}' for r in fit.table.itertuples() if not r.oom_right]) else "."))
 print(f"* Published batch-1 speed-up of ds-inference over accelerate: {published['accelerate'][1] / published['ds-inference'][1]:.1f}×; "
       f"the model's weight-streaming part alone: "
       f"{bs1['accelerate']['weights (HBM)'] / bs1['ds-inference']['weights (HBM)']:.0f}× (one GPU vs 8 at a time).")

@@ -185,7 +185,11 @@ print("memory verdicts the plan gets wrong:", wrong_memory or "none")
 # sequences and gathers each layer's weights from its peers (or from CPU memory) just before using it. The
 # model here assumes: Hugging Face's modeling code (so Accelerate's fitted matmul efficiency, per-layer
 # overhead and workspace), the batch split evenly over the GPUs, all GPUs stepping together, the whole model
-# all-gathered at every step, each GPU's PCIe link its own, no overlap of fetching and computing. The
+# all-gathered at every step, each GPU's PCIe link its own, no overlap of fetching and computing. One
+# detail of DeepSpeed's code (0.7.3, the version the benchmark asks for) costs time and memory: a group of
+# weights arrives in one flat buffer and `AllGatherCoalescedHandle.wait` copies each weight out of it, so
+# every gathered byte is read and written once more in HBM, and the largest group (BLOOM's tied embedding)
+# is alive twice until it is used. The
 # published table has a ZeRO-Inference row (ds-zero, start-up time in `specs.STARTUP_S`), held out from the
 # fit: the fifth trap of section 6 reads it.
 

@@ -57,6 +57,7 @@ JUSTIFIED: dict[str, list[tuple[str, str]]] = {
         ("16-bit weights", "a precision's name"),
         ("KV cache = 2 × layers", "the KV formula (anatomy.kv_cache_bytes): one K and one V"),
         ("holds 1/N of the weights", "what ZeRO-3 sharding means"),
+        ("code (0.7.3, the version", "a software version, the one the published benchmark's README requires"),
         ("over 2 gloo ranks", "the set-up the lab launches"),
         ("0 keeps the type's", "the widget's convention for 'default'"),
     ],

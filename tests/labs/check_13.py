@@ -26,8 +26,7 @@ def check(r: dict) -> None:
     assert statistics.median(held) <= 25  # the held-out target
     assert r["published_summary"]["held-out"]["median_abs_error_pct"] == pytest.approx(statistics.median(held))
     published_oom = {f"{k}/{b}" for k, row in rows.items() for b, ms in row.ms_per_token.items() if ms is None}
-    predicted_oom = set(r["predicted_oom"])  # OOM where published, but the one reported held-out miss
-    assert predicted_oom <= published_oom and published_oom - predicted_oom <= {"ds-zero bf16/16"}
+    assert set(r["predicted_oom"]) == published_oom  # every memory verdict, in-sample and held-out
     # 8×A100-80GB at batch 16: everything fits; TP is the fastest, offloaded ZeRO the slowest.
     assert all(r["fits"].values())
     ms = r["ms_per_token"]
@@ -59,12 +58,12 @@ def check(r: dict) -> None:
     links = r["crossover_link_GBps"]
     assert 0 < links["1"] < links[str(big)] < A100.link_GBps  # bigger batches carry bigger all-reduces
     # The fifth trap: ds-zero's ms/token counts the tokens of all its streams (one per GPU); the model reproduces the
-    # published batch-1 cell within 30 % (a held-out cell: nothing was fitted on it; misreading the accounting is a
+    # published batch-1 cell within the held-out target, 25 % (nothing was fitted on it; misreading the accounting is a
     # factor of GPUs, 8×).
     z, zero = r["zero_trap"], rows["ds-zero bf16"]
     assert z["published_ms"] == zero.ms_per_token[1] and z["gpus"] == zero.gpus
     assert z["per_stream_published_ms"] == pytest.approx(zero.gpus * zero.ms_per_token[1])
-    assert abs(z["reproduced_ms"] / zero.ms_per_token[1] - 1) < 0.3
+    assert abs(z["reproduced_ms"] / zero.ms_per_token[1] - 1) < 0.25
     assert z["reproduced_ms"] == pytest.approx(predicted["ds-zero bf16/1"])  # the plan prices it as the table does
     assert z["per_stream_model_ms"] == pytest.approx(zero.gpus * z["reproduced_ms"])
     zp = r["zero_trap_published_ms"]

@@ -23,8 +23,10 @@ from labkit.parallel.costmodel.calibration import (  # noqa: F401  (the package'
 from labkit.parallel.costmodel.evaluation import SETS, evaluation, predict_row, side_by_side, summary  # noqa: F401
 from labkit.parallel.costmodel.generation import generation_ms, ms_per_token, streams  # noqa: F401
 from labkit.parallel.costmodel.memory import (  # noqa: F401
+    GATHER_COPIES,
     KV_COPIES,
     OFFLOAD_ABOVE,
+    PREFETCH_BUCKET_HIDDEN2,
     RESERVED_GB,
     accelerate_placement,
     capacity_gb,
@@ -40,6 +42,7 @@ from labkit.parallel.costmodel.model import (  # noqa: F401
     PARTS,
     STRATEGIES,
     STRATEGY,
+    ZERO_GATHER_COPY_TRAFFIC,
     ZERO_HOST_GBPS,
     Engine,
     Shape,

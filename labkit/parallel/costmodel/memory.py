@@ -5,8 +5,17 @@
               whole KV cache (the io_same_device hook brings every layer's cache back to the input's GPU) and
               the workspace of generate(); every other GPU its weights and its layers' share of one cache.
               Without that hook (`Engine.cache_to_input_gpu` False) each GPU keeps KV_COPIES × its layers' share.
-    zero      its 1/p partition (none with offload) + the largest gathered group (a layer or the embedding) and
-              the prefetch bucket + KV_COPIES × its own sequences' whole-depth cache + workspace
+    zero      its 1/p partition (none with offload) + GATHER_COPIES × (the largest weight + the prefetch bucket)
+              + KV_COPIES × its own sequences' whole-depth cache + workspace
+
+ZeRO-3 gathers weights module by module (`iter_params(module, recurse=False)`), prefetching the next ones in one
+group of up to a bucket plus the weight that overflows it; the largest group holds the largest weight (BLOOM: the
+tied embedding / LM head, prefetched with the final layer norm). GATHER_COPIES = 2: DeepSpeed 0.7.3 (the version
+the benchmark's README asks for; runtime/zero/partition_parameters.py) gathers a group into one flat buffer and
+`AllGatherCoalescedHandle.wait` copies each weight out of it with `torch.cat`; the coordinator keeps the handle, and
+with it the buffer, until the group's last weight is used, so both are alive. This term and the copy's time
+(`model.ZERO_GATHER_COPY_TRAFFIC`) were added after the held-out ds-zero cells had been seen: they are read from
+DeepSpeed's code, and nothing is fitted to those cells.
 
 KV_COPIES = 2: Hugging Face's tuple cache (2022) builds each step's keys and values with `torch.cat` while the
 previous step's are still referenced, so at the end of a step both are alive. Capacities are binary: NVIDIA's
@@ -27,6 +36,7 @@ KV_COPIES = 2
 OFFLOAD_ABOVE = 0.9  # Accelerate fills a GPU to ~90 % with weights at most; the rest stays on the CPU
 # ZeRO-3's prefetch bucket in the ds-zero script: stage3_prefetch_bucket_size = 0.9 × hidden² values.
 PREFETCH_BUCKET_HIDDEN2 = 0.9
+GATHER_COPIES = 2
 
 
 def capacity_gb(gpu: GPU) -> float:
@@ -91,8 +101,8 @@ def memory_gb(engine: Engine, m: Shape, gpu: GPU, gpus: int, batch: int, tokens:
         else:
             candidates = [(w, 0.0, KV_COPIES * kv * w / on_gpus, work if i == 0 else 0.0) for i, w in enumerate(placed)]
     else:
-        per_layer = (m.params - m.vocab * m.hidden) / m.layers
-        gathered = (max(per_layer, m.vocab * m.hidden) + PREFETCH_BUCKET_HIDDEN2 * m.hidden**2) * m.bytes_per_param
+        group = m.largest_param + PREFETCH_BUCKET_HIDDEN2 * m.hidden**2
+        gathered = GATHER_COPIES * group * m.bytes_per_param
         partition = 0.0 if engine.strategy == "zero-offload" else m.weight_bytes / gpus
         candidates = [(partition, gathered, KV_COPIES * kv, work)]
     fullest = max(candidates, key=sum)

@@ -16,9 +16,11 @@ One step (one new token for each of `batch` sequences) costs, per strategy (no o
               int8 weight GB, fitted (see `calibration`).
     zero      (ZeRO-3 inference: one stream of its own sequences per GPU, each GPU stores 1/p of the weights)
               the whole model read on every GPU + its sequences' matmuls and KV + an all-gather of the other
-              (p − 1)/p of the weights every step + layers · overhead (Hugging Face's modeling code: Accelerate's
-              constants). zero-offload: the partitions live in pinned CPU memory (the ds-zero script's
-              `pin_memory=True`) and each GPU first copies its own 1/p in over PCIe.
+              (p − 1)/p of the weights every step + the copy of every gathered weight out of the all-gather's
+              flat buffer (DeepSpeed 0.7.3, runtime/zero/partition_parameters.py, `AllGatherCoalescedHandle.wait`:
+              `torch.cat` of each weight's slices, one more read and write in HBM) + layers · overhead (Hugging
+              Face's modeling code: Accelerate's constants). zero-offload: the partitions live in pinned CPU
+              memory (the ds-zero script's `pin_memory=True`) and each GPU first copies its own 1/p in over PCIe.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ HBM_EFFICIENCY = 0.85  # streaming reads reach ~85 % of peak HBM bandwidth
 LINK_EFFICIENCY = 0.7  # NCCL collectives' bus bandwidth vs the link's peak
 ACTIVATION_BYTES = precision.bytes_per_value("bf16")  # activations and KV stay 16-bit whatever the weights are
 DEEPSPEED_INT8_TRAFFIC = 1 + 2 + 2  # bytes per int8 weight: read it, write its 16-bit copy, the GEMM reads the copy
+ZERO_GATHER_COPY_TRAFFIC = 2  # bytes per gathered weight byte: torch.cat reads the flat buffer, writes the parameter
 # Weights off the GPU: Accelerate keeps them as ordinary (pageable) tensors; the ds-zero script pins them.
 HOST_GBPS = specs.HOST_LINK_GBPS["pageable (PCIe 4.0 x16)"]
 ZERO_HOST_GBPS = specs.HOST_LINK_GBPS["pinned (PCIe 4.0 x16)"]
@@ -52,6 +55,8 @@ class Shape:
         name: the model's name in `specs.MODEL_CONFIGS`. params: parameter count (meta-device count).
         layers, hidden, vocab: the config's sizes. kv_bytes_per_token: K and V of every layer for one token of one
         sequence (`anatomy.kv_cache_bytes`, grouped-query aware). bytes_per_param: bytes of one stored weight.
+        largest_param: values in the largest single weight, the embedding (vocab × hidden) or an MLP projection
+        (intermediate × hidden).
     """
 
     name: str
@@ -61,6 +66,7 @@ class Shape:
     vocab: int
     kv_bytes_per_token: int
     bytes_per_param: float = 2.0
+    largest_param: int = 0
 
     @property
     def weight_bytes(self) -> float:
@@ -94,7 +100,8 @@ def shape(model: str = "bloom-176b", weights: str = "bf16", kv_cache: str = "bf1
         raise ValueError(f"{model!r} has sliding-window layers; the cost model assumes full attention "
                          "(KV bytes linear in tokens)")
     kv = anatomy.kv_cache_bytes(spec.config, batch=1, seq=1, precision=kv_cache)
-    return Shape(model, spec.params, d.layers, d.hidden, d.vocab, kv, precision.bytes_per_value(weights))
+    largest = max(d.vocab, d.intermediate) * d.hidden
+    return Shape(model, spec.params, d.layers, d.hidden, d.vocab, kv, precision.bytes_per_value(weights), largest)
 
 
 @dataclass(frozen=True)
@@ -158,6 +165,7 @@ def step_ms(engine: Engine, m: Shape, gpu: GPU, gpus: int, batch: int, context: 
         out["CPU offload"] = offloaded_bytes / (HOST_GBPS * 1e9)
     else:  # zero: gather the other GPUs' partitions of every layer
         out["communication"] = (gpus - 1) / gpus * m.weight_bytes / link
+        out["weights (HBM)"] += ZERO_GATHER_COPY_TRAFFIC * m.weight_bytes / bw
         if s == "zero-offload":
             out["CPU offload"] = m.weight_bytes / gpus / (ZERO_HOST_GBPS * 1e9)
     return {k: v * 1e3 for k, v in out.items()}
