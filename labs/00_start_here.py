@@ -169,9 +169,11 @@ compute.round(1)
 #
 # * a load test (labs 02 and 12) reports percentiles and means over the many requests of one run;
 # * a one-off cost (a conversion, a compilation, a cold start, a model load) happens once;
-# * a training run's throughput (lab 01) is its total tokens over its total time;
-# * two multi-process timings are one timed run each: lab 11's ZeRO-Inference generation and
-#   lab 13's burst of all-reduces.
+# * a training run's throughput (lab 01) is its total tokens over its total time.
+#
+# Multi-process timings follow the same rule: every rank warms up and repeats, and the slowest rank's
+# median counts (`labkit.parallel.launch.time_on_all_ranks` for a parallel step, `labkit.decoding.timing`
+# on each rank for lab 11's ZeRO-Inference streams).
 
 # %%
 from labkit.experiments import training_vs_inference

@@ -103,7 +103,7 @@ def tp_vs_pipeline_rank(model_name: str = "tiny-llama", batches: tuple[int, ...]
             for _ in range(ALL_REDUCES_TIMED):
                 dist.all_reduce(act)
 
-        all_reduce_ms = time_on_all_ranks(burst, warmup=1, repeat=1).median / ALL_REDUCES_TIMED * 1e3
+        all_reduce_ms = time_on_all_ranks(burst, warmup=1, repeat=repeat).median / ALL_REDUCES_TIMED * 1e3
         times.append(StrategyTimes(b, single, tp_ms, naive_ms, all_reduce_ms))
     return TpVsPipelineRank(rank, world, torch.get_num_threads(), seq, model.config.num_hidden_layers, tuple(times),
                             max_diff)  # fmt: skip

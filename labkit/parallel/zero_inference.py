@@ -88,24 +88,28 @@ class ZeroInferenceRun:
 
 
 def generate_ranks(model_name: str = "tiny-bloom", prompts: tuple[str, ...] = PROMPTS, new_tokens: int = 16,
-                   offload: bool = True, reference: bool = True) -> ZeroInferenceRun:
+                   offload: bool = True, reference: bool = True, repeat: int = 3) -> ZeroInferenceRun:
     """Rank function: ZeRO-3 (+ CPU offload) greedy generation of this rank's own prompt.
 
-    Timing goes through `decoding.timing.time_greedy` (after a 2-token warm-up, one timed generation). Before the
-    sharded run, rank 0 times the whole model alone with every core (the baseline) while the other ranks wait.
+    Timing goes through `decoding.timing.time_greedy`: after a 2-token warm-up, `repeat` timed generations, each
+    statistic a median. Before the sharded run, rank 0 times the whole model alone with every core (the baseline,
+    the same number of repeats) while the other ranks wait.
 
     Args:
         model_name: a registry name. prompts: one per rank at least (rank i takes prompts[i]).
         new_tokens: tokens generated (exactly this many). offload: ZeRO-3 parameters in CPU memory.
         reference: also generate with the unsplit model, to prove the sharded run gives the same tokens.
+        repeat: timed generations per setup (>= 1).
     Returns:
         ZeroInferenceRun for this rank.
     Raises:
-        ValueError: with fewer prompts than ranks.
+        ValueError: with fewer prompts than ranks, or repeat < 1.
     """
     rank, world = dist.get_rank(), dist.get_world_size()
     if len(prompts) < world:
         raise ValueError(f"need a prompt per rank: {len(prompts)} prompts for {world} ranks")
+    if repeat < 1:
+        raise ValueError(f"repeat must be >= 1, got {repeat}")
     join_deepspeed()
     import deepspeed  # optional extra (labkit[parallel]), slow to import: only these ranks pay for it
 
@@ -120,7 +124,7 @@ def generate_ranks(model_name: str = "tiny-bloom", prompts: tuple[str, ...] = PR
     if rank == 0:  # one process with the whole model and every core serves one stream; the other ranks idle
         threads = torch.get_num_threads()
         torch.set_num_threads(threads * world if device.type == "cpu" else threads)
-        baseline = time_greedy(model, ids, new_tokens, warmup=0 if reference else 1, repeat=1)
+        baseline = time_greedy(model, ids, new_tokens, warmup=0 if reference else 1, repeat=repeat)
         torch.set_num_threads(threads)
     dist.barrier()
     full_bytes = model_state_bytes(model)["weights"]
@@ -132,7 +136,7 @@ def generate_ranks(model_name: str = "tiny-bloom", prompts: tuple[str, ...] = PR
         engine.module.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=2, do_sample=False,
                                pad_token_id=model.generation_config.pad_token_id or 0, synced_gpus=True)
     dist.barrier()
-    run = time_greedy(engine.module, ids, new_tokens, warmup=0, repeat=1, synced_gpus=True)
+    run = time_greedy(engine.module, ids, new_tokens, warmup=0, repeat=repeat, synced_gpus=True)
     tokens = run.tokens[0]
     return ZeroInferenceRun(rank, world, model_name, prompt, tok.decode(tokens, skip_special_tokens=True),
                             tuple(tokens), run, baseline, tokens == ref.tokens[0] if reference else None,

@@ -50,6 +50,7 @@ def check(r: dict) -> None:
     assert all(math.isfinite(v) and v > 0 for v in r["tp_ms"].values())
     assert "expanded size of the tensor" in r["bloom_error_without_fix"] and r["bloom_fixed_same_tokens"]
     assert r["zi_same_as_single_process"] and len(set(r["zi_prompts"])) == 2  # different prompt per rank
+    assert min(r["zi_repeats"]) >= 3  # every timed setup is a median of repeats (lab 00's rule), baseline included
     full, held = r["zi_weights_held_MB"]
     assert abs(held / full - 0.5) < 0.01  # ZeRO-3: each of 2 ranks stores half the weights
     largest_MB = zero.model_size(r["zi_model"]).largest_layer_params * 4 / 1e6  # fp32, DeepSpeed's rule
