@@ -26,8 +26,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: listening on {args.host}: anyone who can reach it can use the model", file=sys.stderr)
     # The device is checked first (a bad one fails naming the valid choices, before a model is loaded).
-    repo = ModelRepository(args.scheduler, limits=Limits(max_batch=args.max_batch, max_queue=args.max_queue),
-                           device=args.device)
+    limits = Limits(max_batch=args.max_batch, max_queue=args.max_queue, kv_tokens=args.kv_tokens,
+                    prefill_chunk=args.prefill_chunk, prefix_caching=not args.no_prefix_caching)
+    repo = ModelRepository(args.scheduler, limits=limits, device=args.device)
     dep = repo.load(args.name or args.model, args.version, source=args.model, dtype=args.dtype)
     app = create_app(repo, max_tokens_limit=args.max_tokens, request_timeout_s=args.timeout)
     print(f"serving {args.model} ({args.scheduler}, {dep.dtype} on {dep.device}) on http://{args.host}:{args.port}/v1",
@@ -50,7 +51,7 @@ def cmd_loadgen(args: argparse.Namespace) -> int:
 
 
 # Spelled out, not imported: building the parser must not import torch (a test checks it matches SCHEDULERS).
-SCHEDULER_NAMES = ("sync", "dynamic", "continuous", "hf-continuous")
+SCHEDULER_NAMES = ("sync", "dynamic", "continuous", "paged", "hf-continuous")
 
 
 def add_commands(sub) -> None:
@@ -65,6 +66,11 @@ def add_commands(sub) -> None:
     p.add_argument("--scheduler", default="continuous", choices=SCHEDULER_NAMES)
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--max-queue", type=int, default=64, help="queued requests before answering 429")
+    p.add_argument("--kv-tokens", type=int, default=None,
+                   help="paged / hf-continuous: KV cache size in tokens (default 256 per batch slot)")
+    p.add_argument("--prefill-chunk", type=int, default=None,
+                   help="paged: most tokens per step; longer prompts are prefilled in chunks (default: whole)")
+    p.add_argument("--no-prefix-caching", action="store_true", help="paged: do not reuse a shared prompt prefix's KV")
     p.add_argument("--max-tokens", type=int, default=512,
                    help="most new tokens per request (also the cap of a chat request that asks for no length)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per request")

@@ -62,7 +62,7 @@ FIELDS: tuple[Rule, ...] = (
     _r("seed", BOTH, IMPLEMENTED, "seeds the request's own sampler"),
     _r("stream", BOTH, IMPLEMENTED, "server-sent events"),
     _r("stream_options", BOTH, IMPLEMENTED, "{'include_usage': bool}, only with stream: true"),
-    _r("logprobs", BOTH, IMPLEMENTED, "completions: int 0..5; chat: bool; not on 'hf-continuous'"),
+    _r("logprobs", BOTH, IMPLEMENTED, "completions: int 0..5; chat: bool; not on 'hf-continuous' or 'paged'"),
     _r("top_logprobs", CHAT, IMPLEMENTED, "0..20 alternatives per token; needs logprobs: true"),
     _r("echo", COMPLETIONS, IMPLEMENTED, "the prompt before the completion (with logprobs: its tokens' too)"),
     _r("user", BOTH, TAG, "an end-user id; no effect on the output"),

@@ -21,21 +21,31 @@ class Limits:
         max_batch: sequences that decode together; None = the scheduler's default ('sync' always runs 1).
         max_queue: requests allowed to wait for a batch slot; one more is refused with QueueFull (HTTP 429).
         max_wait_ms: 'dynamic' only: how long the oldest queued request waits for the batch to fill (ms).
-        kv_tokens: 'hf-continuous' only: size of transformers' paged KV cache in tokens (None = 256 per slot).
+        kv_tokens: 'hf-continuous' and 'paged': size of the paged KV cache in tokens (None = 256 per slot).
+        kv_block_size: 'paged' only: tokens per KV block.
+        prefill_chunk: 'paged' only: most tokens computed in one step; longer prompts are prefilled in chunks
+            alongside the decoding sequences (None = a prompt is prefilled whole in one step).
+        prefix_caching: 'paged' only: reuse the KV blocks of a prompt prefix computed before.
 
     Raises:
-        ValueError: for max_batch < 1, max_queue < 0, max_wait_ms < 0 or kv_tokens < 1.
+        ValueError: for max_batch < 1, max_queue < 0, max_wait_ms < 0, or kv_tokens, kv_block_size or
+            prefill_chunk < 1.
     """
 
     max_batch: int | None = None
     max_queue: int = 64
     max_wait_ms: float = 20.0
     kv_tokens: int | None = None
+    kv_block_size: int = 16
+    prefill_chunk: int | None = None
+    prefix_caching: bool = True
 
     def __post_init__(self) -> None:
         if (self.max_batch is not None and self.max_batch < 1) or self.max_queue < 0 or self.max_wait_ms < 0 \
-                or (self.kv_tokens is not None and self.kv_tokens < 1):
-            raise ValueError(f"need max_batch >= 1, max_queue >= 0, max_wait_ms >= 0 and kv_tokens >= 1; got {self}")
+                or (self.kv_tokens is not None and self.kv_tokens < 1) or self.kv_block_size < 1 \
+                or (self.prefill_chunk is not None and self.prefill_chunk < 1):
+            raise ValueError(f"need max_batch >= 1, max_queue >= 0, max_wait_ms >= 0, and kv_tokens, kv_block_size "
+                             f"and prefill_chunk >= 1; got {self}")
 
     @classmethod
     def of(cls, base: Limits | None = None, **limits) -> Limits:
@@ -43,7 +53,8 @@ class Limits:
 
         Args:
             base: limits to start from.
-            **limits: any of max_batch, max_queue, max_wait_ms, kv_tokens.
+            **limits: any of max_batch, max_queue, max_wait_ms, kv_tokens, kv_block_size, prefill_chunk,
+                prefix_caching.
         Returns:
             a new, validated Limits.
         Raises:

@@ -23,9 +23,11 @@ from labkit.serving.batch_engine import BatchEngine
 from labkit.serving.engine import Engine
 from labkit.serving.hf_engine import HFEngine
 from labkit.serving.limits import Limits
+from labkit.serving.paged_engine import PagedEngine
 from labkit.serving.policies import get_policy
 
-SCHEDULERS = ("sync", "dynamic", "continuous", "hf-continuous")  # labkit's three policies, then transformers'
+# labkit's three batching policies, its paged engine, then transformers' continuous batching
+SCHEDULERS = ("sync", "dynamic", "continuous", "paged", "hf-continuous")
 
 
 def _check_scheduler(name: str) -> None:
@@ -38,7 +40,8 @@ def make_engine(scheduler: str, model, tokenizer, limits: Limits | None = None,
     """A started engine for `model`, computing where the model lives.
 
     Args:
-        scheduler: 'sync', 'dynamic' or 'continuous' (labkit's engine with that batching policy), or
+        scheduler: 'sync', 'dynamic' or 'continuous' (labkit's engine with that batching policy), 'paged'
+            (labkit's paged KV engine: continuous batching, KV blocks, prefix caching, chunked prefill), or
             'hf-continuous' (transformers' continuous batching).
         model: a transformers causal LM, on the device it should serve from. tokenizer: its tokenizer.
         limits: base limits (defaults when None). device: where the engine must compute ("cpu", "cuda", "cuda:N";
@@ -56,6 +59,8 @@ def make_engine(scheduler: str, model, tokenizer, limits: Limits | None = None,
         check_on(model, device)
     if scheduler == "hf-continuous":
         return HFEngine(model, tokenizer, limits).start()
+    if scheduler == "paged":
+        return PagedEngine(model, tokenizer, limits).start()
     return BatchEngine(model, tokenizer, get_policy(scheduler), limits).start()
 
 

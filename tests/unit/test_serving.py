@@ -94,8 +94,8 @@ def test_unknown_scheduler_lists_choices(bard):
         make_engine("fastest", *bard)
     with pytest.raises(ValueError, match="continuous"):
         ModelRepository("fastest")
-    assert set(SCHEDULERS) == {"sync", "dynamic", "continuous", "hf-continuous"}
-    assert set(POLICIES) == set(SCHEDULERS) - {"hf-continuous"}
+    assert set(SCHEDULERS) == {"sync", "dynamic", "continuous", "paged", "hf-continuous"}
+    assert set(POLICIES) == set(SCHEDULERS) - {"hf-continuous", "paged"}  # the paged engine runs 'continuous'
 
 
 def test_cli_parses_serve_and_loadgen_and_refuses_remote_targets(capsys):

@@ -1,0 +1,110 @@
+"""The model runner: the KV pool, and one forward over a step's packed tokens.
+
+    runner = ModelRunner(model, num_blocks=64, block_size=16)
+    logits = runner.run(work)     # work: the scheduler's [Scheduled]; logits (S, vocab) of those that sample
+
+The pool is allocated once, for every layer: 2 × layers × num_blocks × block_size × kv_heads × head_dim values in
+the model's dtype (`anatomy.kv_cache_bytes` of one block, times the blocks). A step packs every scheduled sequence's
+new tokens into one row with their own positions (RoPE sees the true position; no padding), maps each token to its
+slot through the sequence's block table, and runs the model with attention switched to `attention.ATTENTION`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from labkit import anatomy, precision
+from labkit.serving.paged.attention import ATTENTION, PagedBatch
+from labkit.serving.paged.scheduler import Scheduled
+
+
+def pool_bytes(config, num_blocks: int, block_size: int, dtype: torch.dtype | str) -> int:
+    """Bytes of a KV pool of `num_blocks` blocks (the one KV formula, `anatomy.kv_cache_bytes`).
+
+    Args:
+        config: a transformers config or model name. num_blocks, block_size: the pool. dtype: its element type.
+    Returns:
+        bytes of keys and values for num_blocks × block_size tokens.
+    """
+    return anatomy.kv_cache_bytes(config, batch=num_blocks, seq=block_size, precision=precision.canonical(dtype))
+
+
+class ModelRunner:
+    """A transformers causal LM over a paged KV pool.
+
+    Args:
+        model: a transformers causal LM whose attention goes through transformers' attention interface (Llama,
+            Mistral, Qwen2, ...; `_supports_attention_backend`). It stays where it is; the pool is put beside it.
+        num_blocks, block_size: the pool's size.
+    Raises:
+        ValueError: a model whose attention cannot be replaced (naming its type), or a model with sliding-window
+            layers (every layer here keeps every token).
+    """
+
+    def __init__(self, model, num_blocks: int, block_size: int):
+        if not getattr(model, "_supports_attention_backend", False):
+            raise ValueError(f"the paged engine needs a model whose attention goes through transformers' "
+                             f"AttentionInterface (Llama, Mistral, Qwen2, ...); {model.config.model_type!r} does not")
+        d = anatomy.dims(model.config)
+        if any(d.windows):
+            raise ValueError(f"{model.config.model_type!r} has sliding-window layers; the paged engine keeps "
+                             "every token")
+        self.model, self.block_size = model, block_size
+        p = next(model.parameters())
+        shape = (num_blocks, block_size, d.kv_heads, d.head_dim)
+        self.k_pool = [torch.zeros(shape, dtype=p.dtype, device=p.device) for _ in range(d.layers)]
+        self.v_pool = [torch.zeros(shape, dtype=p.dtype, device=p.device) for _ in range(d.layers)]
+        self.bytes = sum(t.numel() * t.element_size() for t in (*self.k_pool, *self.v_pool))
+
+    @property
+    def device(self) -> torch.device:
+        return self.k_pool[0].device
+
+    def prepare(self, work: list[Scheduled]) -> tuple[torch.Tensor, torch.Tensor, PagedBatch, torch.Tensor]:
+        """Pack a step: (input_ids (1, T), position_ids (1, T), PagedBatch, indices of the sampling tokens (S,))."""
+        ids, pos, slots, last = [], [], [], []
+        for w in work:
+            table = w.seq.block_table
+            span = range(w.start, w.start + w.tokens)
+            ids += w.seq.token_ids[w.start:w.start + w.tokens]
+            pos += span
+            slots += [table[p // self.block_size] * self.block_size + p % self.block_size for p in span]
+            if w.samples:
+                last.append(len(ids) - 1)
+        width = max(len(w.seq.block_table) for w in work)
+        tables = torch.tensor([w.seq.block_table + [0] * (width - len(w.seq.block_table)) for w in work],
+                              dtype=torch.long, device=self.device)  # fmt: skip
+        batch = PagedBatch(self.k_pool, self.v_pool, torch.tensor(slots, dtype=torch.long, device=self.device),
+                           [w.tokens for w in work], [w.start + w.tokens for w in work], tables)
+        as_row = lambda xs: torch.tensor(xs, dtype=torch.long, device=self.device)[None]  # noqa: E731
+        return as_row(ids), as_row(pos), batch, torch.tensor(last, dtype=torch.long, device=self.device)
+
+    @torch.no_grad()
+    def run(self, work: list[Scheduled]) -> torch.Tensor:
+        """One forward over the step's tokens; writes their keys and values into the pool.
+
+        Args:
+            work: the scheduler's entries for this step (non-empty).
+        Returns:
+            (S, vocab) float logits at the last token of each entry that samples (`Scheduled.samples`), in order.
+        """
+        ids, pos, batch, last = self.prepare(work)
+        with paged_attention_on(self.model):
+            out = self.model(input_ids=ids, position_ids=pos, use_cache=False, paged=batch, logits_to_keep=last)
+        return out.logits[0].float()
+
+
+@contextlib.contextmanager
+def paged_attention_on(model):
+    """Switch `model`'s attention to the paged implementation for the duration (restored after, even on errors)."""
+    configs = [c for c in (model.config, getattr(model.config, "get_text_config", lambda: None)()) if c is not None]
+    before = [c._attn_implementation for c in configs]
+    try:
+        for c in configs:
+            c._attn_implementation = ATTENTION
+        yield model
+    finally:
+        for c, b in zip(configs, before, strict=True):
+            c._attn_implementation = b

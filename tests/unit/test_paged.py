@@ -1,0 +1,209 @@
+"""labkit's paged KV engine: the block manager's bookkeeping, and greedy tokens equal to `generate()` for mixed
+lengths, joins, leaves, chunked prefill, preemption and prefix-cache hits (the reference is transformers' own
+generate(), one prompt at a time)."""
+
+import time
+
+import pytest
+import torch
+
+pytest.importorskip("fastapi", reason="the serving extra is not installed (pip install labkit[serve])")
+
+from labkit import anatomy
+from labkit.models import load_model
+from labkit.serving.paged.blocks import BlockManager
+from labkit.serving.paged.runner import ModelRunner, pool_bytes
+from labkit.serving.paged.scheduler import Scheduler
+from labkit.serving.paged.sequence import Sequence
+from labkit.serving.paged_engine import PagedEngine
+from labkit.serving.repository import make_engine
+from labkit.serving.request import Request, SamplingParams
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def llama():
+    model, tok = load_model("tiny-llama", device="cpu")
+    return model.eval(), tok
+
+
+def reference(model, prompts, max_new):
+    out = []
+    for p, n in zip(prompts, max_new, strict=True):
+        gen = model.generate(torch.tensor([p]), max_new_tokens=n, do_sample=False, pad_token_id=0)
+        out.append(gen[0, len(p):].tolist())
+    return out
+
+
+def drive(model, prompts, max_new, num_blocks=64, block_size=8, max_seqs=8, chunk=None, join_at=None,
+          prefix_caching=True):  # fmt: skip
+    """Run the scheduler + runner directly (no threads); prompts from `join_at` on join at step 3."""
+    blocks = BlockManager(num_blocks, block_size, prefix_caching)
+    sched = Scheduler(blocks, max_seqs, chunk)
+    runner = ModelRunner(model, num_blocks, block_size)
+    seqs = [Sequence(p) for p in prompts]
+    late = seqs[join_at:] if join_at is not None else []
+    for s in seqs:
+        if s not in late:
+            sched.add(s)
+    want = dict(zip((s.seq_id for s in seqs), max_new, strict=True))
+    steps, trace = 0, []
+    while sched.has_work or late:
+        if steps == 3:
+            for s in late:
+                sched.add(s)
+            late = []
+        work = sched.schedule()
+        steps += 1
+        if not work:
+            continue
+        trace.append([(w.seq.seq_id, w.tokens) for w in work])
+        logits = runner.run(work)
+        sched.computed(work)
+        for seq, tok in zip([w.seq for w in work if w.samples], logits.argmax(-1).tolist(), strict=True):
+            seq.append(tok)
+            if len(seq.generated) >= want[seq.seq_id]:
+                sched.finish(seq)
+    return seqs, sched, blocks, trace
+
+
+PROMPTS = [list(range(5, 5 + n)) for n in (3, 17, 40, 9, 24)]
+MAX_NEW = [12, 5, 9, 14, 7]  # sequences leave at different steps
+
+
+def test_block_manager_counts_references_and_wastes_at_most_one_block(llama):
+    bm = BlockManager(num_blocks=10, block_size=4)
+    a, b = Sequence(list(range(10))), Sequence(list(range(3)))
+    bm.allocate(a), bm.allocate(b)
+    assert len(a.block_table) == 3 and len(b.block_table) == 1 and bm.used == 4
+    assert len(a.block_table) * 4 - len(a.token_ids) < 4  # waste: the unfilled tail of the last block only
+    a.token_ids += [1, 2]  # 12 tokens: still 3 blocks; a 13th needs a 4th
+    bm.append_slot(a)
+    assert len(a.block_table) == 3
+    a.token_ids.append(3)
+    bm.append_slot(a)
+    assert len(a.block_table) == 4 and bm.used == 5
+    bm.free(a)
+    assert bm.used == 1 and len(bm.free_ids) == 9
+    with pytest.raises(ValueError, match="num_blocks"):
+        BlockManager(0)
+
+
+def test_prefix_blocks_are_found_only_once_computed_and_shared_by_reference():
+    bm = BlockManager(num_blocks=16, block_size=4)
+    system = list(range(100, 112))  # three full blocks of shared prefix
+    a, b = Sequence(system + [1, 2]), Sequence(system + [7])
+    assert bm.allocate(a) == 0
+    assert bm.allocate(b) == 0  # a's blocks are not computed yet: nothing to reuse
+    bm.free(b)
+    a.num_computed_tokens = len(a.token_ids)
+    bm.mark_computed(a)
+    c = Sequence(system + [9, 9, 9])
+    assert bm.allocate(c) == 12 and c.block_table[:3] == a.block_table[:3]
+    assert all(bm.blocks[i].ref_count == 2 for i in a.block_table[:3])
+    d = Sequence(system)  # the prompt's last token is always computed: its block is not taken from the cache
+    assert bm.allocate(d) == 8
+
+
+def test_greedy_equals_generate_with_joins_leaves_and_mixed_lengths(llama):
+    model, _ = llama
+    seqs, sched, blocks, trace = drive(model, PROMPTS, MAX_NEW, join_at=3)
+    assert [s.generated for s in seqs] == reference(model, PROMPTS, MAX_NEW)
+    assert max(len(step) for step in trace) >= 3 and sched.preemptions == 0
+    assert blocks.used == 0  # every block came back
+
+
+def test_chunked_prefill_runs_decodes_alongside_a_long_prompt(llama):
+    model, _ = llama
+    prompts = [list(range(7, 10)), list(range(20, 84))]  # a short request decoding while a 64-token prompt arrives
+    seqs, _, _, trace = drive(model, prompts, [10, 4], chunk=16, join_at=1)
+    assert [s.generated for s in seqs] == reference(model, prompts, [10, 4])
+    short, long = (s.seq_id for s in seqs)
+    chunks = [n for step in trace for sid, n in step if sid == long]
+    # 64 prompt tokens in chunks of what the 16-token budget leaves after the short request's decode token
+    assert chunks[:5] == [15, 15, 15, 15, 4] and set(chunks[5:]) == {1}
+    during = [dict(step) for step in trace if dict(step).get(long, 0) > 1]
+    assert len(during) == 5 and all(step.get(short) == 1 for step in during)  # it never stopped decoding
+    assert all(sum(n for _, n in step) <= 16 for step in trace)
+
+
+def test_preemption_by_recomputation_keeps_greedy_tokens(llama):
+    model, _ = llama
+    prompts = [list(range(5, 5 + n)) for n in (14, 12, 10)]
+    # 10 blocks of 4 tokens: all three prompts fit at first (10 blocks), their growth does not
+    seqs, sched, blocks, _ = drive(model, prompts, [12, 12, 12], num_blocks=10, block_size=4)
+    assert sched.preemptions > 0 and sum(s.preemptions for s in seqs) == sched.preemptions
+    assert [s.generated for s in seqs] == reference(model, prompts, [12, 12, 12])
+    assert blocks.used == 0
+
+
+def test_admission_is_by_kv_capacity_not_only_batch_slots(llama):
+    model, _ = llama
+    prompts = [list(range(5, 21)) for _ in range(4)]  # 16 tokens = 4 blocks each; the pool holds 10 blocks
+    blocks = BlockManager(10, 4, prefix_caching=False)
+    sched = Scheduler(blocks, max_seqs=8)
+    for p in prompts:
+        sched.add(Sequence(p))
+    sched.schedule()
+    assert len(sched.running) == 2 and len(sched.waiting) == 2  # 8 slots free, 2 sequences in: blocks ran out
+    with pytest.raises(ValueError, match="KV blocks"):
+        sched.add(Sequence(list(range(41))))  # 11 blocks: could never fit
+
+
+def test_prefix_hits_skip_computation_and_keep_tokens(llama):
+    model, _ = llama
+    system = list(range(200, 232))  # 4 blocks of 8 tokens shared
+    prompts = [system + [5, 6, 7], system + [9], system + [11, 12]]
+    seqs, _, blocks, trace = drive(model, prompts, [6, 6, 6], join_at=1)
+    assert [s.generated for s in seqs] == reference(model, prompts, [6, 6, 6])
+    assert blocks.hit_tokens == 2 * 32  # the two late prompts found the whole shared prefix
+    late_prefill = [n for step in trace[3:] for sid, n in step if n > 1]
+    assert late_prefill and max(late_prefill) <= 3  # only their own tokens were computed
+    assert drive(model, prompts, [6, 6, 6], join_at=1, prefix_caching=False)[2].hit_tokens == 0
+
+
+def test_pool_bytes_is_the_kv_formula(llama):
+    model, _ = llama
+    runner = ModelRunner(model, num_blocks=6, block_size=8)
+    assert runner.bytes == pool_bytes(model.config, 6, 8, torch.float32)
+    assert runner.bytes == anatomy.kv_cache_bytes(model.config, batch=6, seq=8, precision="fp32")
+
+
+def test_engine_serves_paged_and_refuses_what_it_cannot(llama):
+    model, tok = llama
+    prompts, max_new = PROMPTS[:4], [6, 3, 8, 5]
+    engine = make_engine("paged", model, tok, max_batch=3, max_queue=8, kv_tokens=128, kv_block_size=8,
+                         prefill_chunk=16)  # fmt: skip
+    try:
+        assert isinstance(engine, PagedEngine)
+        reqs = [Request(p, SamplingParams(n)) for p, n in zip(prompts, max_new, strict=True)]
+        for r in reqs:
+            engine.submit(r)
+        deadline = time.perf_counter() + 60
+        for r in reqs:
+            assert r.finished.wait(max(0.0, deadline - time.perf_counter()))
+        assert [r.tokens for r in reqs] == reference(model, prompts, max_new)
+        report = engine.kv_report()
+        assert report["blocks_total"] == 16 and report["blocks_used"] == 0 and report["peak_blocks_used"] > 0
+        assert report["peak_waste_pct"] < 100 * 8 / (8 + 1)  # under one block per sequence: slots < tokens + 8·seqs
+        with pytest.raises(ValueError, match="logprobs"):
+            engine.submit(Request(prompts[0], SamplingParams(2, logprobs=1)))
+    finally:
+        engine.stop()
+    bloom, bloom_tok = load_model("tiny-bloom", device="cpu")
+    with pytest.raises(ValueError, match="AttentionInterface"):
+        PagedEngine(bloom, bloom_tok)
+
+
+def test_smollm2_grouped_query_attention_matches_generate():
+    model, _ = load_model("smollm2-135m", device="cpu")
+    prompts = [list(range(1000, 1000 + n)) for n in (5, 21, 13)]
+    seqs, _, _, _ = drive(model.eval(), prompts, [6, 4, 5], block_size=16, chunk=12, join_at=2)
+    assert [s.generated for s in seqs] == reference(model, prompts, [6, 4, 5])
