@@ -16,12 +16,7 @@ PROMPTS = ["ROMEO:\n", "KING HENRY:\nOnce more unto the", "A", "JULIET:\nO Romeo
 NEW = 6
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # see test_serving.py
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/unit/conftest.py
 
 
 def served(model, tok, k: int) -> list[Request]:

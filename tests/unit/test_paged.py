@@ -19,13 +19,7 @@ from labkit.serving.paged_engine import PagedEngine
 from labkit.serving.repository import make_engine
 from labkit.serving.request import Request, SamplingParams
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/unit/conftest.py
 
 
 @pytest.fixture(scope="module")

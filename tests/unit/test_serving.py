@@ -19,13 +19,7 @@ from labkit.serving.textstream import TextStream
 PROMPTS = ["ROMEO:\n", "KING HENRY:\nOnce more unto the", "A", "JULIET:\nO Romeo, Romeo, wherefore"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread avoids OpenMP spin-wait stalls."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/unit/conftest.py
 
 
 @pytest.fixture(scope="module")

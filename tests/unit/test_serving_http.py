@@ -6,7 +6,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import torch
 
 httpx = pytest.importorskip("httpx", reason="the serving extra is not installed (pip install labkit[serve])")
 pytest.importorskip("fastapi", reason="the serving extra is not installed (pip install labkit[serve])")
@@ -20,12 +19,7 @@ from labkit.serving.repository import ModelRepository
 GREEDY = {"temperature": 0, "max_tokens": 16}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # see test_serving.py: no OpenMP spin-waits on a shared CPU
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/unit/conftest.py
 
 
 @pytest.fixture(scope="module")
