@@ -44,6 +44,15 @@ class ServerMetrics(Registry):
         self.add(Gauge("labkit_running_batch_size", "Requests holding a batch slot",
                        per_version(lambda d: len(d.engine.running))))
 
+        def paged(key):  # the paged engine's KV cache (`PagedEngine.kv_report`); other engines have none
+            return lambda: {(("model", m), ("version", v)): d.engine.kv_report()[key]
+                            for (m, v), d in list(repo.deployments.items()) if hasattr(d.engine, "kv_report")}
+
+        for key, help_ in (("blocks_used", "KV blocks referenced now"), ("blocks_total", "KV blocks in the pool"),
+                           ("preemptions", "Sequences preempted (recomputed) so far"),
+                           ("prefix_hit_rate", "Prompt tokens found in the prefix cache / looked up")):
+            self.add(Gauge(f"labkit_kv_{key}", f"Paged engine: {help_}", paged(key)))
+
     def observe(self, req: Request, status: int, t0: float, **labels: str) -> None:
         """Record one finished HTTP request (`t0`: its arrival, perf_counter seconds)."""
         self.requests.inc(**labels, status=status)

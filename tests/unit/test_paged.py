@@ -201,3 +201,29 @@ def test_smollm2_grouped_query_attention_matches_generate():
     prompts = [list(range(1000, 1000 + n)) for n in (5, 21, 13)]
     seqs, _, _, _ = drive(model.eval(), prompts, [6, 4, 5], block_size=16, chunk=12, join_at=2)
     assert [s.generated for s in seqs] == reference(model, prompts, [6, 4, 5])
+
+
+def test_http_server_on_the_paged_engine(llama):
+    import httpx
+
+    from labkit.serving import metrics
+    from labkit.serving.app import Server, create_app
+    from labkit.serving.repository import ModelRepository
+
+    model, tok = llama
+    repo = ModelRepository("paged", max_batch=4, max_queue=8)
+    repo.load("tiny-llama", "v1", loaded=llama)
+    prompt = "ROMEO:\nBut soft"
+    ids = tok(prompt)["input_ids"]
+    with Server(create_app(repo, max_tokens_limit=64, request_timeout_s=30)) as srv, \
+            httpx.Client(base_url=srv.url, timeout=60) as client:  # fmt: skip
+        body = {"model": "tiny-llama", "prompt": prompt, "max_tokens": 8, "temperature": 0}
+        r = client.post("/v1/completions", json=body)
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["text"] == tok.decode(reference(model, [ids], [8])[0])
+        refused = client.post("/v1/completions", json={**body, "logprobs": 1})
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == "logprobs"
+        parsed = metrics.parse(client.get("/metrics").text)
+        assert metrics.total(parsed, "labkit_kv_blocks_total") == repo.deployments[("tiny-llama", "v1")].engine \
+            .kv_report()["blocks_total"] > 0  # fmt: skip
+        assert metrics.total(parsed, "labkit_kv_blocks_used") == 0  # the request finished: its blocks are back

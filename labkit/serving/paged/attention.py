@@ -10,8 +10,9 @@ The tokens of every scheduled sequence are packed into one row, (1, T), with the
     3. attend  its queries to them with PyTorch SDPA; a query at position p sees keys 0..p (causal)
 
 Decoding sequences (one query each) are gathered into one padded batch and attended in one SDPA call (the padding
-is masked and never stored); prefill chunks are attended one sequence at a time. This gathers blocks into a
-contiguous copy before SDPA: the lesson is the indexing. vLLM's kernel reads the blocks in place (its
+is masked and never stored); prefill chunks are attended one sequence at a time. The slots to gather are computed
+once per step (`build_batch`) and read by every layer. This gathers the blocks into a contiguous copy before SDPA:
+the lesson is the indexing. vLLM's kernel reads the blocks in place (its
 `paged_attention` CUDA kernel), which is what makes the copy unnecessary there.
 """
 
@@ -29,32 +30,60 @@ ATTENTION = "labkit_paged"
 
 @dataclass
 class PagedBatch:
-    """One step's packed tokens and where their keys and values go.
+    """One step's packed tokens and where their keys and values are (built once per step, read by every layer).
 
     Attributes:
         k_pool, v_pool: per layer, (num_blocks, block_size, kv_heads, head_dim).
         slot_mapping: (T,) flat slot of each packed token (block id × block_size + offset).
-        query_lens, context_lens: per sequence, its tokens in this step and its tokens in the cache after it.
-        block_tables: (S, max_blocks) long, padded with 0 (only the first ceil(context / block_size) are read).
+        decode_rows: (S_d,) packed rows of the single-query sequences (attended together in one padded call);
+            decode_slots (S_d, L) the flat slots of their cached tokens, padded; decode_mask (S_d, 1, 1, L) True
+            on real tokens.
+        chunks: the other sequences, one (first packed row, query tokens, (ctx,) slots of their cached tokens,
+            (query tokens, ctx) causal mask) each.
     """
 
     k_pool: list[torch.Tensor]
     v_pool: list[torch.Tensor]
     slot_mapping: torch.Tensor
-    query_lens: list[int]
-    context_lens: list[int]
-    block_tables: torch.Tensor
-
-    @property
-    def block_size(self) -> int:
-        return self.k_pool[0].shape[1]
+    decode_rows: torch.Tensor
+    decode_slots: torch.Tensor
+    decode_mask: torch.Tensor
+    chunks: list[tuple[int, int, torch.Tensor, torch.Tensor]]
 
 
-def _gather(pool: torch.Tensor, table: torch.Tensor, ctx: int) -> torch.Tensor:
-    """(ctx, kv_heads, head_dim): a sequence's cached keys (or values), its blocks in table order."""
-    size = pool.shape[1]
-    blocks = pool[table[: -(-ctx // size)]]  # (n_blocks, block_size, kv_heads, head_dim)
-    return blocks.flatten(0, 1)[:ctx]
+def context_slots(block_table: list[int], ctx: int, block_size: int) -> list[int]:
+    """Flat pool slots of a sequence's first `ctx` tokens, through its block table (position p lives in block
+    block_table[p // block_size] at offset p % block_size)."""
+    return [block_table[p // block_size] * block_size + p % block_size for p in range(ctx)]
+
+
+def build_batch(k_pool: list[torch.Tensor], v_pool: list[torch.Tensor], tables: list[list[int]],
+                query_lens: list[int], context_lens: list[int]) -> PagedBatch:  # fmt: skip
+    """The step's PagedBatch from each sequence's block table, its new tokens and its context after the step.
+
+    Args:
+        k_pool, v_pool: the pools. tables: block tables. query_lens: tokens computed now per sequence (packed in
+            this order). context_lens: tokens in the cache per sequence once this step's are written.
+    Returns:
+        PagedBatch (index tensors on the pools' device).
+    """
+    size, dev = k_pool[0].shape[1], k_pool[0].device
+    long = lambda xs: torch.tensor(xs, dtype=torch.long, device=dev)  # noqa: E731
+    slots, decode, chunks, row = [], [], [], 0
+    for table, n, c in zip(tables, query_lens, context_lens, strict=True):
+        ctx = context_slots(table, c, size)
+        slots += ctx[c - n:]
+        if n == 1:
+            decode.append((row, ctx))
+        else:  # query j of this chunk sits at position c − n + j and sees keys 0 .. c − n + j
+            causal = torch.arange(c, device=dev)[None, :] <= torch.arange(c - n, c, device=dev)[:, None]
+            chunks.append((row, n, long(ctx), causal[None, None]))
+        row += n
+    width = max((len(ctx) for _, ctx in decode), default=0)
+    padded = long([ctx + [0] * (width - len(ctx)) for _, ctx in decode]).reshape(len(decode), width)
+    mask = torch.arange(width, device=dev)[None, :] < long([len(ctx) for _, ctx in decode])[:, None]
+    return PagedBatch(k_pool, v_pool, long(slots), long([r for r, _ in decode]), padded, mask[:, None, None, :],
+                      chunks)
 
 
 def paged_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask=None,
@@ -74,43 +103,26 @@ def paged_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch
     """
     if paged is None:
         raise ValueError(f"attn_implementation {ATTENTION!r} needs the paged engine's `paged=` batch")
-    layer = module.layer_idx
-    k_pool, v_pool = paged.k_pool[layer], paged.v_pool[layer]
-    new_k = key[0].transpose(0, 1)  # (T, kv_heads, head_dim)
-    new_v = value[0].transpose(0, 1)
-    k_pool.view(-1, *k_pool.shape[2:])[paged.slot_mapping] = new_k.to(k_pool.dtype)
-    v_pool.view(-1, *v_pool.shape[2:])[paged.slot_mapping] = new_v.to(v_pool.dtype)
+    k_flat = paged.k_pool[module.layer_idx].flatten(0, 1)  # (num_blocks × block_size, kv_heads, head_dim)
+    v_flat = paged.v_pool[module.layer_idx].flatten(0, 1)
+    k_flat[paged.slot_mapping] = key[0].transpose(0, 1).to(k_flat.dtype)  # 1. write: (T, kv_heads, head_dim)
+    v_flat[paged.slot_mapping] = value[0].transpose(0, 1).to(v_flat.dtype)
     q = query[0]  # (heads, T, head_dim)
-    gqa = q.shape[0] != k_pool.shape[2]
+    gqa = q.shape[0] != k_flat.shape[1]
     out = torch.empty_like(q)
-    decode = [i for i, n in enumerate(paged.query_lens) if n == 1]
-    starts = torch.tensor([0, *paged.query_lens]).cumsum(0).tolist()
-    if len(decode) > 1:  # one padded SDPA call for every single-query sequence
-        ctx = [paged.context_lens[i] for i in decode]
-        longest = max(ctx)
-        keys = torch.stack([F.pad(_gather(k_pool, paged.block_tables[i], c), (0, 0, 0, 0, 0, longest - c))
-                            for i, c in zip(decode, ctx, strict=True)]).transpose(1, 2)  # (S, kv_heads, L, head_dim)
-        vals = torch.stack([F.pad(_gather(v_pool, paged.block_tables[i], c), (0, 0, 0, 0, 0, longest - c))
-                            for i, c in zip(decode, ctx, strict=True)]).transpose(1, 2)
-        mask = torch.arange(longest, device=q.device)[None, :] < torch.tensor(ctx, device=q.device)[:, None]
-        rows = [starts[i] for i in decode]
-        qs = q[:, rows].transpose(0, 1).unsqueeze(2)  # (S, heads, 1, head_dim)
-        o = F.scaled_dot_product_attention(qs, keys, vals, attn_mask=mask[:, None, None, :], scale=scaling,
+    if len(paged.decode_rows):  # 2-3. gather and attend every single-query sequence in one padded call
+        keys = k_flat[paged.decode_slots].transpose(1, 2)  # (S, kv_heads, L, head_dim)
+        vals = v_flat[paged.decode_slots].transpose(1, 2)
+        qs = q[:, paged.decode_rows].transpose(0, 1).unsqueeze(2)  # (S, heads, 1, head_dim)
+        o = F.scaled_dot_product_attention(qs, keys, vals, attn_mask=paged.decode_mask, scale=scaling,
                                            enable_gqa=gqa)  # fmt: skip
-        out[:, rows] = o.squeeze(2).transpose(0, 1)
-        done = set(decode)
-    else:
-        done = set()
-    for i, (n, c) in enumerate(zip(paged.query_lens, paged.context_lens, strict=True)):
-        if i in done:
-            continue
-        keys = _gather(k_pool, paged.block_tables[i], c).transpose(0, 1)  # (kv_heads, ctx, head_dim)
-        vals = _gather(v_pool, paged.block_tables[i], c).transpose(0, 1)
-        # query j of this chunk sits at position c − n + j and sees keys 0 .. c − n + j
-        causal = torch.arange(c, device=q.device)[None, :] <= torch.arange(c - n, c, device=q.device)[:, None]
-        o = F.scaled_dot_product_attention(q[None, :, starts[i]:starts[i] + n], keys[None], vals[None],
-                                           attn_mask=causal[None, None], scale=scaling, enable_gqa=gqa)
-        out[:, starts[i]:starts[i] + n] = o[0]
+        out[:, paged.decode_rows] = o.squeeze(2).transpose(0, 1)
+    for row, n, slots, causal in paged.chunks:  # prefill chunks, one sequence at a time
+        keys = k_flat[slots].transpose(0, 1)[None]  # (1, kv_heads, ctx, head_dim)
+        vals = v_flat[slots].transpose(0, 1)[None]
+        o = F.scaled_dot_product_attention(q[None, :, row:row + n], keys, vals, attn_mask=causal, scale=scaling,
+                                           enable_gqa=gqa)  # fmt: skip
+        out[:, row:row + n] = o[0]
     return out.transpose(0, 1).unsqueeze(0), None  # (1, T, heads, head_dim)
 
 

@@ -16,7 +16,7 @@ import contextlib
 import torch
 
 from labkit import anatomy, precision
-from labkit.serving.paged.attention import ATTENTION, PagedBatch
+from labkit.serving.paged.attention import ATTENTION, PagedBatch, build_batch
 from labkit.serving.paged.scheduler import Scheduled
 
 
@@ -64,22 +64,16 @@ class ModelRunner:
 
     def prepare(self, work: list[Scheduled]) -> tuple[torch.Tensor, torch.Tensor, PagedBatch, torch.Tensor]:
         """Pack a step: (input_ids (1, T), position_ids (1, T), PagedBatch, indices of the sampling tokens (S,))."""
-        ids, pos, slots, last = [], [], [], []
+        ids, pos, last = [], [], []
         for w in work:
-            table = w.seq.block_table
-            span = range(w.start, w.start + w.tokens)
             ids += w.seq.token_ids[w.start:w.start + w.tokens]
-            pos += span
-            slots += [table[p // self.block_size] * self.block_size + p % self.block_size for p in span]
+            pos += range(w.start, w.start + w.tokens)
             if w.samples:
                 last.append(len(ids) - 1)
-        width = max(len(w.seq.block_table) for w in work)
-        tables = torch.tensor([w.seq.block_table + [0] * (width - len(w.seq.block_table)) for w in work],
-                              dtype=torch.long, device=self.device)  # fmt: skip
-        batch = PagedBatch(self.k_pool, self.v_pool, torch.tensor(slots, dtype=torch.long, device=self.device),
-                           [w.tokens for w in work], [w.start + w.tokens for w in work], tables)
-        as_row = lambda xs: torch.tensor(xs, dtype=torch.long, device=self.device)[None]  # noqa: E731
-        return as_row(ids), as_row(pos), batch, torch.tensor(last, dtype=torch.long, device=self.device)
+        batch = build_batch(self.k_pool, self.v_pool, [w.seq.block_table for w in work], [w.tokens for w in work],
+                            [w.start + w.tokens for w in work])  # fmt: skip
+        as_tensor = lambda xs: torch.tensor(xs, dtype=torch.long, device=self.device)  # noqa: E731
+        return as_tensor(ids)[None], as_tensor(pos)[None], batch, as_tensor(last)
 
     @torch.no_grad()
     def run(self, work: list[Scheduled]) -> torch.Tensor:
