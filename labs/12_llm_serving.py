@@ -68,10 +68,16 @@ MAX_TOKENS = 32  # benchmarks/serving.py uses 64
 RATES = (0.5, 2.0, 8.0)  # open loop: arrivals per second
 OPEN_REQUESTS = 16
 TORCH_THREADS = None  # None: PyTorch's default
+KV_BLOCK = 16  # section 6: tokens per KV block of the paged engine
+WASTE_REQUESTS = 12  # section 6: requests through the padded and the paged KV cache
+KV_BUDGET, BUDGET_REQUESTS = 2048, 32  # section 6: one KV budget (tokens), and the requests queued for it
+PREFIX_TOKENS = 512  # section 6: the shared system prompt
+LONG_PROMPT, PREFILL_CHUNK = 1024, 128  # section 6: a long prompt arriving while others decode; the chunk (tokens)
 
 # %%
 if SMOKE:  # tiny Llama (random weights, same architecture as SmolLM2): seconds instead of minutes
     MODEL, CLIENTS, MAX_TOKENS, RATES, OPEN_REQUESTS, TORCH_THREADS = "tiny-llama", (1, 4, 16), 12, (5.0, 40.0), 8, 1
+    WASTE_REQUESTS, KV_BUDGET, BUDGET_REQUESTS, LONG_PROMPT, PREFILL_CHUNK = 8, 1024, 16, 512, 64
 import torch
 
 if TORCH_THREADS:  # on a busy 2-core machine one thread avoids OpenMP spin-waits on tiny models
@@ -204,6 +210,99 @@ print(f"measured on {step_cost.table.attrs['measured_on']}: a decode step at bat
 step_cost.table.round(2)
 
 # %% [markdown]
+# ## 6. PagedAttention: KV blocks, prefix caching, chunked prefill
+#
+# The engine of sections 1–5 keeps each layer's keys and values in one left-padded tensor: every row is as long as
+# the longest, and a row that joins or leaves changes the whole tensor. PagedAttention (Kwon et al., SOSP '23)
+# stores them in fixed-size blocks of `KV_BLOCK` tokens anywhere in one pool; a per-sequence *block table* maps its
+# logical blocks to physical ones, so a sequence wastes only the unfilled tail of its last block. labkit's paged
+# engine (`labkit.serving.paged`, scheduler `"paged"`) is built that way from scratch: a block manager with a free
+# list and reference counts, admission by KV capacity, preemption by recomputation, prefix caching and chunked
+# prefill (`labkit.experiments.paged_kv` measures it).
+#
+# **KV waste at the same load.** The same requests (mixed prompt lengths and `max_tokens`, all queued at once,
+# `max_batch=4` in both engines) through the padded batch and through the blocks. At every forward: the KV
+# positions the padded cache tensors hold (batch × positions) or the paged sequences' blocks hold, against the
+# tokens really there. Predict: which share of the padded cache is padding?
+
+# %%
+from labkit.experiments import paged_kv
+
+waste = paged_kv.kv_waste(MODEL, requests=WASTE_REQUESTS, max_batch=4, block_size=KV_BLOCK, device=dev.device,
+                          loaded=(net, tok))
+w = waste.table.set_index("engine")
+padded_name = w.index[0]
+print(f"measured on {dev.label}: over every forward, {w.mean_waste_pct[padded_name]:.0f} % of the padded batch's KV "
+      f"positions held padding, {w.mean_waste_pct['paged']:.0f} % of the paged blocks were empty; at no forward did the "
+      f"paged blocks hold more than {w.max_unfilled_per_seq['paged']:.0f} empty slots per running sequence (under one "
+      f"{KV_BLOCK}-token block), the padded cache up to {w.max_unfilled_per_seq[padded_name]:.0f}; same greedy "
+      f"tokens: {bool(w.same_tokens.all())}")
+waste.table.drop(columns="device").round(2)
+
+# %%
+waste.figure
+
+# %% [markdown]
+# **Concurrency in one KV budget.** Before vLLM a server reserved a request's whole cache when it admitted it:
+# prompt + `max_tokens`, whether the answer would need it or not (`paged_kv.reserved_schedule` steps that rule). The
+# paged engine admits a request when the blocks its tokens need *now* are free, and when a running sequence needs a
+# block and none is left, it preempts the newest one and recomputes it later. Same budget (`KV_BUDGET` tokens), same
+# requests; batch slots are not the limit here.
+
+# %%
+budget = paged_kv.budget_concurrency(MODEL, kv_tokens=KV_BUDGET, requests=BUDGET_REQUESTS, block_size=KV_BLOCK,
+                                     device=dev.device, loaded=(net, tok))
+b = budget.table.set_index("rule")
+reserve_rule = b.index[0]
+print(f"in {KV_BUDGET} KV tokens: reserving prompt + max_tokens admits {b.first[reserve_rule]} requests at once "
+      f"(peak {b.peak[reserve_rule]}, mean {b.mean_running[reserve_rule]:.1f}, {b.steps[reserve_rule]} steps); the "
+      f"paged engine {b.first['paged']} (peak {b.peak['paged']}, mean {b.mean_running['paged']:.1f}, "
+      f"{b.steps['paged']} steps), paying {b.preemptions['paged']} preemptions (recomputed prompts)")
+b.drop(columns="device").round(2)
+
+# %%
+budget.figure
+
+# %% [markdown]
+# **Prefix caching.** Chat requests share a system prompt. A full block is named by the hash of its tokens and every
+# token before it; a new prompt that starts with the same blocks reuses them instead of computing them again. Each
+# request below is a different question after the same `PREFIX_TOKENS`-token system prompt, sent one at a time (its
+# TTFT is its prefill, not a queue). Predict: with caching on, how close does TTFT come to having no system prompt?
+
+# %%
+prefix = paged_kv.prefix_ttft(MODEL, prefix_tokens=PREFIX_TOKENS, block_size=KV_BLOCK, device=dev.device,
+                              loaded=(net, tok))
+pt = prefix.table.set_index("setting")
+prefix_off, prefix_on = pt.ttft_p50_s["system prompt, caching off"], pt.ttft_p50_s["system prompt, caching on"]
+print(f"TTFT p50 ({dev.label}): {prefix_off * 1e3:.1f} ms without caching, {prefix_on * 1e3:.1f} ms with it "
+      f"({prefix_off / prefix_on:.1f}× lower; the issue's target: 3×), {pt.ttft_p50_s['no system prompt'] * 1e3:.1f} ms "
+      f"with no system prompt; prefix-cache hit rate {pt.prefix_hit_rate['system prompt, caching on']:.0%} of the "
+      f"prompt tokens; same greedy tokens with and without caching: {prefix.table.attrs['same_tokens']}")
+prefix.table.drop(columns="device").round(4)
+
+# %% [markdown]
+# **Chunked prefill.** A long prompt prefilled in one step makes every decoding request wait for that whole step.
+# With `prefill_chunk`, each step computes at most that many tokens: the decoding requests' tokens first, then a
+# chunk of the prompt. A few requests decode; a `LONG_PROMPT`-token prompt arrives. Predict: what happens to their
+# longest gap between tokens, and to the long prompt's TTFT?
+
+# %%
+chunked = paged_kv.chunked_prefill(MODEL, long_prompt=LONG_PROMPT, chunks=(None, PREFILL_CHUNK), block_size=KV_BLOCK,
+                                   device=dev.device, loaded=(net, tok))
+ct = chunked.table.set_index("prefill_chunk")
+whole, part = "whole", str(PREFILL_CHUNK)
+print(f"while a {LONG_PROMPT}-token prompt was prefilled ({dev.label}): the decoders' longest gap was "
+      f"{ct.gap_max_s[whole] * 1e3:.0f} ms whole vs {ct.gap_max_s[part] * 1e3:.0f} ms in chunks of {PREFILL_CHUNK} "
+      f"(median gap {ct.gap_p50_s[whole] * 1e3:.0f} vs {ct.gap_p50_s[part] * 1e3:.0f} ms; "
+      f"{ct.tpot_before_s[whole] * 1e3:.0f} ms before it arrived); the long prompt's TTFT "
+      f"{ct.long_ttft_s[whole] * 1e3:.0f} ms whole vs {ct.long_ttft_s[part] * 1e3:.0f} ms chunked; same greedy "
+      f"tokens: {bool(ct.same_tokens.all())}")
+ct.drop(columns="device").round(4)
+
+# %%
+chunked.figure
+
+# %% [markdown]
 # ## What theory predicts vs what you measured
 
 # %%
@@ -230,6 +329,23 @@ print(f"* Published: {published}.\n"
       f"{t.loc[('continuous', top), 'tokens_per_s'] / t.loc[('dynamic', top), 'tokens_per_s']:.1f}×. GPUs gain more: "
       f"an {a100.name}'s datasheet ridge is {a100_ridge:.0f} FLOP/byte, so its bf16 decode step stays memory-bound up "
       f"to batch ≈ {a100_ridge:.0f}, against ≈ {ridge_batch:.0f} (fp32) measured here, on {dev.label}.")
+print(f"* Theory: a left-padded batch holds every row as long as the longest; blocks waste less than one block "
+      f"({KV_BLOCK} tokens) per sequence.\n"
+      f"  Measured (section 6): padding {w.mean_waste_pct[padded_name]:.0f} % of the padded cache, empty slots "
+      f"{w.mean_waste_pct['paged']:.0f} % of the paged blocks, at most {w.max_unfilled_per_seq['paged']:.0f} per "
+      f"sequence.")
+print(f"* Theory: reserving prompt + max_tokens caps concurrency at what the reservations fit; admitting by the "
+      f"blocks needed now fits more, until they grow (then it preempts).\n"
+      f"  Measured in {KV_BUDGET} KV tokens: {b.first[reserve_rule]} vs {b.first['paged']} requests admitted at "
+      f"once, mean {b.mean_running[reserve_rule]:.1f} vs {b.mean_running['paged']:.1f} running, "
+      f"{b.preemptions['paged']} preemptions.")
+print(f"* Theory: with the system prompt's blocks cached, a prefill computes only the question; the issue's target is "
+      f"3× lower TTFT.\n  Measured with a {PREFIX_TOKENS}-token system prompt: {prefix_off / prefix_on:.1f}× lower "
+      f"TTFT p50, hit rate {pt.prefix_hit_rate['system prompt, caching on']:.0%}.")
+print(f"* Theory: chunking bounds a decoding request's stall by one chunk's step instead of the whole prompt's, and "
+      f"delays the long prompt's first token.\n  Measured: longest gap {ct.gap_max_s[whole] * 1e3:.0f} → "
+      f"{ct.gap_max_s[part] * 1e3:.0f} ms, long TTFT {ct.long_ttft_s[whole] * 1e3:.0f} → "
+      f"{ct.long_ttft_s[part] * 1e3:.0f} ms.")
 
 # %% [markdown]
 # ## Exercises
@@ -237,11 +353,16 @@ print(f"* Published: {published}.\n"
 # 1. With 16 clients and sync scheduling, roughly how many generations does the last request wait for?
 # 2. Raise `max_batch` of the continuous scheduler to 64 and rerun section 2 at 32 clients: does throughput change? Why?
 # 3. Set `RATES` above the sync server's capacity (its tokens/s ÷ `MAX_TOKENS`) and watch p99.
+# 4. With blocks of 16 tokens, at most how many KV slots can the paged engine leave empty while 10 sequences run?
+# 5. Set `PREFILL_CHUNK` to 32 and rerun section 6: what happens to the longest gap, and to the long prompt's TTFT?
 
 # %%
 answer_1 = None
 if answer_1 is not None:
     print("1: ✓" if answer_1 == 15 else "1: ✗ 15 (all the others, if they arrived first)")
+answer_4 = None
+if answer_4 is not None:
+    print("4: ✓" if answer_4 == 10 * (16 - 1) else "4: ✗ 150: each sequence's last block may lack 15 tokens")
 
 # %%
 from labkit.notebook import run
@@ -267,4 +388,28 @@ run.record({
     "timeline_ttft_p50_s": {k: v.summary["ttft_p50_s"] for k, v in timelines.items()},
     "open_loop_requests": OPEN_REQUESTS,
     "open_loop_succeeded": [int(n) for n in opened.table.succeeded],
+    "kv_block_size": KV_BLOCK,
+    "kv_waste_pct": {"padded": w.mean_waste_pct[padded_name], "paged": w.mean_waste_pct["paged"]},
+    "kv_max_unfilled_per_seq": {"padded": w.max_unfilled_per_seq[padded_name],
+                                "paged": w.max_unfilled_per_seq["paged"]},
+    "kv_waste_same_tokens": bool(w.same_tokens.all()),
+    "budget_kv_tokens": KV_BUDGET,
+    "budget_prompt_tokens": budget.table.attrs["prompt_tokens"],
+    "budget_max_tokens": budget.table.attrs["max_tokens"],
+    "budget_first": {"reserve": int(b.first[reserve_rule]), "paged": int(b.first["paged"])},
+    "budget_peak": {"reserve": int(b.peak[reserve_rule]), "paged": int(b.peak["paged"])},
+    "budget_mean_running": {"reserve": b.mean_running[reserve_rule], "paged": b.mean_running["paged"]},
+    "budget_preemptions": int(b.preemptions["paged"]),
+    "prefix_tokens": PREFIX_TOKENS,
+    "prefix_requests": prefix.table.attrs["requests"],
+    "prefix_prompt_tokens_sent": prefix.table.attrs["prompt_tokens_sent"],
+    "prefix_ttft_p50_s": pt.ttft_p50_s.to_dict(),
+    "prefix_hit_rate": pt.prefix_hit_rate["system prompt, caching on"],
+    "prefix_same_tokens": prefix.table.attrs["same_tokens"],
+    "chunk_long_prompt": LONG_PROMPT,
+    "chunk_size": PREFILL_CHUNK,
+    "chunk_gap_max_s": {"whole": ct.gap_max_s[whole], "chunked": ct.gap_max_s[part]},
+    "chunk_gap_p50_s": {"whole": ct.gap_p50_s[whole], "chunked": ct.gap_p50_s[part]},
+    "chunk_long_ttft_s": {"whole": ct.long_ttft_s[whole], "chunked": ct.long_ttft_s[part]},
+    "chunk_same_tokens": bool(ct.same_tokens.all()),
 })

@@ -1,5 +1,7 @@
 """Lab 12 (LLM serving): what its smoke run must have recorded."""
 
+import itertools
+
 import pytest
 
 
@@ -26,3 +28,26 @@ def check(r: dict) -> None:
     ttft = r["ttft_p50_s"]
     assert ttft[f"continuous@{top}"] < ttft[f"sync@{top}"]  # nobody waits for a whole generation
     assert r["timeline_ttft_p50_s"]["continuous"] < r["timeline_ttft_p50_s"]["sync"]
+    # section 6, the paged engine. KV waste: a sequence's blocks leave at most one block (minus a token) empty,
+    # whatever the load; the padded batch's rows pad to the longest
+    block = r["kv_block_size"]
+    assert r["kv_max_unfilled_per_seq"]["paged"] <= block - 1
+    assert r["kv_waste_pct"]["paged"] < r["kv_waste_pct"]["padded"]
+    assert r["kv_waste_same_tokens"]
+    # one KV budget: the reservation rule admits the first requests whose prompt + max_tokens fit together; the paged
+    # engine's first step admits those whose prompt blocks fit its pool of ceil(budget / block) blocks
+    budget, prompts, news = r["budget_kv_tokens"], r["budget_prompt_tokens"], r["budget_max_tokens"]
+    reserved = list(itertools.accumulate(p + m for p, m in zip(prompts, news, strict=True)))
+    assert r["budget_first"]["reserve"] == sum(t <= budget for t in reserved)
+    blocks = list(itertools.accumulate(-(-p // block) for p in prompts))
+    assert r["budget_first"]["paged"] == sum(n <= -(-budget // block) for n in blocks)
+    assert r["budget_peak"]["paged"] > r["budget_peak"]["reserve"]
+    # prefix caching: every timed request finds the system prompt's full blocks (the warm-up computed them)
+    n, prefix = r["prefix_requests"], r["prefix_tokens"]
+    assert r["prefix_hit_rate"] == pytest.approx(n * (prefix // block * block) / r["prefix_prompt_tokens_sent"])
+    ttft = r["prefix_ttft_p50_s"]
+    assert ttft["system prompt, caching on"] * 2 < ttft["system prompt, caching off"]  # loose: the CPU is shared
+    assert r["prefix_same_tokens"]
+    # chunked prefill: decoders wait for one chunk's step, not the whole prompt's; the tokens do not change
+    assert r["chunk_gap_max_s"]["chunked"] < r["chunk_gap_max_s"]["whole"]
+    assert r["chunk_same_tokens"]
