@@ -213,7 +213,10 @@ plots.line(throughput, "batch", list(throughput.columns[1:]), "Throughput", ylab
 # into m micro-batches. With p stages, the first stage waits for nothing but the last one idles until
 # the pipe fills, and the first one idles while it drains: (p − 1) of (m + p − 1) slots.
 # "measured_bubble" counts exactly that fill and drain; "measured_total_idle" adds any stall between
-# micro-batches (unequal stages, other programs on this shared CPU).
+# micro-batches (unequal stages, other programs on this shared CPU). The formula assumes every micro-batch
+# takes the same time. "replayed" is GPipe's schedule replayed with the compute times this run measured and
+# free hand-offs (`labkit.parallel.bubble`): on a shared CPU a stage computes faster while it runs alone
+# (fill and drain) than while both ranks compute, which shrinks the measured bubble below the formula.
 
 # %%
 bubble = parallelism.bubble_sweep(ranks)
@@ -329,7 +332,7 @@ print(f"* Splitting changes no result. Measured max |difference| vs one process:
 print(f"* Naive pipeline on 2 stages: each rank idle at least half the time. Measured: {naive_idle['total']:.0%}.")
 for r in bubble.table.itertuples():
     print(f"* GPipe bubble (p − 1)/(m + p − 1) at m={r.microbatches}: {r.formula:.3f}; measured {r.measured_bubble:.3f} "
-          f"(total idle {r.measured_total_idle:.3f})")
+          f"(total idle {r.measured_total_idle:.3f}); the schedule replayed with the measured compute times: {r.replayed:.3f}")
 ins, held = fit_summary["in-sample"], fit_summary["held-out"]
 print(f"* Cost model, fitted on {ins['timed_cells']} published cells: median |error| {ins['median_abs_error_pct']:.1f} % on them "
       f"(a fit's residual, not a test). On {held['timed_cells']} held-out cells: median {held['median_abs_error_pct']:.1f} %, "
@@ -379,6 +382,7 @@ run.record({
     "bubble_measured": dict(zip(bubble.table.microbatches.astype(str), bubble.table.measured_bubble, strict=True)),
     "bubble_total_idle": dict(zip(bubble.table.microbatches.astype(str), bubble.table.measured_total_idle, strict=True)),
     "bubble_formula": dict(zip(bubble.table.microbatches.astype(str), bubble.table.formula, strict=True)),
+    "bubble_replayed": dict(zip(bubble.table.microbatches.astype(str), bubble.table.replayed, strict=True)),
     "costmodel_predicted_ms": {f"{r.row}/{r.batch}": r.predicted_ms for r in fit.table.itertuples() if not r.published_oom},
     "costmodel_in_sample": sorted(f"{r.row}/{r.batch}" for r in fit.table.itertuples() if r.set == "in-sample"),
     "costmodel_oom": [f"{e}/{b}" for e, b in oom_cells],

@@ -23,6 +23,7 @@ from labkit import plots, precision
 from labkit.measure import results_frame
 from labkit.models import specs
 from labkit.parallel import costmodel, pp, tp
+from labkit.parallel.bubble import replayed_bubble
 from labkit.parallel.launch import rank_device, time_on_all_ranks
 
 
@@ -161,12 +162,11 @@ def modes_rank(pipeline: dict | None = None, bubble: dict | None = None, tensor:
     """Rank function: several experiments in one launch (the imports are paid once).
 
     Args:
-        pipeline: keyword arguments for `pp.pipeline_rank`. bubble: for `bubble_rank`.
-        tensor: for `compare_rank` (skipped when None).
+        pipeline: keyword arguments for `pp.pipeline_rank`. bubble: for `bubble_rank`. tensor: for `compare_rank`.
     Returns:
         ModesRun for this rank.
     """
-    tensor_run = compare_rank(**tensor) if tensor is not None else None
+    tensor_run = compare_rank(**tensor) if tensor is not None else None  # skipped when None
     return ModesRun(dist.get_rank(), tensor_run, pp.pipeline_rank(**(pipeline or {})), bubble_rank(**(bubble or {})))
 
 
@@ -227,19 +227,20 @@ def bubble_sweep(ranks: list[ModesRun]) -> plots.Measured:
     Args:
         ranks: every rank's ModesRun, rank order.
     Returns:
-        Measured: microbatches, measured_bubble, measured_total_idle, formula ((p − 1)/(m + p − 1)), span_ms,
-        difference (measured − formula); and its line figure.
+        Measured: microbatches, measured_bubble, measured_total_idle, formula ((p − 1)/(m + p − 1)), replayed (the
+        schedule replayed with the measured compute times: `bubble.replayed_bubble`), span_ms, difference; a figure.
     """
     bubbles, rows = [r.bubble for r in ranks], []
     for m in bubbles[0].runs:
-        runs = [pp.idle_fractions(list(reps)) for reps in zip(*(b.runs[m] for b in bubbles), strict=True)]
+        reps = [list(rep) for rep in zip(*(b.runs[m] for b in bubbles), strict=True)]
+        runs = [pp.idle_fractions(rep) for rep in reps]
         rows.append({"microbatches": m, "measured_bubble": float(np.median([r["bubble"] for r in runs])),
                      "measured_total_idle": float(np.median([r["total"] for r in runs])),
                      "formula": pp.bubble_formula(len(bubbles), m),
+                     "replayed": float(np.median([replayed_bubble(rep) for rep in reps])),
                      "span_ms": float(np.median([r["span_ms"] for r in runs]))})  # fmt: skip
-    table = pd.DataFrame(rows)
-    table["difference"] = table.measured_bubble - table.formula
-    fig = plots.line(table, "microbatches", ["measured_bubble", "measured_total_idle", "formula"],
+    table = pd.DataFrame(rows).assign(difference=lambda t: t.measured_bubble - t.formula)
+    fig = plots.line(table, "microbatches", ["measured_bubble", "measured_total_idle", "formula", "replayed"],
                      f"Pipeline bubble on {len(bubbles)} ranks: measured vs (p − 1)/(m + p − 1)",
                      ylabel="fraction of the time idle", log_x=True)  # fmt: skip
     return plots.Measured(table, fig)

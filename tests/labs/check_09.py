@@ -29,7 +29,9 @@ def check(r: dict) -> None:
     assert r["naive_idle"] >= 0.45  # one rank busy at a time: on 2 ranks each idles at least half the time
     assert set(r["latency_ms"]) == {"one device", "tensor parallel", "naive pipeline", "GPipe"}
     for m, measured in r["bubble_measured"].items():  # GPipe (Huang et al. 2019) on 2 stages
-        assert abs(measured - pp.bubble_formula(2, int(m))) < 0.1, (m, measured)
+        assert r["bubble_formula"][m] == pytest.approx(pp.bubble_formula(2, int(m)))
+        # the fill and drain the schedule gives with the measured compute times (hand-offs cheap)
+        assert abs(measured - r["bubble_replayed"][m]) < 0.05, (m, measured, r["bubble_replayed"][m])
     assert r["bubble_measured"]["1"] > r["bubble_measured"]["8"]  # more micro-batches, smaller bubble
     # The cost model: in-sample = the fit cells of specs.BLOOM_ROWS, held-out = the rest; errors from the published
     # times in specs and the recorded predictions.

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from labkit.experiments import parallelism
-from labkit.parallel import pp
+from labkit.parallel import bubble, pp
 from labkit.parallel.launch import run_distributed
 
 MICROBATCHES = (1, 2, 4, 8)
@@ -54,15 +54,29 @@ def test_gpipe_runs_every_microbatch_on_every_rank(ranks):
     assert any(e.kind == "recv" for e in ranks[1].pipeline.gpipe_events)
 
 
-def test_measured_bubble_follows_the_gpipe_formula(ranks):
+def test_measured_bubble_follows_the_gpipe_schedule(ranks):
+    """The fill-and-drain share equals GPipe's schedule replayed with the measured compute times (hand-offs are
+    cheap next to a stage's work); the replay with equal times is (p − 1)/(m + p − 1) (next test). On a shared CPU
+    a stage computes faster alone than alongside the other, so the measurement may sit below the formula itself."""
     for m in MICROBATCHES:
-        runs = zip(ranks[0].bubble.runs[m], ranks[1].bubble.runs[m], strict=True)
-        measured = statistics.median(pp.idle_fractions(list(pair))["bubble"] for pair in runs)
-        assert abs(measured - pp.bubble_formula(2, m)) < 0.1, (m, measured)
+        runs = [list(pair) for pair in zip(ranks[0].bubble.runs[m], ranks[1].bubble.runs[m], strict=True)]
+        measured = statistics.median(pp.idle_fractions(pair)["bubble"] for pair in runs)
+        replayed = statistics.median(bubble.replayed_bubble(pair) for pair in runs)
+        assert abs(measured - replayed) < 0.05, (m, measured, replayed)
     sweep = parallelism.bubble_sweep(ranks).table
     assert list(sweep.microbatches) == list(MICROBATCHES)
     assert (sweep.formula == [pp.bubble_formula(2, m) for m in MICROBATCHES]).all()
-    assert (sweep.difference.abs() < 0.1).all()
+    assert ((sweep.measured_bubble - sweep.replayed).abs() < 0.05).all()
+    assert sweep.measured_bubble.is_monotonic_decreasing  # more micro-batches, a smaller bubble
+
+
+def test_replay_with_equal_times_is_the_gpipe_formula():
+    for p, m in ((2, 1), (2, 4), (3, 5), (4, 8)):
+        assert bubble.replay_gpipe([[1.0] * m for _ in range(p)]) == pytest.approx(pp.bubble_formula(p, m))
+    # a stage twice as slow while the others run: 2 stages, 3 micro-batches, alone 1 s, overlapped 2 s
+    assert bubble.replay_gpipe([[1, 2, 2], [2, 2, 1]]) == pytest.approx(1 / (1 + 2 + 2 + 1))
+    with pytest.raises(ValueError, match="same number"):
+        bubble.replay_gpipe([[1.0], [1.0, 1.0]])
 
 
 def test_tables_and_timeline(ranks):
