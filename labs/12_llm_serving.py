@@ -31,6 +31,8 @@
 # * **dynamic** — wait up to B requests or T ms, run them together *until the longest is done*.
 # * **continuous** — Orca's iteration-level scheduling (OSDI '22), used by TGI and vLLM: the batch
 #   is re-formed at every decode step; finished sequences leave, queued ones join at once.
+# * **paged** — labkit's own PagedAttention engine (section 6): continuous batching over KV blocks, with
+#   admission by KV capacity, prefix caching and chunked prefill.
 # * **hf-continuous** — the same idea in transformers v5 (`ContinuousBatchingManager`), with a
 #   paged KV cache — PagedAttention (vLLM, SOSP '23) stores the cache in fixed-size blocks so
 #   memory is not reserved for the longest possible answer.
@@ -212,8 +214,9 @@ step_cost.table.round(2)
 # %% [markdown]
 # ## 6. PagedAttention: KV blocks, prefix caching, chunked prefill
 #
-# The engine of sections 1–5 keeps each layer's keys and values in one left-padded tensor: every row is as long as
-# the longest, and a row that joins or leaves changes the whole tensor. PagedAttention (Kwon et al., SOSP '23)
+# labkit's sync, dynamic and continuous schedulers keep each layer's keys and values in one left-padded tensor
+# (`labkit.serving.kv_batch`): every row is as long as the longest, and a row that joins or leaves changes the whole
+# tensor. PagedAttention (Kwon et al., SOSP '23)
 # stores them in fixed-size blocks of `KV_BLOCK` tokens anywhere in one pool; a per-sequence *block table* maps its
 # logical blocks to physical ones, so a sequence wastes only the unfilled tail of its last block. labkit's paged
 # engine (`labkit.serving.paged`, scheduler `"paged"`) is built that way from scratch: a block manager with a free
