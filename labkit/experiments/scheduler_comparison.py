@@ -6,6 +6,8 @@ load generator (`serving.loadgen`): what clients experienced, not a single-strea
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pandas as pd
 import plotly.graph_objects as go
 import torch
@@ -69,11 +71,7 @@ def compare_schedulers(model: str = "tiny-bloom-shakespeare", schedulers: tuple[
                 engine.batch_sizes.clear()
                 res = run_load(server.url, model, prompts, clients=n, requests=n * requests_per_client,
                                max_tokens=max_tokens, timeout_s=TIMEOUT_S)
-                sizes = engine.batch_sizes
-                steps = sum(sizes.values())  # hf-continuous runs its own loop: no step counts (NaN)
-                mean_batch = sum(k * v for k, v in sizes.items()) / steps if steps else float("nan")
-                rows.append({"scheduler": name, **res.summary, "mean_decode_batch": mean_batch,
-                             "device": device_label(engine.device)})
+                rows.append({"scheduler": name, **res.summary, **_decode_batches(engine)})
         finally:
             server.stop()
     df = results_frame(rows, model=model, max_tokens=max_tokens)
@@ -112,6 +110,70 @@ def open_loop(model: str = "tiny-bloom-shakespeare", schedulers: tuple[str, ...]
     df = results_frame(rows, model=model)
     return Measured(df, by_scheduler(df, "rate", "e2e_p99_s", f"p99 latency vs arrival rate — {model}",
                                      "end-to-end p99 (s)", xlabel="arrivals per second"))
+
+
+def _decode_batches(engine) -> dict:
+    """Mean sequences per decode step since the engine's counts were last cleared (then clears them), and device."""
+    sizes = dict(engine.batch_sizes)
+    engine.batch_sizes.clear()
+    steps = sum(sizes.values())  # hf-continuous runs its own loop: no step counts (NaN)
+    mean_batch = sum(k * v for k, v in sizes.items()) / steps if steps else float("nan")
+    return {"mean_decode_batch": mean_batch, "device": device_label(engine.device)}
+
+
+def measure_server(url: str, model: str, server: str, clients: tuple[int, ...] = (1, 4, 16, 32),
+                   requests_per_client: int = 2, rates: tuple[float, ...] = (), open_requests: int = 16,
+                   after_level: Callable[[], dict] | None = None, **load) -> list[dict]:
+    """Any OpenAI-compatible server on this machine (labkit's or a peer's) under one load: closed loop at each
+    concurrency, then open loop at each rate, all with `serving.loadgen.run_load` (tokens from `usage`).
+
+    Args:
+        url: the server's base URL (loopback). model: the model name requests ask for.
+        server: the row label, e.g. 'continuous' or 'vLLM 0.32.0'. clients: concurrent clients, closed loop.
+        requests_per_client: requests each client sends. rates: open-loop arrival rates (requests/s).
+        open_requests: requests per open-loop rate.
+        after_level: called after the warm-up (result dropped) and after each run: more columns for its row.
+        **load: more `run_load` arguments, the same for every run (prompts, max_tokens, temperature, chat, ...).
+    Returns:
+        one dict per run: server, then loadgen's summary (mode, clients or rate, tokens_per_s, ttft_p50_s, ... s).
+    Raises:
+        ValueError: a non-loopback URL or a non-positive count.
+    """
+    load = {"timeout_s": TIMEOUT_S, **load}
+    run_load(url, model, **{**load, "max_tokens": 4}, clients=2, requests=2)  # warm-up
+    extra = after_level or dict
+    extra()
+    rows = []
+    for n in clients:
+        res = run_load(url, model, clients=n, requests=n * requests_per_client, **load)
+        rows.append({"server": server, **res.summary, **extra()})
+    for rate in rates:
+        res = run_load(url, model, mode="open", rate=rate, requests=open_requests, **load)
+        rows.append({"server": server, **res.summary, **extra()})
+    return rows
+
+
+def measure_scheduler(model: str, scheduler: str, loaded: tuple, max_batch: int = 32, max_queue: int = 64,
+                      **measure) -> list[dict]:
+    """`measure_server` against a fresh labkit server with `scheduler`, serving `loaded` under the name `model`.
+
+    Args:
+        model: the model name. scheduler: one of serving.repository.SCHEDULERS. loaded: a ready (model, tokenizer).
+        max_batch: the engine's batch slots. max_queue: its queue bound (>= the most requests in flight).
+        **measure: `measure_server` arguments (clients, rates, max_tokens, chat, ...).
+    Returns:
+        `measure_server`'s rows, with scheduler, mean_decode_batch (sequences per decode step) and device.
+    Raises:
+        ValueError: an unknown scheduler (naming the valid ones).
+    """
+    _check((scheduler,))
+    server, repo = _serve(model, scheduler, max_batch, max_queue, loaded)
+    try:
+        engine = repo.route(model).engine
+        rows = measure_server(server.url, model, scheduler, after_level=lambda: _decode_batches(engine), **measure)
+    finally:
+        server.stop()
+    return [{**r, "scheduler": scheduler} for r in rows]
 
 
 def _check(schedulers: tuple[str, ...]) -> None:
