@@ -248,8 +248,9 @@ waste.figure
 # %% [markdown]
 # **Concurrency in one KV budget.** Before vLLM a server reserved a request's whole cache when it admitted it:
 # prompt + `max_tokens`, whether the answer would need it or not (`paged_kv.reserved_schedule` steps that rule). The
-# paged engine admits a request when the blocks its tokens need *now* are free, and when a running sequence needs a
-# block and none is left, it preempts the newest one and recomputes it later. Same budget (`KV_BUDGET` tokens), same
+# paged engine admits a request when the blocks its tokens need *now* are free, keeping one block of headroom per
+# running sequence for its next token; when a running sequence still needs a block and none is left, it preempts the
+# newest one and recomputes it later. Same budget (`KV_BUDGET` tokens), same
 # requests; batch slots are not the limit here.
 
 # %%

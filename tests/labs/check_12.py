@@ -35,12 +35,13 @@ def check(r: dict) -> None:
     assert r["kv_waste_pct"]["paged"] < r["kv_waste_pct"]["padded"]
     assert r["kv_waste_same_tokens"]
     # one KV budget: the reservation rule admits the first requests whose prompt + max_tokens fit together; the paged
-    # engine's first step admits those whose prompt blocks fit its pool of ceil(budget / block) blocks
+    # engine's first step admits those whose prompt blocks fit its pool of ceil(budget / block) blocks with one block
+    # left for each sequence admitted before (its next token's)
     budget, prompts, news = r["budget_kv_tokens"], r["budget_prompt_tokens"], r["budget_max_tokens"]
     reserved = list(itertools.accumulate(p + m for p, m in zip(prompts, news, strict=True)))
     assert r["budget_first"]["reserve"] == sum(t <= budget for t in reserved)
     blocks = list(itertools.accumulate(-(-p // block) for p in prompts))
-    assert r["budget_first"]["paged"] == sum(n <= -(-budget // block) for n in blocks)
+    assert r["budget_first"]["paged"] == sum(n + i <= -(-budget // block) for i, n in enumerate(blocks))
     assert r["budget_peak"]["paged"] > r["budget_peak"]["reserve"]
     # prefix caching: every timed request finds the system prompt's full blocks (the warm-up computed them)
     n, prefix = r["prefix_requests"], r["prefix_tokens"]

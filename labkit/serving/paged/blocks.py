@@ -77,9 +77,11 @@ class BlockManager:
         """Blocks that hold `tokens` tokens: ceil(tokens / block_size)."""
         return -(-tokens // self.block_size)
 
-    def can_allocate(self, seq: Sequence) -> bool:
-        """Whether the free list holds blocks for all of seq's tokens (cached prefix blocks not counted)."""
-        return self.blocks_needed(len(seq.token_ids)) - self._cached_prefix_blocks(seq) <= len(self.free_ids)
+    def can_allocate(self, seq: Sequence, reserve: int = 0) -> bool:
+        """Whether the free list holds blocks for all of seq's tokens (cached prefix blocks not counted), with
+        `reserve` blocks left over."""
+        need = self.blocks_needed(len(seq.token_ids)) - self._cached_prefix_blocks(seq)
+        return need + reserve <= len(self.free_ids)
 
     def can_append(self, seqs: list[Sequence]) -> bool:
         """Whether every sequence in `seqs` can get the block its next token needs."""

@@ -6,8 +6,8 @@ prompt being prefilled. The scheduler fills that batch under two budgets, the wa
     tokens   at most `max_batched_tokens` per step. A prompt longer than what is left is split into chunks over
              several steps (chunked prefill), so a long prompt never stalls the decoding sequences for a whole
              prefill; None = no chunking (a prompt is prefilled in one step).
-    KV       a sequence is admitted only when the free list holds blocks for all its tokens (not merely when a
-             batch slot is free). When a decoding sequence needs a new block and none is free, the most recently
+    KV       a sequence is admitted only when the free list holds blocks for all its tokens and one more for each
+             running sequence's next token (not merely when a batch slot is free). When a decoding sequence needs a new block and none is free, the most recently
              admitted sequence is preempted: its blocks are freed and it waits at the head of the queue, to be
              recomputed from its tokens (vLLM's recompute preemption; Kwon et al. 2023, §4.5).
 
@@ -102,7 +102,9 @@ class Scheduler:
             i += 1
         while self.waiting and budget > 0 and len(self.running) < self.max_seqs:
             seq = self.waiting[0]
-            if not self.blocks.can_allocate(seq):
+            # headroom: each running sequence may need one new block for its next token; admitting into that room
+            # would preempt the newcomer a step later and waste its prefill (vLLM keeps a watermark for the same)
+            if not self.blocks.can_allocate(seq, reserve=len(self.running)):
                 break  # FCFS: it waits for blocks, and so does everyone behind it
             self.waiting.popleft()
             self.blocks.allocate(seq)
