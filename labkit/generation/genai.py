@@ -8,9 +8,10 @@ from collections.abc import Callable
 import numpy as np
 
 from labkit import models
-from labkit.convert import genai
+from labkit.convert import genai, gguf_nbits
 from labkit.decoding.timing import DecodeRun, time_decode
 from labkit.generation.base import DecodeBackend
+from labkit.models import smollm2
 
 
 class OrtGenAI(DecodeBackend):
@@ -72,3 +73,34 @@ class OrtGenAI(DecodeBackend):
 
     def logits(self, prompts: list[list[int]]) -> np.ndarray:
         return self.genai.logits(prompts)
+
+
+class OrtGenAIGGUF(OrtGenAI):
+    """ONNX Runtime GenAI over the GGUF file's own quantized blocks (`convert.gguf_nbits`): SmolLM2's Q4_1 weights
+    and Q8_0 embedding / LM head, unchanged, in MatMulNBits.
+
+    Args:
+        accuracy_level: 0 = fp32 activations (exact against the dequantized model), 4 = int8 activations.
+    """
+
+    def __init__(self, accuracy_level: int = 0):
+        super().__init__("int4")
+        self.accuracy_level = accuracy_level
+        self.name = "ort-genai-gguf-q4_1" + ("" if accuracy_level in (0, 1) else f"-a{accuracy_level}")
+        self.exact = accuracy_level in (0, 1)
+        self.description = (f"onnxruntime-genai, the GGUF's Q4_1 blocks carried into MatMulNBits "
+                            f"(accuracy_level {accuracy_level}), C++ decode loop")
+
+    def available(self, model: str) -> tuple[bool, str]:
+        ok, reason = super().available(model)
+        if ok and model != smollm2.NAME:
+            return False, f"only {smollm2.NAME} ships as a GGUF file here"
+        return ok, reason
+
+    def load(self, model: str, threads: int, device="cpu") -> None:
+        """Convert once (cached): ORT GenAI's int4 graph with the GGUF's blocks; then load it for the CPU."""
+        self.check_device(device)
+        template = genai.build_genai(models.checkpoint_dir(model), "int4")
+        path = gguf_nbits.convert(smollm2.find_gguf() or smollm2.download_gguf(), template, self.accuracy_level)
+        self.genai = genai.load_genai(path, "int4", threads)
+        self.weight_bytes = self.genai.weight_bytes

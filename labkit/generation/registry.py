@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from labkit import quant
 from labkit.generation.base import BackendUnavailable, DecodeBackend
-from labkit.generation.genai import OrtGenAI
+from labkit.generation.genai import OrtGenAI, OrtGenAIGGUF
 from labkit.generation.hf import HFBackend
 from labkit.generation.llama_cpp import LlamaCpp
 
@@ -16,7 +16,7 @@ def registry() -> dict[str, DecodeBackend]:
         HFBackend("hf-int8-dynamic", "int8-dynamic", description="transformers + torch.ao dynamic int8 Linear"),
         HFBackend("hf-static-compile-fp32", "fp32", compiled=True,
                   description="transformers, static KV cache + torch.compile (inductor), fp32"),
-        OrtGenAI("fp32"), OrtGenAI("int8"), OrtGenAI("int4"), LlamaCpp(),
+        OrtGenAI("fp32"), OrtGenAI("int8"), OrtGenAI("int4"), OrtGenAIGGUF(0), OrtGenAIGGUF(4), LlamaCpp(),
     ]  # fmt: skip
     return {b.name: b for b in backends}
 

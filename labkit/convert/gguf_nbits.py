@@ -1,0 +1,272 @@
+"""GGUF's quantized blocks carried into ONNX Runtime's MatMulNBits, block for block: the same bits, another engine.
+
+A GGUF file stores a weight row in blocks of 32 values (ggml's `block_q4_1`: a scale d and a minimum m as fp16, then
+32 4-bit codes, element j in the low nibble of byte j and element j + 16 in the high nibble; w = d·q + m). ONNX
+Runtime's `MatMulNBits` stores the same blocks (B: codes packed two per byte, element 2j low and 2j + 1 high; one
+scale s per block and, left out, the zero point 2^(bits−1); w = s·(q − 2^(bits−1))). With s = d every block differs
+from ggml's by a constant r = m + 2^(bits−1)·d, and Σ_j (d·q_j + m)·x_j = MatMulNBits(x) + r·Σ_j x_j: the block sums of
+x times r, a matmul 32 times smaller, added after. So the codes are carried over as they are:
+
+    kind   ggml block                                  MatMulNBits (s = d)        residual r per block
+    Q4_1   d, m (fp16), 32 × 4-bit q:  w = d·q + m      bits 4, codes q            m + 8d
+    Q4_0   d (fp16),    32 × 4-bit q:  w = d·(q − 8)    bits 4, codes q            0
+    Q8_0   d (fp16),    32 × int8 q:   w = d·q          bits 8, codes q + 128      0
+
+(A floating-point zero point −m/d would say the same in one op, but ONNX Runtime's CPU kernels then dequantize the
+whole matrix at every call — measured 15× slower — and refuse it at 8 bits.) llama.cpp's converter reorders the rows
+of attn_q / attn_k for its RoPE layout; whole rows move, so the blocks are carried over and only their row order is
+undone (transformers' GGUF loader's `_reverse_permute_weights`). `convert()` takes ONNX Runtime GenAI's int4 build of
+the same checkpoint as the graph (fused QKV, GroupQueryAttention, its generation loop) and replaces every MatMulNBits'
+weights, and the embedding lookup's, with the GGUF's own blocks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from labkit.cache import cache_dir
+from labkit.hardware import Unavailable
+
+QK = 32  # values per ggml block (QK4_0 = QK4_1 = QK8_0)
+BLOCK_BYTES = {"Q4_0": 18, "Q4_1": 20, "Q8_0": 34}
+BITS = {"Q4_0": 4, "Q4_1": 4, "Q8_0": 8}
+# ONNX Runtime GenAI's weight names -> the GGUF tensors whose rows they hold, in order (llama architecture)
+GGUF_SOURCES = {"attn.qkv_proj": ("attn_q", "attn_k", "attn_v"), "attn.o_proj": ("attn_output",),
+                "mlp.gate_proj": ("ffn_gate",), "mlp.up_proj": ("ffn_up",), "mlp.down_proj": ("ffn_down",)}
+
+
+def decode_blocks(raw: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Split a GGUF tensor's rows of blocks into codes, scales and minimums.
+
+    Args:
+        raw: (rows, blocks × BLOCK_BYTES[kind]) uint8, as `gguf.GGUFReader` returns a quantized tensor.
+        kind: "Q4_0", "Q4_1" or "Q8_0".
+    Returns:
+        codes (rows, blocks × 32) uint8 in 0 .. 2^bits − 1; d and m (rows, blocks) float32, such that each value is
+        d·code + m (Q4_0: m = −8d; Q8_0: codes = q + 128, m = −128d).
+    Raises:
+        Unavailable: another block type (naming the supported ones).
+    """
+    if kind not in BLOCK_BYTES:
+        raise Unavailable(f"GGUF block type {kind} is not carried over; supported: {sorted(BLOCK_BYTES)}")
+    rows = raw.shape[0]
+    blocks = np.ascontiguousarray(raw).reshape(rows, -1, BLOCK_BYTES[kind])
+    d = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
+    if kind == "Q8_0":
+        codes = (blocks[..., 2:].copy().view(np.int8).astype(np.int16) + 128).astype(np.uint8)
+        return codes.reshape(rows, -1), d, -128 * d
+    if kind == "Q4_1":
+        m, qs = blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32), blocks[..., 4:]
+    else:
+        m, qs = -8 * d, blocks[..., 2:]
+    codes = np.concatenate([qs & 0x0F, qs >> 4], axis=-1)  # (rows, blocks, 32): j low nibble, j + 16 high
+    return codes.reshape(rows, -1), d, m
+
+
+def to_matmul_nbits(codes: np.ndarray, d: np.ndarray, m: np.ndarray, bits: int) -> dict[str, np.ndarray]:
+    """MatMulNBits' inputs for these blocks, and what each block adds on top of them.
+
+    Args:
+        codes: (N, K) uint8. d, m: (N, K / 32) float32 (value = d·code + m). bits: 4 or 8.
+    Returns:
+        {"B": (N, K/32, 32·bits/8) uint8 codes (4-bit: two per byte), "scales": (N·K/32,) float32 = d,
+        "residual": (N, K/32) float32 = m + 2^(bits−1)·d, the constant each block's values exceed
+        d·(code − 2^(bits−1)) by}.
+    """
+    n, k = codes.shape
+    blocks = codes.reshape(n, k // QK, QK)
+    packed = blocks if bits == 8 else (blocks[..., 0::2] | (blocks[..., 1::2] << 4)).astype(np.uint8)
+    residual = (m + 2 ** (bits - 1) * d).astype(np.float32)
+    return {"B": np.ascontiguousarray(packed), "scales": d.reshape(-1), "residual": residual}
+
+
+def dequantize(nbits: dict[str, np.ndarray], k: int) -> np.ndarray:
+    """(N, K) float32 weights that `to_matmul_nbits`' arrays stand for: s·(q − 2^(bits−1)) + residual (a check)."""
+    b = nbits["B"]
+    bits = 8 if b.shape[-1] == QK else 4
+    codes = b if bits == 8 else np.stack([b & 0x0F, b >> 4], axis=-1).reshape(*b.shape[:2], QK)
+    n = b.shape[0]
+    s, r = nbits["scales"].reshape(n, -1, 1), nbits["residual"].reshape(n, -1, 1)
+    return (s * (codes.astype(np.float32) - 2 ** (bits - 1)) + r).reshape(n, k)
+
+
+def unpermute_rows(rows: int, n_head: int) -> np.ndarray:
+    """Row order that undoes llama.cpp's q/k permutation: GGUF row order[i] goes to row i.
+
+    Args:
+        rows: the tensor's rows. n_head: its heads (attn_q: the attention heads; attn_k: the key/value heads).
+    Returns:
+        (rows,) int64 index (transformers' `_reverse_permute_weights` applied to the row numbers).
+    """
+    idx = np.arange(rows)
+    return idx.reshape(n_head, rows // n_head // 2, 2).swapaxes(2, 1).reshape(rows)
+
+
+def gguf_rows(reader, name: str, heads: dict[str, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """A GGUF tensor's (codes, d, m, bits), rows in the Hugging Face order.
+
+    Args:
+        reader: a `gguf.GGUFReader`. name: the tensor ("blk.0.attn_q.weight"). heads: {"attn_q": heads,
+            "attn_k": key/value heads}.
+    Raises:
+        KeyError: no such tensor. Unavailable: an unsupported block type.
+    """
+    tensor = next((t for t in reader.tensors if t.name == name), None)
+    if tensor is None:
+        raise KeyError(f"GGUF tensor {name!r} not found")
+    kind = tensor.tensor_type.name
+    codes, d, m = decode_blocks(np.asarray(tensor.data), kind)
+    part = name.split(".")[-2]
+    if part in heads:
+        order = unpermute_rows(codes.shape[0], heads[part])
+        codes, d, m = codes[order], d[order], m[order]
+    return codes, d, m, BITS[kind]
+
+
+def convert(gguf_path: Path | str, template_dir: Path | str, accuracy_level: int = 0) -> Path:
+    """An ONNX Runtime GenAI model folder whose MatMulNBits weights are the GGUF file's own blocks.
+
+    Args:
+        gguf_path: a llama-architecture GGUF with Q4_0 / Q4_1 / Q8_0 matrices (SmolLM2: Q4_1, a Q8_0 embedding).
+        template_dir: ONNX Runtime GenAI's int4 build of the same model (`genai.build_genai(checkpoint, "int4")`):
+            its graph, config and tokenizer are kept, its MatMulNBits weights replaced.
+        accuracy_level: MatMulNBits' compute type: 0 / 1 = fp32 activations (exact), 4 = int8 activations.
+    Returns:
+        the folder (cached under LABKIT_CACHE/genai; built once per GGUF file, template and accuracy level).
+    Raises:
+        Unavailable: the `gguf` or `onnx` package is missing, or a block type is not supported.
+        KeyError: a template weight with no GGUF tensor behind it.
+    """
+    try:
+        import gguf  # optional packages
+        import onnx
+        from onnx import numpy_helper
+    except ImportError as err:
+        raise Unavailable(f"converting GGUF needs the gguf and onnx packages: {err}") from err
+    gguf_path, template_dir = Path(gguf_path), Path(template_dir)
+    key = hashlib.sha256(f"{gguf_path.resolve()}|{template_dir.resolve()}|{accuracy_level}".encode()).hexdigest()
+    out = cache_dir("genai") / f"{gguf_path.stem}-nbits-a{accuracy_level}-{key[:8]}"
+    if (out / "genai_config.json").exists():
+        return out
+    reader = gguf.GGUFReader(str(gguf_path))
+    arch = reader.fields["general.architecture"].contents()
+    heads = {"attn_q": int(reader.fields[f"{arch}.attention.head_count"].contents()),
+             "attn_k": int(reader.fields[f"{arch}.attention.head_count_kv"].contents())}
+    model = onnx.load(str(template_dir / "model.onnx"))
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    for node in [n for n in graph.node if n.op_type == "MatMulNBits"]:
+        weight = node.input[1]  # e.g. model.layers.3.attn.qkv_proj.MatMul.weight_Q4
+        parts = _gguf_names(weight)
+        blocks = [gguf_rows(reader, p, heads) for p in parts]
+        if len({b[3] for b in blocks}) != 1:
+            raise Unavailable(f"{weight}: its GGUF parts {parts} mix block types")
+        codes, d, m = (np.concatenate([b[i] for b in blocks]) for i in range(3))
+        arrays = to_matmul_nbits(codes, d, m, blocks[0][3])
+        for old in node.input[1:]:
+            graph.initializer.remove(inits.pop(old))
+        stem = weight.rsplit(".weight", 1)[0] + ".gguf"
+        graph.initializer.extend([numpy_helper.from_array(arrays["B"], f"{stem}.B"),
+                                  numpy_helper.from_array(arrays["scales"], f"{stem}.scales")])
+        del node.input[1:]
+        node.input.extend([f"{stem}.B", f"{stem}.scales"])  # no zero points: the default, 2^(bits−1)
+        attrs = {"bits": blocks[0][3], "block_size": QK, "accuracy_level": accuracy_level, "N": codes.shape[0],
+                 "K": codes.shape[1]}  # fmt: skip
+        for a in node.attribute:
+            if a.name in attrs:
+                a.i = attrs.pop(a.name)
+        node.attribute.extend(onnx.helper.make_attribute(k, v) for k, v in attrs.items())
+        if np.any(arrays["residual"]):
+            add_residual(graph, node.output[0], arrays["residual"], stem)
+    _embedding_from_gguf(model, reader, heads)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(template_dir, tmp, ignore=shutil.ignore_patterns("model.onnx*", "build.log", "tmp"))
+    onnx.save(model, str(tmp / "model.onnx"), save_as_external_data=True, location="model.onnx.data")
+    (tmp / "gguf_source.json").write_text(json.dumps({"gguf": str(gguf_path), "template": str(template_dir),
+                                                      "accuracy_level": accuracy_level}))  # fmt: skip
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
+def add_residual(graph, output: str, residual: np.ndarray, stem: str) -> None:
+    """After the MatMulNBits node of `graph` that writes `output` (over x of (batch, seq, K)), add
+    (block sums of x) @ residualᵀ to what it writes.
+
+    x (batch, seq, K) -> Reshape (batch, seq, K/32, 32) -> ReduceSum over the 32 -> (batch, seq, K/32) -> MatMul with
+    residualᵀ (K/32, N) -> Add to MatMulNBits' (batch, seq, N), under the old output name.
+
+    Args:
+        graph: an onnx GraphProto (changed in place). output: the node's output name. residual: (N, K/32) float32.
+        stem: a prefix for the new initializers and nodes.
+    """
+    from onnx import helper, numpy_helper
+
+    at, node = next((i, n) for i, n in enumerate(graph.node) if output in n.output)
+    nb = residual.shape[1]
+    out, raw = output, f"{stem}/nbits_out"
+    node.output[0] = raw
+    graph.initializer.extend([numpy_helper.from_array(np.array([0, 0, nb, QK], np.int64), f"{stem}.block_shape"),
+                              numpy_helper.from_array(np.array([-1], np.int64), f"{stem}.last_axis"),
+                              numpy_helper.from_array(np.ascontiguousarray(residual.T), f"{stem}.residual_T")])
+    new = [helper.make_node("Reshape", [node.input[0], f"{stem}.block_shape"], [f"{stem}/blocks"]),
+           helper.make_node("ReduceSum", [f"{stem}/blocks", f"{stem}.last_axis"], [f"{stem}/block_sums"], keepdims=0),
+           helper.make_node("MatMul", [f"{stem}/block_sums", f"{stem}.residual_T"], [f"{stem}/residual_out"]),
+           helper.make_node("Add", [raw, f"{stem}/residual_out"], [out])]
+    for i, n in enumerate(new):
+        n.name = f"{stem}/{n.op_type}"
+        graph.node.insert(at + 1 + i, n)
+
+
+def _embedding_from_gguf(model, reader, heads: dict[str, int]) -> None:
+    """Point the template's embedding lookup (GatherBlockQuantized over the tied LM head's int4 blocks) at the
+    GGUF embedding's own blocks: 8-bit codes with an integer zero point as they are (Q8_0), else the rows
+    dequantized to fp32 and a plain Gather (exact either way)."""
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    gather = next((n for n in graph.node if n.op_type == "GatherBlockQuantized"), None)
+    if gather is None:
+        return  # the template keeps a float embedding (an untied model): nothing to replace
+    reshape = next((n for n in graph.node if gather.input[0] in n.output and n.op_type == "Reshape"), None)
+    codes, d, m, bits = gguf_rows(reader, "token_embd.weight", heads)
+    zp = zero_points(d, m)
+    name = "model.embed_tokens.gguf"
+    if bits == 8 and np.all(zp == np.round(zp)) and zp.min() >= 0 and zp.max() <= 255:
+        arrays = {"data": codes, "scales": d, "zero_points": zp.astype(np.uint8)}
+        node = helper.make_node("GatherBlockQuantized", [f"{name}.{k}" if k != "indices" else gather.input[1]
+                                                         for k in ("data", "indices", "scales", "zero_points")],
+                                list(gather.output), name=gather.name, domain="com.microsoft", bits=8,
+                                block_size=QK, gather_axis=0, quantize_axis=1)  # fmt: skip
+    else:
+        arrays = {"data": (d[..., None] * codes.reshape(*d.shape, QK) + m[..., None]).reshape(codes.shape)}
+        node = helper.make_node("Gather", [f"{name}.data", gather.input[1]], list(gather.output), name=gather.name)
+    graph.initializer.extend(numpy_helper.from_array(np.ascontiguousarray(a), f"{name}.{k}") for k, a in arrays.items())
+    index = list(graph.node).index(gather)
+    graph.node.remove(gather)
+    graph.node.insert(index, node)
+    if reshape is not None:
+        graph.node.remove(reshape)
+
+
+def zero_points(d: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """−m / d per block (0 where d = 0): the zero point z with d·(q − z) = d·q + m."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(d != 0, -m / d, 0).astype(np.float32)
+
+
+def _gguf_names(weight: str) -> tuple[str, ...]:
+    """GGUF tensor names behind an ONNX Runtime GenAI MatMulNBits weight name."""
+    if weight.startswith("lm_head."):
+        return ("token_embd.weight",)  # tied: llama.cpp multiplies by the embedding's own blocks
+    for onnx_part, gguf_parts in GGUF_SOURCES.items():
+        if f".{onnx_part}." in weight:
+            layer = weight.split("model.layers.")[1].split(".")[0]
+            return tuple(f"blk.{layer}.{p}.weight" for p in gguf_parts)
+    raise KeyError(f"no GGUF tensor known for the template weight {weight!r}")
