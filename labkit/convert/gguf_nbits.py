@@ -225,9 +225,9 @@ def add_residual(graph, output: str, residual: np.ndarray, stem: str) -> None:
 
 
 def _embedding_from_gguf(model, reader, heads: dict[str, int]) -> None:
-    """Point the template's embedding lookup (GatherBlockQuantized over the tied LM head's int4 blocks) at the
-    GGUF embedding's own blocks: 8-bit codes with an integer zero point as they are (Q8_0), else the rows
-    dequantized to fp32 and a plain Gather (exact either way)."""
+    """Point the template's embedding lookup (GatherBlockQuantized over the tied LM head's int4 blocks) at the GGUF
+    embedding's own blocks. Q8_0: the LM head's 8-bit codes and scales themselves, reshaped (stored once, as in the
+    GGUF), zero point 128; other kinds: the rows dequantized to fp32 and a plain Gather. Exact either way."""
     from onnx import helper, numpy_helper
 
     graph = model.graph
@@ -236,29 +236,27 @@ def _embedding_from_gguf(model, reader, heads: dict[str, int]) -> None:
         return  # the template keeps a float embedding (an untied model): nothing to replace
     reshape = next((n for n in graph.node if gather.input[0] in n.output and n.op_type == "Reshape"), None)
     codes, d, m, bits = gguf_rows(reader, "token_embd.weight", heads)
-    zp = zero_points(d, m)
-    name = "model.embed_tokens.gguf"
-    if bits == 8 and np.all(zp == np.round(zp)) and zp.min() >= 0 and zp.max() <= 255:
-        arrays = {"data": codes, "scales": d, "zero_points": zp.astype(np.uint8)}
-        node = helper.make_node("GatherBlockQuantized", [f"{name}.{k}" if k != "indices" else gather.input[1]
-                                                         for k in ("data", "indices", "scales", "zero_points")],
-                                list(gather.output), name=gather.name, domain="com.microsoft", bits=8,
-                                block_size=QK, gather_axis=0, quantize_axis=1)  # fmt: skip
+    name, head = "model.embed_tokens.gguf", "lm_head.MatMul.gguf"  # the LM head's stem (`convert`)
+    shared = {i.name for i in graph.initializer} >= {f"{head}.B", f"{head}.scales"}
+    if bits == 8 and np.all(m == -128 * d) and shared:  # Q8_0, tied
+        arrays = {"shape": np.array(codes.shape, np.int64), "zero_points": np.full(d.shape, 128, np.uint8)}
+        views = [helper.make_node("Reshape", [f"{head}.{k}", f"{name}.shape" if k == "B" else f"{name}.sshape"],
+                                  [f"{name}/{k}"], name=f"{name}/Reshape_{k}") for k in ("B", "scales")]
+        arrays["sshape"] = np.array(d.shape, np.int64)
+        node = helper.make_node("GatherBlockQuantized", [f"{name}/B", gather.input[1], f"{name}/scales",
+                                                         f"{name}.zero_points"], list(gather.output), name=gather.name,
+                                domain="com.microsoft", bits=8, block_size=QK, gather_axis=0, quantize_axis=1)
     else:
         arrays = {"data": (d[..., None] * codes.reshape(*d.shape, QK) + m[..., None]).reshape(codes.shape)}
+        views = []
         node = helper.make_node("Gather", [f"{name}.data", gather.input[1]], list(gather.output), name=gather.name)
     graph.initializer.extend(numpy_helper.from_array(np.ascontiguousarray(a), f"{name}.{k}") for k, a in arrays.items())
     index = list(graph.node).index(gather)
     graph.node.remove(gather)
-    graph.node.insert(index, node)
+    for i, n in enumerate([*views, node]):
+        graph.node.insert(index + i, n)
     if reshape is not None:
         graph.node.remove(reshape)
-
-
-def zero_points(d: np.ndarray, m: np.ndarray) -> np.ndarray:
-    """−m / d per block (0 where d = 0): the zero point z with d·(q − z) = d·q + m."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(d != 0, -m / d, 0).astype(np.float32)
 
 
 def _gguf_names(weight: str) -> tuple[str, ...]:

@@ -106,5 +106,6 @@ def test_converted_smollm2_equals_the_dequantized_model():
     prompt = tok("The capital of France is")["input_ids"]
     want = model.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False)[0, len(prompt):].tolist()
     assert backend.generate([prompt], 12, warmup=0, repeat=1).tokens == [want]
-    # the file holds the GGUF's blocks: 4-bit codes + an fp32 scale and zero point per 32 weights for the layers
-    assert backend.weight_bytes < 0.4 * models.resolve("smollm2-135m").weight_bytes("fp32")
+    # the file holds the GGUF's blocks once (the tied embedding too): the same codes, with an fp32 scale and residual
+    # per block of 32 where ggml keeps fp16 ones (24 bytes per Q4_1 block instead of 20: at most 1.2× the GGUF's)
+    assert backend.weight_bytes <= 1.2 * smollm2.gguf_tensor_bytes()
