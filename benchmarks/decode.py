@@ -36,10 +36,15 @@ def main(argv: list[str] | None = None) -> int:
     missing = table[~table.available]
     report = {"machine": hardware.detect().summary, "model": args.model, "threads": args.threads, **sizes,
               "bandwidth_GBps": table.attrs["bandwidth_GBps"],
+              "bandwidth_samples_GBps": table.attrs["bandwidth_samples_GBps"],
               "results": [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
                           for r in ran.drop(columns=["available"]).to_dict("records")],
               "unavailable": dict(zip(missing.generator, missing.reason, strict=True))}  # fmt: skip
-    print(f"machine: {report['machine']}; {report['bandwidth_GBps']:.1f} GB/s; {args.model}, {args.threads} threads")
+    samples = sorted(report["bandwidth_samples_GBps"])
+    spread = (f" (fastest of {len(samples)} repeats; median {samples[len(samples) // 2]:.1f}, "
+              f"range {samples[0]:.1f}-{samples[-1]:.1f})" if samples else "")
+    print(f"machine: {report['machine']}; {report['bandwidth_GBps']:.1f} GB/s{spread}; {args.model}, "
+          f"{args.threads} threads")
     for r in ran.itertuples():
         vs = f"{r.vs_llama_cpp:5.2f}× llama.cpp" if not math.isnan(r.vs_llama_cpp) else "llama.cpp not measured"
         print(f"{r.generator:24s} b{int(r.batch):<2d} {r.decode_tok_s:8.1f} tok/s  prefill {r.prefill_ms:7.1f} ms  "

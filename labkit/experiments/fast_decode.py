@@ -61,7 +61,8 @@ def compare_generators(model: str = "smollm2-135m", names=None, prompt_tokens: i
         Measured: a table with one row per backend and batch (generator, batch, available, reason, exact,
         greedy_prefix_agreement, top1_agreement, decode_tok_s, prefill_ms, weight_MB, rss_growth_MB,
         bandwidth_bound_tok_s, pct_of_bound, vs_llama_cpp) and a bar chart. Backends that cannot run here stay in
-        the table with available=False and the reason. attrs: bandwidth_GBps and measured_on (the device it
+        the table with available=False and the reason. attrs: bandwidth_GBps, bandwidth_samples_GBps (every
+        repeat; empty when the bandwidth was given) and measured_on (the device it
         was measured on).
     Raises:
         ValueError: for unknown backend names (naming the valid ones) or sizes out of range.
@@ -110,6 +111,7 @@ def compare_generators(model: str = "smollm2-135m", names=None, prompt_tokens: i
         del backend
     table = measure.results_frame(rows, model=model, prompt_tokens=prompt_tokens, new_tokens=new_tokens,
                                   bandwidth_GBps=bw / 1e9,
+                                  bandwidth_samples_GBps=list(getattr(measured, "samples", ())),
                                   measured_on=getattr(measured, "device_name", "(bandwidth given)"))  # fmt: skip
     peer = table[(table.generator == "llama.cpp") & (table.get("batch") == 1) & table.available]
     if "decode_tok_s" in table:

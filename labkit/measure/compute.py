@@ -34,7 +34,28 @@ class DeviceRate(float):
 
 
 class Bandwidth(DeviceRate):
-    """A read bandwidth in GB/s (1e9 bytes per second), with the device it was measured on."""
+    """A read bandwidth in GB/s (1e9 bytes per second), with the device it was measured on and every repeat's rate
+    (`samples`, GB/s): the value is the fastest (a ceiling); `median` and `spread` say how steady the runs were."""
+
+    def __new__(cls, value: float, device: str, device_name: str, samples: tuple = ()) -> Bandwidth:
+        rate = super().__new__(cls, value, device, device_name)
+        rate.samples = tuple(float(x) for x in samples) or (float(value),)
+        return rate
+
+    def __reduce__(self):
+        return Bandwidth, (float(self), self.device, self.device_name, self.samples)
+
+    @property
+    def median(self) -> float:
+        """The median repeat's rate, GB/s."""
+        ordered = sorted(self.samples)
+        mid = len(ordered) // 2
+        return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+    @property
+    def spread(self) -> float:
+        """(fastest − slowest) / median over the repeats: 0 for perfectly steady runs."""
+        return (max(self.samples) - min(self.samples)) / self.median
 
 
 class FlopRate(DeviceRate):
@@ -71,7 +92,7 @@ def memory_bandwidth(size_mib: int | None = None, repeat: int = 5, device: str |
         device: "cpu", "cuda", "cuda:N" or "auto" (the device whose memory is measured; `hardware.resolve_device`).
     Returns:
         Bandwidth: bytes read / fastest repeat, in GB/s (1e9 bytes per second), carrying the device it was
-        measured on (`.device`, `.device_name`, `.label`).
+        measured on (`.device`, `.device_name`, `.label`) and every repeat's rate (`.samples`, `.median`, `.spread`).
     Raises:
         ValueError: size_mib or repeat < 1, or an unknown device (naming the valid ones), before allocating.
         CapabilityMissing: a CUDA device on a machine without one.
@@ -83,8 +104,8 @@ def memory_bandwidth(size_mib: int | None = None, repeat: int = 5, device: str |
     weights = torch.ones(max(1, size_mib * 2**20 // 4 // cols), cols, dtype=torch.float32, device=dev)
     vector = torch.ones(cols, dtype=torch.float32, device=dev)
     stats = benchmark(lambda: weights @ vector, warmup=2, repeat=repeat)
-    gbps = weights.numel() * weights.element_size() / min(stats.samples) / 1e9
-    return Bandwidth(gbps, str(dev), name)
+    rates = [weights.numel() * weights.element_size() / t / 1e9 for t in stats.samples]
+    return Bandwidth(max(rates), str(dev), name, rates)
 
 
 DEFAULT_MATMUL_SIZE = {"cpu": 1024, "cuda": 8192}  # n of the n × n product: seconds on a CPU, fills a GPU's SMs

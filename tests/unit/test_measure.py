@@ -102,6 +102,16 @@ def test_memory_bandwidth_is_plausible():
     assert 0.5 < gbps < 20_000
 
 
+def test_memory_bandwidth_keeps_every_repeat():
+    bw = measure.memory_bandwidth(size_mib=16, repeat=4)
+    assert len(bw.samples) == 4 and float(bw) == max(bw.samples)  # the ceiling is the fastest repeat
+    assert min(bw.samples) <= bw.median <= max(bw.samples)
+    assert bw.spread == pytest.approx((max(bw.samples) - min(bw.samples)) / bw.median)
+    made = measure.Bandwidth(10.0, "cpu", "x", (8.0, 10.0, 9.0))
+    assert (made.median, made.spread) == (9.0, pytest.approx(2 / 9))
+    assert pickle.loads(pickle.dumps(made)).samples == (8.0, 10.0, 9.0)
+
+
 def test_memory_bandwidth_names_the_device_it_was_measured_on():
     bw = measure.memory_bandwidth(size_mib=16, repeat=2, device="cpu")
     # the name comes from the hardware probe (/proc/cpuinfo), not from the measurement

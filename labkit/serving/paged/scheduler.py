@@ -7,9 +7,10 @@ prompt being prefilled. The scheduler fills that batch under two budgets, the wa
              several steps (chunked prefill), so a long prompt never stalls the decoding sequences for a whole
              prefill; None = no chunking (a prompt is prefilled in one step).
     KV       a sequence is admitted only when the free list holds blocks for all its tokens and one more for each
-             running sequence's next token (not merely when a batch slot is free). When a decoding sequence needs a new block and none is free, the most recently
-             admitted sequence is preempted: its blocks are freed and it waits at the head of the queue, to be
-             recomputed from its tokens (vLLM's recompute preemption; Kwon et al. 2023, §4.5).
+             running sequence's next token (not merely when a batch slot is free). When a decoding sequence needs a
+             new block and none is free, the most recently admitted sequence is preempted: its blocks are freed and
+             it waits at the head of the queue, to be recomputed from its tokens (vLLM's recompute preemption;
+             Kwon et al. 2023, §4.5).
 
 Running sequences are scheduled first (oldest first), then waiting ones in arrival order (FCFS: a sequence that does
 not fit blocks the ones behind it, as vLLM does). `max_seqs` caps the sequences in a step.
