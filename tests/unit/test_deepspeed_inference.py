@@ -35,7 +35,9 @@ def test_zero_inference_different_prompts_equal_single_process():
     for r in ranks:
         assert r.same_as_single_process and r.new_tokens == 6 and r.decode.new_tokens == 6
         assert r.weight_bytes_held == pytest.approx(r.weight_bytes_full / 2, rel=0.01)  # ZeRO-3 shard
-        assert len(r.decode.step_s) == 5 and r.decode.total_s >= sum(r.decode.step_s)  # one timed generation
+        steps, totals = r.decode.step_s, r.decode.totals_s  # 3 timed generations (the default), 5 steps each
+        assert r.decode.repeats == 3 and len(steps) == 5 * 3 and len(totals) == 3
+        assert all(t >= sum(steps[5 * i:5 * i + 5]) for i, t in enumerate(totals))  # each includes its steps
     assert ranks[0].baseline is not None and ranks[1].baseline is None  # rank 0 alone times the whole model
     m = zero_inference.throughput(ranks)
     assert m.table.aggregate_tok_s.iloc[1] == pytest.approx(12 / max(r.decode.total_s for r in ranks))
