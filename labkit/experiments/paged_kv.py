@@ -22,24 +22,16 @@ from tqdm.auto import tqdm
 
 from labkit.devices import device_label
 from labkit.measure import results_frame
-from labkit.models import load_model
 from labkit.plots import Measured, bars, line
 from labkit.serving.batch_engine import BatchEngine
 from labkit.serving.limits import Limits
 from labkit.serving.paged_engine import PagedEngine
 from labkit.serving.policies import get_policy
-from labkit.serving.repository import check_on, make_engine
+from labkit.serving.repository import make_engine, model_on
 from labkit.serving.request import Request, SamplingParams
 
 TIMEOUT_S = 600.0  # the longest one request may take (a CPU prefilling a long prompt)
 WARM_TOKENS = 4  # chunked_prefill: tokens each decoder has made before the long prompt arrives
-
-
-def _loaded(model: str, device: str | torch.device, loaded: tuple | None) -> tuple:
-    if loaded is None:
-        return load_model(model, device=device)
-    check_on(loaded[0], device)
-    return loaded
 
 
 def random_prompts(lengths: list[int], vocab: int, seed: int = 0) -> list[list[int]]:
@@ -100,7 +92,7 @@ def kv_waste(model: str = "tiny-llama", requests: int = 12, max_batch: int = 4,
     Raises:
         ValueError: a model the paged engine cannot run, or `loaded` on another device.
     """
-    net, tok = _loaded(model, device, loaded)
+    net, tok = model_on(model, device, loaded)
     lengths, news = mixed_load(requests, prompt_tokens, max_tokens, seed)
     prompts = random_prompts(lengths, net.config.vocab_size, seed)
     limits = Limits.of(max_batch=max_batch, kv_tokens=sum(lengths) + sum(news) + requests * block_size,
@@ -171,7 +163,7 @@ def budget_concurrency(model: str = "tiny-llama", kv_tokens: int = 2048, request
     Raises:
         ValueError: a request bigger than the budget, a model the paged engine cannot run, or `loaded` elsewhere.
     """
-    net, tok = _loaded(model, device, loaded)
+    net, tok = model_on(model, device, loaded)
     lengths, news = mixed_load(requests, prompt_tokens, max_tokens, seed)
     running = {"reserve prompt + max_tokens": reserved_schedule(kv_tokens, lengths, news), "paged": []}
     engine = PagedEngine(net, tok, Limits.of(max_batch=requests, kv_tokens=kv_tokens, kv_block_size=block_size,
@@ -220,7 +212,7 @@ def prefix_ttft(model: str = "tiny-llama", prefix_tokens: int = 512, requests: i
     Raises:
         ValueError: a model the paged engine cannot run, or `loaded` on another device.
     """
-    net, tok = _loaded(model, device, loaded)
+    net, tok = model_on(model, device, loaded)
     lengths, _ = mixed_load(requests + 1, question_tokens, (1, 1), seed)
     system, *questions = random_prompts([prefix_tokens, *lengths], net.config.vocab_size, seed + 1)
     settings = {"no system prompt": ([], False), "system prompt, caching off": (system, False),
@@ -268,7 +260,7 @@ def chunked_prefill(model: str = "tiny-llama", long_prompt: int = 1024, chunks: 
     if any(c is not None and c <= decoders for c in chunks):
         raise ValueError(f"every prefill_chunk must exceed decoders={decoders} (their tokens share the budget); "
                          f"got {chunks}")
-    net, tok = _loaded(model, device, loaded)
+    net, tok = model_on(model, device, loaded)
     *short, long = random_prompts([8] * decoders + [long_prompt], net.config.vocab_size, seed)
     per_step = min((c - decoders for c in chunks if c is not None), default=long_prompt)  # prompt tokens per step
     decode_tokens = WARM_TOKENS + -(-long_prompt // per_step) + 12  # the decoders outlast every setting's prefill

@@ -14,25 +14,16 @@ import torch
 
 from labkit.devices import device_label
 from labkit.measure import results_frame
-from labkit.models import load_model
 from labkit.plots import Measured, style
 from labkit.serving.app import Server, create_app
 from labkit.serving.loadgen import DEFAULT_PROMPTS, LoadResult, run_load
-from labkit.serving.repository import SCHEDULERS, ModelRepository, check_on
+from labkit.serving.repository import SCHEDULERS, ModelRepository, model_on
 
 
 def _serve(model: str, scheduler: str, max_batch: int, max_queue: int, loaded: tuple) -> tuple[Server, ModelRepository]:
     repo = ModelRepository(scheduler, max_batch=max_batch, max_queue=max_queue, device=loaded[0].device)
     repo.load(model, "v1", loaded=loaded)
     return Server(create_app(repo, max_tokens_limit=4096, request_timeout_s=TIMEOUT_S)).start(), repo
-
-
-def _loaded(model: str, device: str | torch.device, loaded: tuple | None) -> tuple:
-    """The (model, tokenizer) every scheduler serves: `loaded` (checked to be on `device`), else loaded there once."""
-    if loaded is None:
-        return load_model(model, device=device)
-    check_on(loaded[0], device)
-    return loaded
 
 
 THREE = ("sync", "dynamic", "continuous")
@@ -60,7 +51,7 @@ def compare_schedulers(model: str = "tiny-bloom-shakespeare", schedulers: tuple[
         ValueError: an unknown scheduler or device (naming the valid ones), or `loaded` on another device.
     """
     _check(schedulers)
-    loaded = _loaded(model, device, loaded)
+    loaded = model_on(model, device, loaded)
     rows = []
     for name in schedulers:
         server, repo = _serve(model, name, max_batch, max(clients) * 2, loaded)
@@ -95,7 +86,7 @@ def open_loop(model: str = "tiny-bloom-shakespeare", schedulers: tuple[str, ...]
         ValueError: an unknown scheduler or device (naming the valid ones), or `loaded` on another device.
     """
     _check(schedulers)
-    loaded = _loaded(model, device, loaded)
+    loaded = model_on(model, device, loaded)
     rows = []
     for name in schedulers:
         server, repo = _serve(model, name, max_batch, requests, loaded)

@@ -80,6 +80,22 @@ def check_on(model, device: str | torch.device) -> None:
                          f"device={str(want)!r})) or serve it on {here}")
 
 
+def model_on(model: str, device: str | torch.device, loaded: tuple | None = None) -> tuple:
+    """The (model, tokenizer) to serve on `device`: `loaded` when given (checked to be there), else loaded there.
+
+    Args:
+        model: a labkit model name. device: "cpu", "cuda", "cuda:N" or "auto". loaded: a ready (model, tokenizer).
+    Returns:
+        (model, tokenizer) on `device`.
+    Raises:
+        ValueError: `loaded` lives elsewhere, or an unknown device or model (naming the valid ones).
+    """
+    if loaded is None:
+        return load_model(model, device=device)
+    check_on(loaded[0], device)
+    return loaded
+
+
 @dataclass
 class Deployment:
     """One loaded version of a served model."""
