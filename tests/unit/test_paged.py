@@ -12,7 +12,7 @@ pytest.importorskip("fastapi", reason="the serving extra is not installed (pip i
 from labkit import anatomy
 from labkit.models import load_model
 from labkit.serving.paged.blocks import BlockManager
-from labkit.serving.paged.runner import ModelRunner, pool_bytes
+from labkit.serving.paged.runner import ModelRunner
 from labkit.serving.paged.scheduler import Scheduler
 from labkit.serving.paged.sequence import Sequence
 from labkit.serving.paged_engine import PagedEngine
@@ -166,7 +166,6 @@ def test_prefix_hits_skip_computation_and_keep_tokens(llama):
 def test_pool_bytes_is_the_kv_formula(llama):
     model, _ = llama
     runner = ModelRunner(model, num_blocks=6, block_size=8)
-    assert runner.bytes == pool_bytes(model.config, 6, 8, torch.float32)
     assert runner.bytes == anatomy.kv_cache_bytes(model.config, batch=6, seq=8, precision="fp32")
 
 

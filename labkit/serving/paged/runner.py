@@ -15,20 +15,9 @@ import contextlib
 
 import torch
 
-from labkit import anatomy, precision
+from labkit import anatomy
 from labkit.serving.paged.attention import ATTENTION, PagedBatch, build_batch
 from labkit.serving.paged.scheduler import Scheduled
-
-
-def pool_bytes(config, num_blocks: int, block_size: int, dtype: torch.dtype | str) -> int:
-    """Bytes of a KV pool of `num_blocks` blocks (the one KV formula, `anatomy.kv_cache_bytes`).
-
-    Args:
-        config: a transformers config or model name. num_blocks, block_size: the pool. dtype: its element type.
-    Returns:
-        bytes of keys and values for num_blocks × block_size tokens.
-    """
-    return anatomy.kv_cache_bytes(config, batch=num_blocks, seq=block_size, precision=precision.canonical(dtype))
 
 
 class ModelRunner:
@@ -51,7 +40,7 @@ class ModelRunner:
         if any(d.windows):
             raise ValueError(f"{model.config.model_type!r} has sliding-window layers; the paged engine keeps "
                              "every token")
-        self.model, self.block_size = model, block_size
+        self.model = model
         p = next(model.parameters())
         shape = (num_blocks, block_size, d.kv_heads, d.head_dim)
         self.k_pool = [torch.zeros(shape, dtype=p.dtype, device=p.device) for _ in range(d.layers)]
