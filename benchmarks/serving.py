@@ -8,8 +8,9 @@ One OpenAI-standard load generator for every server (`labkit.serving.loadgen`: s
 loop at each client count, then open loop (Poisson arrivals) at each rate. The schedulers are read from
 `labkit.serving.repository.SCHEDULERS` at run time; vLLM runs when `make peers` built `.venv-vllm` (else the
 benchmark says why it is skipped). Targets: labkit's best scheduler >= 1.0x vLLM's tokens/s at 1, 16 and 32
-clients with a TTFT p50 no worse than vLLM's; continuous >= 5x sync's tokens/s at the most clients, with a lower
-TTFT p50. Not a timed test: run it on an idle machine.
+clients with a TTFT p50 no worse than vLLM's; at 1 client, labkit's best server >= 90 % of the fastest exact
+(fp32, token-identical) single-stream decode labkit has (measured first, `EXACT_DECODERS`); continuous >= 5x sync's
+tokens/s at the most clients, with a lower TTFT p50. Not a timed test: run it on an idle machine.
 """
 
 from __future__ import annotations
@@ -23,6 +24,20 @@ from pathlib import Path
 PROMPTS = ("Write a haiku about the sea.", "What is the capital of France?", "Tell me a joke about cats.",
            "Explain what a GPU does in one sentence.")
 PEER_CLIENTS = (1, 16, 32)  # where labkit's best scheduler must reach vLLM
+# Server variants beyond the schedulers: the paged engine with its ONNX Runtime decode runner
+VARIANTS = {"paged+onnxruntime": ("paged", {"runner": "onnxruntime"})}
+EXACT_DECODERS = ("hf-eager-fp32", "ort-genai-fp32")  # exact (fp32, token-identical) single-stream decoders
+
+
+def _exact_decode(model: str, max_tokens: int) -> dict:
+    """The fastest exact single-stream decode labkit has for `model` (batch 1, held-out 128-token prompts)."""
+    from labkit.experiments import fast_decode
+
+    t = fast_decode.compare_generators(model, EXACT_DECODERS, new_tokens=max_tokens, batch_sizes=(1,)).table
+    t = t[t.available & t.exact]
+    best = t.loc[t.decode_tok_s.idxmax()]
+    return {"decoders": dict(zip(t.generator, t.decode_tok_s, strict=True)), "fastest": best.generator,
+            "decode_tok_s": float(best.decode_tok_s)}
 
 
 def _peer_rows(args, measure: dict) -> tuple[list[dict], dict]:
@@ -46,9 +61,17 @@ def _peer_rows(args, measure: dict) -> tuple[list[dict], dict]:
     return [{**r, "engine": peer.engine, "scheduler": None} for r in rows], info
 
 
-def _targets(df, peer: str | None, top: int) -> dict:
+def _targets(df, peer: str | None, top: int, exact: dict | None = None) -> dict:
     closed = df[df["mode"] == "closed"].set_index(["server", "clients"])
     out = {}
+    one = df[(df["mode"] == "closed") & (df.clients == 1) & (df.engine == "labkit")]
+    if exact and len(one):
+        best = one.loc[one.tokens_per_s.idxmax()]
+        out["one_client_vs_fastest_exact_decode"] = {
+            "server": best.server, "tokens_per_s": best.tokens_per_s, "decode_tok_s": 1 / best.tpot_p50_s,
+            "fastest_exact": exact["fastest"], "fastest_exact_tok_s": exact["decode_tok_s"], "goal": 0.9,
+            "ratio": best.tokens_per_s / exact["decode_tok_s"],
+            "met": bool(best.tokens_per_s >= 0.9 * exact["decode_tok_s"])}
     if {("continuous", top), ("sync", top)} <= set(closed.index):
         c, s = closed.loc[("continuous", top)], closed.loc[("sync", top)]
         ratio = c.tokens_per_s / s.tokens_per_s
@@ -110,7 +133,7 @@ def _save(out: Path, rows: list[dict], meta: dict):
 
     df = results_frame(rows, model=meta["model"], max_tokens=meta["max_tokens"])
     report = {**meta, "hardware": df.attrs.get("hardware"), "torch_threads": torch.get_num_threads(),
-              "targets": _targets(df, meta["peer"].get("engine"), int(df.clients.max())),
+              "targets": _targets(df, meta["peer"].get("engine"), int(df.clients.max()), meta.get("exact_decode")),
               "rows": df.drop(columns=["rejected_by_status"], errors="ignore").to_dict(orient="records")}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, default=float))
@@ -121,7 +144,8 @@ def _save(out: Path, rows: list[dict], meta: dict):
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--schedulers", nargs="+", default=None, help="default: every labkit scheduler (SCHEDULERS)")
+    p.add_argument("--schedulers", nargs="+", default=None,
+                   help="default: every labkit scheduler (SCHEDULERS) and the variants in VARIANTS")
     p.add_argument("--clients", nargs="+", type=int, default=[1, 4, 16, 32])
     p.add_argument("--requests-per-client", type=int, default=2)
     p.add_argument("--rates", nargs="*", type=float, default=[1.0], help="open-loop arrivals per second")
@@ -130,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-batch", type=int, default=32, help="labkit engines' batch slots")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: PyTorch's)")
     p.add_argument("--no-peer", action="store_true", help="measure labkit only (no vLLM)")
+    p.add_argument("--no-exact-decode", action="store_true",
+                   help="skip measuring the fastest exact single-stream decode (the 1-client reference)")
     p.add_argument("--kv-cache-gb", type=float, default=4.0, help="vLLM's VLLM_CPU_KVCACHE_SPACE (GB)")
     p.add_argument("--peer-timeout-s", type=float, default=900.0, help="how long vLLM may take to start")
     p.add_argument("--out", default="reports/serving.json", help="the JSON; the plot goes next to it (.html)")
@@ -141,10 +167,10 @@ def main(argv: list[str] | None = None) -> int:
     from labkit.models import load_model
     from labkit.serving.repository import SCHEDULERS
 
-    schedulers = args.schedulers or list(SCHEDULERS)
-    unknown = [s for s in schedulers if s not in SCHEDULERS]
+    schedulers = args.schedulers or [*SCHEDULERS, *VARIANTS]
+    unknown = [s for s in schedulers if s not in SCHEDULERS and s not in VARIANTS]
     if unknown:
-        p.error(f"unknown scheduler(s) {unknown}; choose from {list(SCHEDULERS)}")
+        p.error(f"unknown scheduler(s) {unknown}; choose from {[*SCHEDULERS, *VARIANTS]}")
     if args.threads:
         torch.set_num_threads(args.threads)
     measure = {"clients": tuple(args.clients), "requests_per_client": args.requests_per_client,
@@ -154,14 +180,19 @@ def main(argv: list[str] | None = None) -> int:
     rows, peer = _peer_rows(args, measure)
     meta = {"model": args.model, "max_tokens": args.max_tokens, "prompts": list(PROMPTS), "chat": True,
             "torch": torch.__version__, "schedulers": schedulers, "peer": peer}
+    if not args.no_exact_decode:
+        print("== the fastest exact single-stream decode (batch 1)", flush=True)
+        meta["exact_decode"] = _exact_decode(args.model, args.max_tokens)
     if rows:
         _save(Path(args.out), rows, {**meta, "seconds": time.perf_counter() - start, "complete": False})
     loaded = load_model(args.model, device="cpu")
     queue = max(max(args.clients) * args.requests_per_client, args.open_requests)
     for i, name in enumerate(schedulers):
         print(f"== labkit {name}", flush=True)
+        scheduler, limits = VARIANTS.get(name, (name, {}))
         rows += [{**r, "engine": "labkit"} for r in
-                 measure_scheduler(args.model, name, loaded, max_batch=args.max_batch, max_queue=queue, **measure)]
+                 measure_scheduler(args.model, scheduler, loaded, max_batch=args.max_batch, max_queue=queue,
+                                   limits=limits, label=name, **measure)]  # fmt: skip
         df, report = _save(Path(args.out), rows, {**meta, "seconds": time.perf_counter() - start,
                                                   "complete": i == len(schedulers) - 1})  # partial results survive
     label = peer.get("engine")

@@ -20,8 +20,9 @@ from labkit.serving.loadgen import DEFAULT_PROMPTS, LoadResult, run_load
 from labkit.serving.repository import SCHEDULERS, ModelRepository, model_on
 
 
-def _serve(model: str, scheduler: str, max_batch: int, max_queue: int, loaded: tuple) -> tuple[Server, ModelRepository]:
-    repo = ModelRepository(scheduler, max_batch=max_batch, max_queue=max_queue, device=loaded[0].device)
+def _serve(model: str, scheduler: str, max_batch: int, max_queue: int, loaded: tuple,
+           **limits) -> tuple[Server, ModelRepository]:  # fmt: skip
+    repo = ModelRepository(scheduler, max_batch=max_batch, max_queue=max_queue, device=loaded[0].device, **limits)
     repo.load(model, "v1", loaded=loaded)
     return Server(create_app(repo, max_tokens_limit=4096, request_timeout_s=TIMEOUT_S)).start(), repo
 
@@ -145,12 +146,14 @@ def measure_server(url: str, model: str, server: str, clients: tuple[int, ...] =
 
 
 def measure_scheduler(model: str, scheduler: str, loaded: tuple, max_batch: int = 32, max_queue: int = 64,
-                      **measure) -> list[dict]:
+                      limits: dict | None = None, label: str | None = None, **measure) -> list[dict]:
     """`measure_server` against a fresh labkit server with `scheduler`, serving `loaded` under the name `model`.
 
     Args:
         model: the model name. scheduler: one of serving.repository.SCHEDULERS. loaded: a ready (model, tokenizer).
         max_batch: the engine's batch slots. max_queue: its queue bound (>= the most requests in flight).
+        limits: more engine limits (`serving.limits.Limits`), e.g. {"runner": "onnxruntime"} for 'paged'.
+        label: the rows' server name (default: the scheduler's).
         **measure: `measure_server` arguments (clients, rates, max_tokens, chat, ...).
     Returns:
         `measure_server`'s rows, with scheduler, mean_decode_batch (sequences per decode step) and device.
@@ -158,10 +161,11 @@ def measure_scheduler(model: str, scheduler: str, loaded: tuple, max_batch: int 
         ValueError: an unknown scheduler (naming the valid ones).
     """
     _check((scheduler,))
-    server, repo = _serve(model, scheduler, max_batch, max_queue, loaded)
+    server, repo = _serve(model, scheduler, max_batch, max_queue, loaded, **(limits or {}))
     try:
         engine = repo.route(model).engine
-        rows = measure_server(server.url, model, scheduler, after_level=lambda: _decode_batches(engine), **measure)
+        rows = measure_server(server.url, model, label or scheduler, after_level=lambda: _decode_batches(engine),
+                              **measure)  # fmt: skip
     finally:
         server.stop()
     return [{**r, "scheduler": scheduler} for r in rows]

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from labkit.serving.limits import Limits  # dataclasses only: cheap to import
+from labkit.serving.limits import RUNNERS, Limits  # dataclasses only: cheap to import
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -27,7 +27,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"warning: listening on {args.host}: anyone who can reach it can use the model", file=sys.stderr)
     # The device is checked first (a bad one fails naming the valid choices, before a model is loaded).
     limits = Limits(max_batch=args.max_batch, max_queue=args.max_queue, kv_tokens=args.kv_tokens,
-                    prefill_chunk=args.prefill_chunk, prefix_caching=not args.no_prefix_caching)
+                    prefill_chunk=args.prefill_chunk, prefix_caching=not args.no_prefix_caching, runner=args.runner)
     repo = ModelRepository(args.scheduler, limits=limits, device=args.device)
     dep = repo.load(args.name or args.model, args.version, source=args.model, dtype=args.dtype)
     app = create_app(repo, max_tokens_limit=args.max_tokens, request_timeout_s=args.timeout)
@@ -71,6 +71,9 @@ def add_commands(sub) -> None:
     p.add_argument("--prefill-chunk", type=int, default=None,
                    help="paged: most tokens per step; longer prompts are prefilled in chunks (default: whole)")
     p.add_argument("--no-prefix-caching", action="store_true", help="paged: do not reuse a shared prompt prefix's KV")
+    p.add_argument("--runner", default="torch", choices=RUNNERS,
+                   help="paged: torch (the transformers model, any device) | onnxruntime (decode steps as one ONNX "
+                        "Runtime graph; CPU, fp32 Llama models)")
     p.add_argument("--max-tokens", type=int, default=512,
                    help="most new tokens per request (also the cap of a chat request that asks for no length)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per request")

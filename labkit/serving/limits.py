@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+RUNNERS = ("torch", "onnxruntime")  # the paged engine's model runners (`serving.paged`)
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -26,6 +28,9 @@ class Limits:
         prefill_chunk: 'paged' only: most tokens computed in one step; longer prompts are prefilled in chunks
             alongside the decoding sequences (None = a prompt is prefilled whole in one step).
         prefix_caching: 'paged' only: reuse the KV blocks of a prompt prefix computed before.
+        runner: 'paged' only: what computes a step. 'torch': the transformers model with paged attention (any
+            device); 'onnxruntime': decode steps as one ONNX Runtime graph over the same pool (CPU, fp32
+            Llama-layout models; prefill steps still go through the transformers model).
 
     Raises:
         ValueError: for max_batch < 1, max_queue < 0, max_wait_ms < 0, or kv_tokens, kv_block_size or
@@ -39,6 +44,7 @@ class Limits:
     kv_block_size: int = 16
     prefill_chunk: int | None = None
     prefix_caching: bool = True
+    runner: str = "torch"
 
     def __post_init__(self) -> None:
         if (self.max_batch is not None and self.max_batch < 1) or self.max_queue < 0 or self.max_wait_ms < 0 \
@@ -46,6 +52,8 @@ class Limits:
                 or (self.prefill_chunk is not None and self.prefill_chunk < 1):
             raise ValueError(f"need max_batch >= 1, max_queue >= 0, max_wait_ms >= 0, and kv_tokens, kv_block_size "
                              f"and prefill_chunk >= 1; got {self}")
+        if self.runner not in RUNNERS:
+            raise ValueError(f"unknown runner {self.runner!r}; choose from {list(RUNNERS)}")
 
     @classmethod
     def of(cls, base: Limits | None = None, **limits) -> Limits:
@@ -54,7 +62,7 @@ class Limits:
         Args:
             base: limits to start from.
             **limits: any of max_batch, max_queue, max_wait_ms, kv_tokens, kv_block_size, prefill_chunk,
-                prefix_caching.
+                prefix_caching, runner.
         Returns:
             a new, validated Limits.
         Raises:

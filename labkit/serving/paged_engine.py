@@ -15,6 +15,7 @@ from labkit.serving.batch_engine import sample_tokens
 from labkit.serving.engine import Engine
 from labkit.serving.limits import Limits
 from labkit.serving.paged.blocks import BlockManager
+from labkit.serving.paged.ort_runner import OrtRunner
 from labkit.serving.paged.runner import ModelRunner
 from labkit.serving.paged.scheduler import Scheduler
 from labkit.serving.paged.sequence import Sequence
@@ -30,9 +31,10 @@ class PagedEngine(Engine):
         model: a transformers causal LM whose attention goes through transformers' AttentionInterface.
         tokenizer: its tokenizer.
         limits: max_batch (sequences per step), kv_tokens (the pool, tokens; default 256 per batch slot),
-            kv_block_size, prefill_chunk (tokens per step; None: whole prompts), prefix_caching, max_queue.
+            kv_block_size, prefill_chunk (tokens per step; None: whole prompts), prefix_caching, max_queue, runner
+            ('torch': `paged.runner.ModelRunner`; 'onnxruntime': `paged.ort_runner.OrtRunner`).
     Raises:
-        ValueError: a model the paged runner cannot drive (`ModelRunner`).
+        ValueError: a model the chosen runner cannot drive (naming why).
     """
 
     supports_logprobs = False
@@ -42,7 +44,8 @@ class PagedEngine(Engine):
         lim = self.limits
         kv_tokens = lim.kv_tokens or DEFAULT_KV_TOKENS_PER_SLOT * self.max_batch
         num_blocks = -(-kv_tokens // lim.kv_block_size)
-        self.runner = ModelRunner(model, num_blocks, lim.kv_block_size)
+        runner = OrtRunner if lim.runner == "onnxruntime" else ModelRunner
+        self.runner = runner(model, num_blocks, lim.kv_block_size)
         self.blocks = BlockManager(num_blocks, lim.kv_block_size, lim.prefix_caching)
         self.scheduler = Scheduler(self.blocks, self.max_batch, lim.prefill_chunk)
         self.peak_waste = {"slots": 0, "tokens": 0}
@@ -94,12 +97,13 @@ class PagedEngine(Engine):
         """The KV cache's use: now, at the step with the most slots allocated, and over the engine's life.
 
         Returns:
-            {"block_size", "blocks_total", "pool_MB", "blocks_used", "peak_blocks_used", "peak_slots",
+            {"runner", "block_size", "blocks_total", "pool_MB", "blocks_used", "peak_blocks_used", "peak_slots",
             "peak_tokens", "peak_waste_pct" (unfilled slots / slots at that step), "preemptions",
             "prefix_hit_tokens", "prefix_queried_tokens", "prefix_hit_rate"}.
         """
         b, peak = self.blocks, self.peak_waste
-        return {"block_size": b.block_size, "blocks_total": b.num_blocks, "pool_MB": self.runner.bytes / 1e6,
+        return {"runner": self.limits.runner, "block_size": b.block_size, "blocks_total": b.num_blocks,
+                "pool_MB": self.runner.bytes / 1e6,
                 "blocks_used": b.used, "peak_blocks_used": b.peak_used, "peak_slots": peak["slots"],
                 "peak_tokens": peak["tokens"],
                 "peak_waste_pct": 100 * (peak["slots"] - peak["tokens"]) / peak["slots"] if peak["slots"] else 0.0,

@@ -2,6 +2,7 @@
 lengths, joins, leaves, chunked prefill, preemption and prefix-cache hits (the reference is transformers' own
 generate(), one prompt at a time)."""
 
+import copy
 import time
 
 import pytest
@@ -11,7 +12,9 @@ pytest.importorskip("fastapi", reason="the serving extra is not installed (pip i
 
 from labkit import anatomy
 from labkit.models import load_model
+from labkit.serving.limits import Limits
 from labkit.serving.paged.blocks import BlockManager
+from labkit.serving.paged.ort_runner import OrtRunner
 from labkit.serving.paged.runner import ModelRunner
 from labkit.serving.paged.scheduler import Scheduler
 from labkit.serving.paged.sequence import Sequence
@@ -36,12 +39,16 @@ def reference(model, prompts, max_new):
     return out
 
 
+RUNNERS = {"torch": ModelRunner, "onnxruntime": OrtRunner}
+
+
 def drive(model, prompts, max_new, num_blocks=64, block_size=8, max_seqs=8, chunk=None, join_at=None,
-          prefix_caching=True):  # fmt: skip
-    """Run the scheduler + runner directly (no threads); prompts from `join_at` on join at step 3."""
+          prefix_caching=True, runner="torch"):  # fmt: skip
+    """Run the scheduler + runner directly (no threads); prompts from `join_at` on join at step 3.
+    Returns (sequences, scheduler, block manager, per-step [(seq id, tokens)], runner)."""
     blocks = BlockManager(num_blocks, block_size, prefix_caching)
     sched = Scheduler(blocks, max_seqs, chunk)
-    runner = ModelRunner(model, num_blocks, block_size)
+    runner = RUNNERS[runner](model, num_blocks, block_size)
     seqs = [Sequence(p) for p in prompts]
     late = seqs[join_at:] if join_at is not None else []
     for s in seqs:
@@ -65,7 +72,12 @@ def drive(model, prompts, max_new, num_blocks=64, block_size=8, max_seqs=8, chun
             seq.append(tok)
             if len(seq.generated) >= want[seq.seq_id]:
                 sched.finish(seq)
-    return seqs, sched, blocks, trace
+    return seqs, sched, blocks, trace, runner
+
+
+def ort_decoded(runner) -> None:
+    """The onnxruntime runner computed decode steps itself (not only through the transformers fallback)."""
+    assert not isinstance(runner, OrtRunner) or runner.decode_steps > 0
 
 
 PROMPTS = [list(range(5, 5 + n)) for n in (3, 17, 40, 9, 24)]
@@ -106,19 +118,23 @@ def test_prefix_blocks_are_found_only_once_computed_and_shared_by_reference():
     assert bm.allocate(d) == 8
 
 
-def test_greedy_equals_generate_with_joins_leaves_and_mixed_lengths(llama):
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_greedy_equals_generate_with_joins_leaves_and_mixed_lengths(llama, runner):
     model, _ = llama
-    seqs, sched, blocks, trace = drive(model, PROMPTS, MAX_NEW, join_at=3)
+    seqs, sched, blocks, trace, used = drive(model, PROMPTS, MAX_NEW, join_at=3, runner=runner)
     assert [s.generated for s in seqs] == reference(model, PROMPTS, MAX_NEW)
+    ort_decoded(used)
     assert max(len(step) for step in trace) >= 3 and sched.preemptions == 0
     assert blocks.used == 0  # every block came back
 
 
-def test_chunked_prefill_runs_decodes_alongside_a_long_prompt(llama):
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_chunked_prefill_runs_decodes_alongside_a_long_prompt(llama, runner):
     model, _ = llama
     prompts = [list(range(7, 10)), list(range(20, 84))]  # a short request decoding while a 64-token prompt arrives
-    seqs, _, _, trace = drive(model, prompts, [10, 4], chunk=16, join_at=1)
+    seqs, _, _, trace, used = drive(model, prompts, [10, 4], chunk=16, join_at=1, runner=runner)
     assert [s.generated for s in seqs] == reference(model, prompts, [10, 4])
+    ort_decoded(used)
     short, long = (s.seq_id for s in seqs)
     chunks = [n for step in trace for sid, n in step if sid == long]
     # 64 prompt tokens in chunks of what the 16-token budget leaves after the short request's decode token
@@ -128,11 +144,13 @@ def test_chunked_prefill_runs_decodes_alongside_a_long_prompt(llama):
     assert all(sum(n for _, n in step) <= 16 for step in trace)
 
 
-def test_preemption_by_recomputation_keeps_greedy_tokens(llama):
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_preemption_by_recomputation_keeps_greedy_tokens(llama, runner):
     model, _ = llama
     prompts = [list(range(5, 5 + n)) for n in (14, 12, 10)]
     # 10 blocks of 4 tokens: all three prompts fit at first (10 blocks), their growth does not
-    seqs, sched, blocks, _ = drive(model, prompts, [12, 12, 12], num_blocks=10, block_size=4)
+    seqs, sched, blocks, _, used = drive(model, prompts, [12, 12, 12], num_blocks=10, block_size=4, runner=runner)
+    ort_decoded(used)
     assert sched.preemptions > 0 and sum(s.preemptions for s in seqs) == sched.preemptions
     assert [s.generated for s in seqs] == reference(model, prompts, [12, 12, 12])
     assert blocks.used == 0
@@ -151,12 +169,14 @@ def test_admission_is_by_kv_capacity_not_only_batch_slots(llama):
         sched.add(Sequence(list(range(41))))  # 11 blocks: could never fit
 
 
-def test_prefix_hits_skip_computation_and_keep_tokens(llama):
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_prefix_hits_skip_computation_and_keep_tokens(llama, runner):
     model, _ = llama
     system = list(range(200, 232))  # 4 blocks of 8 tokens shared
     prompts = [system + [5, 6, 7], system + [9], system + [11, 12]]
-    seqs, _, blocks, trace = drive(model, prompts, [6, 6, 6], join_at=1)
+    seqs, _, blocks, trace, used = drive(model, prompts, [6, 6, 6], join_at=1, runner=runner)
     assert [s.generated for s in seqs] == reference(model, prompts, [6, 6, 6])
+    ort_decoded(used)
     assert blocks.hit_tokens == 2 * 32  # the two late prompts found the whole shared prefix
     late_prefill = [n for step in trace[3:] for sid, n in step if n > 1]
     assert late_prefill and max(late_prefill) <= 3  # only their own tokens were computed
@@ -195,11 +215,46 @@ def test_engine_serves_paged_and_refuses_what_it_cannot(llama):
         PagedEngine(bloom, bloom_tok)
 
 
-def test_smollm2_grouped_query_attention_matches_generate():
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_smollm2_grouped_query_attention_matches_generate(runner):
     model, _ = load_model("smollm2-135m", device="cpu")
     prompts = [list(range(1000, 1000 + n)) for n in (5, 21, 13)]
-    seqs, _, _, _ = drive(model.eval(), prompts, [6, 4, 5], block_size=16, chunk=12, join_at=2)
+    seqs, _, _, _, used = drive(model.eval(), prompts, [6, 4, 5], block_size=16, chunk=12, join_at=2, runner=runner)
     assert [s.generated for s in seqs] == reference(model, prompts, [6, 4, 5])
+    ort_decoded(used)
+
+
+def test_onnxruntime_decode_step_matches_the_torch_runner(llama):
+    """One mixed-length decode step: logits and the keys/values written, ONNX Runtime graph vs transformers."""
+    model, _ = llama
+    prompts = [list(range(5, 5 + n)) for n in (3, 17, 9)]
+    out = {}
+    for name, cls in RUNNERS.items():
+        blocks, runner = BlockManager(32, 8), cls(model, 32, 8)
+        sched = Scheduler(blocks, 8)
+        for p in prompts:
+            sched.add(Sequence(p))
+        for _ in range(2):  # the prefill, then one decode step of all three
+            work = sched.schedule()
+            logits = runner.run(work)
+            sched.computed(work)
+            for w, tok in zip(work, logits.argmax(-1).tolist(), strict=True):
+                w.seq.append(tok)
+        out[name] = logits, runner.k_all.clone(), runner.v_all.clone()
+    assert all(w.tokens == 1 for w in work) and runner.decode_steps == 1
+    for a, b in zip(out["torch"], out["onnxruntime"], strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)  # fp32 both: summation order only
+
+
+def test_onnxruntime_runner_refuses_what_it_cannot_build(llama):
+    model, _ = llama
+    with pytest.raises(ValueError, match="choose from"):
+        Limits(runner="tensorrt")
+    with pytest.raises(ValueError, match="fp32"):
+        OrtRunner(copy.deepcopy(model).to(torch.bfloat16), 8, 8)
+    bloom, _ = load_model("tiny-bloom", device="cpu")
+    with pytest.raises(ValueError, match="AttentionInterface"):
+        OrtRunner(bloom, 8, 8)
 
 
 def test_http_server_on_the_paged_engine(llama):

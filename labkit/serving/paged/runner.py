@@ -42,10 +42,11 @@ class ModelRunner:
                              "every token")
         self.model = model
         p = next(model.parameters())
-        shape = (num_blocks, block_size, d.kv_heads, d.head_dim)
-        self.k_pool = [torch.zeros(shape, dtype=p.dtype, device=p.device) for _ in range(d.layers)]
-        self.v_pool = [torch.zeros(shape, dtype=p.dtype, device=p.device) for _ in range(d.layers)]
-        self.bytes = sum(t.numel() * t.element_size() for t in (*self.k_pool, *self.v_pool))
+        shape = (d.layers, num_blocks, block_size, d.kv_heads, d.head_dim)
+        # one tensor per K and V (a step can gather every layer at once); k_pool[i] is layer i's view of it
+        self.k_all, self.v_all = (torch.zeros(shape, dtype=p.dtype, device=p.device) for _ in range(2))
+        self.k_pool, self.v_pool = list(self.k_all.unbind(0)), list(self.v_all.unbind(0))
+        self.bytes = 2 * self.k_all.numel() * self.k_all.element_size()
 
     @property
     def device(self) -> torch.device:
