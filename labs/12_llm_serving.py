@@ -75,11 +75,14 @@ WASTE_REQUESTS = 12  # section 6: requests through the padded and the paged KV c
 KV_BUDGET, BUDGET_REQUESTS = 2048, 32  # section 6: one KV budget (tokens), and the requests queued for it
 PREFIX_TOKENS = 512  # section 6: the shared system prompt
 LONG_PROMPT, PREFILL_CHUNK = 1024, 128  # section 6: a long prompt arriving while others decode; the chunk (tokens)
+ENGINE_CLIENTS = (1, 4)  # section 7: loads at which the paged engine's runners and vLLM are compared
+PEER_LIVE = True  # section 7: start vLLM (its own venv: `make peers`) when it is installed — about 3 minutes
 
 # %%
 if SMOKE:  # tiny Llama (random weights, same architecture as SmolLM2): seconds instead of minutes
     MODEL, CLIENTS, MAX_TOKENS, RATES, OPEN_REQUESTS, TORCH_THREADS = "tiny-llama", (1, 4, 16), 12, (5.0, 40.0), 8, 1
     WASTE_REQUESTS, KV_BUDGET, BUDGET_REQUESTS, LONG_PROMPT, PREFILL_CHUNK = 8, 1024, 16, 512, 64
+    ENGINE_CLIENTS, PEER_LIVE = (1,), False
 import torch
 
 if TORCH_THREADS:  # on a busy 2-core machine one thread avoids OpenMP spin-waits on tiny models
@@ -307,6 +310,55 @@ ct.drop(columns="device").round(4)
 chunked.figure
 
 # %% [markdown]
+# ## 7. The engine under the scheduler, and the real engine
+#
+# At one client no scheduler can batch: a request decodes exactly as fast as the model under the scheduler computes
+# one step. The paged engine has two model runners (`labkit.serving.limits.RUNNERS`). `torch` runs the transformers
+# model with the paged attention of section 6. `onnxruntime` hands every decode step to ONNX Runtime as one graph
+# (`labkit.serving.paged.onnx_layers`): the same pool and block tables; labkit gathers each sequence's cached keys and
+# values through its block table, the graph attends over them and returns the new ones, and labkit writes them into
+# their slots. Prefill steps stay on transformers. Same scheduler, same tokens. Predict: how much faster is one
+# stream on the second runner, and does the gap stay when more clients share the steps?
+
+# %%
+from labkit.experiments import serving_engines
+
+engines = serving_engines.runner_comparison(MODEL, (net, tok), clients=ENGINE_CLIENTS, max_tokens=MAX_TOKENS,
+                                            prompts=PROMPTS)  # fmt: skip
+et = engines.table
+for row in et[~et.available].itertuples():
+    print(f"{row.server}: not run here — {row.reason}")
+ran = et[et.available].set_index(["server", "clients"])
+print(f"({dev.label}) decode tokens/s per stream (1 / TPOT p50) and tokens/s of the server:")
+ran[["tokens_per_s", "decode_tok_s", "ttft_p50_s", "tpot_p50_s"]].round(3)
+
+# %%
+engines.figure
+
+# %% [markdown]
+# **The real engine.** vLLM, where PagedAttention comes from, runs in its own environment (`make peers` builds
+# `.venv-vllm`: it pins other versions than the lab's). When it is installed and `PEER_LIVE` is on, it is started
+# here and measured under the same load, side by side with the runners above. Otherwise the rows that
+# `benchmarks/serving.py` recorded on this machine are shown, when there are any, with their file and hardware.
+
+# %%
+import pandas as pd
+
+peer = serving_engines.peer_comparison(MODEL, clients=ENGINE_CLIENTS, max_tokens=MAX_TOKENS, live=PEER_LIVE,
+                                       prompts=PROMPTS)  # fmt: skip
+source = peer.table.attrs["source"]
+if not source:
+    print(f"vLLM not measured: {peer.table.attrs['reason']}. `make peers`, then rerun with PEER_LIVE = True, or "
+          "run `python benchmarks/serving.py`.")
+    side = ran.reset_index()
+elif source.startswith("measured now"):
+    side = pd.concat([peer.table, ran.reset_index()], ignore_index=True)
+else:
+    side = peer.table
+print(source or "labkit's runners only:")
+side[[c for c in serving_engines.COLUMNS if c in side]].round(3)
+
+# %% [markdown]
 # ## What theory predicts vs what you measured
 
 # %%
@@ -346,6 +398,12 @@ print(f"* Theory: reserving prompt + max_tokens caps concurrency at what the res
 print(f"* Theory: with the system prompt's blocks cached, a prefill computes only the question; the issue's target is "
       f"3× lower TTFT.\n  Measured with a {PREFIX_TOKENS}-token system prompt: {prefix_off / prefix_on:.1f}× lower "
       f"TTFT p50, hit rate {pt.prefix_hit_rate['system prompt, caching on']:.0%}.")
+one, (ort, base) = min(ENGINE_CLIENTS), ("paged+onnxruntime", "paged+torch")
+if (ort, one) in ran.index:
+    print(f"* Theory: at one client nothing batches, so a stream decodes as fast as the engine computes one step: the "
+          f"scheduler cannot help.\n  Measured at {one} client ({dev.label}): {ran.decode_tok_s[(base, one)]:.1f} "
+          f"tok/s per stream on the transformers runner vs {ran.decode_tok_s[(ort, one)]:.1f} on ONNX Runtime "
+          f"({ran.decode_tok_s[(ort, one)] / ran.decode_tok_s[(base, one)]:.1f}×), same scheduler and tokens.")
 print(f"* Theory: chunking bounds a decoding request's stall by one chunk's step instead of the whole prompt's, and "
       f"delays the long prompt's first token.\n  Measured: longest gap {ct.gap_max_s[whole] * 1e3:.0f} → "
       f"{ct.gap_max_s[part] * 1e3:.0f} ms, long TTFT {ct.long_ttft_s[whole] * 1e3:.0f} → "
@@ -416,4 +474,10 @@ run.record({
     "chunk_gap_p50_s": {"whole": ct.gap_p50_s[whole], "chunked": ct.gap_p50_s[part]},
     "chunk_long_ttft_s": {"whole": ct.long_ttft_s[whole], "chunked": ct.long_ttft_s[part]},
     "chunk_same_tokens": bool(ct.same_tokens.all()),
+    "engine_clients": list(ENGINE_CLIENTS),
+    "engine_unavailable": dict(zip(et.server[~et.available], et.reason[~et.available], strict=True)),
+    "engine_decode_tok_s": {f"{s}@{c:.0f}": v for (s, c), v in ran.decode_tok_s.items()},
+    "engine_tokens_per_s": {f"{s}@{c:.0f}": v for (s, c), v in ran.tokens_per_s.items()},
+    "engine_all_succeeded": bool((ran.succeeded == ran.sent).all()),
+    "peer_source": source,
 })

@@ -52,3 +52,14 @@ def check(r: dict) -> None:
     # chunked prefill: decoders wait for one chunk's step, not the whole prompt's; the tokens do not change
     assert r["chunk_gap_max_s"]["chunked"] < r["chunk_gap_max_s"]["whole"]
     assert r["chunk_same_tokens"]
+    # section 7: the same paged scheduler over both runners; every request answered. On the CPU the ONNX Runtime
+    # runner's decode step (one graph call) is faster than the transformers model's (hundreds of op dispatches);
+    # on a GPU it refuses, naming the CPU
+    assert r["engine_all_succeeded"]
+    one = min(r["engine_clients"])
+    decode = r["engine_decode_tok_s"]
+    if r["device_type"] == "cpu":
+        assert decode[f"paged+onnxruntime@{one}"] > decode[f"paged+torch@{one}"]
+    else:
+        assert "CPU" in r["engine_unavailable"]["paged+onnxruntime"]
+    assert r["peer_source"] == "" or "vLLM" in r["peer_source"] or "benchmarks/serving.py" in r["peer_source"]

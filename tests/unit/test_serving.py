@@ -106,6 +106,10 @@ def test_cli_parses_serve_and_loadgen_and_refuses_remote_targets(capsys):
     assert "loopback" in capsys.readouterr().err
     assert parser.parse_args(["loadgen", "--chat"]).chat
     assert parser.parse_args(["serve"]).device == "auto"
+    assert parser.parse_args(["serve", "--scheduler", "paged", "--runner", "onnxruntime"]).runner == "onnxruntime"
+    with pytest.raises(SystemExit):  # argparse names the choices
+        parser.parse_args(["serve", "--runner", "tensorrt"])
+    assert "choose from 'torch', 'onnxruntime'" in capsys.readouterr().err
     assert cli.main(["serve", "--model", "tiny-llama", "--device", "gpu"]) == 2  # refused before loading a model
     assert "choose from ['auto', 'cpu', 'cuda', 'cuda:N']" in capsys.readouterr().err
     assert cli.main(["serve", "--fields"]) == 0  # the field table, without loading a model

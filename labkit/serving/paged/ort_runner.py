@@ -76,8 +76,11 @@ class OrtRunner(ModelRunner):
         real = torch.arange(width + 1)[None, :] < torch.tensor([len(p) for p in past])[:, None]
         real[:, -1] = True  # the new token
         bias = torch.zeros(real.shape).masked_fill_(~real, float("-inf"))[:, None, None, :]  # (S, 1, 1, P + 1)
-        k_flat, v_flat = self.k_all.flatten(1, 2), self.v_all.flatten(1, 2)  # (layers, blocks × size, kvh, hd)
-        past_k, past_v = k_flat[:, slots].numpy(), v_flat[:, slots].numpy()  # (layers, S, P, kvh, hd): one gather
+        layers, s, kv = self.layers, len(work), self.k_all.shape[-2:]
+        # (layers, blocks × size, kvh·hd) views of the pools; index_select/index_copy_ are one pass each
+        k_flat, v_flat = (t.view(layers, -1, kv.numel()) for t in (self.k_all, self.v_all))
+        past_k, past_v = (t.index_select(1, slots.flatten()).view(layers, s, width, *kv).numpy()
+                          for t in (k_flat, v_flat))  # (layers, S, P, kvh, hd): one gather per step  # fmt: skip
         ids = torch.tensor([[w.seq.token_ids[w.start]] for w in work])  # (S, 1)
         decoder = self.model.model
         x = decoder.embed_tokens(ids)  # (S, 1, H)
@@ -86,8 +89,8 @@ class OrtRunner(ModelRunner):
         for i in range(self.layers):
             feed[f"past_k_{i}"], feed[f"past_v_{i}"] = past_k[i], past_v[i]
         logits, k_new, v_new = self.session.run(None, feed)  # k_new, v_new: (S, layers, kvh, hd)
-        k_flat[:, new] = torch.from_numpy(k_new).transpose(0, 1)  # (layers, S, kvh, hd) into their slots
-        v_flat[:, new] = torch.from_numpy(v_new).transpose(0, 1)
+        for flat, fresh in ((k_flat, k_new), (v_flat, v_new)):  # (S, layers, kvh, hd) into their slots
+            flat.index_copy_(1, new, torch.from_numpy(fresh).view(s, layers, -1).transpose(0, 1))
         self.decode_steps += 1
         keep = [i for i, w in enumerate(work) if w.samples]
         return torch.from_numpy(logits)[keep]
