@@ -102,11 +102,12 @@ def compare_generators(model: str = "smollm2-135m", names=None, prompt_tokens: i
             run = backend.generate(prompts[b], new_tokens, warmup=1, repeat=repeat)
             if b == min(batch_sizes):
                 prefix = measure.prefix_agreement(run.tokens, reference)
-            bound = b * bw / backend.weight_bytes
+            step = backend.step_bytes or backend.weight_bytes  # what one step reads (`generation.step_bytes`)
+            bound = b * bw / step
             rows.append({"generator": name, "batch": b, "available": True, "reason": backend.description,
                          "exact": backend.exact, "greedy_prefix_agreement": prefix, "top1_agreement": top1,
                          "decode_tok_s": run.decode_tok_s, "prefill_ms": run.prefill_s * 1e3,
-                         "weight_MB": backend.weight_bytes / 1e6, "rss_growth_MB": rss_mb,
+                         "weight_MB": backend.weight_bytes / 1e6, "step_read_MB": step / 1e6, "rss_growth_MB": rss_mb,
                          "bandwidth_bound_tok_s": bound, "pct_of_bound": 100 * run.decode_tok_s / bound})  # fmt: skip
         del backend
     table = measure.results_frame(rows, model=model, prompt_tokens=prompt_tokens, new_tokens=new_tokens,

@@ -33,6 +33,8 @@ class DecodeBackend(ABC):
         description: one line for tables.
         exact: same arithmetic as HF fp32, so greedy tokens must match HF's token for token.
         weight_bytes: bytes of the weights as this backend holds them (set by `load`).
+        step_bytes: bytes one batch-1 decode step reads (`generation.step_bytes`: an embedding table stored apart
+            from the head counts one row; set by `load`; 0 = unknown, use weight_bytes).
         max_batch: the most sequences it decodes together (None: no limit).
         devices: the device types it decodes on ("cpu", "cuda").
     """
@@ -41,6 +43,7 @@ class DecodeBackend(ABC):
     description: str
     exact: bool
     weight_bytes: int = 0
+    step_bytes: int = 0
     max_batch: int | None = None
     devices: tuple[str, ...] = ("cpu",)
 

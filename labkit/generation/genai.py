@@ -11,6 +11,7 @@ from labkit import models
 from labkit.convert import genai, gguf_nbits
 from labkit.decoding.timing import DecodeRun, time_decode
 from labkit.generation.base import DecodeBackend
+from labkit.generation.step_bytes import onnx_step_bytes
 from labkit.models import smollm2
 
 
@@ -37,6 +38,7 @@ class OrtGenAI(DecodeBackend):
         """A backend over an already loaded model folder (e.g. a `genai-int4` QuantizedModel's `genai`)."""
         backend = cls(built.precision)
         backend.genai, backend.weight_bytes = built, built.weight_bytes
+        backend.step_bytes = onnx_step_bytes(built.path)
         return backend
 
     def load(self, model: str, threads: int, device="cpu") -> None:
@@ -44,7 +46,7 @@ class OrtGenAI(DecodeBackend):
         self.check_device(device)  # the CPU build of onnxruntime-genai
         path = genai.build_genai(models.checkpoint_dir(model), self.precision)
         self.genai = genai.load_genai(path, self.precision, threads)
-        self.weight_bytes = self.genai.weight_bytes
+        self.weight_bytes, self.step_bytes = self.genai.weight_bytes, onnx_step_bytes(path)
 
     def generate(self, prompts: list[list[int]], new_tokens: int, warmup: int = 1, repeat: int = 1) -> DecodeRun:
         return time_decode(self._loop(prompts, new_tokens), len(prompts), new_tokens, warmup, repeat)
@@ -103,4 +105,4 @@ class OrtGenAIGGUF(OrtGenAI):
         template = genai.build_genai(models.checkpoint_dir(model), "int4")
         path = gguf_nbits.convert(smollm2.find_gguf() or smollm2.download_gguf(), template, self.accuracy_level)
         self.genai = genai.load_genai(path, "int4", threads)
-        self.weight_bytes = self.genai.weight_bytes
+        self.weight_bytes, self.step_bytes = self.genai.weight_bytes, onnx_step_bytes(path)

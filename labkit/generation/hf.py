@@ -9,6 +9,7 @@ import torch
 from labkit import models, quant
 from labkit.decoding.timing import DecodeRun, static_cache_compile, time_greedy
 from labkit.generation.base import DecodeBackend
+from labkit.generation.step_bytes import module_step_bytes
 from labkit.hardware import resolve_device
 
 
@@ -29,6 +30,7 @@ class HFBackend(DecodeBackend):
 
     def _use(self, q: quant.QuantizedModel) -> None:
         self.model, self.weight_bytes = q.model, q.resident_bytes
+        self.step_bytes = module_step_bytes(q.model, q.resident_bytes)
         self.kwargs = static_cache_compile() if self.compiled else {}
 
     def load(self, model: str, threads: int, device="cpu") -> None:

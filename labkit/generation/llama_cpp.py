@@ -16,6 +16,7 @@ import numpy as np
 
 from labkit.decoding.timing import DecodeRun, time_decode
 from labkit.generation.base import DecodeBackend
+from labkit.generation.step_bytes import gguf_step_bytes
 from labkit.models import smollm2
 
 
@@ -38,7 +39,7 @@ class LlamaCpp(DecodeBackend):
 
         path = smollm2.find_gguf() or smollm2.download_gguf()
         self.llm = Llama(model_path=str(path), n_threads=threads, n_threads_batch=threads, n_ctx=1024, verbose=False)
-        self.weight_bytes = path.stat().st_size
+        self.weight_bytes, self.step_bytes = path.stat().st_size, gguf_step_bytes(path)
 
     def generate(self, prompts: list[list[int]], new_tokens: int, warmup: int = 1, repeat: int = 1) -> DecodeRun:
         if len(prompts) != 1:
