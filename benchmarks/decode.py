@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in ran.itertuples():
         vs = f"{r.vs_llama_cpp:5.2f}× llama.cpp" if not math.isnan(r.vs_llama_cpp) else "llama.cpp not measured"
         print(f"{r.generator:24s} b{int(r.batch):<2d} {r.decode_tok_s:8.1f} tok/s  prefill {r.prefill_ms:7.1f} ms  "
-              f"{r.weight_MB:6.0f} MB  {r.pct_of_bound:5.1f} % of bound  top-1 agree {r.top1_agreement:4.2f}  {vs}")
+              f"{r.weight_MB:6.0f} MB (reads {r.step_read_MB:4.0f}/step)  {r.pct_of_bound:5.1f} % of bound  "
+              f"top-1 agree {r.top1_agreement:4.2f}  {vs}")
     for name, reason in report["unavailable"].items():
         print(f"{name:24s} not run: {reason}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

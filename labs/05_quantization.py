@@ -253,6 +253,32 @@ widgets.panel(llm_anatomy.memory_calculator, model=list(llm_anatomy.CALCULATOR_M
               precision=list(precision.PRECISIONS), batch=(1, 256), seq=(128, 32768, 128), auto=True)
 
 # %% [markdown]
+# ## 7. The same 4 bits, a faster engine
+#
+# `gguf-q4_1` above ran SmolLM2's shipped Q4_1 blocks through transformers, dequantized to fp32: every weight's few
+# bits were read as a whole float. A quantization format is a memory layout; speed comes from kernels that read it
+# as it is. ONNX Runtime's `MatMulNBits` stores blocks of low-bit codes with a scale per block, as Q4_1 does (plus a
+# minimum per block, folded into one correction per block: `labkit.convert.gguf_nbits`). Carried over block for
+# block, the file's weights run unchanged: `ort-genai-gguf-q4_1` keeps the activations in fp32 (the same arithmetic as the
+# dequantized model), `-a4` quantizes them to int8 inside the kernel, as llama.cpp does. Predict: which is faster,
+# and does either change a greedy token? (SmolLM2 on the CPU only: the GGUF file and ONNX Runtime GenAI's CPU
+# build.)
+
+# %%
+from labkit.experiments import fast_decode
+
+SAME_4BIT = ["hf-eager-fp32", "ort-genai-gguf-q4_1", "ort-genai-gguf-q4_1-a4"]
+if IS_SMOLLM2 and not dev.is_cuda:
+    same4 = fast_decode.compare_generators(smollm2.NAME, SAME_4BIT, prompt_tokens=128, new_tokens=DECODE_TOKENS,
+                                           batch_sizes=(1,), repeat=2).table  # fmt: skip
+    same4_cols = ["generator", "decode_tok_s", "weight_MB", "step_read_MB", "pct_of_bound", "top1_agreement",
+                  "greedy_prefix_agreement", "reason"]
+    print(same4[[c for c in same4_cols if c in same4]].round(3).to_string(index=False))
+else:
+    same4 = None
+    print(f"skipped: needs SmolLM2 (its GGUF file) on the CPU; here {SOURCE} on {dev.label}")
+
+# %% [markdown]
 # ## What theory predicts vs what you measured
 
 # %%
@@ -298,6 +324,12 @@ if "gguf-q4_1" in ok.index:
           f"decode speed, perplexity ×{gguf_row.perplexity_vs_fp32:.2f}"
           + (" — the reference *is* this file dequantized (the offline copy), so it matches by construction."
              if SOURCE == smollm2.NAME else f" against the published weights ({SOURCE})."))
+if same4 is not None:
+    s4 = same4[same4.available].set_index("generator")
+    print("* Theory: the same 4-bit blocks run by kernels that read them packed move fewer bytes per token than the "
+          "dequantized fp32 copy. Measured (batch 1): "
+          + ", ".join(f"{g} {s4.loc[g, 'decode_tok_s']:.1f} tok/s ({s4.loc[g, 'step_read_MB']:.0f} MB read per step, "
+                      f"top-1 agreement {s4.loc[g, 'top1_agreement']:.2f})" for g in s4.index) + ".")
 
 # %% [markdown]
 # ## Exercises
@@ -341,5 +373,10 @@ run.record({
     "census_zeroed": census.table[["zeroed_per_tensor", "zeroed_per_token"]].to_dict("list"),
     "census_systematic_dims": list(census.systematic_dims),
     "claims_GB": {f"{r.model}/{r.precision}": r.weights_GB for r in claims.itertuples()},
+    "same4_decode_tok_s": {} if same4 is None else same4[same4.available].set_index("generator").decode_tok_s.to_dict(),
+    "same4_top1_agreement": {} if same4 is None else
+    same4[same4.available].set_index("generator").top1_agreement.to_dict(),
+    "same4_prefix_agreement": {} if same4 is None else
+    same4[same4.available].set_index("generator").greedy_prefix_agreement.to_dict(),
     "hardware": table.attrs["hardware"],
 })

@@ -49,3 +49,9 @@ def check(r: dict) -> None:
     assert claims["llama-30b/int8"] == pytest.approx(llama_30b)  # 1 byte per weight
     assert claims["bloom-176b/bf16"] == pytest.approx(2 * bloom_params(specs.MODEL_CONFIGS["bloom-176b"]) / 1e9)
     assert specs.BLOOM_176B_BF16_GB <= claims["bloom-176b/bf16"] < specs.BLOOM_176B_BF16_GB + 1  # the published 352 GB
+    # section 7 (SmolLM2 on the CPU): the GGUF's own blocks in MatMulNBits with fp32 activations are the dequantized
+    # model's arithmetic: its greedy tokens equal the fp32 reference's (which is that file dequantized offline)
+    same4 = r["same4_top1_agreement"]
+    if same4 and r["source"] == "smollm2-135m":
+        assert r["same4_prefix_agreement"]["ort-genai-gguf-q4_1"] == 1.0
+        assert same4["ort-genai-gguf-q4_1"] >= 0.99
