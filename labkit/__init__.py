@@ -8,7 +8,16 @@ reports). The layers are import contracts in pyproject.toml, checked by `lint-im
 
 from __future__ import annotations
 
+import logging as _logging
+
 __version__ = "0.1.0"
+
+# Import noise that says nothing to a learner, silenced before any of it is imported (notebooks, CLI, scripts):
+# torchao's optional CUDA/MXFP8 kernels that this machine cannot load, and torch's notice that torchao registers
+# enums the old way.
+QUIET_LOGGERS = ("torchao", "torch.utils._pytree", "bitsandbytes")
+for _name in QUIET_LOGGERS:
+    _logging.getLogger(_name).setLevel(_logging.ERROR)
 
 
 def setup(seed: int = 0) -> dict:
@@ -26,7 +35,7 @@ def setup(seed: int = 0) -> dict:
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()  # weight-loading bars add noise, not insight
     logging.getLogger("labkit").setLevel(logging.INFO)
-    for noisy in ("torchao", "bitsandbytes"):  # optional-kernel warnings that do not apply to these labs
+    for noisy in QUIET_LOGGERS:  # again: a notebook may have reconfigured logging since the import
         logging.getLogger(noisy).setLevel(logging.ERROR)
     torch.manual_seed(seed)
     renderer = plots.setup()
