@@ -40,6 +40,7 @@ class LlamaCpp(DecodeBackend):
         path = smollm2.find_gguf() or smollm2.download_gguf()
         self.llm = Llama(model_path=str(path), n_threads=threads, n_threads_batch=threads, n_ctx=1024, verbose=False)
         self.weight_bytes, self.step_bytes = path.stat().st_size, gguf_step_bytes(path)
+        self.path, self.threads = path, threads
 
     def generate(self, prompts: list[list[int]], new_tokens: int, warmup: int = 1, repeat: int = 1) -> DecodeRun:
         if len(prompts) != 1:
@@ -57,6 +58,27 @@ class LlamaCpp(DecodeBackend):
             return [tokens]
 
         return time_decode(run, 1, new_tokens, warmup, repeat)
+
+    def logits(self, prompts: list[list[int]]) -> np.ndarray:
+        """llama.cpp's next-token logits at every prompt position (teacher forcing), through a second context
+        that keeps them all (`logits_all`; the decoding one keeps the last only).
+
+        llama.cpp multiplies Q4_1 blocks by activations quantized to 8 bits per block (Q8_1), so these are not the
+        dequantized model's logits: `fast_decode.top1_agreement` measures how far they move its argmax.
+
+        Returns:
+            (batch, seq, vocab) float32.
+        """
+        from llama_cpp import Llama  # optional package
+
+        llm = Llama(model_path=str(self.path), n_threads=self.threads, n_threads_batch=self.threads,
+                    n_ctx=max(map(len, prompts)) + 8, logits_all=True, verbose=False)  # fmt: skip
+        out = []
+        for p in prompts:
+            llm.reset()
+            llm.eval(p)
+            out.append(np.array(llm.scores[: len(p)], dtype=np.float32))
+        return np.stack(out)
 
 
 @functools.lru_cache(maxsize=1)

@@ -86,3 +86,19 @@ def test_benchmark_script_smoke(tmp_path, monkeypatch):
     assert {r["generator"] for r in report["results"]} == {"hf-eager-fp32", "ort-genai-int4"}
     assert "llama.cpp" in report["unavailable"]  # missing peer (or no GGUF for tiny-llama) is reported, not an error
     assert all(r["decode_tok_s"] > 0 for r in report["results"])
+
+
+def test_llama_cpp_exposes_its_logits_and_they_are_close_to_the_dequantized_models():
+    """llama.cpp's logits (when it is installed and runs here) put the same token first as the fp32 model it was
+    quantized from on most positions, not all: it multiplies the Q4_1 blocks by 8-bit-quantized activations."""
+    ok, reason = generation.registry()["llama.cpp"].available("smollm2-135m")
+    if not ok:
+        pytest.skip(reason)
+    prompts = fast_decode.held_out_prompts("smollm2-135m", 1, 32)
+    peer = generation.get_backend("llama.cpp", "smollm2-135m")
+    peer.load("smollm2-135m", 2)
+    reference = generation.registry()["hf-eager-fp32"]
+    reference.load("smollm2-135m", 2)
+    logits, ref = peer.logits(prompts), reference.logits(prompts)
+    assert logits.shape == ref.shape
+    assert 0.8 <= fast_decode.top1_agreement(logits, ref) <= 1.0
