@@ -1,11 +1,17 @@
 """House rules for every notebook in labs/: stripped, parametrised, with a header and recorded results."""
 
 import json
+import runpy
+import tomllib
 from pathlib import Path
 
 import pytest
 
-LABS = sorted((Path(__file__).resolve().parents[1] / "labs").glob("*.ipynb"))
+ROOT = Path(__file__).resolve().parents[1]
+LABS = sorted((ROOT / "labs").glob("*.ipynb"))
+# the one setting for the repository's address (scripts/set_repository.py writes it everywhere)
+SLUG = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]["Repository"].removeprefix(
+    "https://github.com/")
 
 
 def test_there_are_labs():
@@ -36,10 +42,11 @@ def test_header_has_badges_and_a_guarded_install(notebook):
     path, nb = notebook
     first_md = "".join(nb["cells"][0]["source"])
     assert first_md.startswith(f"# Lab {path.name[:2]}")
-    assert f"colab.research.google.com/github/inference-lab/inference-lab/blob/main/labs/{path.name}" in first_md
-    assert "mybinder.org/badge_logo.svg" in first_md
+    assert f"colab.research.google.com/github/{SLUG}/blob/main/labs/{path.name}" in first_md
+    assert f"mybinder.org/v2/gh/{SLUG}/main?urlpath=lab/tree/labs/{path.name}" in first_md
     setup = "".join(next(c for c in nb["cells"] if c["cell_type"] == "code")["source"])
     assert 'if "google.colab" in sys.modules' in setup and "%pip install" in setup
+    assert f"git clone -q --depth 1 https://github.com/{SLUG} /content/{SLUG.split('/')[1]}" in setup
     assert "sys.version_info >= (3, 11)" in setup
 
 
@@ -63,3 +70,9 @@ def test_paired_with_its_percent_source(notebook):
 
     assert cells(paired.cells) == cells(nb["cells"]), (
         f"{path.name} and {source.name} differ: edit the .py and run `jupytext --sync {source}`")
+
+
+def test_every_file_uses_the_one_repository_setting(capsys):
+    """README and labs agree with pyproject's [project.urls] Repository (else: run scripts/set_repository.py)."""
+    main = runpy.run_path(str(ROOT / "scripts" / "set_repository.py"))["main"]
+    assert main(["--check"]) == 0, capsys.readouterr().out
