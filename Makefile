@@ -36,6 +36,7 @@ doctor: install
 # JupyterLab on labs/, loopback only; it prints the URL with its token. (Root, e.g. in a container,
 # needs --allow-root.)
 lab: prepare
+	@$(BIN)/python -c "from labkit import devices; print('== the labs will measure on', devices.choose('auto').label, '(each lab: DEVICE = \"auto\"; set it to choose)')"
 	$(BIN)/jupyter lab --no-browser --ip 127.0.0.1 --port $(PORT) --ServerApp.root_dir=labs $(if $(filter 0,$(shell id -u)),--allow-root)
 
 # The browser test drives Debian's Chromium (no browser download); without apt (or root) it skips, saying why.
