@@ -7,6 +7,7 @@ work on the machine can only slow a run down. Both are timed by `measure.benchma
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from labkit import devices
@@ -80,7 +81,8 @@ DEFAULT_BANDWIDTH_MIB = {"cpu": 256, "cuda": 1024}  # well above a CPU's last-le
 
 
 def memory_bandwidth(size_mib: int | None = None, repeat: int = 5, device: str | torch.device = "cpu") -> Bandwidth:
-    """Measured read bandwidth in GB/s: a matrix-vector product over a matrix too big for the caches.
+    """Measured read bandwidth in GB/s: a matrix-vector product over a matrix too big for the caches (PyTorch's, and
+    on a CPU also ONNX Runtime's when it is installed: the faster kernel sets the ceiling).
 
     That is the operation a batch-1 decode step is made of (every weight read once per token), so this is the
     number that bounds it. It is a ceiling, so the fastest repeat counts: other work can only slow a run down.
@@ -92,7 +94,8 @@ def memory_bandwidth(size_mib: int | None = None, repeat: int = 5, device: str |
         device: "cpu", "cuda", "cuda:N" or "auto" (the device whose memory is measured; `hardware.resolve_device`).
     Returns:
         Bandwidth: bytes read / fastest repeat, in GB/s (1e9 bytes per second), carrying the device it was
-        measured on (`.device`, `.device_name`, `.label`) and every repeat's rate (`.samples`, `.median`, `.spread`).
+        measured on (`.device`, `.device_name`, `.label`) and every repeat's rate (`.samples`: PyTorch's repeats,
+        then ONNX Runtime's on a CPU; `.median`, `.spread`).
     Raises:
         ValueError: size_mib or repeat < 1, or an unknown device (naming the valid ones), before allocating.
         CapabilityMissing: a CUDA device on a machine without one.
@@ -105,7 +108,33 @@ def memory_bandwidth(size_mib: int | None = None, repeat: int = 5, device: str |
     vector = torch.ones(cols, dtype=torch.float32, device=dev)
     stats = benchmark(lambda: weights @ vector, warmup=2, repeat=repeat)
     rates = [weights.numel() * weights.element_size() / t / 1e9 for t in stats.samples]
+    if dev.type == "cpu":  # ONNX Runtime's matrix-vector kernel reads faster than PyTorch's on some CPUs
+        rates += _onnxruntime_gemv_rates(weights.numpy(), repeat)
     return Bandwidth(max(rates), str(dev), name, rates)
+
+
+def _onnxruntime_gemv_rates(weights, repeat: int) -> list[float]:
+    """GB/s of ONNX Runtime's MatMul reading `weights` (K, N) as a graph input (not packed ahead), one vector at a
+    time; [] without onnxruntime. A decode engine built on it can read faster than PyTorch's probe, so the ceiling
+    is the faster of the two."""
+    try:
+        import onnxruntime as ort
+        from onnx import TensorProto, helper
+    except ImportError:
+        return []
+    k, n = weights.shape
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "gemv",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, k]),
+                               helper.make_tensor_value_info("w", TensorProto.FLOAT, [k, n])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, n])])  # fmt: skip
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = torch.get_num_threads()
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(helper.make_model(graph).SerializeToString(), opts,
+                                   providers=["CPUExecutionProvider"])  # fmt: skip
+    feed = {"x": np.ones((1, k), np.float32), "w": weights}
+    stats = benchmark(lambda: session.run(None, feed), warmup=2, repeat=repeat)
+    return [weights.nbytes / t / 1e9 for t in stats.samples]
 
 
 DEFAULT_MATMUL_SIZE = {"cpu": 1024, "cuda": 8192}  # n of the n × n product: seconds on a CPU, fills a GPU's SMs

@@ -1,3 +1,4 @@
+import importlib.util
 import pickle
 import time
 
@@ -104,7 +105,9 @@ def test_memory_bandwidth_is_plausible():
 
 def test_memory_bandwidth_keeps_every_repeat():
     bw = measure.memory_bandwidth(size_mib=16, repeat=4)
-    assert len(bw.samples) == 4 and float(bw) == max(bw.samples)  # the ceiling is the fastest repeat
+    # PyTorch's repeats, then ONNX Runtime's (on a CPU, when installed): the ceiling is the fastest of all
+    probes = 2 if importlib.util.find_spec("onnxruntime") else 1
+    assert len(bw.samples) == 4 * probes and float(bw) == max(bw.samples)
     assert min(bw.samples) <= bw.median <= max(bw.samples)
     assert bw.spread == pytest.approx((max(bw.samples) - min(bw.samples)) / bw.median)
     made = measure.Bandwidth(10.0, "cpu", "x", (8.0, 10.0, 9.0))
