@@ -18,6 +18,10 @@ __version__ = "0.1.0"
 QUIET_LOGGERS = ("torchao", "torch.utils._pytree", "bitsandbytes")
 for _name in QUIET_LOGGERS:
     _logging.getLogger(_name).setLevel(_logging.ERROR)
+# DeepSpeed announces which accelerator it picked (and, without a GPU, that it found none) on every import; it sets
+# its logger's level itself, so a filter, attached before it exists, drops those two lines and nothing else.
+_DEEPSPEED_NOISE = ("Setting accelerator to CPU", "Setting ds_accelerator to")
+_logging.getLogger("DeepSpeed").addFilter(lambda record: not str(record.msg).startswith(_DEEPSPEED_NOISE))
 
 
 def setup(seed: int = 0) -> dict:
