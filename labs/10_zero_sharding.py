@@ -19,6 +19,10 @@
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/inference-lab/inference-lab/blob/main/labs/10_zero_sharding.ipynb)
 # [![Binder](https://mybinder.org/badge_logo.svg)](https://mybinder.org/v2/gh/inference-lab/inference-lab/main?urlpath=lab/tree/labs/10_zero_sharding.ipynb)
 #
+# **On Binder:** this lab starts two DeepSpeed ranks beside the notebook, and together they need about all the
+# memory Binder gives a user (the tests measure it: `make test` prints each lab's peak). Binder may stop the kernel
+# here; run it on Colab or on your machine (`make lab`).
+#
 # Plain data parallelism keeps a full copy of the *model states* — parameters, gradients and optimizer
 # states — on every device. With Adam the optimizer states dominate: for every parameter a master copy,
 # a momentum and a variance. **ZeRO** (Rajbhandari et al., 2019) removes the redundancy step by step:

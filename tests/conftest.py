@@ -10,6 +10,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 NOTEBOOK_DURATIONS: dict[str, float] = {}
+NOTEBOOK_MEMORY_MB: dict[str, float] = {}  # peak resident memory of each lab's kernel (and its processes)
 
 
 def pytest_addoption(parser):
@@ -34,9 +35,9 @@ def pytest_collection_modifyitems(config, items):
 
 def pytest_terminal_summary(terminalreporter):
     if NOTEBOOK_DURATIONS:
-        terminalreporter.section("notebook durations (smoke parameters)")
+        terminalreporter.section("notebook durations and peak memory (smoke parameters)")
         for name, seconds in sorted(NOTEBOOK_DURATIONS.items()):
-            terminalreporter.write_line(f"{seconds:6.1f} s  {name}")
+            terminalreporter.write_line(f"{seconds:6.1f} s  {NOTEBOOK_MEMORY_MB.get(name, 0):6.0f} MB  {name}")
 
 
 @pytest.fixture(scope="session")

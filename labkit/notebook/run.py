@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from labkit import hardware
+from labkit.notebook.memory import PeakMemory
 
 RESULTS_MIME = "application/vnd.labkit.results+json"
 LABS_DIR = Path(__file__).resolve().parents[2] / "labs"
@@ -108,6 +109,7 @@ class LabRun:
     results: dict
     notebook: Path
     html: Path | None
+    peak_memory_mb: float = 0.0  # the kernel and everything it started, summed resident sets (`memory.PeakMemory`)
 
 
 def run_lab(path: Path, out_dir: Path, smoke: bool = True, parameters: dict | None = None,
@@ -122,7 +124,8 @@ def run_lab(path: Path, out_dir: Path, smoke: bool = True, parameters: dict | No
         html: also export the executed notebook to self-contained HTML.
         timeout_s: the longest one cell may run.
     Returns:
-        LabRun with the seconds it took and the results the lab recorded.
+        LabRun with the seconds it took, the results the lab recorded and its peak memory (MB: the kernel and the
+        processes it started, summed resident sets, sampled every 0.2 s).
     Raises:
         ValueError: a DEVICE parameter that is no device (checked before the notebook starts).
         papermill.PapermillExecutionError: a cell failed.
@@ -138,16 +141,17 @@ def run_lab(path: Path, out_dir: Path, smoke: bool = True, parameters: dict | No
     os.environ["PYDEVD_DISABLE_FILE_VALIDATION"] = "1"  # silences a debugger warning in every kernel
     start = time.perf_counter()
     try:
-        nb = pm.execute_notebook(
-            str(path), str(executed), parameters=params, cwd=str(path.parent),
-            kernel_name="python3", progress_bar=False, execution_timeout=timeout_s,
-        )  # fmt: skip
+        with PeakMemory() as peak:
+            nb = pm.execute_notebook(
+                str(path), str(executed), parameters=params, cwd=str(path.parent),
+                kernel_name="python3", progress_bar=False, execution_timeout=timeout_s,
+            )  # fmt: skip
     finally:
         if env_before is None:
             os.environ.pop("PYDEVD_DISABLE_FILE_VALIDATION", None)
     seconds = time.perf_counter() - start
     html_path = export_html(executed) if html else None
-    return LabRun(path.stem, seconds, read_results(nb), executed, html_path)
+    return LabRun(path.stem, seconds, read_results(nb), executed, html_path, peak.mb)
 
 
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
