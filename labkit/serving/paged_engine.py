@@ -15,7 +15,6 @@ from labkit.serving.batch_engine import sample_tokens
 from labkit.serving.engine import Engine
 from labkit.serving.limits import Limits
 from labkit.serving.paged.blocks import BlockManager
-from labkit.serving.paged.ort_runner import OrtRunner
 from labkit.serving.paged.runner import ModelRunner
 from labkit.serving.paged.scheduler import Scheduler
 from labkit.serving.paged.sequence import Sequence
@@ -44,8 +43,7 @@ class PagedEngine(Engine):
         lim = self.limits
         kv_tokens = lim.kv_tokens or DEFAULT_KV_TOKENS_PER_SLOT * self.max_batch
         num_blocks = -(-kv_tokens // lim.kv_block_size)
-        runner = OrtRunner if lim.runner == "onnxruntime" else ModelRunner
-        self.runner = runner(model, num_blocks, lim.kv_block_size)
+        self.runner = _runner(lim.runner)(model, num_blocks, lim.kv_block_size)
         self.blocks = BlockManager(num_blocks, lim.kv_block_size, lim.prefix_caching)
         self.scheduler = Scheduler(self.blocks, self.max_batch, lim.prefill_chunk)
         self.peak_waste = {"slots": 0, "tokens": 0}
@@ -110,3 +108,16 @@ class PagedEngine(Engine):
                 "preemptions": self.scheduler.preemptions, "prefix_hit_tokens": b.hit_tokens,
                 "prefix_queried_tokens": b.queried_tokens,
                 "prefix_hit_rate": b.hit_tokens / b.queried_tokens if b.queried_tokens else 0.0}
+
+
+def _runner(name: str) -> type[ModelRunner]:
+    """The runner class for `Limits.runner`; the ONNX Runtime one is imported only when asked for (the `engines`
+    extra holds onnxruntime, which a serving-only install lacks)."""
+    if name != "onnxruntime":
+        return ModelRunner
+    try:
+        from labkit.serving.paged.ort_runner import OrtRunner
+    except ImportError as err:
+        raise ValueError(f"runner 'onnxruntime' needs onnx and onnxruntime ({err.name} is missing): "
+                         "pip install 'labkit[engines]', or use runner='torch'") from err
+    return OrtRunner
