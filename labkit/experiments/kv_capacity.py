@@ -109,7 +109,7 @@ def kv_capacity(model: str = "smollm2-135m", seq: int = 2048, precision: str | N
     net, _ = models.load_model(model, name, device=dev)
     first = StaticCache(config=net.config, max_cache_len=seq)
     with torch.no_grad():  # one real forward: transformers allocates the cache with the shapes it needs
-        net(input_ids=torch.ones(1, 1, dtype=torch.long, device=dev), past_key_values=first, use_cache=True)
+        net(input_ids=torch.ones(1, 1, dtype=torch.long, device=dev), cache=first, use_cache=True)
     per_seq_real = anatomy.cache_bytes(first)
     heads = [layer.keys.shape[1] for layer in first.layers]
     head_dims = [layer.keys.shape[-1] for layer in first.layers]
