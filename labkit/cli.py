@@ -27,7 +27,36 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
         rows = hw.rows() + [("SmolLM2 prepared", "yes" if smollm2.is_prepared() else "no (run `labkit prepare`)")]
         print(format_table(rows))
+        print()
+        print(format_table(_lab_rows(hw.cuda_available), ("lab", "what this machine lacks")))
     return 0
+
+
+def _lab_rows(cuda: bool) -> list[tuple[str, str]]:
+    """One row per lab: missing extras' packages, GPU sections that skip here, a peer it could show."""
+    from labkit.notebook.needs import installed, lab_needs
+
+    rows = []
+    for n in lab_needs():
+        lacks = list(n.missing)
+        if n.gpu_sections and not cuda:
+            lacks.append("no CUDA GPU: skips " + "; ".join(n.gpu_sections))
+        if n.peer and not _peer_present(n.peer[0], installed):
+            lacks.append(f"optional peer {n.peer[0]}: {n.peer[1]}")
+        rows.append((n.lab, " | ".join(lacks) or "nothing"))
+    return rows
+
+
+def _peer_present(name: str, installed) -> bool:
+    if name.startswith("vLLM"):
+        from labkit.serving.peers import PeerUnavailable, vllm_python
+
+        try:
+            vllm_python()
+            return True
+        except PeerUnavailable:
+            return False
+    return installed("llama-cpp-python")
 
 
 def cmd_models(args: argparse.Namespace) -> int:

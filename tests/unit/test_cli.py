@@ -12,6 +12,8 @@ def test_doctor_prints_a_table(capsys):
     out = capsys.readouterr().out
     assert out.splitlines()[0].split() == ["item", "value"]
     assert "CPU" in out and "CUDA" in out and "SmolLM2 prepared" in out
+    # then one row per lab: what this machine lacks for it (extras, GPU sections, peers) or "nothing"
+    assert "what this machine lacks" in out and "04_runtimes_compared" in out and "13_capstone" in out
 
 
 def test_doctor_json(capsys):
