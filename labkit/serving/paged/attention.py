@@ -51,10 +51,15 @@ class PagedBatch:
     chunks: list[tuple[int, int, torch.Tensor, torch.Tensor]]
 
 
+def slot(block_table: list[int], position: int, block_size: int) -> int:
+    """The flat pool slot of a sequence's token at `position`: block block_table[position // block_size], offset
+    position % block_size."""
+    return block_table[position // block_size] * block_size + position % block_size
+
+
 def context_slots(block_table: list[int], ctx: int, block_size: int) -> list[int]:
-    """Flat pool slots of a sequence's first `ctx` tokens, through its block table (position p lives in block
-    block_table[p // block_size] at offset p % block_size)."""
-    return [block_table[p // block_size] * block_size + p % block_size for p in range(ctx)]
+    """Flat pool slots of a sequence's first `ctx` tokens, through its block table (`slot` of each position)."""
+    return [slot(block_table, p, block_size) for p in range(ctx)]
 
 
 def build_batch(k_pool: list[torch.Tensor], v_pool: list[torch.Tensor], tables: list[list[int]],

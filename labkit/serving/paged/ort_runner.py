@@ -19,7 +19,7 @@ import onnxruntime as ort
 import torch
 
 from labkit.serving.paged import onnx_layers
-from labkit.serving.paged.attention import context_slots
+from labkit.serving.paged.attention import context_slots, slot
 from labkit.serving.paged.runner import ModelRunner
 from labkit.serving.paged.scheduler import Scheduled
 
@@ -72,7 +72,7 @@ class OrtRunner(ModelRunner):
         past = [context_slots(w.seq.block_table, w.start, size) for w in work]  # slots of the cached tokens
         width = max(len(p) for p in past)
         slots = torch.tensor([p + [0] * (width - len(p)) for p in past], dtype=torch.long)  # (S, P), right-padded
-        new = torch.tensor([w.seq.block_table[w.start // size] * size + w.start % size for w in work])  # (S,)
+        new = torch.tensor([slot(w.seq.block_table, w.start, size) for w in work])  # (S,) the new tokens' slots
         real = torch.arange(width + 1)[None, :] < torch.tensor([len(p) for p in past])[:, None]
         real[:, -1] = True  # the new token
         bias = torch.zeros(real.shape).masked_fill_(~real, float("-inf"))[:, None, None, :]  # (S, 1, 1, P + 1)
