@@ -39,10 +39,12 @@ lab: prepare
 	@$(BIN)/python -c "from labkit import devices; print('== the labs will measure on', devices.choose('auto').label, '(each lab: DEVICE = \"auto\"; set it to choose)')"
 	$(BIN)/jupyter lab --no-browser --ip 127.0.0.1 --port $(PORT) --ServerApp.root_dir=labs $(if $(filter 0,$(shell id -u)),--allow-root)
 
-# The browser test drives Debian's Chromium (no browser download); without apt (or root) it skips, saying why.
+# The browser test drives the system's Chromium (no browser download). Root with apt installs it; anyone else is never
+# asked for root: the test skips, naming the install command.
 test: prepare
-	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
-		|| echo "== Chromium not installed (no apt here): the browser test will skip"
+	@command -v chromium >/dev/null 2>&1 || ([ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+		|| echo "== Chromium not installed (sudo apt-get install chromium): the browser test will skip"
 	$(BIN)/ruff check labkit tests benchmarks scripts
 	$(BIN)/ruff check --select F821 labs  # undefined names, also in GPU-only cells the CPU run never executes
 	$(BIN)/lint-imports

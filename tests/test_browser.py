@@ -28,7 +28,8 @@ def chromium_path() -> str:
     pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install labkit[test])")
     path = shutil.which("chromium") or shutil.which("chromium-browser")
     if path is None:
-        pytest.skip("Chromium is not installed (`make test` installs it with apt where apt is available)")
+        pytest.skip("Chromium is not installed: `sudo apt-get install chromium` (Debian/Ubuntu; `make test` does it "
+                    "when run as root), or put a chromium on PATH; this test downloads no browser")
     return path
 
 
