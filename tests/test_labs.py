@@ -61,7 +61,8 @@ def test_lab_runs_and_records_results(lab: Path, tmp_path, lab_device):
     if expected_device(lab_device)[0] == "cpu":  # CI's budget; on a GPU, `make test-gpu` bounds the whole run
         assert run.seconds < SMOKE_BUDGET_S, f"{lab.name} took {run.seconds:.0f} s in smoke mode"
         limit = OVER_BINDER_MB.get(number, BINDER_MB)  # Binder is CPU-only: its memory limit binds CPU runs
-        assert 0 < run.peak_memory_mb <= limit, f"{lab.name} peaked at {run.peak_memory_mb:.0f} MB (limit {limit})"
+        assert 0 < run.peak_memory_mb <= limit, (
+            f"{lab.name} peaked at {run.peak_memory_mb:.0f} MB (limit {limit}) at {run.peak_memory_at}")
         if number in OVER_BINDER_MB:
             assert "On Binder" in lab.with_suffix(".py").read_text(), f"{lab.name} must say at its top it may not fit"
 

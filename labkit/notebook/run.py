@@ -110,6 +110,7 @@ class LabRun:
     notebook: Path
     html: Path | None
     peak_memory_mb: float = 0.0  # the kernel and everything it started, summed resident sets (`memory.PeakMemory`)
+    peak_memory_at: str = ""  # when the peak came and which processes made it up (`PeakMemory.at_peak`)
 
 
 def run_lab(path: Path, out_dir: Path, smoke: bool = True, parameters: dict | None = None,
@@ -151,7 +152,7 @@ def run_lab(path: Path, out_dir: Path, smoke: bool = True, parameters: dict | No
             os.environ.pop("PYDEVD_DISABLE_FILE_VALIDATION", None)
     seconds = time.perf_counter() - start
     html_path = export_html(executed) if html else None
-    return LabRun(path.stem, seconds, read_results(nb), executed, html_path, peak.mb)
+    return LabRun(path.stem, seconds, read_results(nb), executed, html_path, peak.mb, peak.at_peak)
 
 
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
