@@ -72,6 +72,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     """Fetch and convert the default models once, so labs start fast and offline."""
     from tqdm.auto import tqdm
 
+    from labkit import quanto_kernels
     from labkit.data import shakespeare_tokenizer
     from labkit.models import shakespeare_checkpoint_dir, smollm2, train_default_checkpoint
 
@@ -80,14 +81,15 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         "smollm2-135m (GGUF -> safetensors)": smollm2.prepare,
         "tiny-bloom-shakespeare (train < 1 min)": lambda: (shakespeare_checkpoint_dir() / "model.safetensors").exists()
         or train_default_checkpoint(progress=False),
+        "optimum-quanto CPU kernels (C++, compiled once, ~1 min)": quanto_kernels.build_cpu_kernels,
     }
     if args.skip_llm:
         steps.pop("smollm2-135m (GGUF -> safetensors)")
     for name, step in (bar := tqdm(steps.items(), desc="prepare", unit="step")):
         bar.set_postfix_str(name)
         start = time.perf_counter()
-        step()
-        tqdm.write(f"  {name}: ready ({time.perf_counter() - start:.1f} s)")
+        said = step()
+        tqdm.write(f"  {name}: {said if isinstance(said, str) else 'ready'} ({time.perf_counter() - start:.1f} s)")
     return 0
 
 

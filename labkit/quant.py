@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-from labkit import models, precision
+from labkit import models, precision, quanto_kernels
 from labkit.convert import Graph, export_onnx
 from labkit.convert import genai as genai_format
 from labkit.engines.workloads import LogitsOnly
@@ -111,10 +111,7 @@ def _on_cpu(model: torch.nn.Module) -> torch.nn.Module:  # read-only use by the 
 
 
 def _cast(dtype: torch.dtype) -> Callable:
-    def apply(model, source, device):
-        return _module_result(_copy(model, device, dtype), device)
-
-    return apply
+    return lambda model, source, device: _module_result(_copy(model, device, dtype), device)
 
 
 def _int8_dynamic(model, source, device):
@@ -136,11 +133,12 @@ def _quanto(bits: int):
     def apply(model, source, device):
         from optimum.quanto import freeze, qint4, qint8, quantize  # optional package
 
+        if bits == 4:  # int4 unpacks with compiled kernels: build them now (not in a timed forward), or refuse
+            (quanto_kernels.require_cuda_kernels if device.type == "cuda" else quanto_kernels.build_cpu_kernels)()
         q = _copy(model, device)
         quantize(q, weights=qint4 if bits == 4 else qint8)
         freeze(q)  # replace fp32 weights by their quantized form now, not at every forward
-        notes = "optimum-quanto weight-only (use torch.no_grad, not inference_mode)"
-        return _module_result(q, device, notes)
+        return _module_result(q, device, "optimum-quanto weight-only (use torch.no_grad, not inference_mode)")
 
     return apply
 

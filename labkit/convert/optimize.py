@@ -11,6 +11,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from labkit import onnx_format
 from labkit.hardware import Unavailable
 
 # ONNX Runtime's graph optimisation levels, in order (`onnxruntime.GraphOptimizationLevel`; the C API's enum
@@ -194,4 +195,4 @@ def weight_matmuls(path: Path | str, batch_size: int, seq_len: int):
         raise ValueError(f"{path} has no MatMul with a constant weight")
     outputs = [helper.make_tensor_value_info(n.output[0], TensorProto.FLOAT, None) for n in nodes]
     graph = helper.make_graph(nodes, "weight_matmuls", list(inputs.values()), outputs, list(used.values()))
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return onnx_format.make_model(graph)

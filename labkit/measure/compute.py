@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from labkit import devices
+from labkit import devices, onnx_format
 from labkit.measure.stats import benchmark
 from labkit.precision import FLOAT_PRECISIONS, canonical, torch_dtype
 
@@ -130,7 +130,7 @@ def _onnxruntime_gemv_rates(weights, repeat: int) -> list[float]:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = torch.get_num_threads()
     opts.log_severity_level = 3
-    session = ort.InferenceSession(helper.make_model(graph).SerializeToString(), opts,
+    session = ort.InferenceSession(onnx_format.make_model(graph).SerializeToString(), opts,
                                    providers=["CPUExecutionProvider"])  # fmt: skip
     feed = {"x": np.ones((1, k), np.float32), "w": weights}
     stats = benchmark(lambda: session.run(None, feed), warmup=2, repeat=repeat)

@@ -21,7 +21,8 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-OPSET = 17
+from labkit import onnx_format
+
 MS = "com.microsoft"
 
 
@@ -162,4 +163,4 @@ def decode_step_graph(model) -> onnx.ModelProto:
         g.nodes.append(helper.make_node("Identity", [value], [public]))
     graph = helper.make_graph(g.nodes, "decode_step", [helper.make_tensor_value_info(*i) for i in inputs],
                               [helper.make_tensor_value_info(p, f, None) for p, _ in outs], g.inits)  # fmt: skip
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS, 1)])
+    return onnx_format.make_model(graph, {MS: 1})

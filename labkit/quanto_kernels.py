@@ -1,0 +1,59 @@
+"""optimum-quanto's compiled kernels, built before a lab needs them.
+
+optimum-quanto unpacks int4 weights with a C++ kernel on the CPU (`quanto_cpp`) and CUDA kernels on a GPU
+(`quanto_cuda`), each compiled by `torch.utils.cpp_extension.load` the first time a forward needs it and kept in the
+installed package's folder. On a fresh install that first forward is inside lab 05: measured on a 2-core CPU
+machine, the CPU build ran two `cc1plus` processes of ~1.5 GB each for ~30 s, which put the lab's kernel and its
+children at 3.9 GB (Binder gives 2 GB). `labkit prepare` therefore builds it (`build_cpu_kernels`), one compiler at a
+time; on a GPU the CUDA kernels need the CUDA toolkit's nvcc, which `require_cuda_kernels` checks before any work.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import time
+
+from labkit.hardware import CapabilityMissing
+
+
+def build_cpu_kernels(jobs: int = 1) -> str:
+    """Compile (or find already compiled) optimum-quanto's CPU kernels.
+
+    Args:
+        jobs: compilers run at once (ninja's MAX_JOBS; each needs ~1.5 GB). An existing MAX_JOBS wins.
+    Returns:
+        one line saying what happened ("not installed", "no C++ compiler here", "built in 31.0 s", "already
+        built").
+    Raises:
+        whatever `torch.utils.cpp_extension.load` raises when the compiler fails (its log names the error).
+    """
+    if importlib.util.find_spec("optimum") is None or importlib.util.find_spec("optimum.quanto") is None:
+        return "optimum-quanto not installed: nothing to build"
+    from optimum.quanto.library.extensions import get_extension  # optional package
+
+    ext = get_extension("quanto_cpp")
+    if not any(shutil.which(c) for c in (os.environ.get("CXX", "c++"), "g++", "clang++")):
+        return f"{ext.name}: no C++ compiler here (c++, g++, clang++): not built; int4-weight will say so if used"
+    if os.path.exists(os.path.join(ext.build_directory, f"{ext.name}.so")):
+        _ = ext.lib  # loads it (and rebuilds it if it was built for another torch)
+        return f"{ext.name}: already built ({ext.build_directory})"
+    os.environ.setdefault("MAX_JOBS", str(jobs))
+    start = time.perf_counter()
+    _ = ext.lib  # compiles, then loads
+    return f"{ext.name}: built in {time.perf_counter() - start:.1f} s ({ext.build_directory})"
+
+
+def require_cuda_kernels() -> None:
+    """Check that optimum-quanto's CUDA kernels can be compiled here (nvcc from a CUDA toolkit).
+
+    Raises:
+        CapabilityMissing: no CUDA toolkit (`torch.utils.cpp_extension.CUDA_HOME` is None), naming what to install.
+    """
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    if CUDA_HOME is None:
+        raise CapabilityMissing("optimum-quanto's int4 weights on a GPU need its CUDA kernels, compiled by nvcc at "
+                                "first use, and this machine has no CUDA toolkit (CUDA_HOME unset, no nvcc on PATH): "
+                                "install one (Colab has it), or quantize on the CPU")  # fmt: skip
