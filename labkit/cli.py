@@ -85,6 +85,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     }
     if args.skip_llm:
         steps.pop("smollm2-135m (GGUF -> safetensors)")
+    if args.quanto_cuda:
+        steps["optimum-quanto CUDA kernels (nvcc, several minutes)"] = quanto_kernels.build_cuda_kernels
     for name, step in (bar := tqdm(steps.items(), desc="prepare", unit="step")):
         bar.set_postfix_str(name)
         start = time.perf_counter()
@@ -122,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_models)
     p = sub.add_parser("prepare", help="fetch/convert the default models into the cache")
     p.add_argument("--skip-llm", action="store_true", help="skip SmolLM2 (93 MB download)")
+    p.add_argument("--quanto-cuda", action="store_true",
+                   help="also compile optimum-quanto's CUDA kernels (GPU machines; nvcc, several minutes)")
     p.set_defaults(func=cmd_prepare)
     p = sub.add_parser("run-labs", help="execute labs with papermill; write notebooks, HTML and an index.html")
     p.add_argument("labs", nargs="*", help="lab numbers or name parts (default: all)")

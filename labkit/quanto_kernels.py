@@ -45,15 +45,50 @@ def build_cpu_kernels(jobs: int = 1) -> str:
     return f"{ext.name}: built in {time.perf_counter() - start:.1f} s ({ext.build_directory})"
 
 
-def require_cuda_kernels() -> None:
-    """Check that optimum-quanto's CUDA kernels can be compiled here (nvcc from a CUDA toolkit).
+def _built(name: str):
+    """(extension, whether its shared library is already built) for one of optimum-quanto's extensions."""
+    from optimum.quanto.library.extensions import get_extension  # optional package
 
+    ext = get_extension(name)
+    return ext, os.path.exists(os.path.join(ext.build_directory, f"{ext.name}.so"))
+
+
+def build_cuda_kernels() -> str:
+    """Compile optimum-quanto's CUDA kernels (nvcc; several minutes, all cores): `labkit prepare --quanto-cuda`.
+
+    Returns:
+        one line saying what happened.
     Raises:
-        CapabilityMissing: no CUDA toolkit (`torch.utils.cpp_extension.CUDA_HOME` is None), naming what to install.
+        CapabilityMissing: no CUDA GPU, or no CUDA toolkit (see `require_cuda_kernels`).
     """
+    import torch
+
+    if not torch.cuda.is_available():
+        raise CapabilityMissing("optimum-quanto's CUDA kernels need a CUDA GPU; this machine has none")
+    _require_toolkit()
+    ext, built = _built("quanto_cuda")
+    start = time.perf_counter()
+    _ = ext.lib  # compiles when needed, then loads
+    return f"{ext.name}: {'already built' if built else f'built in {time.perf_counter() - start:.0f} s'}"
+
+
+def _require_toolkit() -> None:
     from torch.utils.cpp_extension import CUDA_HOME
 
     if CUDA_HOME is None:
-        raise CapabilityMissing("optimum-quanto's int4 weights on a GPU need its CUDA kernels, compiled by nvcc at "
-                                "first use, and this machine has no CUDA toolkit (CUDA_HOME unset, no nvcc on PATH): "
-                                "install one (Colab has it), or quantize on the CPU")  # fmt: skip
+        raise CapabilityMissing("optimum-quanto's int4 weights on a GPU need its CUDA kernels, compiled by nvcc, and "
+                                "this machine has no CUDA toolkit (CUDA_HOME unset, no nvcc on PATH): install one "
+                                "(Colab has it), or quantize on the CPU")  # fmt: skip
+
+
+def require_cuda_kernels() -> None:
+    """Check that optimum-quanto's CUDA kernels are built: quanto would otherwise compile them inside the first
+    forward (minutes of nvcc, in the middle of a lab).
+
+    Raises:
+        CapabilityMissing: no CUDA toolkit, or the kernels not built yet, naming the command that builds them.
+    """
+    _require_toolkit()
+    if not _built("quanto_cuda")[1]:
+        raise CapabilityMissing("optimum-quanto's int4 CUDA kernels are not built yet (nvcc compiles them for "
+                                "minutes): run `labkit prepare --quanto-cuda` once, then this row runs")  # fmt: skip

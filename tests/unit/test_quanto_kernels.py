@@ -26,3 +26,12 @@ def test_int4_on_a_gpu_without_a_cuda_toolkit_is_refused_by_name(monkeypatch):
     monkeypatch.setattr(ext, "CUDA_HOME", None)
     with pytest.raises(quanto_kernels.CapabilityMissing, match="nvcc"):
         quanto_kernels.require_cuda_kernels()
+
+
+def test_int4_on_a_gpu_before_its_kernels_are_built_names_the_command(monkeypatch):
+    import torch.utils.cpp_extension as ext
+
+    monkeypatch.setattr(ext, "CUDA_HOME", "/usr/local/cuda")  # a toolkit, but quanto_cuda never built
+    monkeypatch.setattr(quanto_kernels, "_built", lambda name: (None, False))
+    with pytest.raises(quanto_kernels.CapabilityMissing, match="labkit prepare --quanto-cuda"):
+        quanto_kernels.require_cuda_kernels()
