@@ -4,8 +4,9 @@ optimum-quanto unpacks int4 weights with a C++ kernel on the CPU (`quanto_cpp`) 
 (`quanto_cuda`), each compiled by `torch.utils.cpp_extension.load` the first time a forward needs it and kept in the
 installed package's folder. On a fresh install that first forward is inside lab 05: measured on a 2-core CPU
 machine, the CPU build ran two `cc1plus` processes of ~1.5 GB each for ~30 s, which put the lab's kernel and its
-children at 3.9 GB (Binder gives 2 GB). `labkit prepare` therefore builds it (`build_cpu_kernels`), one compiler at a
-time; on a GPU the CUDA kernels need the CUDA toolkit's nvcc, which `require_cuda_kernels` checks before any work.
+children at 3.9 GB (Binder gives 2 GB). `labkit prepare` therefore builds it (`build_cpu_kernels`), as many
+compilers at a time as the free memory holds; on a GPU the CUDA kernels need the CUDA toolkit's nvcc and minutes of
+compiling, so `require_cuda_kernels` refuses until `labkit prepare --quanto-cuda` has built them.
 """
 
 from __future__ import annotations
@@ -17,12 +18,15 @@ import time
 
 from labkit.hardware import CapabilityMissing
 
+COMPILER_GB = 2.0  # what one cc1plus of quanto's C++ sources held (~1.5 GB, measured above), with a margin
 
-def build_cpu_kernels(jobs: int = 1) -> str:
+
+def build_cpu_kernels(jobs: int | None = None) -> str:
     """Compile (or find already compiled) optimum-quanto's CPU kernels.
 
     Args:
-        jobs: compilers run at once (ninja's MAX_JOBS; each needs ~1.5 GB). An existing MAX_JOBS wins.
+        jobs: compilers run at once (ninja's MAX_JOBS). None: as many as the free memory holds at COMPILER_GB each,
+            at most one per source file and per core (1 on Binder's 2 GB). An existing MAX_JOBS wins.
     Returns:
         one line saying what happened ("not installed", "no C++ compiler here", "built in 31.0 s", "already
         built").
@@ -39,6 +43,11 @@ def build_cpu_kernels(jobs: int = 1) -> str:
     if os.path.exists(os.path.join(ext.build_directory, f"{ext.name}.so")):
         _ = ext.lib  # loads it (and rebuilds it if it was built for another torch)
         return f"{ext.name}: already built ({ext.build_directory})"
+    if jobs is None:
+        import psutil
+
+        fit = int(psutil.virtual_memory().available / 1e9 // COMPILER_GB)
+        jobs = max(1, min(fit, len(ext.sources), os.cpu_count() or 1))
     os.environ.setdefault("MAX_JOBS", str(jobs))
     start = time.perf_counter()
     _ = ext.lib  # compiles, then loads

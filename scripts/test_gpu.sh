@@ -20,7 +20,7 @@
 # Rehearsal on a machine without a GPU (the same steps, DEVICE=cpu, no CUDA check), in a python3.12 venv that holds
 # only the box's packages:
 #     GPU_REHEARSAL=1 LAB_DEVICE=cpu GPU_PYTHON=/tmp/gpubox-venv/bin/python LABS="00 01 06" bash scripts/test_gpu.sh
-# Knobs: LABS (lab numbers; default all), LAB_DEVICE (cuda), GPU_LAB_WORKERS (labs side by side; default 3, 1 for
+# Knobs: LABS (lab numbers; default all), LAB_DEVICE (cuda), GPU_LAB_WORKERS (labs side by side; default 4 on 16+ cores, else 3; 1 for
 # timings free of neighbours), GPU_BUDGET_S (465), PREPARE_CAP_S (200), LABS_CAP_S (600), GPU_PYTHON,
 # GPU_WORK (/tmp/labkit-gpu), GPU_STAGE_TMP (/tmp/gpu-stage).
 set -euo pipefail
@@ -112,15 +112,15 @@ select=test_lab
 if [ -n "${LABS:-}" ]; then
   select="test_lab and ($(printf '%s_ or ' ${LABS} | sed 's/ or $//'))"
 fi
-workers=${GPU_LAB_WORKERS:-3}
+workers=${GPU_LAB_WORKERS:-$(($(nproc) >= 16 ? 4 : 3))}  # the H200 box: 16 cores, 4 labs of 4 threads each
 xdist=()
 if ((workers > 1)) && "$PY" -c "import xdist" 2>/dev/null; then
   xdist=(-n "$workers" --dist loadgroup -p scripts.gpu_labs_plugin)
   export OMP_NUM_THREADS=$(($(nproc) / workers > 0 ? $(nproc) / workers : 1))
 fi
-# The notebooks first (the point of this run), keeping 110 s for the unit tests and the summary.
-say "labs (-k '$select', DEVICE=$LAB_DEVICE, ${workers} side by side): $(cap "${LABS_CAP_S:-600}" 110) s left for them"
-if ! timeout --signal=INT --kill-after=15 "$(cap "${LABS_CAP_S:-600}" 110)" "$PY" -m pytest -p no:cacheprovider tests/test_labs.py \
+# The notebooks first (the point of this run), keeping 80 s for the unit tests (49 s on the H200) and the summary.
+say "labs (-k '$select', DEVICE=$LAB_DEVICE, ${workers} side by side): $(cap "${LABS_CAP_S:-600}" 80) s left for them"
+if ! timeout --signal=INT --kill-after=15 "$(cap "${LABS_CAP_S:-600}" 80)" "$PY" -m pytest -p no:cacheprovider tests/test_labs.py \
   -k "$select" --lab-device "$LAB_DEVICE" -v -rf --basetemp "$WORK/labs" --junitxml "$OUT_DIR/labs-junit.xml" \
   "${xdist[@]}"; then
   failed+=(labs)

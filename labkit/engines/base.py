@@ -113,11 +113,11 @@ class Engine(ABC):
         Raises:
             ValueError: an unknown device, naming the valid ones.
         """
-        ok, reason = self.available()
         kind = device_kind(device)
-        if ok and kind not in self.devices:
-            return False, f"runs on {' or '.join(self.devices)} only, not on {kind}"
-        return ok, reason
+        if kind not in self.devices:  # the first reason: installing the package would not change it
+            gpu = " (a CUDA GPU)" if set(self.devices) == {"cuda"} else ""
+            return False, f"runs on {' or '.join(self.devices)}{gpu} only, not on {kind}"
+        return self.available()
 
     @abstractmethod
     def _prepare(self, graph: Graph, precision: str, num_threads: int | None, device: torch.device,

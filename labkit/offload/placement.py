@@ -113,12 +113,15 @@ def max_memory_for(model: Model, in_memory: float, host: float = 0.0, device: st
 def _placement(empty: torch.nn.Module, max_memory: dict) -> dict[str, str | int]:
     placement = dict(infer_auto_device_map(empty, max_memory=max_memory, clean_result=False,
                                            no_split_module_classes=empty._no_split_modules))  # fmt: skip
-    if all(device == "disk" for device in placement.values()):
-        # Accelerate only loads a checkpoint if some module stays off disk: keep the smallest block in memory.
+    fast = next(iter(max_memory))  # the compute device: `budget` names it first
+    if all(tier(device) != tier(fast) for device in placement.values()):
+        # Nothing on the compute device: Accelerate would compute where the first block is (the CPU, for a map of
+        # "cpu" and "disk" alone), and it loads a checkpoint only if some block stays off disk. Keep the smallest
+        # block there, so the chosen device computes and every other tier is copied to it.
         named = dict(empty.named_modules())
         with_params = [m for m in placement if any(True for _ in named[m].parameters())]
         smallest = min(with_params, key=lambda m: sum(p.numel() for p in named[m].parameters()))
-        placement[smallest] = next(iter(max_memory))  # the fast device: `budget` names it first
+        placement[smallest] = fast
     return placement
 
 
@@ -129,8 +132,9 @@ def device_map(model: Model, max_memory: dict) -> dict[str, str | int]:
         model: a model name or a resolved `models.ModelSpec`.
         max_memory: device -> bytes, e.g. from `max_memory_for()`.
     Returns:
-        module name -> device (GPU index, "cpu" or "disk"), in forward order. When every block would go to disk,
-        the smallest one is kept on the first device of `max_memory` (Accelerate needs one off disk to load).
+        module name -> device (GPU index, "cpu" or "disk"), in forward order. When no block would land on the first
+        device of `max_memory` (the compute device), the smallest one is kept there: Accelerate computes on the
+        first GPU of the map, else the CPU, and needs one block off disk to load.
     """
     return _placement(empty_model(model), max_memory)
 

@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.optim import ZeroRedundancyOptimizer
 from torch.distributed.tensor import DTensor
@@ -27,6 +28,7 @@ from labkit.memory import tensor_bytes
 from labkit.parallel import wire
 from labkit.parallel.comm import CommCounter, CommLog
 from labkit.parallel.deepspeed_env import join_deepspeed
+from labkit.parallel.launch import rank_device
 
 # method -> (the ZeRO stage it corresponds to, its bytes convention (P, G, K) in fp32). FSDP2's fully_shard with its
 # default reshard_after_forward=True frees each layer after its forward and gathers it again in the backward: stage 3.
@@ -222,10 +224,13 @@ def _setup(method: str, model: nn.Module, batch: int, hidden: int, lr: float):
         forward = DistributedDataParallel(model, gradient_as_bucket_view=True)  # grads live in DDP's buckets
         opt = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=torch.optim.AdamW, lr=lr)
     else:  # torch-fsdp2: fully_shard ~ stage 3
+        # the mesh on the device the ranks hold their weights on: left to itself, fully_shard picks CUDA whenever a
+        # GPU exists and sets rank r's device to cuda:r ("invalid device ordinal" for gloo ranks on a 1-GPU machine)
+        mesh = init_device_mesh(rank_device().type, (dist.get_world_size(),))
         for block in model:
             if isinstance(block, nn.Linear):
-                fully_shard(block)
-        forward = fully_shard(model)
+                fully_shard(block, mesh=mesh)
+        forward = fully_shard(model, mesh=mesh)
         opt = torch.optim.AdamW(model.parameters(), lr=lr)
     return forward, (lambda loss: loss.backward()), opt.step, opt
 

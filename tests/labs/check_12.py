@@ -47,10 +47,21 @@ def check(r: dict) -> None:
     n, prefix = r["prefix_requests"], r["prefix_tokens"]
     assert r["prefix_hit_rate"] == pytest.approx(n * (prefix // block * block) / r["prefix_prompt_tokens_sent"])
     ttft = r["prefix_ttft_p50_s"]
-    assert ttft["system prompt, caching on"] * 2 < ttft["system prompt, caching off"]  # loose: the CPU is shared
+    on, off, none = ttft["system prompt, caching on"], ttft["system prompt, caching off"], ttft["no system prompt"]
+    if r["device_type"] == "cpu":  # a prefill's time grows with its tokens: caching saves most of it
+        assert on * 2 < off  # loose: the CPU is shared
+    else:  # seen on an H200 with the smoke run's tiny model: a 512-token prefill cost one step's launches (9.4 ms
+        # with or without the prefix, 9.0 ms with none). What the lab says then: the prefix cost little, so caching
+        # could save little; it must not cost anything either.
+        assert off - none < 0.5 * none or on * 2 < off
+        assert on <= 1.25 * off
     assert r["prefix_same_tokens"]
     # chunked prefill: decoders wait for one chunk's step, not the whole prompt's; the tokens do not change
-    assert r["chunk_gap_max_s"]["chunked"] < r["chunk_gap_max_s"]["whole"]
+    gap_max, gap_p50 = r["chunk_gap_max_s"], r["chunk_gap_p50_s"]
+    if r["device_type"] == "cpu":
+        assert gap_max["chunked"] < gap_max["whole"]
+    else:  # where the whole prompt's step costs about a decode step (launch-bound), there is no stall to bound
+        assert gap_max["whole"] < 2 * gap_p50["whole"] or gap_max["chunked"] < gap_max["whole"]
     assert r["chunk_same_tokens"]
     # section 7: the same paged scheduler over both runners; every request answered. On the CPU the ONNX Runtime
     # runner's decode step (one graph call) is faster than the transformers model's (hundreds of op dispatches);

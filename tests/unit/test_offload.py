@@ -59,6 +59,16 @@ def test_gpu_device_map_puts_the_rest_in_cpu_ram_then_on_disk():
     assert offload.compute_device(on_cpu) == torch.device("cpu") and offload.offloaded_tiers(on_cpu) == {"disk"}
 
 
+def test_a_gpu_budget_of_zero_still_computes_on_the_gpu():
+    """Seen on an H200: with 0 % on the GPU, Accelerate's map held "cpu" and "disk" only, so it computed on the CPU
+    and moved the CPU blocks nothing. The smallest block stays on the GPU, which computes; both other tiers move."""
+    spec = models.resolve("tiny-llama")
+    placed = offload.device_map(spec, offload.budget(spec.weight_bytes("fp32"), 0.0, 0.5, 0))
+    assert 0 in placed.values() and {"cpu", "disk"} <= set(placed.values())
+    assert offload.compute_device(placed) == torch.device("cuda:0")
+    assert offload.offloaded_tiers(placed) == {"cpu", "disk"}
+
+
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-bloom"])  # untied and tied LM head
 @pytest.mark.parametrize("in_memory", [1.0, 0.5, 0.0])
 def test_bytes_moved_per_forward_are_the_disk_blocks_parameters_on_the_cpu(name, in_memory, tmp_path):
