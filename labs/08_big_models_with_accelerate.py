@@ -92,7 +92,7 @@ spec = models.resolve(MODEL)  # the name, resolved once: config, parameter count
 total_mb = spec.weight_bytes(DTYPE) / 1e6
 budgets = big_models.scenarios_for(dev.device)  # (share on the compute device, share in CPU RAM); the rest: disk
 maps = {f"budget: {a:.0%} on {dev.type}" + (f", {h:.0%} in CPU RAM" if dev.is_cuda else ""):
-        {m: offload.tier(d) for m, d in offload.device_map(spec, offload.max_memory_for(spec, a, h, dev.device, DTYPE)).items()}
+        {m: offload.tier(d) for m, d in offload.device_map(spec, offload.max_memory_for(spec, a, h, dev.device, DTYPE), DTYPE).items()}
         for a, h in budgets}
 print(f"{MODEL}: {total_mb:.0f} MB of {DTYPE} weights; compute device: {offload.execution_device(dev.device)}")
 pd.DataFrame({label: pd.Series(m) for label, m in maps.items()}).fillna("(inside a larger block)")

@@ -110,9 +110,11 @@ def max_memory_for(model: Model, in_memory: float, host: float = 0.0, device: st
     return budget(_spec(model).weight_bytes(dtype), in_memory, host, fast)
 
 
-def _placement(empty: torch.nn.Module, max_memory: dict) -> dict[str, str | int]:
+def _placement(empty: torch.nn.Module, max_memory: dict, dtype: str) -> dict[str, str | int]:
+    # sizes in the precision the weights will load in (the meta model is fp32: bf16 blocks would count double)
     placement = dict(infer_auto_device_map(empty, max_memory=max_memory, clean_result=False,
-                                           no_split_module_classes=empty._no_split_modules))  # fmt: skip
+                                           no_split_module_classes=empty._no_split_modules,
+                                           dtype=precision.torch_dtype(dtype)))  # fmt: skip
     fast = next(iter(max_memory))  # the compute device: `budget` names it first
     if all(tier(device) != tier(fast) for device in placement.values()):
         # Nothing on the compute device: Accelerate would compute where the first block is (the CPU, for a map of
@@ -125,18 +127,19 @@ def _placement(empty: torch.nn.Module, max_memory: dict) -> dict[str, str | int]
     return placement
 
 
-def device_map(model: Model, max_memory: dict) -> dict[str, str | int]:
+def device_map(model: Model, max_memory: dict, dtype: str = "fp32") -> dict[str, str | int]:
     """Accelerate's placement of each top-level block under `max_memory` (no weights loaded).
 
     Args:
         model: a model name or a resolved `models.ModelSpec`.
         max_memory: device -> bytes, e.g. from `max_memory_for()`.
+        dtype: fp32 | bf16 | fp16, the precision the weights would load in (sets each block's bytes).
     Returns:
         module name -> device (GPU index, "cpu" or "disk"), in forward order. When no block would land on the first
         device of `max_memory` (the compute device), the smallest one is kept there: Accelerate computes on the
         first GPU of the map, else the CPU, and needs one block off disk to load.
     """
-    return _placement(empty_model(model), max_memory)
+    return _placement(empty_model(model), max_memory, dtype)
 
 
 def load_offloaded(model: Model, max_memory: dict, offload_dir: str | Path | None = None,
@@ -158,7 +161,7 @@ def load_offloaded(model: Model, max_memory: dict, offload_dir: str | Path | Non
     spec = _spec(model)
     spec.require_weights()
     empty = empty_model(spec)
-    placement = _placement(empty, max_memory)
+    placement = _placement(empty, max_memory, dtype)
     folder = Path(offload_dir or tempfile.mkdtemp(prefix="labkit-offload-"))
     loaded = load_checkpoint_and_dispatch(empty, str(spec.checkpoint_dir), device_map=placement,
                                           offload_folder=str(folder), dtype=torch_dtype)  # fmt: skip

@@ -157,3 +157,11 @@ def test_offload_arithmetic_bloom_on_two_gpus():
     assert fits["streamed_GB"] == 0 and fits["s_per_token"] < est["s_per_token"]
     with pytest.raises(ValueError):
         offload.offload_seconds_per_token(weights, 160, 0, fast_gbps)
+
+
+def test_everything_fits_in_the_precision_it_loads_in():
+    """Seen on an H200: a bf16 budget with room for every weight still sent the LM head to disk, because the blocks
+    were sized in the meta model's fp32. Sized in bf16, every block stays on the GPU (computed without one)."""
+    spec = models.resolve("tiny-llama")
+    placed = offload.device_map(spec, offload.budget(spec.weight_bytes("bf16"), 1.0, 0.0, 0), dtype="bf16")
+    assert set(placed.values()) == {0}
