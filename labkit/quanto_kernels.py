@@ -2,11 +2,12 @@
 
 optimum-quanto unpacks int4 weights with a C++ kernel on the CPU (`quanto_cpp`) and CUDA kernels on a GPU
 (`quanto_cuda`), each compiled by `torch.utils.cpp_extension.load` the first time a forward needs it and kept in the
-installed package's folder. On a fresh install that first forward is inside lab 05: measured on a 2-core CPU
-machine, the CPU build ran two `cc1plus` processes of ~1.5 GB each for ~30 s, which put the lab's kernel and its
-children at 3.9 GB (Binder gives 2 GB). `labkit prepare` therefore builds it (`build_cpu_kernels`), as many
-compilers at a time as the free memory holds; on a GPU the CUDA kernels need the CUDA toolkit's nvcc and minutes of
-compiling, so `require_cuda_kernels` refuses until `labkit prepare --quanto-cuda` has built them.
+installed package's folder. On a fresh install that first forward is inside a lab notebook: measured on a 2-core CPU
+machine (the quantization lab), the CPU build ran two `cc1plus` processes of ~1.5 GB each for ~30 s, which put the
+notebook's kernel and its children at 3.9 GB (Binder gives 2 GB). `labkit prepare` therefore builds it
+(`build_cpu_kernels`), as many compilers at a time as the free memory holds; on a GPU the CUDA kernels need the CUDA
+toolkit's nvcc and minutes of compiling, so `require_cuda_kernels` refuses until `labkit prepare --quanto-cuda` has
+built them.
 """
 
 from __future__ import annotations
