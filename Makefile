@@ -1,5 +1,5 @@
 # Inference Lab — two commands: `make lab` (set up + JupyterLab) and `make test` (set up + all tests).
-# Both are idempotent: the venv is rebuilt only when pyproject.toml or this file changes.
+# Both are idempotent: the venv is re-installed only when pyproject.toml, the lock or this file changes.
 PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -7,21 +7,38 @@ GPU    ?= 0
 PORT   ?= 8888
 STAMP  := $(VENV)/.labkit-installed-gpu$(GPU)
 
-# CPU wheels by default (a plain `torch` on Linux pulls a multi-GB CUDA build); GPU=1 for CUDA.
+# The lock every install path uses (this file, binder/, environment.yml): labkit's dependencies and these extras,
+# each pinned with its hashes, for Python 3.11 on Linux x86_64. `make lock` re-resolves it after a pyproject.toml
+# change; `make upgrade` moves it to the newest versions pyproject.toml allows (scripts/lock.sh, with uv).
+LOCK   := requirements/lock.txt
+EXTRAS := lab,engines,quant,parallel,serve,test
+
+# The lock's torch is PyTorch's CPU build (a plain `torch` on Linux pulls a multi-GB CUDA build); GPU=1 for CUDA.
 TORCH_VERSION ?= 2.13.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_PIP_OPTIONS = $(shell GPU=0 INDEX=$(TORCH_CPU_INDEX) sh scripts/torch_index.sh)
 
 export HF_HUB_DISABLE_TELEMETRY := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install prepare lab test test-gpu run-labs report doctor clean-venv
+.PHONY: install prepare lab test test-gpu run-labs report doctor clean-venv lock upgrade
 
-$(STAMP): pyproject.toml Makefile
+# Every package from the lock, hash-checked, with no resolution of its own (--no-deps: the lock is complete); then
+# labkit itself, editable, which pip cannot hash-check. GPU=1: every package but torch from the lock, then PyPI's CUDA
+# torch of the same version with the CUDA libraries it needs -- those are NOT hash-checked (the lock holds the CPU
+# wheel's hashes only).
+$(STAMP): pyproject.toml $(LOCK) Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@echo "== installing torch $(TORCH_VERSION) ($(if $(filter 1,$(GPU)),CUDA,CPU)) and labkit[lab,engines,quant,parallel,serve,test] into $(VENV)"
-	$(BIN)/python -m pip install -q $(shell GPU=$(GPU) INDEX=$(TORCH_CPU_INDEX) sh scripts/torch_index.sh) "torch==$(TORCH_VERSION)"
-	$(BIN)/python -m pip install -q -e ".[lab,engines,quant,parallel,serve,test]"
+	@echo "== installing $(LOCK) (torch $(TORCH_VERSION), $(if $(filter 1,$(GPU)),CUDA,CPU)) and labkit into $(VENV)"
+ifeq ($(GPU),1)
+	@awk '/^[^ #]/ {skip = /^torch==/} !skip' $(LOCK) > $(VENV)/lock-without-torch.txt
+	$(BIN)/python -m pip install -q --require-hashes --no-deps -r $(VENV)/lock-without-torch.txt
+	$(BIN)/python -m pip install -q "torch==$(TORCH_VERSION)"
+else
+	$(BIN)/python -m pip install -q --require-hashes --no-deps $(TORCH_PIP_OPTIONS) -r $(LOCK)
+endif
+	$(BIN)/python -m pip install -q --no-deps -e .
 	@rm -f $(VENV)/.labkit-installed-*
 	@touch $@
 
@@ -70,6 +87,16 @@ test-gpu:
 .PHONY: peers
 peers:
 	PYTHON=$(PYTHON) TORCH_VERSION=$(TORCH_VERSION) TORCH_CPU_INDEX=$(TORCH_CPU_INDEX) sh scripts/peers.sh
+
+# Re-resolve the lock (keeping the pins pyproject.toml still allows; LOCK_ARGS go to `uv pip compile`).
+lock:
+	TORCH_VERSION=$(TORCH_VERSION) TORCH_CPU_INDEX=$(TORCH_CPU_INDEX) EXTRAS=$(EXTRAS) LOCK=$(LOCK) \
+		sh scripts/lock.sh $(LOCK_ARGS)
+
+# The newest versions pyproject.toml allows: a new lock, re-installed (the stamp depends on it), then the whole suite.
+upgrade:
+	$(MAKE) lock LOCK_ARGS="--upgrade $(LOCK_ARGS)"
+	$(MAKE) test
 
 clean-venv:
 	rm -rf $(VENV)
