@@ -7,10 +7,12 @@ One OpenAI-standard load generator for every server (`labkit.serving.loadgen`: s
 `stream_options.include_usage`, tokens counted from `usage`): chat requests of short prompts, temperature 0, closed
 loop at each client count, then open loop (Poisson arrivals) at each rate. The schedulers are read from
 `labkit.serving.repository.SCHEDULERS` at run time; vLLM runs when `make peers` built `.venv-vllm` (else the
-benchmark says why it is skipped). Targets: labkit's best scheduler >= 1.0x vLLM's tokens/s at 1, 16 and 32
-clients with a TTFT p50 no worse than vLLM's; at 1 client, labkit's best server >= 90 % of the fastest exact
-(fp32, token-identical) single-stream decode labkit has (measured first, `EXACT_DECODERS`); continuous >= 5x sync's
-tokens/s at the most clients, with a lower TTFT p50. Not a timed test: run it on an idle machine.
+benchmark says why it is skipped). Each labkit server runs as its own `labkit serve` process, as vLLM does
+(`--in-process` runs them inside the benchmark, where the load generator shares their interpreter lock).
+Targets: labkit's best scheduler >= 1.0x vLLM's tokens/s at 1, 16 and 32 clients with a TTFT p50 no worse than
+vLLM's; at 1 client, labkit's best server >= 90 % of the fastest exact (fp32, token-identical) single-stream decode
+labkit has (measured first, `EXACT_DECODERS`); continuous >= 5x sync's tokens/s at the most clients, with a lower
+TTFT p50. Not a timed test: run it on an idle machine.
 """
 
 from __future__ import annotations
@@ -141,6 +143,29 @@ def _save(out: Path, rows: list[dict], meta: dict):
     return df, report
 
 
+def _measure_process(model: str, label: str, scheduler: str, limits: dict, max_batch: int, max_queue: int,
+                     measure: dict) -> list[dict]:
+    """One labkit server as its own process (`labkit serve`, as vLLM runs): the load generator here shares no
+    interpreter lock with it. Mean decode batch per level from its /metrics, before and after."""
+    from labkit.devices import device_label
+    from labkit.experiments.scheduler_comparison import measure_server
+    from labkit.serving.server_process import decode_counts, labkit_server
+
+    with labkit_server(model, scheduler, max_batch=max_batch, max_queue=max_queue, **limits) as server:
+        print(f"   started in {server.startup_s:.0f} s (log {server.log})", flush=True)
+        last = decode_counts(server.url)
+
+        def after_level() -> dict:
+            nonlocal last
+            now = decode_counts(server.url)
+            steps, seqs = now[0] - last[0], now[1] - last[1]
+            last = now
+            return {"mean_decode_batch": seqs / steps if steps else float("nan"), "device": device_label("cpu")}
+
+        rows = measure_server(server.url, model, label, after_level=after_level, **measure)
+    return [{**r, "scheduler": scheduler} for r in rows]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m")
@@ -154,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-batch", type=int, default=32, help="labkit engines' batch slots")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: PyTorch's)")
     p.add_argument("--no-peer", action="store_true", help="measure labkit only (no vLLM)")
+    p.add_argument("--in-process", action="store_true",
+                   help="run labkit's servers inside this process (the load generator then shares their "
+                        "interpreter lock); default: each as its own `labkit serve` process, as vLLM runs")
     p.add_argument("--no-exact-decode", action="store_true",
                    help="skip measuring the fastest exact single-stream decode (the 1-client reference)")
     p.add_argument("--kv-cache-gb", type=float, default=4.0, help="vLLM's VLLM_CPU_KVCACHE_SPACE (GB)")
@@ -185,14 +213,18 @@ def main(argv: list[str] | None = None) -> int:
         meta["exact_decode"] = _exact_decode(args.model, args.max_tokens)
     if rows:
         _save(Path(args.out), rows, {**meta, "seconds": time.perf_counter() - start, "complete": False})
-    loaded = load_model(args.model, device="cpu")
+    loaded = load_model(args.model, device="cpu") if args.in_process else None
     queue = max(max(args.clients) * args.requests_per_client, args.open_requests)
+    meta["labkit_servers"] = "in the benchmark's process" if args.in_process else "each in its own process"
     for i, name in enumerate(schedulers):
         print(f"== labkit {name}", flush=True)
         scheduler, limits = VARIANTS.get(name, (name, {}))
-        rows += [{**r, "engine": "labkit"} for r in
-                 measure_scheduler(args.model, scheduler, loaded, max_batch=args.max_batch, max_queue=queue,
-                                   limits=limits, label=name, **measure)]  # fmt: skip
+        if args.in_process:
+            got = measure_scheduler(args.model, scheduler, loaded, max_batch=args.max_batch, max_queue=queue,
+                                    limits=limits, label=name, **measure)  # fmt: skip
+        else:
+            got = _measure_process(args.model, name, scheduler, limits, args.max_batch, queue, measure)
+        rows += [{**r, "engine": "labkit"} for r in got]
         df, report = _save(Path(args.out), rows, {**meta, "seconds": time.perf_counter() - start,
                                                   "complete": i == len(schedulers) - 1})  # partial results survive
     label = peer.get("engine")

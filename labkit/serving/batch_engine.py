@@ -35,7 +35,7 @@ class BatchEngine(Engine):
         self._set_batch(self._leave(self.batch))
         if self.batch is None:
             return
-        self.batch_sizes[len(self.batch)] += 1
+        self.count_decode_step(len(self.batch))
         logits = self.batch.decode(self.model)  # one forward for every running sequence
         self._emit_all(self.batch, logits)
         self._set_batch(self._leave(self.batch))

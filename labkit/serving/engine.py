@@ -36,8 +36,8 @@ class Engine(ABC):
         limits: batch slots, queue bound, ... (`Limits`; defaults when None).
         name: the scheduler's name in tables and errors (default: the policy's).
 
-    Counters: `batch_sizes` (decode steps by batch size), `tokens_generated`; `running` holds the requests in
-    the batch now, `queue_depth` the ones waiting.
+    Counters: `batch_sizes` (decode steps by batch size), `decode_steps` / `decode_sequences` (the same, never
+    cleared), `tokens_generated`; `running` holds the requests in the batch now, `queue_depth` the ones waiting.
     """
 
     supports_sampling = True  # temperature > 0 (else greedy only)
@@ -50,12 +50,19 @@ class Engine(ABC):
         self.max_batch, self.max_queue = policy.max_batch(self.limits), self.limits.max_queue
         self.queue: deque[Request] = deque()
         self.running: list[Request] = []  # requests holding a batch slot now
-        self.batch_sizes: Counter[int] = Counter()  # decode steps by batch size
+        self.batch_sizes: Counter[int] = Counter()  # decode steps by batch size (a harness may clear it)
+        self.decode_steps = self.decode_sequences = 0  # the same, summed over the engine's life (/metrics)
         self.tokens_generated = 0
         self._cv = threading.Condition()
         self._closing = False
         self._thread: threading.Thread | None = None
         self._step_s = 0.05  # running estimate of one step's time (s), for Retry-After
+
+    def count_decode_step(self, sequences: int) -> None:
+        """Count one decode step of `sequences` sequences (`batch_sizes`, `decode_steps`, `decode_sequences`)."""
+        self.batch_sizes[sequences] += 1
+        self.decode_steps += 1
+        self.decode_sequences += sequences
 
     # --- the HTTP side: admission --------------------------------------------------------
     def submit(self, req: Request) -> None:

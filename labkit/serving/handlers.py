@@ -43,6 +43,12 @@ class ServerMetrics(Registry):
                        per_version(lambda d: d.engine.queue_depth)))
         self.add(Gauge("labkit_running_batch_size", "Requests holding a batch slot",
                        per_version(lambda d: len(d.engine.running))))
+        # counted by the engine since it started (read, not incremented here): a scrape before and after a load gives
+        # its mean decode batch; an engine that runs its own loop ('hf-continuous') counts none
+        self.add(Gauge("labkit_decode_steps_total", "Decode steps the engine ran",
+                       per_version(lambda d: getattr(d.engine, "decode_steps", 0))))
+        self.add(Gauge("labkit_decode_sequences_total", "Sequences summed over those decode steps",
+                       per_version(lambda d: getattr(d.engine, "decode_sequences", 0))))
 
         def paged(key):  # the paged engine's KV cache (`PagedEngine.kv_report`); other engines have none
             return lambda: {(("model", m), ("version", v)): d.engine.kv_report()[key]

@@ -74,7 +74,7 @@ class PagedEngine(Engine):
         self.scheduler.computed(work)
         sampling = [w.seq for w in work if w.samples]
         if decoding := sum(w.tokens == 1 for w in work):  # a decode step of that many sequences (not a prefill)
-            self.batch_sizes[decoding] += 1
+            self.count_decode_step(decoding)
         for seq, token in zip(sampling, sample_tokens(logits, [s.payload for s in sampling]), strict=True):
             if self._emit(seq.payload, token):
                 self.scheduler.finish(seq)

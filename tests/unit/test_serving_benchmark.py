@@ -23,6 +23,9 @@ def test_no_peer_run_writes_json_plot_and_says_why_the_peer_was_skipped(tmp_path
         ("closed", 1, 0), ("closed", 2, 0), ("open", 0, 20.0)]
     assert (rows.succeeded == rows.sent).all() and all(t == {"usage": n} for t, n in zip(rows.tokens_from, rows.sent,
                                                                                           strict=True))
+    # labkit's server ran as its own process (as vLLM does); its /metrics gave the decode batch: one client, one
+    # sequence per decode step
+    assert report["labkit_servers"] == "each in its own process" and rows.mean_decode_batch.iloc[0] == 1.0
     assert "plotly" in out.with_suffix(".html").read_text()[:20000].lower()
     assert "peer: --no-peer" in capsys.readouterr().out
 
