@@ -73,7 +73,11 @@ def _targets(df, peer: str | None, top: int, exact: dict | None = None) -> dict:
             "server": best.server, "tokens_per_s": best.tokens_per_s, "decode_tok_s": 1 / best.tpot_p50_s,
             "fastest_exact": exact["fastest"], "fastest_exact_tok_s": exact["decode_tok_s"], "goal": 0.9,
             "ratio": best.tokens_per_s / exact["decode_tok_s"],
-            "met": bool(best.tokens_per_s >= 0.9 * exact["decode_tok_s"])}
+            "met": bool(best.tokens_per_s >= 0.9 * exact["decode_tok_s"]),
+            # the same comparison without the prefill: the reference is a decode rate (no prompt, no TTFT), and
+            # each reply here is a few dozen tokens, so its TTFT weighs on tokens/s
+            "decode_ratio": 1 / best.tpot_p50_s / exact["decode_tok_s"],
+            "decode_met": bool(1 / best.tpot_p50_s >= 0.9 * exact["decode_tok_s"])}
     if {("continuous", top), ("sync", top)} <= set(closed.index):
         c, s = closed.loc[("continuous", top)], closed.loc[("sync", top)]
         ratio = c.tokens_per_s / s.tokens_per_s
