@@ -36,22 +36,25 @@ def build_cpu_kernels(jobs: int | None = None) -> str:
     """
     if importlib.util.find_spec("optimum") is None or importlib.util.find_spec("optimum.quanto") is None:
         return "optimum-quanto not installed: nothing to build"
-    from optimum.quanto.library.extensions import get_extension  # optional package
-
-    ext = get_extension("quanto_cpp")
-    if not any(shutil.which(c) for c in (os.environ.get("CXX", "c++"), "g++", "clang++")):
-        return f"{ext.name}: no C++ compiler here (c++, g++, clang++): not built; int4-weight will say so if used"
-    if os.path.exists(os.path.join(ext.build_directory, f"{ext.name}.so")):
+    ext, built = _built("quanto_cpp")
+    if built:
         _ = ext.lib  # loads it (and rebuilds it if it was built for another torch)
         return f"{ext.name}: already built ({ext.build_directory})"
+    if not any(shutil.which(c) for c in (os.environ.get("CXX", "c++"), "g++", "clang++")):
+        return f"{ext.name}: no C++ compiler here (c++, g++, clang++): not built; int4-weight will say so if used"
     if jobs is None:
         import psutil
 
         fit = int(psutil.virtual_memory().available / 1e9 // COMPILER_GB)
         jobs = max(1, min(fit, len(ext.sources), os.cpu_count() or 1))
+    set_here = "MAX_JOBS" not in os.environ  # ninja's parallelism for this build only
     os.environ.setdefault("MAX_JOBS", str(jobs))
     start = time.perf_counter()
-    _ = ext.lib  # compiles, then loads
+    try:
+        _ = ext.lib  # compiles, then loads
+    finally:
+        if set_here:
+            os.environ.pop("MAX_JOBS", None)
     return f"{ext.name}: built in {time.perf_counter() - start:.1f} s ({ext.build_directory})"
 
 
