@@ -72,7 +72,7 @@ def add_commands(sub) -> None:
                    help="paged: most tokens per step; longer prompts are prefilled in chunks (default: whole)")
     p.add_argument("--no-prefix-caching", action="store_true", help="paged: do not reuse a shared prompt prefix's KV")
     p.add_argument("--runner", default="torch", choices=RUNNERS,
-                   help="paged: torch (the transformers model, any device) | onnxruntime (decode steps as one ONNX "
+                   help="paged: torch (the transformers model, any device) | onnxruntime (steps as one ONNX "
                         "Runtime graph; CPU, fp32 Llama models)")
     p.add_argument("--max-tokens", type=int, default=512,
                    help="most new tokens per request (also the cap of a chat request that asks for no length)")

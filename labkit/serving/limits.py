@@ -29,8 +29,9 @@ class Limits:
             alongside the decoding sequences (None = a prompt is prefilled whole in one step).
         prefix_caching: 'paged' only: reuse the KV blocks of a prompt prefix computed before.
         runner: 'paged' only: what computes a step. 'torch': the transformers model with paged attention (any
-            device); 'onnxruntime': decode steps as one ONNX Runtime graph over the same pool (CPU, fp32
-            Llama-layout models; prefill steps still go through the transformers model).
+            device); 'onnxruntime': decode steps and single-prompt prefills as one ONNX Runtime graph over the
+            same pool (CPU, fp32 Llama-layout models; several prompts in one step are packed into one transformers
+            forward).
 
     Raises:
         ValueError: for max_batch < 1, max_queue < 0, max_wait_ms < 0, or kv_tokens, kv_block_size or

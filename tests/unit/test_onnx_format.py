@@ -27,7 +27,7 @@ def test_a_hand_built_graph_is_stamped_and_runs():
     np.testing.assert_array_equal(out, [0.0, 2.0])
 
 
-def test_the_paged_decode_graph_uses_it():
+def test_the_paged_step_graph_uses_it():
     model, _ = load_model("tiny-llama", device="cpu")
-    proto = onnx_layers.decode_step_graph(model.eval())
+    proto = onnx_layers.step_graph(model.eval())
     assert proto.ir_version == onnx_format.IR_VERSION

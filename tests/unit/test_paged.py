@@ -81,9 +81,11 @@ def drive(model, prompts, max_new, num_blocks=64, block_size=8, max_seqs=8, chun
     return seqs, sched, blocks, trace, runner
 
 
-def ort_decoded(runner) -> None:
-    """The onnxruntime runner computed decode steps itself (not only through the transformers fallback)."""
-    assert OrtRunner is None or not isinstance(runner, OrtRunner) or runner.decode_steps > 0
+def ort_decoded(runner, prefilled: bool = False) -> None:
+    """The onnxruntime runner computed decode steps itself (not only through the transformers fallback), and
+    single-sequence prefills too when `prefilled`."""
+    if OrtRunner is not None and isinstance(runner, OrtRunner):
+        assert runner.decode_steps > 0 and (runner.prefills > 0 or not prefilled)
 
 
 PROMPTS = [list(range(5, 5 + n)) for n in (3, 17, 40, 9, 24)]
@@ -140,7 +142,7 @@ def test_chunked_prefill_runs_decodes_alongside_a_long_prompt(llama, runner):
     prompts = [list(range(7, 10)), list(range(20, 84))]  # a short request decoding while a 64-token prompt arrives
     seqs, _, _, trace, used = drive(model, prompts, [10, 4], chunk=16, join_at=1, runner=runner)
     assert [s.generated for s in seqs] == reference(model, prompts, [10, 4])
-    ort_decoded(used)
+    ort_decoded(used, prefilled=True)
     short, long = (s.seq_id for s in seqs)
     chunks = [n for step in trace for sid, n in step if sid == long]
     # 64 prompt tokens in chunks of what the 16-token budget leaves after the short request's decode token
@@ -227,7 +229,7 @@ def test_smollm2_grouped_query_attention_matches_generate(runner):
     prompts = [list(range(1000, 1000 + n)) for n in (5, 21, 13)]
     seqs, _, _, _, used = drive(model.eval(), prompts, [6, 4, 5], block_size=16, chunk=12, join_at=2, runner=runner)
     assert [s.generated for s in seqs] == reference(model, prompts, [6, 4, 5])
-    ort_decoded(used)
+    ort_decoded(used, prefilled=True)
 
 
 @needs_ort
@@ -248,9 +250,33 @@ def test_onnxruntime_decode_step_matches_the_torch_runner(llama):
             for w, tok in zip(work, logits.argmax(-1).tolist(), strict=True):
                 w.seq.append(tok)
         out[name] = logits, runner.k_all.clone(), runner.v_all.clone()
-    assert all(w.tokens == 1 for w in work) and runner.decode_steps == 1
+    assert all(w.tokens == 1 for w in work) and runner.decode_steps == 1 and runner.prefills == 0
     for a, b in zip(out["torch"], out["onnxruntime"], strict=True):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)  # fp32 both: summation order only
+
+
+@needs_ort
+def test_onnxruntime_prefill_chunks_match_the_torch_runner(llama):
+    """One prompt prefilled in chunks (no past, then a past of 8 tokens), then decoded: logits and the pool,
+    ONNX Runtime graph vs transformers."""
+    model, _ = llama
+    out = {}
+    for name, cls in RUNNERS.items():
+        blocks, runner = BlockManager(16, 8), cls(model, 16, 8)
+        sched, seq = Scheduler(blocks, 4, max_batched_tokens=8), Sequence(list(range(5, 25)))  # 20 tokens
+        sched.add(seq)
+        logits = []
+        while len(seq.generated) < 3:
+            work = sched.schedule()
+            got = runner.run(work)
+            sched.computed(work)
+            if len(got):
+                logits.append(got)
+                seq.append(int(got.argmax(-1)))
+        out[name] = torch.cat(logits), runner.k_all.clone(), runner.v_all.clone()
+    assert runner.prefills == 3 and runner.decode_steps == 2  # chunks of 8, 8, 4, then two decode steps
+    for a, b in zip(out["torch"], out["onnxruntime"], strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
 
 
 @needs_ort
@@ -263,6 +289,12 @@ def test_onnxruntime_runner_refuses_what_it_cannot_build(llama):
     bloom, _ = load_model("tiny-bloom", device="cpu")
     with pytest.raises(ValueError, match="AttentionInterface"):
         OrtRunner(bloom, 8, 8)
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    heads_of_8 = LlamaForCausalLM(LlamaConfig(hidden_size=64, num_attention_heads=8, num_key_value_heads=4,
+                                              intermediate_size=128, num_hidden_layers=1, vocab_size=100))
+    with pytest.raises(ValueError, match="multiples of 16"):  # ONNX Runtime's fused attention kernel's rule
+        OrtRunner(heads_of_8, 8, 8)
 
 
 def test_http_server_on_the_paged_engine(llama):

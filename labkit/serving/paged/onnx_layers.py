@@ -1,17 +1,23 @@
-"""A Llama decode step as one ONNX graph whose KV cache stays outside it, in labkit's paged pool.
+"""A Llama forward step as one ONNX graph whose KV cache stays outside it, in labkit's paged pool.
 
-    proto = decode_step_graph(model)   # inputs: new tokens, RoPE, each layer's gathered past; outputs: logits, new K/V
+    proto = step_graph(model)   # inputs: new tokens' embeddings, each layer's gathered past; outputs: logits, K/V
 
-For S sequences decoding one token each (per layer, the shapes in the comments):
+For B sequences computing T new tokens each (T = 1 for a decode step of B sequences; T = a prompt or a chunk of it
+for one sequence), per layer, with the shapes in the comments:
 
-    h = RMSNorm(x)                                  SimplifiedLayerNormalization (the residual add fused in after the
-    q, k, v = h·W_qkv, RoPE on q and k                                            first layer: SkipSimplified...)
-    attend over [past; new] per sequence            softmax(q·Kᵀ/√d + bias)·V, grouped-query, right-padded past
+    h = RMSNorm(x)                              SimplifiedLayerNormalization (the residual add fused in after the
+                                                first layer: SkipSimplifiedLayerNormalization)
+    qkv = h·W_qkv                               one MatMul for q, k and v (the three weights side by side)
+    attend over [past; new] per sequence        GroupQueryAttention: RoPE on q and k at each token's true position,
+                                                causal softmax(q·Kᵀ·scale)·V, grouped-query, right-padded past
     x += attn·W_o;  x += down(SiLU(gate(h)) · up(h))
 
-The same ops, in the same order and in fp32, as transformers' Llama (RMSNorm x/√(mean(x²)+ε)·w, rotate-half RoPE
-with the model's own cos/sin, SiLU(gate)·up), so greedy tokens match `generate()` (tested). The past keys and
-values are inputs and the new ones outputs: the block tables, the pool, the gather and the write stay in labkit.
+GroupQueryAttention (com.microsoft) is ONNX Runtime's fused attention kernel, the one its own model builder emits
+for ONNX Runtime GenAI; the arithmetic is transformers' Llama in fp32 (RMSNorm x/√(mean(x²)+ε)·w, rotate-half
+RoPE from the model's own cos/sin, SiLU(gate)·up), so greedy tokens match `generate()` (tested). Where the kernel
+does not take the model (head size not a multiple of 16, a RoPE that changes with length), `check_llama` says so.
+The past keys and values are inputs and the present ones outputs: the block tables, the pool, the gather and the
+write stay in labkit (`ort_runner`).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from onnx import TensorProto, helper, numpy_helper
 from labkit import onnx_format
 
 MS = "com.microsoft"
+ROPE_TYPES = ("default", "linear", "llama3")  # cos/sin depend on the position only: one table serves every length
 
 
 class _Graph:
@@ -62,28 +69,18 @@ def _norm(g: _Graph, x: str, norm, skip: str | None = None) -> tuple[str, str]:
     return normed, total
 
 
-def _rope(g: _Graph, t: str, cos: str, sin: str, half: int) -> str:
-    """t·cos + rotate_half(t)·sin on (S, heads, hd), cos/sin (S, 1, hd); rotate_half(t) = [−t2, t1]."""
-    t1, t2 = g.op("Split", t, g.const(np.array([half, half], np.int64)), outputs=2, axis=2)
-    rotated = g.op("Concat", g.op("Neg", t2), t1, axis=2)
-    return g.op("Add", g.op("Mul", t, cos), g.op("Mul", rotated, sin))
+def rope_tables(model) -> tuple[np.ndarray, np.ndarray]:
+    """(cos, sin), each (max_position_embeddings, head_dim / 2): the model's own rotary embedding at every position.
 
-
-def _attention(g: _Graph, q: str, k: str, v: str, past_k: str, past_v: str, dims, scale: float) -> str:
-    """softmax(q·Kᵀ·scale + bias)·V over K = [past; new], grouped-query. Returns (S, heads·hd).
-
-    q (S, heads, hd); k, v (S, 1, kv_heads, hd); past_k, past_v (S, P, kv_heads, hd); the graph input `bias`
-    (S, 1, 1, P + 1) is 0 on real keys and −inf on padding. Query head j reads kv head j // group (transformers'
-    repeat_kv order).
+    transformers' Llama RoPE is rotate-half: cos and sin repeat their first half, which is all GroupQueryAttention
+    reads (its `rotary_interleaved=0`). Any attention scaling of the RoPE type is already in them.
     """
-    heads, kv_heads, hd = dims
-    keys = g.op("Concat", past_k, k, axis=1)  # (S, P + 1, kv_heads, hd)
-    vals = g.op("Concat", past_v, v, axis=1)
-    qg = g.op("Reshape", q, g.const(np.array([0, kv_heads, heads // kv_heads, hd], np.int64)))  # (S, kvh, group, hd)
-    scores = g.op("MatMul", qg, g.op("Transpose", keys, perm=[0, 2, 3, 1]))  # (S, kv_heads, group, P + 1)
-    scores = g.op("Add", g.op("Mul", scores, g.const(np.float32(scale))), "bias")
-    out = g.op("MatMul", g.op("Softmax", scores, axis=-1), g.op("Transpose", vals, perm=[0, 2, 1, 3]))
-    return g.op("Reshape", out, g.const(np.array([0, heads * hd], np.int64)))  # (S, heads·hd)
+    decoder = model.model
+    n = model.config.max_position_embeddings
+    x = torch.zeros(1, 1, dtype=torch.float32)
+    cos, sin = decoder.rotary_emb(x, torch.arange(n)[None])  # (1, n, head_dim)
+    half = cos.shape[-1] // 2
+    return cos[0, :, :half].float().numpy(), sin[0, :, :half].float().numpy()
 
 
 def check_llama(model) -> None:
@@ -100,20 +97,28 @@ def check_llama(model) -> None:
     if next(model.parameters()).dtype != torch.float32:
         raise ValueError(f"the onnxruntime runner is the exact fp32 path; the model is "
                          f"{next(model.parameters()).dtype}: load it in fp32 or use runner='torch'")
+    hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    if hd % 16:
+        raise ValueError(f"ONNX Runtime's GroupQueryAttention takes head sizes that are multiples of 16; this model's "
+                         f"is {hd}: use runner='torch'")
+    rope = getattr(model.model.rotary_emb, "rope_type", "default")
+    if rope not in ROPE_TYPES:
+        raise ValueError(f"RoPE type {rope!r} changes with the sequence's length; the graph's cos/sin table supports "
+                         f"{list(ROPE_TYPES)}: use runner='torch'")
     size = sum(p.numel() * 4 for p in model.parameters())
     if size > 1.8e9:
         raise ValueError(f"{size / 1e9:.1f} GB of fp32 weights do not fit one ONNX protobuf (2 GB): use "
                          "runner='torch'")
 
 
-def decode_step_graph(model) -> onnx.ModelProto:
-    """One decode step of every layer as one ONNX graph, the KV cache outside it (labkit's paged pool).
+def step_graph(model) -> onnx.ModelProto:
+    """One forward step of every layer as one ONNX graph, the KV cache outside it (labkit's paged pool).
 
-    Inputs: x (S, H) the new tokens' embeddings; cos, sin (S, head_dim) their RoPE (the model's rotary_emb);
-    past_k_i, past_v_i (S, P, kv_heads, head_dim) per layer i, each sequence's cached keys/values gathered through
-    its block table, right-padded to P; bias (S, 1, 1, P + 1), 0 on real keys and −inf on padding (the new token,
-    last, is always real).
-    Outputs: logits (S, vocab); k_new, v_new (S, layers, kv_heads, head_dim) to write into the pool.
+    Inputs: x (B, T, H) the new tokens' embeddings; seqlens_k (B,) int32, each sequence's cached tokens + T − 1;
+    total_len () int32, W + T; past_k_i, past_v_i (B, kv_heads, W, head_dim) per layer i, each sequence's cached
+    keys/values gathered through its block table and right-padded to W (W may be 0).
+    Outputs: logits (B, vocab) at each sequence's last new token; present_k_i, present_v_i (B, kv_heads, W + T,
+    head_dim): sequence b's T new keys/values are at positions past_b .. past_b + T − 1.
 
     Args:
         model: a transformers Llama-layout causal LM in fp32 (`check_llama`).
@@ -127,40 +132,34 @@ def decode_step_graph(model) -> onnx.ModelProto:
     heads, kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
     hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
     f = TensorProto.FLOAT
-    inputs = [("x", f, ["S", cfg.hidden_size]), ("cos", f, ["S", hd]), ("sin", f, ["S", hd]),
-              ("bias", f, ["S", 1, 1, "P1"])]
+    inputs = [("x", f, ["B", "T", cfg.hidden_size]), ("seqlens_k", TensorProto.INT32, ["B"]),
+              ("total_len", TensorProto.INT32, [])]
     g = _Graph()
-    axis1 = g.const(np.array([1], np.int64))
-    cos, sin = g.op("Unsqueeze", "cos", axis1), g.op("Unsqueeze", "sin", axis1)  # (S, 1, hd)
-    shape = lambda *dims: g.const(np.array(dims, np.int64))  # noqa: E731
-    x, skip, new_k, new_v = "x", None, [], []
+    cos, sin = (g.const(t) for t in rope_tables(model))  # (max positions, hd / 2)
+    x, skip = "x", None
     for i, layer in enumerate(layers):
         att, mlp = layer.self_attn, layer.mlp
-        inputs += [(f"past_{kv}_{i}", f, ["S", "P", kv_heads, hd]) for kv in ("k", "v")]
+        inputs += [(f"past_{kv}_{i}", f, ["B", kv_heads, "W", hd]) for kv in ("k", "v")]
         h, x = _norm(g, x, layer.input_layernorm, skip)
         w = np.concatenate([_weight(att.q_proj), _weight(att.k_proj), _weight(att.v_proj)]).T  # (H, (h+2kvh)·hd)
-        qk, v = g.op("Split", g.op("MatMul", h, g.const(w)), g.const(np.array([(heads + kv_heads) * hd,
-                                                                               kv_heads * hd], np.int64)),
-                     outputs=2, axis=1)  # fmt: skip
-        qk = _rope(g, g.op("Reshape", qk, shape(0, heads + kv_heads, hd)), cos, sin, hd // 2)  # (S, h + kvh, hd)
-        q, k = g.op("Split", qk, g.const(np.array([heads, kv_heads], np.int64)), outputs=2, axis=1)
-        k, v = g.op("Reshape", k, shape(0, 1, kv_heads, hd)), g.op("Reshape", v, shape(0, 1, kv_heads, hd))
-        attn = _attention(g, q, k, v, f"past_k_{i}", f"past_v_{i}", (heads, kv_heads, hd), float(att.scaling))
-        o = g.op("MatMul", attn, g.const(_weight(att.o_proj).T))
+        qkv = g.op("MatMul", h, g.const(w))  # (B, T, (heads + 2·kv_heads)·hd), packed as the kernel takes it
+        attn = g.op("GroupQueryAttention", qkv, "", "", f"past_k_{i}", f"past_v_{i}", "seqlens_k", "total_len",
+                    cos, sin, outputs=[True, False, False], domain=MS, num_heads=heads, kv_num_heads=kv_heads,
+                    scale=float(att.scaling), do_rotary=1, rotary_interleaved=0)  # fmt: skip
+        g.nodes[-1].output[1:] = [f"present_k_{i}", f"present_v_{i}"]  # graph outputs as they are (no copy)
+        o = g.op("MatMul", attn, g.const(_weight(att.o_proj).T))  # (B, T, H)
         h, x = _norm(g, x, layer.post_attention_layernorm, o)  # x + attention, normed
         inter = mlp.gate_proj.out_features
         gate, up = g.op("Split", g.op("MatMul", h, g.const(np.concatenate([_weight(mlp.gate_proj),
                                                                             _weight(mlp.up_proj)]).T)),
-                        g.const(np.array([inter, inter], np.int64)), outputs=2, axis=1)  # fmt: skip
+                        g.const(np.array([inter, inter], np.int64)), outputs=2, axis=-1)  # fmt: skip
         act = g.op("Mul", g.op("Mul", gate, g.op("Sigmoid", gate)), up)  # SiLU(gate) · up
         skip = g.op("MatMul", act, g.const(_weight(mlp.down_proj).T))  # added to x by the next norm
-        new_k.append(k)
-        new_v.append(v)
-    h, _ = _norm(g, x, model.model.norm, skip)
-    logits = g.op("MatMul", h, g.const(_weight(model.lm_head).T))
-    outs = [("logits", logits), ("k_new", g.op("Concat", *new_k, axis=1)), ("v_new", g.op("Concat", *new_v, axis=1))]
-    for public, value in outs:
-        g.nodes.append(helper.make_node("Identity", [value], [public]))
-    graph = helper.make_graph(g.nodes, "decode_step", [helper.make_tensor_value_info(*i) for i in inputs],
-                              [helper.make_tensor_value_info(p, f, None) for p, _ in outs], g.inits)  # fmt: skip
+    last = lambda t: g.op("Slice", t, *(g.const(np.array([v], np.int64)) for v in (-1, 2**62, 1)))  # noqa: E731
+    h, _ = _norm(g, last(x), model.model.norm, last(skip))  # (B, 1, H): only the last token is sampled
+    logits = g.op("Squeeze", g.op("MatMul", h, g.const(_weight(model.lm_head).T)), g.const(np.array([1], np.int64)))
+    g.nodes.append(helper.make_node("Identity", [logits], ["logits"]))
+    outputs = ["logits"] + [f"present_{kv}_{i}" for i in range(len(layers)) for kv in ("k", "v")]
+    graph = helper.make_graph(g.nodes, "forward_step", [helper.make_tensor_value_info(*i) for i in inputs],
+                              [helper.make_tensor_value_info(o, f, None) for o in outputs], g.inits)  # fmt: skip
     return onnx_format.make_model(graph, {MS: 1})
