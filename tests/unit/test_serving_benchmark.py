@@ -15,7 +15,7 @@ def test_no_peer_run_writes_json_plot_and_says_why_the_peer_was_skipped(tmp_path
     out = tmp_path / "serving.json"
     assert BENCH["main"](["--model", "tiny-llama", "--no-peer", "--schedulers", "continuous", "--clients", "1", "2",
                           "--requests-per-client", "1", "--max-tokens", "3", "--rates", "20", "--open-requests", "2",
-                          "--threads", "1", "--out", str(out)]) == 0
+                          "--threads", "1", "--one-client-rounds", "1", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["peer"] == {"skipped": "--no-peer"} and report["complete"] and report["chat"]
     rows = pd.DataFrame(report["rows"])
@@ -28,6 +28,10 @@ def test_no_peer_run_writes_json_plot_and_says_why_the_peer_was_skipped(tmp_path
     assert report["labkit_servers"] == "each in its own process" and rows.mean_decode_batch.iloc[0] == 1.0
     assert "plotly" in out.with_suffix(".html").read_text()[:20000].lower()
     assert "peer: --no-peer" in capsys.readouterr().out
+    one = report["targets"]["one_client_vs_fastest_exact_decode"]  # server, engine alone, GenAI: side by side
+    assert one["rounds"] == 1 and one["met"] == (one["serving_cost"] >= 0.9 and one["decode_vs_fastest"] >= 0.9)
+    served = pd.DataFrame(report["one_client_rows"]).set_index("path").tokens
+    assert served["server"] == served["engine alone"]  # the same requests got the same replies
 
 
 def test_unknown_scheduler_is_refused_naming_the_valid_ones(capsys):

@@ -81,35 +81,47 @@ class OrtRunner(ModelRunner):
             torch.set_num_threads(before)
 
     def _forward(self, work: list[Scheduled]) -> torch.Tensor:
-        """One graph call for sequences computing the same number T of tokens: (B, vocab) logits at their last."""
+        """One graph call for sequences computing the same number T of tokens: (B, vocab) logits at their last.
+
+        Each layer's keys and values are gathered into one (B, kv_heads, W + T, head_dim) buffer that is both the
+        kernel's past and its present (ONNX Runtime's shared past/present buffer): the kernel reads the past in
+        place and writes the T new keys/values at positions past_b .. past_b + T − 1, from where they go to their
+        slots. The buffer's tail holds the gather's padding (slot 0) until the kernel overwrites what it attends.
+        """
         size, t = self.k_pool[0].shape[1], work[0].tokens
         pasts = [w.start for w in work]  # cached tokens per sequence
-        width = max(pasts)
-        slots = torch.tensor([context_slots(w.seq.block_table, w.start, size) + [0] * (width - w.start)
-                              for w in work], dtype=torch.long)  # (B, W), right-padded  # fmt: skip
+        span = max(pasts) + t
+        slots = torch.tensor([context_slots(w.seq.block_table, w.start, size) + [0] * (span - w.start)
+                              for w in work], dtype=torch.long)  # (B, W + T), right-padded  # fmt: skip
         layers, b, (kvh, hd) = self.layers, len(work), self.k_all.shape[-2:]
         slots_total = self.k_all.shape[1] * size
-        # one gather per pool, straight into the kernel's (layers, B, kvh, W, hd) layout: row r of the pool seen as
-        # (layers · slots · kvh, hd) is layer r // (slots·kvh), slot r // kvh % slots, head r % kvh
+        # one gather per pool, straight into the kernel's (layers, B, kvh, W + T, hd) layout: row r of the pool seen
+        # as (layers · slots · kvh, hd) is layer r // (slots·kvh), slot r // kvh % slots, head r % kvh
         rows = ((torch.arange(layers)[:, None, None, None] * slots_total + slots[None, :, None, :]) * kvh
-                + torch.arange(kvh)[None, None, :, None])  # (layers, B, kvh, W)  # fmt: skip
-        past_k, past_v = (p.view(-1, hd).index_select(0, rows.flatten()).view(layers, b, kvh, width, hd).numpy()
-                          for p in (self.k_all, self.v_all))  # fmt: skip
-        k_flat, v_flat = (p.view(layers, slots_total, kvh * hd) for p in (self.k_all, self.v_all))
+                + torch.arange(kvh)[None, None, :, None])  # (layers, B, kvh, W + T)  # fmt: skip
+        bufs = [p.view(-1, hd).index_select(0, rows.flatten()).view(layers, b, kvh, span, hd)
+                for p in (self.k_all, self.v_all)]  # fmt: skip
         ids = torch.tensor([w.seq.token_ids[w.start:w.start + t] for w in work])  # (B, T)
-        feed = {"x": self.model.model.embed_tokens(ids).numpy(),
-                "seqlens_k": np.array([p + t - 1 for p in pasts], np.int32), "total_len": np.array(width + t, np.int32)}
+        io = self.session.io_binding()
+        io.bind_cpu_input("x", self.model.model.embed_tokens(ids).numpy())
+        io.bind_cpu_input("seqlens_k", np.array([p + t - 1 for p in pasts], np.int32))
+        io.bind_cpu_input("total_len", np.array(span, np.int32))
+        logits = torch.empty(b, self.model.config.vocab_size)  # (B, vocab): the kernel writes into it
+        io.bind_output("logits", "cpu", 0, np.float32, list(logits.shape), logits.data_ptr())
         for i in range(layers):
-            feed[f"past_k_{i}"], feed[f"past_v_{i}"] = past_k[i], past_v[i]
-        logits, *present = self.session.run(None, feed)  # present: k_0, v_0, k_1, ... (B, kvh, W + T, hd)
-        seq_of = np.arange(b)[:, None]
-        cols = np.array(pasts)[:, None] + np.arange(t)[None, :]  # (B, T) each new token's position in present
+            for kind, buf in zip("kv", bufs, strict=True):
+                where = ("cpu", 0, np.float32, list(buf.shape[1:]), buf[i].data_ptr())
+                io.bind_input(f"past_{kind}_{i}", *where)
+                io.bind_output(f"present_{kind}_{i}", *where)  # the same memory: written in place
+        self.session.run_with_iobinding(io)
+        cols = torch.tensor(pasts)[:, None] + torch.arange(t)[None, :]  # (B, T) each new token's buffer position
         new = torch.tensor([slot(w.seq.block_table, w.start + j, size) for w in work for j in range(t)])  # (B·T,)
-        for kind, flat in enumerate((k_flat, v_flat)):
-            fresh = np.stack([p[seq_of, :, cols, :] for p in present[kind::2]])  # (layers, B, T, kvh, hd)
-            flat.index_copy_(1, new, torch.from_numpy(fresh).view(layers, b * t, -1))
+        for buf, pool in zip(bufs, (self.k_all, self.v_all), strict=True):
+            fresh = buf[:, torch.arange(b)[:, None], :, cols, :]  # (B, T, layers, kvh, hd)
+            pool.view(layers, slots_total, kvh * hd).index_copy_(1, new, fresh.permute(2, 0, 1, 3, 4).reshape(
+                layers, b * t, kvh * hd))  # fmt: skip
         if t == 1:
             self.decode_steps += 1
         else:
             self.prefills += 1
-        return torch.from_numpy(logits)
+        return logits
