@@ -13,7 +13,10 @@ x times r, a matmul 32 times smaller, added after. So the codes are carried over
     Q8_0   d (fp16),    32 × int8 q:   w = d·q          bits 8, codes q + 128      0
 
 (A floating-point zero point −m/d would say the same in one op, but ONNX Runtime's CPU kernels then dequantize the
-whole matrix at every call — measured 15× slower — and refuse it at 8 bits.) llama.cpp's converter reorders the rows
+whole matrix at every call — measured 15× slower — and refuse it at 8 bits.) `zero_point="rounded"` drops the
+residual instead: each Q4_1 block gets the integer zero point z = round(−m/d) clipped to 0..15, one op on the fast
+kernel, and every value of the block moves by d·(−m/d − z), at most d/2 when −m/d is in range: not exact, so its
+agreement with the reference is measured (`benchmarks/decode.py`). llama.cpp's converter reorders the rows
 of attn_q / attn_k for its RoPE layout; whole rows move, so the blocks are carried over and only their row order is
 undone (transformers' GGUF loader's `_reverse_permute_weights`). `convert()` takes ONNX Runtime GenAI's int4 build of
 the same checkpoint as the graph (fused QKV, GroupQueryAttention, its generation loop) and replaces every MatMulNBits'
@@ -30,105 +33,16 @@ from pathlib import Path
 import numpy as np
 
 from labkit.cache import cache_dir
+from labkit.convert.gguf_blocks import QK, ZERO_POINTS, gguf_rows, to_matmul_nbits
 from labkit.hardware import Unavailable
 
-QK = 32  # values per ggml block (QK4_0 = QK4_1 = QK8_0)
-BLOCK_BYTES = {"Q4_0": 18, "Q4_1": 20, "Q8_0": 34}
-BITS = {"Q4_0": 4, "Q4_1": 4, "Q8_0": 8}
 # ONNX Runtime GenAI's weight names -> the GGUF tensors whose rows they hold, in order (llama architecture)
 GGUF_SOURCES = {"attn.qkv_proj": ("attn_q", "attn_k", "attn_v"), "attn.o_proj": ("attn_output",),
                 "mlp.gate_proj": ("ffn_gate",), "mlp.up_proj": ("ffn_up",), "mlp.down_proj": ("ffn_down",)}
 
 
-def decode_blocks(raw: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Split a GGUF tensor's rows of blocks into codes, scales and minimums.
-
-    Args:
-        raw: (rows, blocks × BLOCK_BYTES[kind]) uint8, as `gguf.GGUFReader` returns a quantized tensor.
-        kind: "Q4_0", "Q4_1" or "Q8_0".
-    Returns:
-        codes (rows, blocks × 32) uint8 in 0 .. 2^bits − 1; d and m (rows, blocks) float32, such that each value is
-        d·code + m (Q4_0: m = −8d; Q8_0: codes = q + 128, m = −128d).
-    Raises:
-        Unavailable: another block type (naming the supported ones).
-    """
-    if kind not in BLOCK_BYTES:
-        raise Unavailable(f"GGUF block type {kind} is not carried over; supported: {sorted(BLOCK_BYTES)}")
-    rows = raw.shape[0]
-    blocks = np.ascontiguousarray(raw).reshape(rows, -1, BLOCK_BYTES[kind])
-    d = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
-    if kind == "Q8_0":
-        codes = (blocks[..., 2:].copy().view(np.int8).astype(np.int16) + 128).astype(np.uint8)
-        return codes.reshape(rows, -1), d, -128 * d
-    if kind == "Q4_1":
-        m, qs = blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32), blocks[..., 4:]
-    else:
-        m, qs = -8 * d, blocks[..., 2:]
-    codes = np.concatenate([qs & 0x0F, qs >> 4], axis=-1)  # (rows, blocks, 32): j low nibble, j + 16 high
-    return codes.reshape(rows, -1), d, m
-
-
-def to_matmul_nbits(codes: np.ndarray, d: np.ndarray, m: np.ndarray, bits: int) -> dict[str, np.ndarray]:
-    """MatMulNBits' inputs for these blocks, and what each block adds on top of them.
-
-    Args:
-        codes: (N, K) uint8. d, m: (N, K / 32) float32 (value = d·code + m). bits: 4 or 8.
-    Returns:
-        {"B": (N, K/32, 32·bits/8) uint8 codes (4-bit: two per byte), "scales": (N·K/32,) float32 = d,
-        "residual": (N, K/32) float32 = m + 2^(bits−1)·d, the constant each block's values exceed
-        d·(code − 2^(bits−1)) by}.
-    """
-    n, k = codes.shape
-    blocks = codes.reshape(n, k // QK, QK)
-    packed = blocks if bits == 8 else (blocks[..., 0::2] | (blocks[..., 1::2] << 4)).astype(np.uint8)
-    residual = (m + 2 ** (bits - 1) * d).astype(np.float32)
-    return {"B": np.ascontiguousarray(packed), "scales": d.reshape(-1), "residual": residual}
-
-
-def dequantize(nbits: dict[str, np.ndarray], k: int) -> np.ndarray:
-    """(N, K) float32 weights that `to_matmul_nbits`' arrays stand for: s·(q − 2^(bits−1)) + residual (a check)."""
-    b = nbits["B"]
-    bits = 8 if b.shape[-1] == QK else 4
-    codes = b if bits == 8 else np.stack([b & 0x0F, b >> 4], axis=-1).reshape(*b.shape[:2], QK)
-    n = b.shape[0]
-    s, r = nbits["scales"].reshape(n, -1, 1), nbits["residual"].reshape(n, -1, 1)
-    return (s * (codes.astype(np.float32) - 2 ** (bits - 1)) + r).reshape(n, k)
-
-
-def unpermute_rows(rows: int, n_head: int) -> np.ndarray:
-    """Row order that undoes llama.cpp's q/k permutation: GGUF row order[i] goes to row i.
-
-    Args:
-        rows: the tensor's rows. n_head: its heads (attn_q: the attention heads; attn_k: the key/value heads).
-    Returns:
-        (rows,) int64 index (transformers' `_reverse_permute_weights` applied to the row numbers).
-    """
-    idx = np.arange(rows)
-    return idx.reshape(n_head, rows // n_head // 2, 2).swapaxes(2, 1).reshape(rows)
-
-
-def gguf_rows(reader, name: str, heads: dict[str, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """A GGUF tensor's (codes, d, m, bits), rows in the Hugging Face order.
-
-    Args:
-        reader: a `gguf.GGUFReader`. name: the tensor ("blk.0.attn_q.weight"). heads: {"attn_q": heads,
-            "attn_k": key/value heads}.
-    Raises:
-        KeyError: no such tensor. Unavailable: an unsupported block type.
-    """
-    tensor = next((t for t in reader.tensors if t.name == name), None)
-    if tensor is None:
-        raise KeyError(f"GGUF tensor {name!r} not found")
-    kind = tensor.tensor_type.name
-    codes, d, m = decode_blocks(np.asarray(tensor.data), kind)
-    part = name.split(".")[-2]
-    if part in heads:
-        order = unpermute_rows(codes.shape[0], heads[part])
-        codes, d, m = codes[order], d[order], m[order]
-    return codes, d, m, BITS[kind]
-
-
-def convert(gguf_path: Path | str, template_dir: Path | str, accuracy_level: int = 0) -> Path:
+def convert(gguf_path: Path | str, template_dir: Path | str, accuracy_level: int = 0,
+            zero_point: str = "exact") -> Path:
     """An ONNX Runtime GenAI model folder whose MatMulNBits weights are the GGUF file's own blocks.
 
     Args:
@@ -136,6 +50,7 @@ def convert(gguf_path: Path | str, template_dir: Path | str, accuracy_level: int
         template_dir: ONNX Runtime GenAI's int4 build of the same model (`genai.build_genai(checkpoint, "int4")`):
             its graph, config and tokenizer are kept, its MatMulNBits weights replaced.
         accuracy_level: MatMulNBits' compute type: 0 / 1 = fp32 activations (exact), 4 = int8 activations.
+        zero_point: "exact" or "rounded" (`to_matmul_nbits`; Q4_0 and Q8_0 blocks need no zero point either way).
     Returns:
         the folder (cached under LABKIT_CACHE/genai; built once per GGUF file, template and accuracy level).
     Raises:
@@ -149,8 +64,12 @@ def convert(gguf_path: Path | str, template_dir: Path | str, accuracy_level: int
     except ImportError as err:
         raise Unavailable(f"converting GGUF needs the gguf and onnx packages: {err}") from err
     gguf_path, template_dir = Path(gguf_path), Path(template_dir)
-    key = hashlib.sha256(f"{gguf_path.resolve()}|{template_dir.resolve()}|{accuracy_level}".encode()).hexdigest()
-    out = cache_dir("genai") / f"{gguf_path.stem}-nbits-a{accuracy_level}-{key[:8]}"
+    if zero_point not in ZERO_POINTS:
+        raise ValueError(f"zero_point must be one of {ZERO_POINTS}, got {zero_point!r}")
+    rounded = zero_point == "rounded"
+    key = hashlib.sha256(f"{gguf_path.resolve()}|{template_dir.resolve()}|{accuracy_level}{'|zp' * rounded}"
+                         .encode()).hexdigest()  # fmt: skip
+    out = cache_dir("genai") / f"{gguf_path.stem}-nbits-a{accuracy_level}{'-zp' * rounded}-{key[:8]}"
     if (out / "genai_config.json").exists():
         return out
     reader = gguf.GGUFReader(str(gguf_path))
@@ -167,7 +86,8 @@ def convert(gguf_path: Path | str, template_dir: Path | str, accuracy_level: int
         if len({b[3] for b in blocks}) != 1:
             raise Unavailable(f"{weight}: its GGUF parts {parts} mix block types")
         codes, d, m = (np.concatenate([b[i] for b in blocks]) for i in range(3))
-        arrays = to_matmul_nbits(codes, d, m, blocks[0][3])
+        bits = blocks[0][3]
+        arrays = to_matmul_nbits(codes, d, m, bits, zero_point if bits == 4 and np.any(m + 8 * d) else "exact")
         for old in node.input[1:]:
             graph.initializer.remove(inits.pop(old))
         stem = weight.rsplit(".weight", 1)[0] + ".gguf"
@@ -175,6 +95,9 @@ def convert(gguf_path: Path | str, template_dir: Path | str, accuracy_level: int
                                   numpy_helper.from_array(arrays["scales"], f"{stem}.scales")])
         del node.input[1:]
         node.input.extend([f"{stem}.B", f"{stem}.scales"])  # no zero points: the default, 2^(bits−1)
+        if "zero_points" in arrays:
+            graph.initializer.append(numpy_helper.from_array(arrays["zero_points"], f"{stem}.zero_points"))
+            node.input.append(f"{stem}.zero_points")
         attrs = {"bits": blocks[0][3], "block_size": QK, "accuracy_level": accuracy_level, "N": codes.shape[0],
                  "K": codes.shape[1]}  # fmt: skip
         for a in node.attribute:
@@ -189,7 +112,8 @@ def convert(gguf_path: Path | str, template_dir: Path | str, accuracy_level: int
     shutil.copytree(template_dir, tmp, ignore=shutil.ignore_patterns("model.onnx*", "build.log", "tmp"))
     onnx.save(model, str(tmp / "model.onnx"), save_as_external_data=True, location="model.onnx.data")
     (tmp / "gguf_source.json").write_text(json.dumps({"gguf": str(gguf_path), "template": str(template_dir),
-                                                      "accuracy_level": accuracy_level}))  # fmt: skip
+                                                      "accuracy_level": accuracy_level,
+                                                      "zero_point": zero_point}))  # fmt: skip
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out

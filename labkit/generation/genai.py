@@ -83,15 +83,18 @@ class OrtGenAIGGUF(OrtGenAI):
 
     Args:
         accuracy_level: 0 = fp32 activations (exact against the dequantized model), 4 = int8 activations.
+        zero_point: "exact" (each block's minimum as a residual branch) or "rounded" (as an integer zero point:
+            one op, each block moved by at most half a step; `convert.gguf_blocks.to_matmul_nbits`).
     """
 
-    def __init__(self, accuracy_level: int = 0):
+    def __init__(self, accuracy_level: int = 0, zero_point: str = "exact"):
         super().__init__("int4")
-        self.accuracy_level = accuracy_level
-        self.name = "ort-genai-gguf-q4_1" + ("" if accuracy_level in (0, 1) else f"-a{accuracy_level}")
-        self.exact = accuracy_level in (0, 1)
+        self.accuracy_level, self.zero_point = accuracy_level, zero_point
+        self.name = ("ort-genai-gguf-q4_1" + ("" if accuracy_level in (0, 1) else f"-a{accuracy_level}")
+                     + ("-zp" if zero_point == "rounded" else ""))  # fmt: skip
+        self.exact = accuracy_level in (0, 1) and zero_point == "exact"
         self.description = (f"onnxruntime-genai, the GGUF's Q4_1 blocks carried into MatMulNBits "
-                            f"(accuracy_level {accuracy_level}), C++ decode loop")
+                            f"(accuracy_level {accuracy_level}, {zero_point} zero points), C++ decode loop")
 
     def available(self, model: str) -> tuple[bool, str]:
         ok, reason = super().available(model)
@@ -103,6 +106,7 @@ class OrtGenAIGGUF(OrtGenAI):
         """Convert once (cached): ORT GenAI's int4 graph with the GGUF's blocks; then load it for the CPU."""
         self.check_device(device)
         template = genai.build_genai(models.checkpoint_dir(model), "int4")
-        path = gguf_nbits.convert(smollm2.find_gguf() or smollm2.download_gguf(), template, self.accuracy_level)
+        path = gguf_nbits.convert(smollm2.find_gguf() or smollm2.download_gguf(), template, self.accuracy_level,
+                                  self.zero_point)
         self.genai = genai.load_genai(path, "int4", threads)
         self.weight_bytes, self.step_bytes = self.genai.weight_bytes, onnx_step_bytes(path)

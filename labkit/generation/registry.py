@@ -16,7 +16,8 @@ def registry() -> dict[str, DecodeBackend]:
         HFBackend("hf-int8-dynamic", "int8-dynamic", description="transformers + torch.ao dynamic int8 Linear"),
         HFBackend("hf-static-compile-fp32", "fp32", compiled=True,
                   description="transformers, static KV cache + torch.compile (inductor), fp32"),
-        OrtGenAI("fp32"), OrtGenAI("int8"), OrtGenAI("int4"), OrtGenAIGGUF(0), OrtGenAIGGUF(4), LlamaCpp(),
+        OrtGenAI("fp32"), OrtGenAI("int8"), OrtGenAI("int4"), OrtGenAIGGUF(0), OrtGenAIGGUF(4),
+        OrtGenAIGGUF(4, "rounded"), LlamaCpp(),
     ]  # fmt: skip
     return {b.name: b for b in backends}
 
