@@ -268,8 +268,9 @@ launch_counts[["variant", "device", "counted", "launches_per_token", "kernels_pe
 # `ort-genai-gguf-q4_1` rows carry the file's blocks over unchanged (`labkit.convert.gguf_nbits`: same codes, same
 # scales, the minimum folded into one correction per block), so they run exactly llama.cpp's weights with other
 # kernels. `-a0` keeps the activations in fp32 (exact against the dequantized model), `-a4` quantizes them to int8
-# inside the kernel, as llama.cpp does. A quantization format is a memory layout; an engine is the kernels that
-# read it. The bound of each row counts the bytes one step reads (`step_read_MB`: an embedding table kept apart
+# inside the kernel, as llama.cpp does; `-a4-zp` also rounds each block's minimum into an integer zero point (one op
+# instead of the per-block correction; every value of a block moves by up to half a step): predict its agreement.
+# A quantization format is a memory layout; an engine is the kernels that read it. The bound of each row counts the bytes one step reads (`step_read_MB`: an embedding table kept apart
 # from the head costs one row, a tied head is read once), so no row can read faster than its bound.
 
 # %%
@@ -358,7 +359,8 @@ print(f"* Theory: fewer bytes per token and less overhead per step decode faster
       f"HF eager fp32 ({fast_b1.loc[best, 'pct_of_bound']:.0f} % of its bandwidth bound)"
       + (f"; {fast_b1.loc[best, 'vs_llama_cpp']:.2f}× llama.cpp." if "llama.cpp" in fast_b1.index else
          "; llama.cpp not measured here (" + fast.table.set_index("generator").reason.get("llama.cpp", "") + ")."))
-same4 = [g for g in ("ort-genai-gguf-q4_1", "ort-genai-gguf-q4_1-a4") if g in fast_b1.index]
+same4 = [g for g in ("ort-genai-gguf-q4_1", "ort-genai-gguf-q4_1-a4", "ort-genai-gguf-q4_1-a4-zp")
+         if g in fast_b1.index]
 if same4:
     print("* Theory: the same Q4_1 blocks read by other kernels decode at another speed, with the same weights. "
           "Measured: " + ", ".join(f"{g} {fast_b1.loc[g, 'decode_tok_s']:.0f} tok/s, top-1 agreement "

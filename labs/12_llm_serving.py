@@ -314,11 +314,13 @@ chunked.figure
 #
 # At one client no scheduler can batch: a request decodes exactly as fast as the model under the scheduler computes
 # one step. The paged engine has two model runners (`labkit.serving.limits.RUNNERS`). `torch` runs the transformers
-# model with the paged attention of section 6. `onnxruntime` hands every decode step to ONNX Runtime as one graph
+# model with the paged attention of section 6. `onnxruntime` hands each step to ONNX Runtime as one graph
 # (`labkit.serving.paged.onnx_layers`): the same pool and block tables; labkit gathers each sequence's cached keys and
-# values through its block table, the graph attends over them and returns the new ones, and labkit writes them into
-# their slots. Prefill steps stay on transformers. Same scheduler, same tokens. Predict: how much faster is one
-# stream on the second runner, and does the gap stay when more clients share the steps?
+# values through its block table into one buffer, ONNX Runtime's fused attention kernel (GroupQueryAttention, the
+# one its own model builder uses) reads it in place and writes the new keys and values into it, and labkit copies
+# those into their slots. Decode steps go as one call for the whole batch, a lone prompt's prefill as its own call;
+# several prompts in one step are packed into one transformers forward. Same scheduler, same tokens. Predict: how
+# much faster is one stream on the second runner, and does the gap stay when more clients share the steps?
 
 # %%
 from labkit.experiments import serving_engines
