@@ -67,17 +67,12 @@ def _peer_rows(args, measure: dict) -> tuple[list[dict], dict]:
 def _targets(df, peer: str | None, top: int, one_client: dict | None = None) -> dict:
     closed = df[df["mode"] == "closed"].set_index(["server", "clients"])
     out = {}
-    if one_client:  # measured side by side: the server, its engine alone, the fastest exact decoder
+    if one_client:  # measured side by side on the same requests: the server, its engine alone, ONNX Runtime GenAI
         o = one_client
         out["one_client_vs_fastest_exact_decode"] = {
-            **o, "goal": 0.9,
-            # serving's cost: the server's tokens/s over the engine alone on the same requests (prefill included)
-            "serving_cost_met": bool(o["serving_cost"] >= 0.9),
-            # decode rate against decode rate (neither has a prompt in it)
-            "decode_met": bool(o["decode_vs_fastest"] >= 0.9),
-            # the server's tokens/s (prefill, HTTP included) against a decode rate (no prefill): for the record
-            "end_to_end_met": bool(o["end_to_end_vs_fastest_decode_rate"] >= 0.9),
-            "met": bool(o["serving_cost"] >= 0.9 and o["decode_vs_fastest"] >= 0.9)}
+            **o, "goal": 0.9, "met": bool(o["vs_fastest"] >= 0.9),
+            "serving_cost_met": bool(o["serving_cost"] >= 0.9),  # the server against its own engine alone
+            "decode_met": bool(o["decode_vs_fastest"] >= 0.9)}  # decode rates only (no prefill on either side)
     if {("continuous", top), ("sync", top)} <= set(closed.index):
         c, s = closed.loc[("continuous", top)], closed.loc[("sync", top)]
         ratio = c.tokens_per_s / s.tokens_per_s

@@ -18,11 +18,13 @@ residual instead: each Q4_1 block gets the integer zero point z = round(−m/d) 
 kernel, and every value of the block moves by d·(−m/d − z), at most d/2 when −m/d is in range: not exact, so its
 agreement with the reference is measured (`benchmarks/decode.py`). Measured on SmolLM2 (2-core Xeon, int8
 activations): 1.05× the residual path's tokens/s, top-1 agreement 0.70 against its 0.98. A shift shared by the 32
-values of a block does not average out the way independent rounding errors do: the residual stays the default. llama.cpp's converter reorders the rows
-of attn_q / attn_k for its RoPE layout; whole rows move, so the blocks are carried over and only their row order is
-undone (transformers' GGUF loader's `_reverse_permute_weights`). `convert()` takes ONNX Runtime GenAI's int4 build of
-the same checkpoint as the graph (fused QKV, GroupQueryAttention, its generation loop) and replaces every MatMulNBits'
-weights, and the embedding lookup's, with the GGUF's own blocks.
+values of a block does not average out the way independent rounding errors do: the residual stays the default.
+
+llama.cpp's converter reorders the rows of attn_q / attn_k for its RoPE layout; whole rows move, so the blocks are
+carried over and only their row order is undone (transformers' GGUF loader's `_reverse_permute_weights`).
+`convert()` takes ONNX Runtime GenAI's int4 build of the same checkpoint as the graph (fused QKV,
+GroupQueryAttention, its generation loop) and replaces every MatMulNBits' weights, and the embedding lookup's, with
+the GGUF's own blocks.
 """
 
 from __future__ import annotations

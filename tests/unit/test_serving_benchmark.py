@@ -29,7 +29,7 @@ def test_no_peer_run_writes_json_plot_and_says_why_the_peer_was_skipped(tmp_path
     assert "plotly" in out.with_suffix(".html").read_text()[:20000].lower()
     assert "peer: --no-peer" in capsys.readouterr().out
     one = report["targets"]["one_client_vs_fastest_exact_decode"]  # server, engine alone, GenAI: side by side
-    assert one["rounds"] == 1 and one["met"] == (one["serving_cost"] >= 0.9 and one["decode_vs_fastest"] >= 0.9)
+    assert one["rounds"] == 1 and one["met"] == (one["vs_fastest"] >= 0.9)
     served = pd.DataFrame(report["one_client_rows"]).set_index("path").tokens
     assert served["server"] == served["engine alone"]  # the same requests got the same replies
 
