@@ -275,6 +275,7 @@ def test_onnxruntime_prefill_chunks_match_the_torch_runner(llama):
                 seq.append(int(got.argmax(-1)))
         out[name] = torch.cat(logits), runner.k_all.clone(), runner.v_all.clone()
     assert runner.prefills == 3 and runner.decode_steps == 2  # chunks of 8, 8, 4, then two decode steps
+    assert runner.gathers == 4  # one per chunk, one for the first decode step; the second reuses its buffer
     for a, b in zip(out["torch"], out["onnxruntime"], strict=True):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
 

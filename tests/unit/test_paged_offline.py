@@ -36,6 +36,10 @@ def test_offline_greedy_equals_generate_and_stops_at_eos(llama, runner_cls):
     run = time_decode(lambda mark: [generate_offline(runner, prompt, 12, mark=mark)], batch=1, new_tokens=12,
                       warmup=0, repeat=1)  # fmt: skip
     assert run.tokens == [ref] and len(run.step_s) == 11
+    if runner_cls is not ModelRunner:  # one gather for the prompt, one for the first decode step, then none: the
+        before = runner.gathers  # kernel appends each new token to the decode buffer it keeps
+        generate_offline(runner, prompt, 12)
+        assert runner.gathers - before == 2
 
 
 def test_offline_refuses_what_does_not_fit(llama):

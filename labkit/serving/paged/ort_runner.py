@@ -5,16 +5,22 @@
 
 Same pool, same block tables as `runner.ModelRunner`. A step's sequences that decode (one new token each) go to
 ONNX Runtime together as one call of `onnx_layers.step_graph`; a sequence that prefills (its prompt, a chunk of it,
-or the rest after a prefix-cache hit) goes as a call of its own. For each call labkit gathers every sequence's
-cached keys and values of every layer through its block table (one indexing op), the graph attends over
-[past; new] and returns the present keys and values, and labkit writes the new ones into their slots. Several
-prompts arriving in one step are packed into one transformers forward instead (`ModelRunner`: no padding).
-At batch 1 a decode step is a chain of matrix-vector products bound by reading the weights; ONNX Runtime's CPU
-kernels, with one call per step and its fused attention, read them faster than PyTorch's eager dispatch of the
-same model (measured: `benchmarks/serving.py`). CPU and fp32 Llama-layout models only; on a GPU use the torch runner.
+or the rest after a prefix-cache hit) goes as a call of its own. For a call labkit gathers every sequence's cached
+keys and values of every layer through its block table (one indexing op) into one buffer; ONNX Runtime's attention
+kernel reads the past there in place and writes the new keys and values after it, and labkit copies those into
+their slots of the pool (the pool stays the one true copy). A decode batch keeps its buffer, with room for
+HEADROOM more tokens, while the same sequences decode step after step: the kernel has already appended each new
+token to it, so nothing is gathered again until a sequence joins, leaves or outgrows the room (ONNX Runtime
+GenAI's shared past/present buffer, filled through block tables). Several prompts arriving in one step are packed
+into one transformers forward instead (`ModelRunner`: no padding). At batch 1 a decode step is a chain of
+matrix-vector products bound by reading the weights; ONNX Runtime's CPU kernels, with one call per step and its
+fused attention, read them faster than PyTorch's eager dispatch of the same model (measured:
+`benchmarks/serving.py`). CPU and fp32 Llama-layout models only; on a GPU use the torch runner.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import onnxruntime as ort
@@ -24,6 +30,27 @@ from labkit.serving.paged import onnx_layers
 from labkit.serving.paged.attention import context_slots, slot
 from labkit.serving.paged.runner import ModelRunner
 from labkit.serving.paged.scheduler import Scheduled
+
+HEADROOM = 64  # tokens a decode batch's buffer has room for before it is gathered again
+
+
+@dataclass
+class _Buffers:
+    """One call's gathered K/V buffers, (layers, B, kv_heads, capacity, head_dim) each, the graph's other inputs
+    and its logits (B, vocab), all bound to ONNX Runtime once (`io`); `pasts`: each sequence's cached tokens."""
+
+    seq_ids: tuple[int, ...]
+    pasts: list[int]
+    kv: list[torch.Tensor]
+    x: np.ndarray
+    seqlens: np.ndarray
+    total: np.ndarray
+    logits: torch.Tensor
+    io: object
+
+    @property
+    def capacity(self) -> int:
+        return self.kv[0].shape[3]
 
 
 class OrtRunner(ModelRunner):
@@ -35,7 +62,7 @@ class OrtRunner(ModelRunner):
         threads: ONNX Runtime's intra-op threads (default: torch's thread count, so both use the same cores).
     Attributes:
         decode_steps, prefills: graph calls that decoded a batch / prefilled one sequence (the rest went through
-            the transformers model).
+            the transformers model). gathers: buffers filled from the pool through the block tables.
     Raises:
         ValueError: a model on another device, or one `onnx_layers.step_graph` refuses (naming why).
     """
@@ -51,7 +78,8 @@ class OrtRunner(ModelRunner):
         proto = onnx_layers.step_graph(model)
         self.session = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         self.layers = len(self.k_pool)
-        self.decode_steps = self.prefills = 0
+        self.decode_steps = self.prefills = self.gathers = 0
+        self._decoding: _Buffers | None = None  # the last decode batch's buffers
 
     @torch.no_grad()
     def run(self, work: list[Scheduled]) -> torch.Tensor:
@@ -81,47 +109,58 @@ class OrtRunner(ModelRunner):
             torch.set_num_threads(before)
 
     def _forward(self, work: list[Scheduled]) -> torch.Tensor:
-        """One graph call for sequences computing the same number T of tokens: (B, vocab) logits at their last.
-
-        Each layer's keys and values are gathered into one (B, kv_heads, W + T, head_dim) buffer that is both the
-        kernel's past and its present (ONNX Runtime's shared past/present buffer): the kernel reads the past in
-        place and writes the T new keys/values at positions past_b .. past_b + T − 1, from where they go to their
-        slots. The buffer's tail holds the gather's padding (slot 0) until the kernel overwrites what it attends.
-        """
-        size, t = self.k_pool[0].shape[1], work[0].tokens
-        pasts = [w.start for w in work]  # cached tokens per sequence
-        span = max(pasts) + t
-        slots = torch.tensor([context_slots(w.seq.block_table, w.start, size) + [0] * (span - w.start)
-                              for w in work], dtype=torch.long)  # (B, W + T), right-padded  # fmt: skip
-        layers, b, (kvh, hd) = self.layers, len(work), self.k_all.shape[-2:]
-        slots_total = self.k_all.shape[1] * size
-        # one gather per pool, straight into the kernel's (layers, B, kvh, W + T, hd) layout: row r of the pool seen
-        # as (layers · slots · kvh, hd) is layer r // (slots·kvh), slot r // kvh % slots, head r % kvh
-        rows = ((torch.arange(layers)[:, None, None, None] * slots_total + slots[None, :, None, :]) * kvh
-                + torch.arange(kvh)[None, None, :, None])  # (layers, B, kvh, W + T)  # fmt: skip
-        bufs = [p.view(-1, hd).index_select(0, rows.flatten()).view(layers, b, kvh, span, hd)
-                for p in (self.k_all, self.v_all)]  # fmt: skip
+        """One graph call for sequences computing the same number T of tokens: (B, vocab) logits at their last."""
+        t, pasts = work[0].tokens, [w.start for w in work]  # pasts: cached tokens per sequence
+        buf = self._decoding if t == 1 else None
+        if (buf is None or buf.seq_ids != tuple(w.seq.seq_id for w in work) or max(pasts) + t > buf.capacity
+                or any(p != q + 1 for p, q in zip(pasts, buf.pasts, strict=True))):  # fmt: skip
+            buf = self._gather(work, max(pasts) + t + (HEADROOM if t == 1 else 0))
+            if t == 1:
+                self._decoding = buf
+        buf.pasts = pasts
         ids = torch.tensor([w.seq.token_ids[w.start:w.start + t] for w in work])  # (B, T)
-        io = self.session.io_binding()
-        io.bind_cpu_input("x", self.model.model.embed_tokens(ids).numpy())
-        io.bind_cpu_input("seqlens_k", np.array([p + t - 1 for p in pasts], np.int32))
-        io.bind_cpu_input("total_len", np.array(span, np.int32))
-        logits = torch.empty(b, self.model.config.vocab_size)  # (B, vocab): the kernel writes into it
-        io.bind_output("logits", "cpu", 0, np.float32, list(logits.shape), logits.data_ptr())
-        for i in range(layers):
-            for kind, buf in zip("kv", bufs, strict=True):
-                where = ("cpu", 0, np.float32, list(buf.shape[1:]), buf[i].data_ptr())
-                io.bind_input(f"past_{kind}_{i}", *where)
-                io.bind_output(f"present_{kind}_{i}", *where)  # the same memory: written in place
-        self.session.run_with_iobinding(io)
+        buf.x[...] = self.model.model.embed_tokens(ids).numpy()
+        buf.seqlens[...] = [p + t - 1 for p in pasts]
+        buf.total[...] = max(pasts) + t
+        self.session.run_with_iobinding(buf.io)  # the kernel appends the new K/V at positions past_b .. + T − 1
+        size, (kvh, hd) = self.k_pool[0].shape[1], self.k_all.shape[-2:]
         cols = torch.tensor(pasts)[:, None] + torch.arange(t)[None, :]  # (B, T) each new token's buffer position
         new = torch.tensor([slot(w.seq.block_table, w.start + j, size) for w in work for j in range(t)])  # (B·T,)
-        for buf, pool in zip(bufs, (self.k_all, self.v_all), strict=True):
-            fresh = buf[:, torch.arange(b)[:, None], :, cols, :]  # (B, T, layers, kvh, hd)
-            pool.view(layers, slots_total, kvh * hd).index_copy_(1, new, fresh.permute(2, 0, 1, 3, 4).reshape(
-                layers, b * t, kvh * hd))  # fmt: skip
+        for kv, pool in zip(buf.kv, (self.k_all, self.v_all), strict=True):
+            fresh = kv[:, torch.arange(len(work))[:, None], :, cols, :]  # (B, T, layers, kvh, hd)
+            pool.view(self.layers, -1, kvh * hd).index_copy_(1, new, fresh.permute(2, 0, 1, 3, 4).reshape(
+                self.layers, len(work) * t, kvh * hd))  # fmt: skip
         if t == 1:
             self.decode_steps += 1
         else:
             self.prefills += 1
-        return logits
+        return buf.logits
+
+    def _gather(self, work: list[Scheduled], capacity: int) -> _Buffers:
+        """Fill new buffers from the pool through the block tables (slot 0 pads what no sequence has yet: the
+        kernel overwrites a position before it attends to it) and bind them as the graph's past and present."""
+        size, layers, b = self.k_pool[0].shape[1], self.layers, len(work)
+        (kvh, hd), slots_total = self.k_all.shape[-2:], self.k_all.shape[1] * size
+        slots = torch.tensor([context_slots(w.seq.block_table, w.start, size) + [0] * (capacity - w.start)
+                              for w in work], dtype=torch.long)  # (B, capacity), right-padded  # fmt: skip
+        # one gather per pool, straight into the kernel's (layers, B, kvh, capacity, hd) layout: row r of the pool
+        # seen as (layers · slots · kvh, hd) is layer r // (slots·kvh), slot r // kvh % slots, head r % kvh
+        rows = ((torch.arange(layers)[:, None, None, None] * slots_total + slots[None, :, None, :]) * kvh
+                + torch.arange(kvh)[None, None, :, None])  # (layers, B, kvh, capacity)  # fmt: skip
+        kv = [p.view(-1, hd).index_select(0, rows.flatten()).view(layers, b, kvh, capacity, hd)
+              for p in (self.k_all, self.v_all)]  # fmt: skip
+        t = work[0].tokens
+        buf = _Buffers(tuple(w.seq.seq_id for w in work), [w.start for w in work], kv,
+                       np.empty((b, t, self.model.config.hidden_size), np.float32), np.empty(b, np.int32),
+                       np.empty((), np.int32), torch.empty(b, self.model.config.vocab_size), self.session.io_binding())
+        io = buf.io
+        for name, arr in (("x", buf.x), ("seqlens_k", buf.seqlens), ("total_len", buf.total)):
+            io.bind_input(name, "cpu", 0, arr.dtype, list(arr.shape), arr.ctypes.data)
+        io.bind_output("logits", "cpu", 0, np.float32, list(buf.logits.shape), buf.logits.data_ptr())
+        for i in range(layers):
+            for kind, t_kv in zip("kv", kv, strict=True):
+                where = ("cpu", 0, np.float32, list(t_kv.shape[1:]), t_kv[i].data_ptr())
+                io.bind_input(f"past_{kind}_{i}", *where)
+                io.bind_output(f"present_{kind}_{i}", *where)  # the same memory: read and written in place
+        self.gathers += 1
+        return buf
