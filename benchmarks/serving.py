@@ -10,9 +10,11 @@ loop at each client count, then open loop (Poisson arrivals) at each rate. The s
 benchmark says why it is skipped). Each labkit server runs as its own `labkit serve` process, as vLLM does
 (`--in-process` runs them inside the benchmark, where the load generator shares their interpreter lock).
 Targets: labkit's best scheduler >= 1.0x vLLM's tokens/s at 1, 16 and 32 clients with a TTFT p50 no worse than
-vLLM's; at 1 client, labkit's best server >= 90 % of the fastest exact (fp32, token-identical) single-stream decode
-labkit has (measured first, `EXACT_DECODERS`); continuous >= 5x sync's tokens/s at the most clients, with a lower
-TTFT p50. Not a timed test: run it on an idle machine.
+vLLM's; at 1 client, labkit's fastest server (paged, ONNX Runtime runner) >= 90 % of the tokens/s of the fastest
+exact (fp32, token-identical) single-stream engine labkit has, on the same requests, measured side by side in
+alternating rounds (`experiments.serving_overhead.one_client`: the engine alone and ONNX Runtime GenAI; the decoders
+in `EXACT_DECODERS` are also measured first, on a held-out prompt, for the record); continuous >= 5x sync's
+tokens/s at the most clients, with a lower TTFT p50. Not a timed test: run it on an idle machine.
 """
 
 from __future__ import annotations
