@@ -12,9 +12,9 @@ benchmark says why it is skipped). Each labkit server runs as its own `labkit se
 Targets: labkit's best scheduler >= 1.0x vLLM's tokens/s at 1, 16 and 32 clients with a TTFT p50 no worse than
 vLLM's; at 1 client, labkit's fastest server (paged, ONNX Runtime runner) >= 90 % of the tokens/s of the fastest
 exact (fp32, token-identical) single-stream engine labkit has, on the same requests, measured side by side in
-alternating rounds (`experiments.serving_overhead.one_client`: the engine alone and ONNX Runtime GenAI; the decoders
-in `EXACT_DECODERS` are also measured first, on a held-out prompt, for the record); continuous >= 5x sync's
-tokens/s at the most clients, with a lower TTFT p50. Not a timed test: run it on an idle machine.
+alternating rounds (`experiments.serving_overhead.one_client`: the engine alone and ONNX Runtime GenAI;
+`benchmarks/decode.py` has every decoder on held-out prompts); continuous >= 5x sync's tokens/s at the most
+clients, with a lower TTFT p50. Not a timed test: run it on an idle machine.
 """
 
 from __future__ import annotations
@@ -30,19 +30,6 @@ PROMPTS = ("Write a haiku about the sea.", "What is the capital of France?", "Te
 PEER_CLIENTS = (1, 16, 32)  # where labkit's best scheduler must reach vLLM
 # Server variants beyond the schedulers: the paged engine with its ONNX Runtime runner
 VARIANTS = {"paged+onnxruntime": ("paged", {"runner": "onnxruntime"})}
-EXACT_DECODERS = ("hf-eager-fp32", "ort-genai-fp32")  # exact (fp32, token-identical) single-stream decoders
-
-
-def _exact_decode(model: str, max_tokens: int) -> dict:
-    """The exact single-stream decoders' rates for `model` (batch 1, held-out 128-token prompts), for the record;
-    the 1-client target is measured side by side with the server (`serving_overhead.one_client`)."""
-    from labkit.experiments import fast_decode
-
-    t = fast_decode.compare_generators(model, EXACT_DECODERS, new_tokens=max_tokens, batch_sizes=(1,)).table
-    t = t[t.available & t.exact]
-    best = t.loc[t.decode_tok_s.idxmax()]
-    return {"decoders": dict(zip(t.generator, t.decode_tok_s, strict=True)), "fastest": best.generator,
-            "decode_tok_s": float(best.decode_tok_s)}
 
 
 def _peer_rows(args, measure: dict) -> tuple[list[dict], dict]:
@@ -183,8 +170,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--in-process", action="store_true",
                    help="run labkit's servers inside this process (the load generator then shares their "
                         "interpreter lock); default: each as its own `labkit serve` process, as vLLM runs")
-    p.add_argument("--no-exact-decode", action="store_true",
-                   help="skip measuring the exact single-stream decoders (batch 1) for the record")
     p.add_argument("--one-client-rounds", type=int, default=3,
                    help="rounds of the 1-client comparison (server vs its engine alone vs the fastest exact decoder, "
                         "alternated); 0 skips it")
@@ -212,9 +197,6 @@ def main(argv: list[str] | None = None) -> int:
     rows, peer = _peer_rows(args, measure)
     meta = {"model": args.model, "max_tokens": args.max_tokens, "prompts": list(PROMPTS), "chat": True,
             "torch": torch.__version__, "schedulers": schedulers, "peer": peer}
-    if not args.no_exact_decode:
-        print("== the fastest exact single-stream decode (batch 1)", flush=True)
-        meta["exact_decode"] = _exact_decode(args.model, args.max_tokens)
     if rows:
         _save(Path(args.out), rows, {**meta, "seconds": time.perf_counter() - start, "complete": False})
     loaded = load_model(args.model, device="cpu") if args.in_process else None

@@ -217,20 +217,39 @@ def vllm_server(model: str = "smollm2-135m", kv_cache_gb: float = 4.0, max_model
     port = free_port()
     url = f"http://{HOST}:{port}"
     log = cache_dir("peers") / f"vllm-{model.replace('/', '_')}.log"
+    with server_process(server_command(python, checkpoint, model, port, max_model_len), url, log, "vLLM",
+                        timeout_s, env=env) as (pid, startup_s):  # fmt: skip
+        yield Peer(url, model, f"vLLM {version}", version, startup_s, log, pid)
+
+
+@contextlib.contextmanager
+def server_process(argv: list[str], url: str, log: Path, name: str, timeout_s: float,
+                   env: dict[str, str] | None = None, poll_s: float = 0.5) -> Iterator[tuple[int, float]]:
+    """Run a server command as its own process group, its output in `log`, until `url`/v1/models answers; end it
+    (with its children) on exit, even on errors.
+
+    Args:
+        argv: the command. url: its base URL (loopback). log: where its stdout and stderr go.
+        name: what to call it in errors. timeout_s: how long to wait for it to answer (s).
+        env: its environment (None: this process's). poll_s: seconds between checks.
+    Yields:
+        (pid, start-up seconds until it answered).
+    Raises:
+        PeerUnavailable: it exited or did not answer within `timeout_s` (with the end of its log and its path).
+    """
     start = time.perf_counter()
     with open(log, "wb") as sink:
-        proc = subprocess.Popen(server_command(python, checkpoint, model, port, max_model_len), env=env,
-                                stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)  # its own process group: _stop ends the engine core too
+        proc = subprocess.Popen(argv, env=env, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)  # its own process group: _stop ends its children too
     try:
         while not _answers(url):
             if proc.poll() is not None:
-                raise PeerUnavailable(f"vLLM exited with status {proc.returncode} before answering; log {log}:\n"
+                raise PeerUnavailable(f"{name} exited with status {proc.returncode} before answering; log {log}:\n"
                                       f"{log_tail(log)}")
             if time.perf_counter() - start > timeout_s:
-                raise PeerUnavailable(f"vLLM did not answer {url}/v1/models within {timeout_s:.0f} s; log {log}:\n"
+                raise PeerUnavailable(f"{name} did not answer {url}/v1/models within {timeout_s:.0f} s; log {log}:\n"
                                       f"{log_tail(log)}")
-            time.sleep(1.0)
-        yield Peer(url, model, f"vLLM {version}", version, time.perf_counter() - start, log, proc.pid)
+            time.sleep(poll_s)
+        yield proc.pid, time.perf_counter() - start
     finally:
         _stop(proc)

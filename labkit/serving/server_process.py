@@ -13,15 +13,13 @@ the labkit cache, and the context manager always ends the group. Engine counters
 from __future__ import annotations
 
 import contextlib
-import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 
 from labkit.cache import cache_dir
 from labkit.serving.metrics import parse, total
-from labkit.serving.peers import HOST, Peer, PeerUnavailable, _answers, _stop, free_port, log_tail
+from labkit.serving.peers import HOST, Peer, free_port, server_process
 
 
 @contextlib.contextmanager
@@ -50,19 +48,9 @@ def labkit_server(model: str, scheduler: str, max_batch: int = 32, max_queue: in
     for key, value in limits.items():
         argv += [options[key], str(value)]
     log = cache_dir("peers") / f"labkit-{scheduler}-{model.replace('/', '_')}.log"
-    url, start = f"http://{HOST}:{port}", time.perf_counter()
-    with open(log, "wb") as sink:
-        proc = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)  # fmt: skip
-    try:
-        while not _answers(url):
-            if proc.poll() is not None or time.perf_counter() - start > timeout_s:
-                raise PeerUnavailable(f"labkit serve ({scheduler}) did not answer {url}/v1/models (exit "
-                                      f"{proc.poll()}); log {log}:\n{log_tail(log)}")  # fmt: skip
-            time.sleep(0.5)
-        yield Peer(url, model, f"labkit {scheduler}", "", time.perf_counter() - start, log, proc.pid)
-    finally:
-        _stop(proc)
+    url = f"http://{HOST}:{port}"
+    with server_process(argv, url, log, f"labkit serve ({scheduler})", timeout_s) as (pid, startup_s):
+        yield Peer(url, model, f"labkit {scheduler}", "", startup_s, log, pid)
 
 
 def decode_counts(url: str) -> tuple[float, float]:
