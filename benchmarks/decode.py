@@ -6,7 +6,9 @@ Same held-out prompts (128 tokens), same number of new tokens (64), greedy, 2 th
 `labkit.decoding.timing` (one warm-up, then medians of repeats; decode tokens/s = batch / median step time).
 Prints each path's decode tokens/s at batch 1 and 8, prefill latency, weight bytes, % of the bandwidth-bound
 limit for its weight bytes, and its ratio to llama.cpp (when llama-cpp-python is installed:
-`pip install 'labkit[peer]'`; otherwise it says so). --smoke: tiny-llama, small sizes.
+`pip install 'labkit[peer]'`; otherwise it says so). OpenVINO GenAI's rows (`openvino-genai-int8`, `-int4`: NNCF
+weight compression of the same checkpoint, in `.venv-openvino` from `make peers`) run when that venv exists and
+say how to build it otherwise. --smoke: tiny-llama, small sizes.
 
 --vllm adds vLLM (the serving peer, `make peers`) on the same prompts through its OpenAI server: each prompt a
 streamed completion of exactly the new tokens (`ignore_eos`, greedy), batch B as B requests sent together; decode

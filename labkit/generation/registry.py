@@ -7,6 +7,7 @@ from labkit.generation.base import BackendUnavailable, DecodeBackend
 from labkit.generation.genai import OrtGenAI, OrtGenAIGGUF
 from labkit.generation.hf import HFBackend
 from labkit.generation.llama_cpp import LlamaCpp
+from labkit.generation.openvino_peer import OpenVINOGenAI
 
 
 def registry() -> dict[str, DecodeBackend]:
@@ -17,7 +18,8 @@ def registry() -> dict[str, DecodeBackend]:
         HFBackend("hf-static-compile-fp32", "fp32", compiled=True,
                   description="transformers, static KV cache + torch.compile (inductor), fp32"),
         OrtGenAI("fp32"), OrtGenAI("int8"), OrtGenAI("int4"), OrtGenAIGGUF(0), OrtGenAIGGUF(4),
-        OrtGenAIGGUF(4, "rounded"), LlamaCpp(),
+        OrtGenAIGGUF(4, "rounded"), LlamaCpp(), OpenVINOGenAI("int8"),
+        OpenVINOGenAI("int4"),
     ]  # fmt: skip
     return {b.name: b for b in backends}
 

