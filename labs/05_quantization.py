@@ -45,7 +45,7 @@ import sys
 
 if "google.colab" in sys.modules:  # pragma: no cover - only on Colab
     # !git clone -q --depth 1 https://github.com/inference-lab/inference-lab /content/inference-lab
-    # %pip install -q -e "/content/inference-lab[engines,quant]"
+    # %pip install -q -c /content/inference-lab/requirements/constraints.txt -e "/content/inference-lab[engines,quant]"
     # !labkit prepare
     sys.path.insert(0, "/content/inference-lab")
     from labkit.colab import setup_colab  # widgets on Colab; on a GPU runtime, the CUDA builds

@@ -50,3 +50,4 @@ echo "== $($UV --version): $LOCK for Python $PYTHON_VERSION, Linux x86_64, extra
   --python-platform x86_64-manylinux_2_28 --generate-hashes --find-links "$FIND" --override "$TMP/torch.txt" \
   --no-annotate --custom-compile-command "make lock (scripts/lock.sh)" --quiet -o "$LOCK" "$@"
 echo "== $LOCK: $(grep -c '^[A-Za-z0-9]' "$LOCK") packages"
+python3 scripts/constraints_from_lock.py  # requirements/constraints.txt: the same pins for Colab (no hashes, no torch)

@@ -26,8 +26,8 @@ FORMS = [
      lambda m, slug, branch, name: f"mybinder.org/v2/gh/{slug}/{branch}?"),
     (re.compile(rf"git clone -q --depth 1 https://github\.com/{SLUG} /content/[\w.-]+"),
      lambda m, slug, branch, name: f"git clone -q --depth 1 https://github.com/{slug} /content/{name}"),
-    # the install and sys.path lines; in the .ipynb the closing quote is escaped (\")
-    (re.compile(r"/content/[\w.-]+(\[|\\|\"|')"), lambda m, slug, branch, name: f"/content/{name}{m.group(1)}"),
+    # the install (its constraints file too) and sys.path lines; in the .ipynb the closing quote is escaped (\")
+    (re.compile(r"/content/[\w.-]+(\[|\\|\"|'|/)"), lambda m, slug, branch, name: f"/content/{name}{m.group(1)}"),
 ]
 
 

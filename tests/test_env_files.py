@@ -172,3 +172,22 @@ def test_badges_in_readme():
     readme = (ROOT / "README.md").read_text()
     assert "colab.research.google.com/assets/colab-badge.svg" in readme
     assert "mybinder.org/badge_logo.svg" in readme
+
+
+def test_colab_constraints_pin_every_locked_package_but_torch_at_the_locks_version():
+    entries, _ = _parse_lock(LOCK.read_text())
+    lines = (ROOT / "requirements" / "constraints.txt").read_text().splitlines()
+    pins = dict(line.split("==") for line in lines if line and not line.startswith("#"))
+    pins = {canonicalize_name(k): v for k, v in pins.items()}
+    assert pins == {k: v for k, (v, _) in entries.items() if k not in ("torch", "torchao")}
+    assert "torch" not in pins and len(pins) == len(entries) - 2  # Colab keeps its CUDA torch (and torchao with it)
+
+
+def test_every_labs_colab_install_uses_the_constraints():
+    name = re.search(r'^Repository = "https://github\.com/[\w.-]+/([\w.-]+)"', (ROOT / "pyproject.toml").read_text(),
+                     re.M).group(1)  # fmt: skip
+    for lab in sorted((ROOT / "labs").glob("[0-9][0-9]_*.py")):
+        installs = [line for line in lab.read_text().splitlines() if "%pip install" in line and "/content/" in line]
+        assert installs, f"{lab.name}: no Colab install line"
+        for line in installs:
+            assert f"-c /content/{name}/requirements/constraints.txt -e " in line, f"{lab.name}: {line.strip()}"
