@@ -1,4 +1,4 @@
-"""requirements/constraints.txt: the lock's versions, without hashes and without torch (nor torchao), for installs that keep their
+"""requirements/constraints.txt: the lock's versions without hashes, torch and torchao, for installs that keep their
 own Python and torch (Colab's CUDA build): `pip install -c requirements/constraints.txt -e .[extras]` pins every
 other package to the version the lab is tested with. `make lock` writes it; tests/test_env_files.py checks it
 agrees with the lock.
