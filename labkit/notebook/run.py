@@ -146,6 +146,9 @@ def run_lab(path: Path, out_dir: Path, smoke: bool = True, parameters: dict | No
             nb = pm.execute_notebook(
                 str(path), str(executed), parameters=params, cwd=str(path.parent),
                 kernel_name="python3", progress_bar=False, execution_timeout=timeout_s,
+                # not after every cell: each save writes ~5 MB (plotly.js rides in the outputs), ~5 s per lab;
+                # papermill still saves at the end, on a failure, and every 30 s inside a long cell
+                request_save_on_cell_execute=False,
             )  # fmt: skip
     finally:
         if env_before is None:
