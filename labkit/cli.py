@@ -106,6 +106,12 @@ def cmd_run_labs(args: argparse.Namespace) -> int:
     with every_lab(**device):
         reports = run_labs(labs, out_dir, smoke=args.smoke, html_export=not args.no_html)
     index = write_index(reports, out_dir, mode="smoke" if args.smoke else "full")
+    from labkit import hardware
+    from labkit.notebook import durations
+
+    ran = {r.lab: r.seconds for r in reports if r.ok}
+    if ran and not args.labs_dir:  # the repository's labs: their times are the ones labs/durations.json records
+        durations.record(ran, "smoke" if args.smoke else "full", hardware.detect().summary)
     failed = [r.lab for r in reports if not r.ok]
     print(f"index: {index}")
     if failed:

@@ -24,6 +24,14 @@
 # a Colab GPU or an 8-GPU server — and shows what theory predicted next to what you measured.
 #
 # This notebook checks your machine, shows the map of the labs and takes a first measurement.
+#
+# **By the end you can**
+# - say what your machine is (cores, memory, GPU) and which device each lab will measure;
+# - measure memory bandwidth and turn it into a speed limit for LLM decoding;
+# - read a latency distribution (median, p99) instead of trusting one number.
+#
+# **Before this lab:** none: this is the first one.
+# **Time:** the setup cell below prints how long this lab took when it was last run, with smoke and full parameters.
 
 # %%
 # Setup. Locally `make lab` installed everything; on Colab this cell installs the lab first (on a GPU
@@ -41,7 +49,9 @@ if "google.colab" in sys.modules:  # pragma: no cover - only on Colab
 assert sys.version_info >= (3, 11), f"Inference Lab needs Python 3.11+, this is {sys.version}"
 
 import labkit
+from labkit.notebook import durations
 
+print(durations.describe("00"))  # measured: the last recorded smoke and full runs
 labkit.setup()
 
 # %% tags=["parameters"]

@@ -26,6 +26,14 @@
 #
 # You will train a tiny BLOOM on Shakespeare, save it, load it back as a service would, and measure
 # what a training step costs next to an inference step.
+#
+# **By the end you can**
+# - name the steps of a training iteration and of an inference request, and what each costs;
+# - train, save and reload a model the way a service loads it;
+# - choose a batch size from measured latency and throughput.
+#
+# **Before this lab:** lab 00.
+# **Time:** the setup cell below prints how long this lab took when it was last run, with smoke and full parameters.
 
 # %%
 # Setup. Locally `make lab` installed everything; on Colab this cell installs the lab first (on a GPU
@@ -43,7 +51,9 @@ if "google.colab" in sys.modules:  # pragma: no cover - only on Colab
 assert sys.version_info >= (3, 11), f"Inference Lab needs Python 3.11+, this is {sys.version}"
 
 import labkit
+from labkit.notebook import durations
 
+print(durations.describe("01"))  # measured: the last recorded smoke and full runs
 labkit.setup()
 
 # %% tags=["parameters"]

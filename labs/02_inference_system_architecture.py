@@ -33,6 +33,14 @@
 # In this lab you start that system from the notebook, send it real HTTP requests, read its
 # metrics, check Little's law against the server's own gauge, deploy a second version of the model
 # to a share of the traffic, and let a rule computed from the data promote it or roll it back.
+#
+# **By the end you can**
+# - start an inference server and send it OpenAI-style requests, streamed, queued and refused;
+# - read a server's metrics and check Little's law against them;
+# - roll out a second model version as a canary and let data decide: promote or roll back.
+#
+# **Before this lab:** lab 01.
+# **Time:** the setup cell below prints how long this lab took when it was last run, with smoke and full parameters.
 
 # %%
 # Setup. Locally `make lab` installed everything; on Colab this cell installs the lab first (on a GPU
@@ -50,7 +58,9 @@ if "google.colab" in sys.modules:  # pragma: no cover - only on Colab
 assert sys.version_info >= (3, 11), f"Inference Lab needs Python 3.11+, this is {sys.version}"
 
 import labkit
+from labkit.notebook import durations
 
+print(durations.describe("02"))  # measured: the last recorded smoke and full runs
 labkit.setup()
 
 # %% tags=["parameters"]

@@ -28,6 +28,14 @@
 # Here you convert three models — a tiny BLOOM, the real SmolLM2-135M and a small CNN — to ONNX,
 # OpenVINO IR and TorchScript, check each copy computes what PyTorch computes, and count exactly what
 # ONNX Runtime's optimisation levels change.
+#
+# **By the end you can**
+# - convert a PyTorch model to ONNX, OpenVINO IR and TorchScript, and prove each computes the same;
+# - count what a graph optimizer fuses, folds and re-lays out, level by level;
+# - explain why an attention no fusion recognises has to be exported as one operator.
+#
+# **Before this lab:** lab 01.
+# **Time:** the setup cell below prints how long this lab took when it was last run, with smoke and full parameters.
 
 # %%
 # Setup. Locally `make lab` installed everything; on Colab this cell installs the lab first (on a GPU
@@ -45,7 +53,9 @@ if "google.colab" in sys.modules:  # pragma: no cover - only on Colab
 assert sys.version_info >= (3, 11), f"Inference Lab needs Python 3.11+, this is {sys.version}"
 
 import labkit
+from labkit.notebook import durations
 
+print(durations.describe("03"))  # measured: the last recorded smoke and full runs
 labkit.setup()
 
 # %% tags=["parameters"]

@@ -31,6 +31,14 @@
 #
 # Every session is first checked against PyTorch's output (parity); an engine that computed
 # something else would stop the lab with the numbers.
+#
+# **By the end you can**
+# - time several engines fairly (warm-up, alternating rounds, medians) over batch × sequence;
+# - say where an engine's speed-up comes from: fused attention, static shapes, threads;
+# - weigh an engine's cold start against its steady-state speed.
+#
+# **Before this lab:** lab 03.
+# **Time:** the setup cell below prints how long this lab took when it was last run, with smoke and full parameters.
 
 # %%
 # Setup. Locally `make lab` installed everything; on Colab this cell installs the lab first (on a GPU
@@ -48,7 +56,9 @@ if "google.colab" in sys.modules:  # pragma: no cover - only on Colab
 assert sys.version_info >= (3, 11), f"Inference Lab needs Python 3.11+, this is {sys.version}"
 
 import labkit
+from labkit.notebook import durations
 
+print(durations.describe("04"))  # measured: the last recorded smoke and full runs
 labkit.setup()
 
 # %% tags=["parameters"]

@@ -37,6 +37,14 @@
 # (or its checkpoint is cached), the lab uses the published weights instead (`SMOLLM2_WEIGHTS = "auto"`;
 # "hub" or "gguf" force one), and the fp32 row is those weights upcast exactly. The setup cell prints
 # which one runs, why, and how the checkpoint stores its weights.
+#
+# **By the end you can**
+# - quantize one model with several libraries and compare bytes, quality and speed in one table;
+# - measure quality as perplexity, agreement and KL divergence against fp32 on held-out text;
+# - size a model's memory at any precision before loading it.
+#
+# **Before this lab:** lab 03 and lab 04.
+# **Time:** the setup cell below prints how long this lab took when it was last run, with smoke and full parameters.
 
 # %%
 # Setup. Locally `make lab` installed everything; on Colab this cell installs the lab first (on a GPU
@@ -54,7 +62,9 @@ if "google.colab" in sys.modules:  # pragma: no cover - only on Colab
 assert sys.version_info >= (3, 11), f"Inference Lab needs Python 3.11+, this is {sys.version}"
 
 import labkit
+from labkit.notebook import durations
 
+print(durations.describe("05"))  # measured: the last recorded smoke and full runs
 labkit.setup()
 
 # %% tags=["parameters"]

@@ -31,6 +31,14 @@
 # Every method below runs through `model.generate()` *and* through labkit's from-scratch loop, which
 # records why each token was picked; the tests check the two agree token for token — beam search
 # included, down to *when* it stops.
+#
+# **By the end you can**
+# - run greedy, beam, sampling and contrastive decoding and see how each picks the next token;
+# - tune temperature, top-k, top-p and min-p and measure diversity and likelihood;
+# - predict speculative decoding's speed-up from its acceptance rate, then measure it.
+#
+# **Before this lab:** lab 01.
+# **Time:** the setup cell below prints how long this lab took when it was last run, with smoke and full parameters.
 
 # %%
 # Setup. Locally `make lab` installed everything; on Colab this cell installs the lab first (on a GPU
@@ -48,7 +56,9 @@ if "google.colab" in sys.modules:  # pragma: no cover - only on Colab
 assert sys.version_info >= (3, 11), f"Inference Lab needs Python 3.11+, this is {sys.version}"
 
 import labkit
+from labkit.notebook import durations
 
+print(durations.describe("06"))  # measured: the last recorded smoke and full runs
 labkit.setup()
 
 # %% tags=["parameters"]

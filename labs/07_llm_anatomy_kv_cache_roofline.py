@@ -31,6 +31,14 @@
 # step costs (and what CUDA graphs save on a GPU), finds how many sequences the device's memory can hold, and
 # works out the memory budget of BLOOM-176B and Llama-30B. Every number is measured on the device chosen by
 # `DEVICE` (the GPU when there is one) and names it.
+#
+# **By the end you can**
+# - compute a KV cache's size from the model's config and check it against a real cache;
+# - separate prefill from decode and say which one is compute-bound and which memory-bound;
+# - place every decode path on this machine's roofline and find the fastest one.
+#
+# **Before this lab:** lab 05 and lab 06.
+# **Time:** the setup cell below prints how long this lab took when it was last run, with smoke and full parameters.
 
 # %%
 # Setup. Locally `make lab` installed everything; on Colab this cell installs the lab first (on a GPU
@@ -48,7 +56,9 @@ if "google.colab" in sys.modules:  # pragma: no cover - only on Colab
 assert sys.version_info >= (3, 11), f"Inference Lab needs Python 3.11+, this is {sys.version}"
 
 import labkit
+from labkit.notebook import durations
 
+print(durations.describe("07"))  # measured: the last recorded smoke and full runs
 labkit.setup()
 
 # %% tags=["parameters"]

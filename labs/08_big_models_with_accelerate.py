@@ -31,6 +31,14 @@
 # CPU RAM, so only the weights on disk are read back. The seed compares BLOOM-176B on two A100s with CPU offload (seconds per
 # token) with the same model on eight A100s (milliseconds per token). Section 5 predicts the first from
 # link speeds stated in advance, and compares it with the eight-GPU figure at the same batch size.
+#
+# **By the end you can**
+# - build a device map for a model bigger than your memory;
+# - follow Accelerate's hooks through one forward pass with offloaded weights;
+# - predict the cost of offloading from bytes ÷ bandwidth, then measure it.
+#
+# **Before this lab:** lab 07.
+# **Time:** the setup cell below prints how long this lab took when it was last run, with smoke and full parameters.
 
 # %%
 # Setup. Locally `make lab` installed everything; on Colab this cell installs the lab first (on a GPU
@@ -48,7 +56,9 @@ if "google.colab" in sys.modules:  # pragma: no cover - only on Colab
 assert sys.version_info >= (3, 11), f"Inference Lab needs Python 3.11+, this is {sys.version}"
 
 import labkit
+from labkit.notebook import durations
 
+print(durations.describe("08"))  # measured: the last recorded smoke and full runs
 labkit.setup()
 
 # %% tags=["parameters"]

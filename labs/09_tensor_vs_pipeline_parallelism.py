@@ -33,6 +33,14 @@
 # is the same under `torchrun` on 8 GPUs). We check that they compute exactly what one process computes,
 # count the all-reduces, draw each rank's timeline, and measure the bubble. Then a cost model, fitted on
 # part of the published BLOOM-176B numbers and tested on the rest, scales the comparison up to where it matters.
+#
+# **By the end you can**
+# - split layers across 2 ranks (tensor parallel) and a model into stages (pipeline parallel), with parity;
+# - count the all-reduces and measure the pipeline bubble;
+# - fit a cost model to published rows and report its error on the rows it was not fitted on.
+#
+# **Before this lab:** lab 07.
+# **Time:** the setup cell below prints how long this lab took when it was last run, with smoke and full parameters.
 
 # %%
 # Setup. Locally `make lab` installed everything; on Colab this cell installs the lab first (on a GPU
@@ -50,7 +58,9 @@ if "google.colab" in sys.modules:  # pragma: no cover - only on Colab
 assert sys.version_info >= (3, 11), f"Inference Lab needs Python 3.11+, this is {sys.version}"
 
 import labkit
+from labkit.notebook import durations
 
+print(durations.describe("09"))  # measured: the last recorded smoke and full runs
 labkit.setup()
 
 # %% tags=["parameters"]

@@ -59,6 +59,14 @@
 # $P = 4$ and $G = 4$; DeepSpeed's ZeRO optimizer *still* keeps an fp32 master copy of its partition, so $K = 12$
 # at every sharded stage. At stage 0, and with PyTorch's optimizers, the fp32 parameters are updated directly: no
 # master copy, $K = 8$. The formula takes P, G and K as arguments, so each row uses its own.
+#
+# **By the end you can**
+# - say what ZeRO-1, ZeRO-2 and ZeRO-3 shard and compute the bytes each rank holds;
+# - measure those bytes on real DeepSpeed ranks and on FSDP2;
+# - measure the communication each stage adds per step.
+#
+# **Before this lab:** lab 09.
+# **Time:** the setup cell below prints how long this lab took when it was last run, with smoke and full parameters.
 
 # %%
 # Setup. Locally `make lab` installed everything; on Colab this cell installs the lab first (on a GPU
@@ -76,7 +84,9 @@ if "google.colab" in sys.modules:  # pragma: no cover - only on Colab
 assert sys.version_info >= (3, 11), f"Inference Lab needs Python 3.11+, this is {sys.version}"
 
 import labkit
+from labkit.notebook import durations
 
+print(durations.describe("10"))  # measured: the last recorded smoke and full runs
 labkit.setup()
 
 # %% tags=["parameters"]

@@ -35,6 +35,14 @@
 #
 # Below, both run for real on two ranks (gloo on this CPU), next to labkit's own tensor parallelism and
 # PyTorch's DTensor.
+#
+# **By the end you can**
+# - shard a model with DeepSpeed AutoTP and check it against a from-scratch TP and DTensor;
+# - find and fix the ALiBi bug in BLOOM's AutoTP;
+# - serve a different prompt on each rank with ZeRO-Inference and CPU offload.
+#
+# **Before this lab:** lab 09 and lab 10.
+# **Time:** the setup cell below prints how long this lab took when it was last run, with smoke and full parameters.
 
 # %%
 # Setup. Locally `make lab` installed everything; on Colab this cell installs the lab first (on a GPU
@@ -52,7 +60,9 @@ if "google.colab" in sys.modules:  # pragma: no cover - only on Colab
 assert sys.version_info >= (3, 11), f"Inference Lab needs Python 3.11+, this is {sys.version}"
 
 import labkit
+from labkit.notebook import durations
 
+print(durations.describe("11"))  # measured: the last recorded smoke and full runs
 labkit.setup()
 
 # %% tags=["parameters"]

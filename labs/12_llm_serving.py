@@ -40,6 +40,14 @@
 # The same server (lab 02), the same load, only the scheduler changes. In `labkit.serving.policies` the
 # first three are `schedule()` functions of a few lines each over one engine loop (`labkit.serving.engine`):
 # they differ only in when requests join the batch and when they leave it.
+#
+# **By the end you can**
+# - compare static, dynamic and continuous batching on tokens/s, TTFT and p99 latency;
+# - explain PagedAttention, block tables and prefix caching with a working engine;
+# - benchmark your server against vLLM on the same requests.
+#
+# **Before this lab:** lab 02 and lab 07.
+# **Time:** the setup cell below prints how long this lab took when it was last run, with smoke and full parameters.
 
 # %%
 # Setup. Locally `make lab` installed everything; on Colab this cell installs the lab first (on a GPU
@@ -57,7 +65,9 @@ if "google.colab" in sys.modules:  # pragma: no cover - only on Colab
 assert sys.version_info >= (3, 11), f"Inference Lab needs Python 3.11+, this is {sys.version}"
 
 import labkit
+from labkit.notebook import durations
 
+print(durations.describe("12"))  # measured: the last recorded smoke and full runs
 labkit.setup()
 
 # %% tags=["parameters"]

@@ -35,6 +35,14 @@
 #
 # Nothing below is typed in: every number is read from `labkit.models.specs` (the published facts), computed by
 # `labkit.experiments.serving_plan`, `benchmark_traps` and `tp_vs_pipeline`, or measured.
+#
+# **By the end you can**
+# - plan how to serve BLOOM-176B on a GPU budget from memory and bandwidth;
+# - predict ms/token and throughput for each backend and compare with published rows;
+# - spot the traps that make a serving benchmark misleading.
+#
+# **Before this lab:** lab 08, lab 09, lab 11 and lab 12.
+# **Time:** the setup cell below prints how long this lab took when it was last run, with smoke and full parameters.
 
 # %%
 # Setup. Locally `make lab` installed everything; on Colab this cell installs the lab first (on a GPU
@@ -51,7 +59,9 @@ if "google.colab" in sys.modules:  # pragma: no cover - only on Colab
 assert sys.version_info >= (3, 11), f"Inference Lab needs Python 3.11+, this is {sys.version}"
 
 import labkit
+from labkit.notebook import durations
 
+print(durations.describe("13"))  # measured: the last recorded smoke and full runs
 labkit.setup()
 
 # %% tags=["parameters"]

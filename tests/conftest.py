@@ -38,6 +38,12 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("notebook durations and peak memory (smoke parameters)")
         for name, seconds in sorted(NOTEBOOK_DURATIONS.items()):
             terminalreporter.write_line(f"{seconds:6.1f} s  {NOTEBOOK_MEMORY_MB.get(name, 0):6.0f} MB  {name}")
+        from labkit import hardware
+        from labkit.notebook import durations
+
+        durations.record(NOTEBOOK_DURATIONS, "smoke", hardware.detect().summary)  # reports/, not git
+        terminalreporter.write_line(f"recorded in {durations.MEASURED} (`python -m labkit.notebook.durations "
+                                    "--record` copies them into labs/durations.json)")
 
 
 @pytest.fixture(scope="session")
