@@ -69,6 +69,7 @@ NEXT_TOKEN_PROMPT = "The capital of France is"
 BEAM_PROMPT = "Is water wet? Yes or no."
 MAX_NEW_TOKENS = 32
 DEVICE = "auto"  # "auto": the GPU when there is one, else the CPU; or "cpu", "cuda", "cuda:N"
+SOLUTIONS = False  # True: the reference answers replace your code in the exercises (the tests prove each check can pass)
 
 # %%
 if SMOKE:  # the Shakespeare-trained tiny BLOOM from lab 01: same code, seconds instead of minutes
@@ -317,6 +318,10 @@ print(f"* Theory: speculative sampling keeps the target's distribution. Measured
 #
 # 1. With top-k = 5 and the prompt of section 2, how many tokens can sampling choose from?
 # 2. With min-p = 0.1, how many? (Look at the bars, then check.)
+# 3. **Implement** the top-p (nucleus) filter of section 2 (Holtzman et al. 2020): keep the smallest set of most
+#    likely tokens whose probabilities reach `p`, set the others to `-inf`, and leave the kept logits unchanged.
+#    The check below runs your function on six cases and compares each with transformers' own
+#    `TopPLogitsWarper`; it names the first case that fails and how.
 
 # %%
 answer_1 = None
@@ -327,6 +332,25 @@ if answer_1 is not None:
     print("1: ✓" if answer_1 == expected_1 else f"1: ✗ {expected_1}")
 if answer_2 is not None:
     print("2: ✓" if answer_2 == expected_2 else f"2: ✗ {expected_2}")
+
+# %% tags=["exercise"]
+import torch
+
+from labkit.exercises import top_p
+from labkit.notebook import exercise
+
+
+def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """logits: (batch, vocab); 0 < p <= 1. Returns (batch, vocab): kept logits as they were, -inf elsewhere."""
+    # your code: sort each row (most likely first), softmax, cumulative sum, find where the mass reaches p,
+    # then put -inf on the dropped tokens in vocabulary order
+    return logits  # the stub keeps every token: the check says what is wrong
+
+
+if SOLUTIONS:  # the tests inject the reference answer here; a learner leaves SOLUTIONS = False
+    from labkit.exercises.solutions.top_p import top_p_filter  # noqa: F811
+
+exercise.report("top_p_filter", top_p.grade(top_p_filter), SOLUTIONS)
 
 # %%
 from labkit.notebook import run

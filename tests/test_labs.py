@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from labkit.notebook.exercise import run_exercises
 from labkit.notebook.run import list_labs, run_lab
 
 pytest.importorskip("papermill", reason="papermill is not installed here: notebooks cannot run (install labkit[lab])")
@@ -55,6 +56,7 @@ def test_lab_runs_and_records_results(lab: Path, tmp_path, lab_device):
     assert run.results, f"{lab.name} recorded no results"
     check_device(run.results, lab_device)
     CHECKS[number](run.results)
+    check_stub_grades(lab, run.exercises)
     if html:
         page = run.html.read_text()
         assert "plotly-graph-div" in page and "Plotly.newPlot" in page  # figures are in the HTML
@@ -74,3 +76,43 @@ def test_lab_has_a_device_parameter(lab: Path):
     cell = source.split('# %% tags=["parameters"]', 1)[1].split("# %%", 1)[0]
     assert re.search(r'^DEVICE = "auto"', cell, re.M), f"{lab.name}: no DEVICE = \"auto\" in its parameters cell"
     assert "devices.choose(DEVICE)" in source, f"{lab.name} never resolves DEVICE with devices.choose"
+
+
+# Implementation exercises: each lab's cells tagged "exercise" define a stub, grade it and report the grade
+# (`labkit.notebook.exercise.report`). The lab's own run above uses the stub, which must be graded wrong, naming the
+# failing case, without crashing the notebook; here those cells run alone with the reference answers injected
+# (SOLUTIONS = True), and every one must be graded right: so each check is proven able to fail and to pass.
+AWAITING_EXERCISE = {"00", "01", "02", "03", "04", "05", "07", "08", "09", "10", "11", "12", "13"}  # issue 22
+EXERCISE_NAME = re.compile(r'exercise\.report\("(\w+)"')
+
+
+def exercises_in(lab: Path) -> set[str]:
+    return set(EXERCISE_NAME.findall(lab.with_suffix(".py").read_text()))
+
+
+def check_stub_grades(lab: Path, exercises: dict) -> None:
+    """The lab's run (SOLUTIONS = False): every exercise it has was reported, each graded wrong with the case."""
+    assert set(exercises) == exercises_in(lab), f"{lab.name} reported {sorted(exercises)}"
+    for name, e in exercises.items():
+        assert not e["solutions_injected"] and not e["ok"], f"{lab.name}: the stub of {name} was graded right: {e}"
+        assert re.match(r"case \d+ \(.+\): ", e["message"]), f"{lab.name}: {name}'s verdict names no case: {e}"
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("lab", [lab for lab in list_labs() if exercises_in(lab)], ids=lambda p: p.stem)
+def test_lab_exercises_pass_with_the_reference_solutions(lab: Path, tmp_path, lab_device):
+    exercises, _ = run_exercises(lab, tmp_path, {"SMOKE": True, "DEVICE": lab_device, "SOLUTIONS": True})
+    assert set(exercises) == exercises_in(lab), f"{lab.name} reported {sorted(exercises)}"
+    for name, e in exercises.items():
+        assert e["solutions_injected"] and e["ok"] and e["cases"] >= 3, f"{lab.name}: {name}: {e}"
+
+
+@pytest.mark.parametrize("lab", list_labs(), ids=lambda p: p.stem)
+def test_lab_has_an_implementation_exercise_with_a_solutions_switch(lab: Path):
+    source = lab.with_suffix(".py").read_text()
+    if lab.name[:2] in AWAITING_EXERCISE:  # keeps the list honest: a lab given an exercise must leave it
+        assert not exercises_in(lab), f"{lab.name} has an exercise now: take it out of AWAITING_EXERCISE"
+        return
+    assert exercises_in(lab), f"{lab.name}: no exercise cell (tags=[\"exercise\"] calling exercise.report)"
+    cell = source.split('# %% tags=["parameters"]', 1)[1].split("# %%", 1)[0]
+    assert re.search(r"^SOLUTIONS = False", cell, re.M), f"{lab.name}: no SOLUTIONS = False in its parameters cell"
