@@ -25,8 +25,9 @@ export TOKENIZERS_PARALLELISM := false
 
 .PHONY: install prepare lab test test-gpu run-labs report doctor clean-venv lock upgrade
 
-# Every package from the lock, hash-checked, with no resolution of its own (--no-deps: the lock is complete); then
-# labkit itself, editable, which pip cannot hash-check. GPU=1: every package but torch from the lock, then PyPI's CUDA
+# Every package from the lock, hash-checked, with no resolution of its own (--no-deps: the lock is complete), by uv
+# (scripts/install_lock.sh: ~10 s, pip's ~2 min where uv cannot); then labkit itself, editable, which pip cannot
+# hash-check. GPU=1: every package but torch from the lock, then PyPI's CUDA
 # torch of the same version with the CUDA libraries it needs -- those are NOT hash-checked (the lock holds the CPU
 # wheel's hashes only).
 $(STAMP): pyproject.toml $(LOCK) Makefile
@@ -37,7 +38,7 @@ ifeq ($(GPU),1)
 	$(BIN)/python -m pip install -q --require-hashes --no-deps -r $(VENV)/lock-without-torch.txt
 	$(BIN)/python -m pip install -q "torch==$(TORCH_VERSION)"
 else
-	$(BIN)/python -m pip install -q --require-hashes --no-deps $(TORCH_PIP_OPTIONS) -r $(LOCK)
+	sh scripts/install_lock.sh $(BIN) $(LOCK) $(TORCH_PIP_OPTIONS)
 endif
 	$(BIN)/python -m pip install -q --no-deps -e .
 	@rm -f $(VENV)/.labkit-installed-*

@@ -123,7 +123,12 @@ def test_make_install_installs_the_lock_hash_checked_and_reinstalls_when_it_chan
     recipe = _install_recipe()
     assert "$(LOCK)" in recipe.splitlines()[0]  # the stamp depends on the lock
     cpu = re.split(r"^(?:else|endif)$", recipe, flags=re.M)[1]  # the CPU branch of `ifeq ($(GPU),1)`
-    assert re.search(r"pip install -q --require-hashes --no-deps .*-r \$\(LOCK\)$", cpu.strip())
+    assert re.search(r"^sh scripts/install_lock.sh \$\(BIN\) \$\(LOCK\)", cpu.strip())
+    # the script installs uv (pinned, with hashes, in the lock), then the lock by uv, else by pip: hash-checked
+    script = (ROOT / "scripts" / "install_lock.sh").read_text().replace("\\\n", " ")
+    installs = [ln for ln in script.splitlines() if "pip install" in ln and not ln.lstrip().startswith("#")]
+    assert len(installs) == 3 and all("--require-hashes --no-deps" in ln for ln in installs), installs
+    assert "uv" in _parse_lock(LOCK.read_text())[0]
     pips = re.findall(r"pip install (.*)", recipe)
     allowed = ("-q --require-hashes --no-deps", "-q --no-deps -e .", '-q "torch==$(TORCH_VERSION)"')
     assert all(p.startswith(allowed) for p in pips), pips  # nothing else resolves versions of its own
