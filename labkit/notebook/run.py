@@ -16,6 +16,7 @@ from pathlib import Path
 from labkit import hardware
 from labkit.notebook.exercise import read_exercises
 from labkit.notebook.memory import PeakMemory
+from labkit.notebook.predict import read_predictions
 
 RESULTS_MIME = "application/vnd.labkit.results+json"
 LABS_DIR = Path(__file__).resolve().parents[2] / "labs"
@@ -113,6 +114,7 @@ class LabRun:
     peak_memory_mb: float = 0.0  # the kernel and everything it started, summed resident sets (`memory.PeakMemory`)
     peak_memory_at: str = ""  # when the peak came and which processes made it up (`PeakMemory.at_peak`)
     exercises: dict = field(default_factory=dict)  # name -> grade the lab's exercise cells reported (`exercise`)
+    predictions: list = field(default_factory=list)  # the comparisons of guesses with measurements (`predict`)
 
 
 def run_lab(path: Path, out_dir: Path, smoke: bool = True, parameters: dict | None = None,
@@ -127,8 +129,9 @@ def run_lab(path: Path, out_dir: Path, smoke: bool = True, parameters: dict | No
         html: also export the executed notebook to self-contained HTML.
         timeout_s: the longest one cell may run.
     Returns:
-        LabRun with the seconds it took, the results the lab recorded, the grades its exercise cells reported and
-        its peak memory (MB: the kernel and the processes it started, summed resident sets, sampled every 0.2 s).
+        LabRun with the seconds it took, the results the lab recorded, the grades its exercise cells reported, the
+        predictions it compared with measurements, and its peak memory (MB: the kernel and the processes it
+        started, summed resident sets, sampled every 0.2 s).
     Raises:
         ValueError: a DEVICE parameter that is no device (checked before the notebook starts).
         papermill.PapermillExecutionError: a cell failed.
@@ -157,7 +160,8 @@ def run_lab(path: Path, out_dir: Path, smoke: bool = True, parameters: dict | No
             os.environ.pop("PYDEVD_DISABLE_FILE_VALIDATION", None)
     seconds = time.perf_counter() - start
     html_path = export_html(executed) if html else None
-    return LabRun(path.stem, seconds, read_results(nb), executed, html_path, peak.mb, peak.at_peak, read_exercises(nb))
+    return LabRun(path.stem, seconds, read_results(nb), executed, html_path, peak.mb, peak.at_peak, read_exercises(nb),
+                  read_predictions(nb))
 
 
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
