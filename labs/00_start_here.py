@@ -59,6 +59,7 @@ SMOKE = False  # True: small sizes for a quick headless run (tests, `labkit run-
 BANDWIDTH_MIB = 512  # buffer for the memory-bandwidth probe: larger than any CPU cache (a GPU reads at least 1 GiB)
 REPEAT = 30  # timed repeats per benchmark
 DEVICE = "auto"  # "auto": the GPU when there is one, else the CPU; or "cpu", "cuda", "cuda:N"
+SOLUTIONS = False  # True: the reference answers replace your code in the exercises (the tests prove each check can pass)
 
 # %%
 if SMOKE:
@@ -244,15 +245,38 @@ print(f"on {dev.label}: p99 / median = {spread:.2f}: the slowest 1 % of calls ta
 # * **Headless:** `labkit run-labs --smoke` executes every lab with small parameters and writes HTML
 #   reports to `reports/`.
 #
-# ### Exercise
-# This device's batch-1 bound for SmolLM2 in its **16-bit float** (`dev.half`, half the bytes): what is it?
-# Put your number in `answer` and run the cell.
+# ## Exercises
+#
+# 1. This device's batch-1 bound for SmolLM2 in its **16-bit float** (`dev.half`, half the bytes): what is it?
+#    Put your number in `answer` and run the cell.
+# 2. **Implement** `percentile(samples, q)`, the statistic behind section 4's median and p99: sort the samples, find
+#    the fractional rank q/100 × (n − 1) (counted from 0), and interpolate linearly between the two samples around
+#    it. The check below runs your function on eight cases (odd and even counts, unsorted input, q = 0 and 100, a
+#    single sample, the p99 of a long tail) and compares each with `numpy.percentile`, which computed the
+#    table's numbers; it names the first case that fails and how.
 
 # %%
 answer = None  # tokens/s
 half_bound = bandwidth / (models.estimate_memory("smollm2-135m", dev.half).bytes / 1e9)
 if answer is not None:
     print("✓ right" if abs(answer - half_bound) / half_bound < 0.05 else f"✗ not quite — it is {half_bound:.0f} tokens/s")
+
+# %% tags=["exercise"]
+from labkit.exercises import percentile as percentile_check
+from labkit.notebook import exercise
+
+
+def percentile(samples: list[float], q: float) -> float:
+    """samples: one or more numbers, any order; 0 <= q <= 100. Returns the q-th percentile (the samples' unit)."""
+    # your code: sort, rank = q / 100 * (n - 1), then a straight line between the samples at floor(rank) and the
+    # one after it (there is none after the last: q = 100, or a single sample)
+    return sum(samples) / len(samples)  # the stub returns the mean: the check says what is wrong
+
+
+if SOLUTIONS:  # the tests inject the reference answer here; a learner leaves SOLUTIONS = False
+    from labkit.exercises.solutions.percentile import percentile  # noqa: F811
+
+exercise.report("percentile", percentile_check.grade(percentile), SOLUTIONS)
 
 # %%
 run.record({

@@ -67,6 +67,7 @@ MAX_CHARS = None  # cut the corpus (None: all the training plays)
 SWEEP_BATCHES = [1, 2, 4, 8, 16, 32, 64]  # inference batch sizes to time
 REPEAT = 10  # timed repeats per measurement
 DEVICE = "auto"  # "auto": the GPU when there is one, else the CPU; or "cpu", "cuda", "cuda:N"
+SOLUTIONS = False  # True: the reference answers replace your code in the exercises (the tests prove each check can pass)
 
 # %%
 if SMOKE:
@@ -249,6 +250,12 @@ widgets.panel(training_vs_inference.compare_steps, model=training_vs_inference.T
 #    (section 2) before looking at the table, then check.
 # 2. A service must answer within 50 ms. Using your sweep, what is the largest batch size that meets
 #    this latency, and what throughput does it give?
+# 3. **Implement** the training step of section 3, `train_step(model, optimizer, batch)`: put the model in training
+#    mode, run the forward pass with `labels=batch` (the model shifts them into next-token targets), backpropagate,
+#    clip the gradient norm to 1, take the optimizer step, zero the gradients, and return the loss as a float. The
+#    check below runs your step and `labkit.training.train_step` on identical copies of a tiny random BLOOM for one
+#    to three steps (SGD and AdamW, with and without dropout, gradient norms below and above 1) and compares every
+#    loss and every weight afterwards; it names the first case that fails and how.
 
 # %%
 answer_1 = None  # MiB
@@ -259,6 +266,27 @@ if answer_1 is not None:
     print("1: ✓" if abs(answer_1 - expected_1) < 0.5 else f"1: ✗ it is 2 × {estimate.params:,} × 4 bytes = {expected_1:.1f} MiB")
 if answer_2 is not None:
     print("2: ✓" if answer_2 == expected_2 else f"2: ✗ on this machine it is {expected_2}")
+
+# %% tags=["exercise"]
+import torch
+
+from labkit.exercises import train_step as train_step_check
+from labkit.notebook import exercise
+
+
+def train_step(model, optimizer, batch: torch.Tensor) -> float:
+    """model: a transformers causal LM; optimizer: over its parameters; batch: (batch, seq) token ids.
+    Returns the batch's loss before the update, as a float."""
+    # your code: train mode; loss = model(input_ids=batch, labels=batch).loss; backward; clip the gradient norm to 1
+    # (torch.nn.utils.clip_grad_norm_); optimizer step; zero the gradients; return the loss as a Python float
+    with torch.no_grad():  # the stub only measures the loss: nothing learns, and the check says so
+        return model(input_ids=batch, labels=batch).loss.item()
+
+
+if SOLUTIONS:  # the tests inject the reference answer here; a learner leaves SOLUTIONS = False
+    from labkit.exercises.solutions.train_step import train_step  # noqa: F811
+
+exercise.report("train_step", train_step_check.grade(train_step), SOLUTIONS)
 
 # %%
 from labkit.notebook import run

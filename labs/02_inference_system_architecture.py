@@ -66,6 +66,7 @@ labkit.setup()
 # %% tags=["parameters"]
 SMOKE = False  # True: small sizes for a quick headless run
 DEVICE = "auto"  # "auto": the GPU when there is one, else the CPU; or "cpu", "cuda", "cuda:N"
+SOLUTIONS = False  # True: the reference answers replace your code in the exercises (the tests prove each check can pass)
 MODEL = "smollm2-135m"
 PROMPT = "What is the capital of France?"
 CANARY_SHARE = 0.2
@@ -328,12 +329,37 @@ print(f"* Rule: promote only with >= {MIN_CANARY_REQUESTS} canary requests, agre
 # 2. Change `CANARY_SHARE` to 0.5 and rerun section 6: how far from 50 % is the measured share?
 # 3. Raise `OPEN_LOAD` towards 1 and rerun section 5: what happens to L̄, W and the refusals?
 # 4. Stop the server while a long request streams (`server.stop()` in another cell): does the request finish?
+# 5. **Implement** `mean_in_system(arrivals, departures)`: from each request's arrival and departure time, the
+#    time-averaged number of requests inside over the window from the first arrival to the last departure — the L̄
+#    that section 5 read from the server's gauge. Sweep the events in time order, add (requests inside) × (time
+#    since the previous event) to an area, and divide by the window's length. The check below runs your function on
+#    seven request logs (overlapping, back to back, one request, idle gaps, unsorted, Poisson) and compares each
+#    with Little's law λ·W computed from the same timestamps: over a window that starts and ends empty the law is
+#    exact, so the two must agree to rounding. It names the first case that fails and how.
 
 # %%
 answer_1 = None
 expected_1 = MAX_BATCH + MAX_QUEUE
 if answer_1 is not None:
     print("1: ✓" if answer_1 == expected_1 else f"1: ✗ {expected_1}")
+
+# %% tags=["exercise"]
+from labkit.exercises import littles_law
+from labkit.notebook import exercise
+
+
+def mean_in_system(arrivals: list[float], departures: list[float]) -> float:
+    """The i-th request arrives at arrivals[i] and leaves at departures[i] (s), any order. Returns the mean number
+    of requests inside over [first arrival, last departure]."""
+    # your code: one sorted list of events (time, +1 for an arrival, -1 for a departure); walk it, adding
+    # inside × (t - previous t) to an area; divide the area by (last departure - first arrival)
+    return len(arrivals) / (max(departures) - min(arrivals))  # the stub returns λ, the arrival rate, not L
+
+
+if SOLUTIONS:  # the tests inject the reference answer here; a learner leaves SOLUTIONS = False
+    from labkit.exercises.solutions.littles_law import mean_in_system  # noqa: F811
+
+exercise.report("mean_in_system", littles_law.grade(mean_in_system), SOLUTIONS)
 
 # %%
 server.stop()  # graceful: finishes in-flight requests, then stops every scheduler

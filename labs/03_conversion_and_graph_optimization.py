@@ -64,6 +64,7 @@ WORKLOADS = ["tiny-bloom", "digits-cnn", "smollm2-135m"]  # SmolLM2's first ONNX
 REPEAT = 100  # timed runs per engine in section 7, after warm-up
 ROUNDS = 5  # engines take turns this many times (drift lands on all alike)
 DEVICE = "auto"  # "auto": the GPU when there is one, else the CPU; or "cpu", "cuda", "cuda:N"
+SOLUTIONS = False  # True: the reference answers replace your code in the exercises (the tests prove each check can pass)
 
 # %%
 if SMOKE:
@@ -305,6 +306,13 @@ print(f"* Theory: a fused node pays only where a runtime has a kernel for it. Me
 # 1. `tiny-llama` uses SiLU, not GELU, in its MLP. How many `FastGelu` nodes will ORT create for it?
 #    Predict, then check with `convert.graph_stats(convert.optimize_onnx(convert.export_onnx(engines.graph_for("tiny-llama")), "all"))`.
 # 2. How many nodes does level *all* remove from the raw tiny-bloom export, as a percentage?
+# 3. **Implement** the BatchNorm folding of section 5: `fold_batchnorm(conv, bn)` returns one `nn.Conv2d` that computes
+#    `bn(conv(x))` with `bn` in eval mode. With s = γ / √(σ² + ε) per output channel (σ², μ: the running statistics),
+#    the folded weight is W·s (output row c scaled by s_c) and the folded bias (b − μ)·s + β. The check below runs your
+#    function on seven conv/BatchNorm pairs (with and without a conv bias, a large ε, BatchNorm without γ and β,
+#    stride and dilation, grouped and depthwise convs) and compares the weights and bias with PyTorch's own
+#    `torch.nn.utils.fusion.fuse_conv_bn_eval`, and your conv's output with conv then BatchNorm; it names the first
+#    case that fails and how.
 
 # %%
 answer_1 = None  # number of FastGelu nodes in tiny-llama
@@ -316,6 +324,27 @@ if answer_1 is not None:
     print("1: ✓" if answer_1 == expected_1 else f"1: ✗ it is {expected_1}")
 if answer_2 is not None:
     print("2: ✓" if abs(answer_2 - expected_2) < 2 else f"2: ✗ it is {expected_2:.0f} %")
+
+# %% tags=["exercise"]
+from torch import nn
+
+from labkit.exercises import batchnorm_folding
+from labkit.notebook import exercise
+
+
+def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """conv: weight (out, in / groups, kh, kw), bias (out,) or None; bn: eval mode, over the out channels.
+    Returns a new nn.Conv2d computing bn(conv(x))."""
+    # your code: s = γ / sqrt(running_var + eps) (γ = 1, β = 0 when bn.affine is False); copy.deepcopy(conv)
+    # keeps stride, padding, dilation and groups; set its weight to W * s[:, None, None, None] and its bias to
+    # (b - running_mean) * s + β (b = 0 when the conv has none), both as nn.Parameter
+    return conv  # the stub ignores the BatchNorm: the check says what is wrong
+
+
+if SOLUTIONS:  # the tests inject the reference answer here; a learner leaves SOLUTIONS = False
+    from labkit.exercises.solutions.batchnorm_folding import fold_batchnorm  # noqa: F811
+
+exercise.report("fold_batchnorm", batchnorm_folding.grade(fold_batchnorm), SOLUTIONS)
 
 # %%
 from labkit.notebook import run

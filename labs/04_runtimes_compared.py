@@ -70,6 +70,7 @@ THREADS = [1, 2]
 REPEAT = 20  # timed runs per measurement, after warm-up
 ROUNDS = 5  # engines take turns this many times (drift lands on all alike)
 DEVICE = "auto"  # "auto": the GPU when there is one, else the CPU; or "cpu", "cuda", "cuda:N"
+SOLUTIONS = False  # True: the reference answers replace your code in the exercises (the tests prove each check can pass)
 
 # %%
 if SMOKE:
@@ -278,6 +279,12 @@ print(f"* Theory: a graph runtime cannot make the matrix multiplies go away. Mea
 # 1. How many requests at batch 1 must tiny-bloom serve before torch.compile's cold start is paid
 #    back by its faster steady state (if it is faster at all)? Compute it from the table.
 # 2. Which engine is fastest for the CNN at batch 1, and by how much over eager?
+# 3. **Implement** the path every ONNX Runtime row above took: export a PyTorch module to ONNX with its batch axis
+#    dynamic (`torch.onnx.export`, into an `io.BytesIO`), open an `onnxruntime.InferenceSession` on the CPU, build
+#    the feed from the session's input names (`session.get_inputs()`) and return its output for `inputs`, whose
+#    batch may differ from the export example's. The check below runs your function on five small models (an MLP,
+#    two inputs, batch 1 → 4, a conv net, int64 token ids) and compares each output with the module's own eager
+#    output; it also checks that `InferenceSession.run` really ran, and names the first case that fails and how.
 
 # %%
 answer_1 = None  # number of requests (or float("inf") if never)
@@ -291,6 +298,30 @@ if answer_1 is not None:
     print("1: ✓" if abs(answer_1 - expected_1) <= 0.05 * expected_1 else f"1: ✗ about {expected_1:,.0f} requests")
 if answer_2 is not None:
     print("2: ✓" if answer_2 == expected_2 else f"2: ✗ it is {expected_2}")
+
+# %% tags=["exercise"]
+import io
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from labkit.exercises import onnx_runtime
+from labkit.notebook import exercise
+
+
+def run_with_onnxruntime(model: torch.nn.Module, example: tuple, inputs: tuple) -> np.ndarray:
+    """example, inputs: one tensor per forward argument (the batch, axis 0, may differ). Returns the session's output."""
+    # your code: torch.onnx.export(model.eval(), example, buffer, input_names=..., dynamic_axes=... or
+    # dynamic_shapes=...), ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"]), then
+    # session.run(None, {name: array}) with one numpy array per name in session.get_inputs()
+    return model(*inputs).detach().numpy()  # the stub runs PyTorch eager: the check says what is wrong
+
+
+if SOLUTIONS:  # the tests inject the reference answer here; a learner leaves SOLUTIONS = False
+    from labkit.exercises.solutions.onnx_runtime import run_with_onnxruntime  # noqa: F811
+
+exercise.report("run_with_onnxruntime", onnx_runtime.grade(run_with_onnxruntime), SOLUTIONS)
 
 # %%
 from labkit.notebook import run

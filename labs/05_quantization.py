@@ -75,6 +75,7 @@ BUDGET = 2048  # evaluation tokens from the held-out plays
 DECODE_TOKENS = 32  # tokens generated per decode measurement
 BATCH_SIZES = [1, 8]  # decode batch sizes
 DEVICE = "auto"  # "auto": the GPU when there is one, else the CPU; or "cpu", "cuda", "cuda:N"
+SOLUTIONS = False  # True: the reference answers replace your code in the exercises (the tests prove each check can pass)
 
 # %%
 if SMOKE:  # the trained tiny BLOOM from lab 01: same quantizers, seconds instead of minutes
@@ -347,6 +348,13 @@ if same4 is not None:
 # 1. How many GB does Llama-30B need for its weights in int4? Compute it from the parameter count in
 #    the claims table.
 # 2. Which quantizer gives the fastest batch-1 decoding on the lab's device?
+# 3. **Implement** the per-channel int8 weight quantization that section 5 simulates (`W8 per-channel`) and torchao's
+#    `int8-weight` stores: for each row of a Linear weight (one output channel) the scale is the row's largest
+#    magnitude ÷ 127.5, each weight becomes the nearest integer to weight ÷ scale, clamped to [-128, 127], stored as
+#    int8, with a zero point of 0. The check below runs your function on seven cases (an all-zero row, an outlier,
+#    negative rows, fp16 and bf16 weights…) and compares the scales and codes with PyTorch's own per-channel
+#    quantizer (`PerChannelMinMaxObserver` + `fake_quantize_per_channel_affine`); it names the first case that fails
+#    and how.
 
 # %%
 answer_1 = None  # GB
@@ -357,6 +365,26 @@ if answer_1 is not None:
     print("1: ✓" if abs(answer_1 - expected_1) < 0.5 else f"1: ✗ {expected_1:.1f} GB")
 if answer_2 is not None:
     print("2: ✓" if answer_2 == expected_2 else f"2: ✗ it is {expected_2}")
+
+# %% tags=["exercise"]
+import torch
+
+from labkit.exercises import int8_quantization
+from labkit.notebook import exercise
+
+
+def quantize_per_channel_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """w: (out_features, in_features), any float dtype. Returns (q, scale): q int8 shaped like w, scale float32
+    (out_features,), zero point 0, so that q * scale[:, None] ≈ w."""
+    # your code: upcast to float32, absmax of each row, scale = absmax / 127.5 (never 0: an all-zero row needs a
+    # floor), then round(w / scale), clamp to [-128, 127] and cast to torch.int8
+    return torch.zeros_like(w, dtype=torch.int8), torch.ones(w.shape[0])  # the stub: the check says what is wrong
+
+
+if SOLUTIONS:  # the tests inject the reference answer here; a learner leaves SOLUTIONS = False
+    from labkit.exercises.solutions.int8_quantization import quantize_per_channel_int8  # noqa: F811
+
+exercise.report("quantize_per_channel_int8", int8_quantization.grade(quantize_per_channel_int8), SOLUTIONS)
 
 # %%
 from labkit.notebook import run

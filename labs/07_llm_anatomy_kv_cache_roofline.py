@@ -78,6 +78,7 @@ KV_SEQ = 2048  # tokens per sequence whose KV caches fill the memory (section 6)
 KV_BUDGET_MIB = 256  # on a CPU: the memory the caches may fill (a GPU fills its free memory, less a reserve)
 KV_GPU_BUDGET_MIB = None  # on a GPU: None fills its free memory (less a reserve); a number caps it
 DEVICE = "auto"  # "auto": the GPU when there is one, else the CPU; or "cpu", "cuda", "cuda:N"
+SOLUTIONS = False  # True: the reference answers replace your code in the exercises (the tests prove each check can pass)
 
 # %%
 if SMOKE:  # tiny Llama (same architecture, 4 layers): seconds instead of minutes
@@ -408,6 +409,13 @@ pd.DataFrame([
 #
 # 1. How many KV-cache bytes does one extra token add to the lab model's (`MODEL`) cache at batch 1 in fp32?
 # 2. At which batch size does decode in `ROOF_PRECISION` on this device stop being memory-bound (see the bounds table)?
+# 3. **Implement** one decode step of attention with the KV cache of section 1: append the new token's key and value
+#    to the caches (along the sequence axis), then let its query attend to every cached position and to itself,
+#    softmax(q Kᵀ / √head_dim) V. With grouped-query attention the caches hold fewer KV heads than there are query
+#    heads, and query head h reads KV head h // (heads / kv_heads). The check below runs your function on five cases
+#    (an empty cache, a batch, GQA…) and compares it with PyTorch's `scaled_dot_product_attention` run causally over
+#    the whole sequence without a cache (the last position), and the caches with their concatenation; it names the
+#    first case that fails and how.
 
 # %%
 answer_1 = None  # bytes
@@ -419,6 +427,28 @@ if answer_1 is not None:
     print("1: ✓" if answer_1 == expected_1 else f"1: ✗ {expected_1:.0f} bytes")
 if answer_2 is not None:
     print("2: ✓" if answer_2 == expected_2 else f"2: ✗ {expected_2}")
+
+# %% tags=["exercise"]
+import torch
+
+from labkit.exercises import kv_cache_step
+from labkit.notebook import exercise
+
+
+def attend_with_cache(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, k_cache: torch.Tensor,
+                      v_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q: (batch, heads, 1, head_dim); k_new, v_new: (batch, kv_heads, 1, head_dim); k_cache, v_cache:
+    (batch, kv_heads, past, head_dim), past may be 0. Returns (out (batch, heads, 1, head_dim), k_cache, v_cache
+    with past + 1 positions)."""
+    # your code: torch.cat the new key/value onto the caches (dim 2), repeat each KV head for its heads // kv_heads
+    # query heads (repeat_interleave on dim 1), scores = q @ keysᵀ / √head_dim, softmax, @ values; no mask is needed
+    return q, k_cache, v_cache  # the stub: the check says what is wrong
+
+
+if SOLUTIONS:  # the tests inject the reference answer here; a learner leaves SOLUTIONS = False
+    from labkit.exercises.solutions.kv_cache_step import attend_with_cache  # noqa: F811
+
+exercise.report("attend_with_cache", kv_cache_step.grade(attend_with_cache), SOLUTIONS)
 
 # %%
 from labkit.notebook import run

@@ -67,6 +67,7 @@ DEVICE = "auto"  # "auto": the GPU when there is one, else the CPU; or "cpu", "c
 MODEL = "smollm2-135m"
 NEW_TOKENS = 8
 TORCH_THREADS = None  # None: PyTorch's default
+SOLUTIONS = False  # True: the reference answers replace your code in the exercises (the tests prove each check can pass)
 
 # %%
 if SMOKE:  # tiny Llama: the same architecture and the same code, 20 MB instead of 540 MB
@@ -272,6 +273,15 @@ print(f"* Theory: with 2 GPUs, {bloom_gb - resident_gb:.0f} GB cross a host link
 # 1. With 4×A100-80GB instead of 2, how many GB of BLOOM-176B bf16 must stream per token? (Use
 #    `costmodel.accelerate_placement` for what stays on the GPUs.)
 # 2. From pageable CPU memory (`specs.HOST_LINK_GBPS`), how many seconds per token would that take?
+# 3. **Implement** the placement rule of section 1 for a model whose layers must each stay whole (as
+#    `no_split_module_classes` keeps a decoder layer): given each layer's bytes in forward order and a byte budget
+#    per device, fill the devices in order (GPUs by index, then `"cpu"`, then `"disk"`, which has no limit). A layer
+#    goes on the current device if the bytes already there plus its own fit the budget (≤); otherwise the next device
+#    becomes current, for it and every later layer (nothing goes back). On the first GPU and on the CPU (the CPU alone
+#    when there is no GPU) the budget is first reduced by the largest layer still to come after this one: an
+#    offloaded layer is brought there to run. The check below compares your map with Accelerate's
+#    `infer_auto_device_map` on eight cases (a reserve, spilling to the CPU and disk, a second GPU, a zero budget…)
+#    and names the first case and layer that differ.
 
 # %%
 answer_1 = None  # GB
@@ -283,6 +293,24 @@ if answer_1 is not None:
     print("1: ✓" if abs(answer_1 - four["streamed_GB"]) < 1 else f"1: ✗ {four['streamed_GB']:.0f} GB")
 if answer_2 is not None:
     print("2: ✓" if abs(answer_2 - four["s_per_token"]) < 0.5 else f"2: ✗ {four['s_per_token']:.1f} s")
+
+# %% tags=["exercise"]
+from labkit.exercises import device_map
+from labkit.notebook import exercise
+
+
+def device_map_for(module_sizes: dict[str, int], budgets: dict[int | str, int]) -> dict[str, int | str]:
+    """module_sizes: layer name -> bytes, in forward order; budgets: device -> bytes (GPU indices, then "cpu").
+    Returns layer name -> device: a GPU index, "cpu" or "disk"."""
+    # your code: devices = the budgets' keys + ["disk"]; for each layer, reserve = the largest layer after it;
+    # on the first GPU and "cpu" the room is budget - reserve; move to the next device while used + size > room
+    return {name: "disk" for name in module_sizes}  # the stub: everything on disk; the check says what is wrong
+
+
+if SOLUTIONS:  # the tests inject the reference answer here; a learner leaves SOLUTIONS = False
+    from labkit.exercises.solutions.device_map import device_map_for  # noqa: F811
+
+exercise.report("device_map_for", device_map.grade(device_map_for), SOLUTIONS)
 
 # %%
 from labkit.notebook import run

@@ -72,6 +72,7 @@ MICROBATCHES = (1, 2, 4, 8)  # GPipe micro-batch counts for the bubble
 BUBBLE_REPEAT = 7  # pipeline runs per micro-batch count (the median is reported)
 REPEAT = 5  # timed forwards per measurement
 DEVICE = "auto"  # "auto": the GPU when there is one, else the CPU; or "cpu", "cuda", "cuda:N"
+SOLUTIONS = False  # True: the reference answers replace your code in the exercises (the tests prove each check can pass)
 
 # %%
 if SMOKE:
@@ -358,6 +359,13 @@ print(f"* Published batch-1 speed-up of ds-inference over accelerate: {published
 # 1. BLOOM-176B has 70 layers. How many all-reduces does one TP forward make (count the embedding)?
 # 2. A GPipe pipeline over 8 GPUs runs 4 micro-batches. What fraction of the time is idle? (3 decimals)
 # 3. With the widget: on a 16 GB/s link at batch 128, which engine is faster? Why?
+# 4. **Implement** the forward of section 2's row-parallel linear layer on `world_size` simulated ranks in this one
+#    process (Megatron-LM, Shoeybi et al. 2019, section 3): split the weight (out, in) along its input dimension,
+#    let each rank multiply its slice of x's input features by its slice of the weight, sum the partial products
+#    (what the all-reduce does across real ranks) and add the bias once. The check below runs your function on
+#    five cases (1, 2, 4 and 8 ranks, no bias, a (batch, seq, in) activation) and compares each with
+#    `torch.nn.functional.linear` on the whole weight; it also checks that no matrix product used more than one
+#    rank's in / world_size input features, and names the first case that fails and how.
 
 # %%
 answer_1 = None
@@ -367,6 +375,26 @@ if answer_1 is not None:
     print("1: ✓" if answer_1 == expected_1 else f"1: ✗ {expected_1}")
 if answer_2 is not None:
     print("2: ✓" if abs(answer_2 - expected_2) < 1e-3 else f"2: ✗ {expected_2}")
+
+# %% tags=["exercise"]
+import torch
+
+from labkit.exercises import row_parallel
+from labkit.notebook import exercise
+
+
+def row_parallel_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                        world_size: int) -> torch.Tensor:  # fmt: skip
+    """x: (..., in); weight: (out, in); bias: (out,) or None. Returns (..., out) = x·weightᵀ + bias."""
+    # your code: chunk the weight along dim 1 and x along its last dim into world_size slices, compute each rank's
+    # partial product (torch.nn.functional.linear without the bias), sum the partials, then add the bias once
+    return torch.zeros(*x.shape[:-1], weight.shape[0])  # the stub: the check says what is wrong
+
+
+if SOLUTIONS:  # the tests inject the reference answer here; a learner leaves SOLUTIONS = False
+    from labkit.exercises.solutions.row_parallel import row_parallel_linear  # noqa: F811
+
+exercise.report("row_parallel_linear", row_parallel.grade(row_parallel_linear), SOLUTIONS)
 
 # %%
 from labkit.notebook import run

@@ -96,6 +96,7 @@ LAYERS = 6
 STEPS = 3
 WORLD_SIZE = 2
 DEVICE = "auto"  # "auto": the GPU when there is one, else the CPU; or "cpu", "cuda", "cuda:N"
+SOLUTIONS = False  # True: the reference answers replace your code in the exercises (the tests prove each check can pass)
 
 # %%
 if SMOKE:
@@ -300,6 +301,15 @@ ratios = t["measured/formula"]
 # 3. Rerun section 2 with `WORLD_SIZE = 1`. Which columns stop differing between stages, and why?
 # 4. Rerun section 2 with `WORLD_SIZE = 4`. What does the ring predict per rank for deepspeed-0's all-reduce
 #    now, and what does `comm_sent_MB` say?
+# 5. **Implement** the ring all-reduce whose cost section 3 uses (Patarasuk & Yuan 2009; NCCL's ring), on N
+#    simulated ranks in this one process: `tensors[r]` is rank r's tensor, and the only way to move data is
+#    `send_recv(outgoing)`, one ring step in which rank r sends `outgoing[r]` to rank (r + 1) mod N and gets back
+#    what rank (r − 1) mod N sent. Cut each tensor into N chunks; in N − 1 reduce-scatter steps each rank passes
+#    on a chunk with its own part added, until rank r holds one chunk summed over all ranks; in N − 1 all-gather
+#    steps the summed chunks travel round the ring. The check runs your function on five cases (2 to 5 ranks, a
+#    length N does not divide, a 2-D tensor) and compares every rank's result with `torch.stack(tensors).sum(0)`;
+#    then it counts the bytes each rank sent, which must be the ring's 2(N − 1)/N × the tensor: passing whole
+#    tensors round the ring gives the right sum but fails there.
 
 # %%
 answer_1 = None  # your smallest dp degree
@@ -310,6 +320,28 @@ formula_only_1 = next(n for n in range(1, 1025)
                       if zero.zero_memory(bloom.params, 3, n, bloom.largest_layer_params).sharded_states <= gpu_bytes)
 if answer_1 is not None:
     print("1: ✓" if answer_1 == expected_1 else f"1: ✗ it is {expected_1} (the sharded states alone: {formula_only_1})")
+
+# %% tags=["exercise"]
+from collections.abc import Callable
+
+import torch
+
+from labkit.exercises import ring_all_reduce as ring
+from labkit.notebook import exercise
+
+
+def ring_all_reduce(tensors: list[torch.Tensor], send_recv: Callable) -> list[torch.Tensor]:
+    """tensors: N tensors of one shape, rank r's is tensors[r]. send_recv(outgoing: N tensors, rank r's goes to rank
+    (r + 1) mod N) -> received (N tensors, rank r's came from rank (r - 1) mod N). Returns N tensors, each the sum."""
+    # your code: chunks = [list(t.flatten().tensor_split(N)) for t in tensors]; at reduce-scatter step s rank r sends
+    # its chunk (r - s) mod N and adds what it receives to its chunk (r - 1 - s) mod N; then N - 1 all-gather steps
+    return [t.clone() for t in tensors]  # the stub: every rank keeps its own tensor, the check says what is wrong
+
+
+if SOLUTIONS:  # the tests inject the reference answer here; a learner leaves SOLUTIONS = False
+    from labkit.exercises.solutions.ring_all_reduce import ring_all_reduce  # noqa: F811
+
+exercise.report("ring_all_reduce", ring.grade(ring_all_reduce), SOLUTIONS)
 
 # %%
 from labkit.notebook import run

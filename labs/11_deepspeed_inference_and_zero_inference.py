@@ -74,6 +74,7 @@ REPEAT = 10  # timed forwards per method
 ZI_REPEAT = 3  # timed generations per ZeRO-Inference setup (median)
 WORLD_SIZE = 2
 DEVICE = "auto"  # "auto": the GPU when there is one, else the CPU; or "cpu", "cuda", "cuda:N"
+SOLUTIONS = False  # True: the reference answers replace your code in the exercises (the tests prove each check can pass)
 
 # %%
 if SMOKE:
@@ -274,6 +275,13 @@ print(f"* Theory: ZeRO-3 computes exactly what one process computes. Same tokens
 #    weights stream from pinned host memory over PCIe 4.0 x16 (the link speed printed below, from
 #    `labkit.models.specs`): how many seconds does streaming BLOOM-176B's bf16 weights once take?
 # 3. Using the published table: at batch 1, how many times faster per token is ds-inference than Accelerate?
+# 4. **Implement** what section 2's fix gives each rank: the ALiBi slopes of the heads this tensor-parallel rank
+#    holds (Press et al. 2022, section 3). For n heads, n a power of 2, the slopes are 2^(−8/n), 2^(−16/n), …,
+#    2^(−8); otherwise the first p = 2^⌊log₂ n⌋ heads take the sequence for p and the other n − p heads take every
+#    other term (the 1st, 3rd, …) of the sequence for 2p. Rank r of W holds heads [r·n/W, (r+1)·n/W). The check
+#    runs your function on six cases (8, 12 and BLOOM-176B's 112 heads on 1, 2 and 4 ranks) and compares each with
+#    transformers' BLOOM `build_alibi_tensor` sliced to the rank's heads; it names the first case that fails, and
+#    says so when a rank returns every head's slopes (the shape error of section 2) or rank 0's.
 
 # %%
 link = "pinned (PCIe 4.0 x16)"
@@ -286,6 +294,25 @@ if answer_2 is not None:
     print("2: ✓" if abs(answer_2 - expected_2) < 0.05 * expected_2 else f"2: ✗ it is {expected_2:.1f} s")
 if answer_3 is not None:
     print("3: ✓" if abs(answer_3 - expected_3) < 0.15 else f"3: ✗ it is {expected_3}")
+
+# %% tags=["exercise"]
+import torch
+
+from labkit.exercises import alibi_tp
+from labkit.notebook import exercise
+
+
+def alibi_slopes_for_rank(n_heads: int, rank: int, world_size: int) -> torch.Tensor:
+    """The ALiBi slopes of the heads rank `rank` of `world_size` holds. Returns (n_heads // world_size,) float32."""
+    # your code: p = 2 ** floor(log2(n_heads)); slopes 2 ** (-8 * i / p) for i = 1..p, then for the n_heads - p other
+    # heads 2 ** (-8 * i / (2 * p)) for i = 1, 3, 5, ...; keep this rank's n_heads // world_size of them
+    return torch.zeros(n_heads // world_size)  # the stub: no bias at all, the check says what is wrong
+
+
+if SOLUTIONS:  # the tests inject the reference answer here; a learner leaves SOLUTIONS = False
+    from labkit.exercises.solutions.alibi_tp import alibi_slopes_for_rank  # noqa: F811
+
+exercise.report("alibi_slopes_for_rank", alibi_tp.grade(alibi_slopes_for_rank), SOLUTIONS)
 
 # %%
 from labkit.notebook import run

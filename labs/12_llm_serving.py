@@ -87,6 +87,7 @@ PREFIX_TOKENS = 512  # section 6: the shared system prompt
 LONG_PROMPT, PREFILL_CHUNK = 1024, 128  # section 6: a long prompt arriving while others decode; the chunk (tokens)
 ENGINE_CLIENTS = (1, 4)  # section 7: loads at which the paged engine's runners and vLLM are compared
 PEER_LIVE = True  # section 7: start vLLM (its own venv: `make peers`) when it is installed — about 3 minutes
+SOLUTIONS = False  # True: the reference answers replace your code in the exercises (the tests prove each check can pass)
 
 # %%
 if SMOKE:  # tiny Llama (random weights, same architecture as SmolLM2): seconds instead of minutes
@@ -435,6 +436,18 @@ print(f"* Theory: chunking bounds a decoding request's stall by one chunk's step
 # 3. Set `RATES` above the sync server's capacity (its tokens/s ÷ `MAX_TOKENS`) and watch p99.
 # 4. With blocks of 16 tokens, at most how many KV slots can the paged engine leave empty while 10 sequences run?
 # 5. Set `PREFILL_CHUNK` to 32 and rerun section 6: what happens to the longest gap, and to the long prompt's TTFT?
+# 6. **Implement** the block-table lookup of section 6 (PagedAttention, Kwon et al. 2023; vLLM's `slot_mapping`):
+#    for each token position of a sequence, the flat slot of the KV pool where its key and value live,
+#    `block_table[position // block_size] × block_size + position % block_size`. A position past the table's
+#    last block must raise `IndexError` (or `ValueError`): no block of this sequence holds it. The check below runs
+#    your function on seven cases (block boundaries, a block's last slot, a fragmented table from labkit's
+#    `BlockManager`, positions in any order, a position out of range) and compares each with labkit's paged
+#    engine (`labkit.serving.paged.attention.slot`); it names the first case that fails and how.
+# 7. **Implement** one step of continuous batching (section 2's `continuous` scheduler; Orca, Yu et al. 2022):
+#    between two decode steps, the sequences that finished leave the batch at once, and queued requests join
+#    into every free slot, first come first served; a request cancelled while it waited is dropped and takes no
+#    slot. Return the next batch (those still running, in their order, then the joiners) and the joiners. The check
+#    below compares six cases with labkit's own engine (`labkit.serving.engine.Engine` and `policies.continuous`).
 
 # %%
 answer_1 = None
@@ -443,6 +456,42 @@ if answer_1 is not None:
 answer_4 = None
 if answer_4 is not None:
     print("4: ✓" if answer_4 == 10 * (16 - 1) else "4: ✗ 150: each sequence's last block may lack 15 tokens")
+
+# %% tags=["exercise"]
+from labkit.exercises import block_table as block_table_exercise  # the grader (block_table is the argument below)
+from labkit.notebook import exercise
+
+
+def slot_mapping(block_table: list[int], positions: list[int], block_size: int) -> list[int]:
+    """block_table: physical block ids (logical block i -> block_table[i]). Returns one pool slot per position."""
+    # your code: for each position, its logical block (position // block_size) gives a physical block through the
+    # table; the slot is that block's first slot plus the offset; raise IndexError past the table's last block
+    return list(positions)  # the stub treats the pool as one contiguous cache: the check says what is wrong
+
+
+if SOLUTIONS:  # the tests inject the reference answer here; a learner leaves SOLUTIONS = False
+    from labkit.exercises.solutions.block_table import slot_mapping  # noqa: F811
+
+exercise.report("slot_mapping", block_table_exercise.grade(slot_mapping), SOLUTIONS)
+
+# %% tags=["exercise"]
+from labkit.exercises import continuous_batching
+from labkit.exercises.continuous_batching import Req
+from labkit.notebook import exercise
+
+
+def schedule_step(running: list[Req], waiting: list[Req], max_batch: int) -> tuple[list[Req], list[Req]]:
+    """running: the batch after the last step (Req.finished); waiting: the queue, oldest first (Req.cancelled).
+    Returns (the next batch, the requests admitted), lists of the Req objects given."""
+    # your code: keep the running requests that have not finished, then admit waiting ones in order, skipping
+    # cancelled ones, while the batch has fewer than max_batch
+    return running, []  # the stub admits nobody and lets nobody leave: the check says what is wrong
+
+
+if SOLUTIONS:  # the tests inject the reference answer here; a learner leaves SOLUTIONS = False
+    from labkit.exercises.solutions.continuous_batching import schedule_step  # noqa: F811
+
+exercise.report("schedule_step", continuous_batching.grade(schedule_step), SOLUTIONS)
 
 # %%
 from labkit.notebook import run

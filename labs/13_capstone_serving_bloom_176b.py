@@ -78,6 +78,7 @@ SMALL_BATCHES = (1, 4, 16)
 SMALL_SEQ = 16
 REPEAT = 7  # timed forwards per strategy and batch (median)
 DEVICE = "auto"  # "auto": the GPU when there is one, else the CPU; or "cpu", "cuda", "cuda:N"
+SOLUTIONS = False  # True: the reference answers replace your code in the exercises (the tests prove each check can pass)
 
 # %%
 if SMOKE:
@@ -374,6 +375,12 @@ print(f"* Tensor parallelism on a slow link: theory says communication dominates
 #    int8 at batch 1.
 # 2. How many tokens must a DeepSpeed-Inference deployment with an unsharded checkpoint generate at batch 1
 #    before its start-up cost has paid off against Accelerate? (Use the published rows.)
+# 3. **Implement** section 1's check for a tensor-parallel deployment, which splits the weights and the KV cache
+#    evenly over the GPUs: `fits(...)` is True when (weights + KV cache) / `n_gpus` ≤ `gpu_gb` GB (10⁹ bytes) per GPU,
+#    with weights = parameters × bytes and KV cache = 2 × layers × KV heads × head_dim × bytes × tokens × batch. The
+#    check below runs it on eight set-ups read from `labkit.models.specs` (BLOOM-176B on 8 and 4 A100s, int8, batches
+#    that overflow, Llama-3-70B's grouped-query attention, an fp32 cache) and compares each verdict with labkit's own
+#    accounting (`anatomy.kv_cache_bytes`); it names the first case that fails, with the memory per GPU.
 
 # %%
 answer_1 = None
@@ -385,6 +392,24 @@ if answer_1 is not None:
     print("1: ✓" if answer_1 == expected_1 else f"1: ✗ {expected_1}")
 if answer_2 is not None:
     print("2: ✓" if abs(answer_2 - expected_2) <= 0.02 * expected_2 else f"2: ✗ {expected_2}")
+
+# %% tags=["exercise"]
+from labkit.exercises import serving_memory
+from labkit.notebook import exercise
+
+
+def fits(params: int, bytes_per_param: float, n_gpus: int, gpu_gb: float, batch: int, seq_len: int, layers: int,
+         kv_heads: int, head_dim: int, kv_bytes: float) -> bool:
+    """Whether weights + KV cache, split evenly over n_gpus, fit in gpu_gb GB (1e9 bytes) on each GPU."""
+    # your code: the weights' bytes, the KV cache's bytes (keys and values, every layer, every token of every
+    # sequence), both divided over the GPUs, against one GPU's memory in bytes
+    return True  # the stub says everything fits: the check says what is wrong
+
+
+if SOLUTIONS:  # the tests inject the reference answer here; a learner leaves SOLUTIONS = False
+    from labkit.exercises.solutions.serving_memory import fits  # noqa: F811
+
+exercise.report("fits", serving_memory.grade(fits), SOLUTIONS)
 
 # %%
 from labkit.notebook import run

@@ -3,9 +3,9 @@
 A lab's exercise cell is tagged `exercise` and stands on its own (it imports what it uses and reads only the
 parameters cell): it defines the learner's stub, swaps in `labkit.exercises.solutions` when the `SOLUTIONS`
 parameter is True, grades the function and calls `report(name, grade, SOLUTIONS)`. The lab's own run (the stub) must
-be graded wrong without crashing; `run_exercises` executes only the parameters cell and the exercise cells with the
-reference answers injected, and every one must be graded right: so each check is proven able to fail and to pass,
-for a few seconds instead of a second full run of the lab.
+be graded wrong without crashing; `run_exercises` executes only the parameters cells and the exercise cells of the
+labs, in one kernel, with the reference answers injected, and every one must be graded right: so each check is
+proven able to fail and to pass, for a few seconds instead of a second full run of every lab.
 """
 
 from __future__ import annotations
@@ -44,43 +44,78 @@ def read_exercises(notebook) -> dict[str, dict]:
     return found
 
 
-def exercise_notebook(path: Path):
-    """The lab reduced to its parameters cell and its cells tagged `exercise` (an nbformat notebook).
+def exercise_cells(path: Path) -> list:
+    """A lab's parameters cell and its cells tagged `exercise`, in order (nbformat cells).
 
     Raises:
         ValueError: the lab has no parameters cell or no exercise cell.
     """
     import nbformat
 
-    nb = nbformat.read(str(path), as_version=4)
-    tags = [set(cell.get("metadata", {}).get("tags", [])) for cell in nb.cells]
-    keep = [cell for cell, t in zip(nb.cells, tags, strict=True) if t & {"parameters", TAG}]
+    cells = nbformat.read(str(path), as_version=4).cells
+    tags = [set(cell.get("metadata", {}).get("tags", [])) for cell in cells]
     if not any("parameters" in t for t in tags) or not any(TAG in t for t in tags):
         raise ValueError(f"{path.name}: needs a cell tagged 'parameters' and at least one tagged {TAG!r}")
-    nb.cells = keep
-    return nb
+    return [cell for cell, t in zip(cells, tags, strict=True) if t & {"parameters", TAG}]
 
 
-def run_exercises(path: Path, out_dir: Path, parameters: dict | None = None,
-                  timeout_s: int = 300) -> tuple[dict[str, dict], float]:  # fmt: skip
-    """Execute only a lab's parameters and exercise cells (papermill), e.g. with {"SOLUTIONS": True}.
+def exercise_notebook(paths: list[Path], parameters: dict | None = None) -> tuple[object, dict[str, range]]:
+    """One notebook holding every given lab's parameters and exercise cells, each lab in a fresh namespace.
+
+    After each lab's parameters cell comes a cell setting `parameters` (as papermill injects them); before each lab
+    after the first, `%reset -f` empties the namespace, so no lab's exercise can lean on another's variables (the
+    imported modules stay loaded: one kernel start and one import of torch for all the labs).
 
     Args:
-        path: the lab notebook. out_dir: where the reduced and executed notebooks go.
-        parameters: papermill parameters. timeout_s: the longest one cell may run.
+        paths: lab notebooks. parameters: name -> a value whose repr() is Python (bool, int, float, str).
     Returns:
-        (the exercises it reported as `read_exercises` gives them, seconds the run took).
+        (the nbformat notebook, lab stem -> the range of its cells in it).
     Raises:
-        ValueError: no exercise cells (`exercise_notebook`). papermill.PapermillExecutionError: a cell failed.
+        ValueError: a lab without exercise cells (`exercise_cells`).
+    """
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    spans = {}
+    injected = "\n".join(f"{k} = {v!r}" for k, v in (parameters or {}).items())
+    for n, path in enumerate(paths):
+        start = len(nb.cells)
+        if n:
+            nb.cells.append(nbformat.v4.new_code_cell("%reset -f"))
+        for cell in exercise_cells(path):
+            nb.cells.append(cell)
+            if "parameters" in cell.metadata.get("tags", []) and injected:
+                nb.cells.append(nbformat.v4.new_code_cell(injected, metadata={"tags": ["injected-parameters"]}))
+        spans[path.stem] = range(start, len(nb.cells))
+    for i, cell in enumerate(nb.cells):  # the labs' cells are committed without ids; nbformat 4.5 wants them
+        cell["id"] = f"cell-{i}"
+    return nb, spans
+
+
+def run_exercises(paths: list[Path], out_dir: Path, parameters: dict | None = None,
+                  timeout_s: int = 300) -> tuple[dict[str, dict[str, dict]], float]:  # fmt: skip
+    """Execute only the labs' parameters and exercise cells in one kernel, e.g. with {"SOLUTIONS": True}.
+
+    Args:
+        paths: lab notebooks. out_dir: where the combined notebook and its executed copy go.
+        parameters: set after each lab's parameters cell (`exercise_notebook`). timeout_s: the longest one cell
+            may run.
+    Returns:
+        (lab stem -> the exercises it reported, as `read_exercises` gives them; seconds the whole run took).
+    Raises:
+        ValueError: a lab without exercise cells. papermill.PapermillExecutionError: a cell failed.
     """
     import nbformat
     import papermill as pm
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    reduced = out_dir / f"{path.stem}.exercises.ipynb"
-    nbformat.write(exercise_notebook(path), str(reduced))
+    nb, spans = exercise_notebook(paths, parameters)
+    combined = out_dir / "exercises.ipynb"
+    nbformat.write(nb, str(combined))
     start = time.perf_counter()
-    nb = pm.execute_notebook(str(reduced), str(out_dir / f"{path.stem}.exercises.out.ipynb"),
-                             parameters=parameters or {}, cwd=str(path.parent), kernel_name="python3",
-                             progress_bar=False, execution_timeout=timeout_s)  # fmt: skip
-    return read_exercises(json.loads(nbformat.writes(nb))), time.perf_counter() - start
+    done = pm.execute_notebook(str(combined), str(out_dir / "exercises.out.ipynb"), cwd=str(paths[0].parent),
+                               kernel_name="python3", progress_bar=False, execution_timeout=timeout_s)  # fmt: skip
+    cells = json.loads(nbformat.writes(done))["cells"]
+    found = {stem: read_exercises({"cells": [cells[i] for i in span]}) for stem, span in spans.items()}
+    return found, time.perf_counter() - start
