@@ -20,7 +20,7 @@ import torch.distributed as dist
 from torch import nn
 
 from labkit import plots, precision
-from labkit.measure import results_frame
+from labkit.measure import op_time, results_frame
 from labkit.models import specs
 from labkit.parallel import costmodel, pp, tp
 from labkit.parallel.bubble import replayed_bubble
@@ -47,6 +47,7 @@ class TPComparison:
     sweep: tuple[TPLatency, ...]
     threads: int
     layer_parity: dict[str, float]
+    profile: op_time.OpTime | None = None  # one from-scratch TP forward by kind of operator, all-reduces apart
 
     def table(self) -> pd.DataFrame:
         """One row per mode: max |logits − single|, all-reduces and MB, all-gathers, median forward ms."""
@@ -63,7 +64,7 @@ def compare_rank(model_name: str = "tiny-llama", batch: int = 2, seq: int = 16, 
         sweep_batches: batch sizes at which the TP forward and the unsplit model on this rank alone (one device's
             share of the machine) are timed. repeat: timed forwards per measurement.
     Returns:
-        TPComparison for this rank.
+        TPComparison for this rank, with a profile of one TP forward at `batch` (`measure.op_time`).
     """
     model = tp.load_llama(model_name)
     ids = torch.randint(0, model.config.vocab_size, (batch, seq), generator=torch.Generator().manual_seed(0))
@@ -76,13 +77,14 @@ def compare_rank(model_name: str = "tiny-llama", batch: int = 2, seq: int = 16, 
             ms = time_on_all_ranks(lambda xb=xb: tp_model(xb), 1, repeat).median * 1e3
             single = time_on_all_ranks(lambda xb=xb: model(input_ids=xb), 1, repeat).median * 1e3
         sweep.append(TPLatency(b, seq, ms, single))
-    return TPComparison(dist.get_rank(), runs, tuple(sweep), torch.get_num_threads(), tp.layer_parity())
+    with torch.no_grad():  # every rank profiles the same calls, so the all-reduces pair up
+        profile = op_time.profile_torch(lambda: tp_model(ids.to(model.device)), warmup=1, repeat=repeat)
+    return TPComparison(dist.get_rank(), runs, tuple(sweep), torch.get_num_threads(), tp.layer_parity(), profile)
 
 
 class _MatmulStage(nn.Module):
-    """A synthetic stage: `layers` square matmuls on a wide hidden state, enough compute per micro-batch
-    to time the bubble. In and out it is narrow (`io` features), so the messages between stages are
-    small and their cost does not blur the picture."""
+    """A synthetic stage: `layers` square matmuls on a wide hidden state, enough compute per micro-batch to time the
+    bubble. In and out it is narrow (`io` features), so the messages between stages are small and blur nothing."""
 
     def __init__(self, hidden: int, layers: int, io: int = 16):
         super().__init__()
@@ -294,6 +296,4 @@ def oom_table(engines: dict, prompt: int = 10) -> pd.DataFrame:
                          "published": verdict, **mem})  # fmt: skip
     df = pd.DataFrame(rows)
     df["total_GB"] = df[["weights", "gathered", "KV cache", "workspace", "reserved"]].sum(axis=1)
-    df["capacity_GB"] = costmodel.capacity_gb(gpu)
-    df["fits"] = df.total_GB <= df.capacity_GB
-    return df
+    return df.assign(capacity_GB=costmodel.capacity_gb(gpu)).assign(fits=lambda d: d.total_GB <= d.capacity_GB)

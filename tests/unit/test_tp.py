@@ -89,3 +89,15 @@ def test_tensor_parallel_on_nccl():
         for mode in ("scratch", "dtensor"):
             assert torch.allclose(r.runs[mode].logits, r.runs["single"].logits, atol=1e-3, rtol=0)
         assert r.runs["scratch"].comm.count("all_reduce") == 2 * r.runs["scratch"].layers + 1
+
+
+def test_the_profiler_sees_the_same_all_reduces_on_every_rank(ranks):
+    from labkit.experiments import where_time_goes
+
+    r = where_time_goes.per_rank([x.profile for x in ranks], "TP forward")
+    assert [x.engine for x in r.results] == ["rank 0", "rank 1"]
+    counted = ranks[0].runs["scratch"].comm.count("all_reduce")  # labkit's own counter (a dispatch mode)
+    for x in r.results:  # torch.profiler, independently, sees the same all-reduces, and time spent in them
+        calls = x.ops.set_index("op").calls
+        assert calls[calls.index.str.startswith("c10d::allreduce")].sum() == counted
+        assert x.ms("communication") > 0 and x.ms("matrix multiply") > 0
