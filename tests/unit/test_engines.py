@@ -27,8 +27,13 @@ def workload_graph(workload: str, **shape):
     return engines.graph_for(workload, **shape)
 
 
-@pytest.mark.parametrize("workload", engines.WORKLOADS)
-@pytest.mark.parametrize("name", CPU_ENGINES)
+# SmolLM2 is a LlamaForCausalLM, the class tiny-llama already runs through every engine. torch.compile's SmolLM2
+# run compiles the same code at other sizes with other weights, and cost 38.8 s of a fresh machine's `make test`
+# (inductor's cache empty): it is left out; the other engines still check SmolLM2's real weights.
+PARITY_CASES = [(n, w) for n in CPU_ENGINES for w in engines.WORKLOADS if (n, w) != ("torch-compile", "smollm2-135m")]
+
+
+@pytest.mark.parametrize(("name", "workload"), PARITY_CASES)
 def test_fp32_parity_with_eager(name, workload):
     need(name)
     graph = workload_graph(workload, batch_size=2, seq_len=16)
