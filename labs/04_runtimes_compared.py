@@ -158,6 +158,36 @@ options.table[["variant", "device", "provider", "median_ms", "p90_ms", "speedup_
 options.figure
 
 # %% [markdown]
+# ### Where eager's extra time goes: a profiler, not a guess
+#
+# ONNX Runtime beats eager on the same model and input. Faster arithmetic, or less work around the arithmetic? One
+# forward of tiny-bloom at batch 1 runs under each engine's own profiler (`torch.profiler` for eager, ONNX Runtime's
+# for its session; `measure.op_time`), on the CPU (ONNX Runtime here is its CPU build). Each operator's own time
+# goes to *matrix multiply* (eager BLOOM's attention products included), *attention* (ONNX Runtime's fused
+# `Attention` node), *communication* (none here), *other operators* (norms, GELU, softmax, reshapes, copies) and
+# *outside operators*: the wall time between them (Python and module calls in eager; the session's own scheduling in
+# ONNX Runtime). A profiler slows what it watches: the table gives each engine's unprofiled median beside the
+# profiled wall time.
+
+# %%
+from labkit.experiments import where_time_goes
+
+profiled = where_time_goes.eager_vs_onnxruntime("tiny-bloom", batch_size=1, seq_len=SEQ_LENS[0], repeat=REPEAT)
+profiled.figure
+
+# %%
+eager_t, ort_t = profiled.results  # one OpTime each: "PyTorch eager", "ONNX Runtime"
+extra_ms = eager_t.wall_ms - ort_t.wall_ms
+extra_in_matmul = eager_t.ms("matrix multiply") - ort_t.ms("matrix multiply")
+print(f"eager {eager_t.wall_ms:.2f} ms vs ONNX Runtime {ort_t.wall_ms:.2f} ms per forward (profiled; unprofiled "
+      f"{eager_t.unprofiled_ms:.2f} vs {ort_t.unprofiled_ms:.2f} ms): of eager's extra {extra_ms:.2f} ms, "
+      f"{extra_in_matmul:.2f} ms is in matrix multiplies and {extra_ms - extra_in_matmul:.2f} ms in everything else")
+profiled.table.round(3)
+
+# %%
+profiled.ops.round(4)
+
+# %% [markdown]
 # ## 3. Cold start: the first request's bill
 #
 # Steady-state speed is bought with work up front: exporting to ONNX, optimising the graph,
@@ -330,6 +360,9 @@ speedups = {f"{r.workload}/{r.engine}/b{r.batch_size}s{r.seq_len}": r.speedup_vs
 b1 = lambda engine: ran[(ran.engine == engine) & (ran.batch_size == 1)].speedup_vs_eager  # noqa: E731
 run.record({
     "engines": sorted(table.engine.unique()),
+    "profile_ms": {r.engine: {"wall": r.wall_ms, "unprofiled": r.unprofiled_ms, **r.table.set_index("category").ms.to_dict()}
+                   for r in profiled.results},
+    "profile_eager_matmul_calls": float(eager_t.ops[eager_t.ops.category == "matrix multiply"].calls.sum()),
     "unavailable": {r.engine: r.reason for r in table[~table.available].drop_duplicates("engine").itertuples()},
     "speedups": speedups,
     "ort_speedup_tiny_bloom_b1": float(b1("onnxruntime").iloc[0]) if len(b1("onnxruntime")) else None,

@@ -264,6 +264,34 @@ launch_counts = cuda_graphs.launch_table(launches)
 launch_counts[["variant", "device", "counted", "launches_per_token", "kernels_per_token", "graph_launches_per_token"]]
 
 # %% [markdown]
+# ### Where one decode step's time goes
+#
+# Counting calls says how many; a profiler says how long. One greedy decode step of `MODEL` (batch 1, with its KV
+# cache) runs under `torch.profiler` on the CPU (`experiments.where_time_goes.decode_step`). Each ATen operator's own
+# time goes to *matrix multiply* (the linear layers and the LM head, whose weights stream from memory), *attention*,
+# *other operators* (norms, RoPE, activations, cache appends, copies) and *outside operators* (Python and module
+# calls between them). If "the rest is per-operator overhead", the time outside the matrix multiplies divided by
+# the operator calls that make it up is a few microseconds each, whatever the operator computes. On a GPU this
+# section still profiles the CPU: there the CPU-side times are launch costs, and the launch counts above tell that.
+
+# %%
+from labkit.experiments import where_time_goes
+
+step_profile = where_time_goes.decode_step(MODEL, prompt_len=PROMPT_LENS[0], repeat=10)
+step_profile.figure
+
+# %%
+step_time = step_profile.results[0]
+step_matmul_share = step_time.ms("matrix multiply") / step_time.wall_ms
+step_other_calls = float(step_time.ops[step_time.ops.category != "matrix multiply"].calls.sum())
+step_rest_ms = step_time.wall_ms - step_time.ms("matrix multiply")
+step_us_per_op = 1e3 * step_rest_ms / step_other_calls
+print(f"one {MODEL} decode step: {step_time.wall_ms:.2f} ms profiled ({step_time.unprofiled_ms:.2f} ms unprofiled); "
+      f"{100 * step_matmul_share:.0f} % in matrix multiplies; the other {step_rest_ms:.2f} ms over "
+      f"{step_other_calls:.0f} other operator calls: {step_us_per_op:.1f} µs each, time outside operators included")
+step_profile.ops.round(4)
+
+# %% [markdown]
 # ## 5. The fastest way to decode on this CPU
 #
 # The percentages above say how much of its bandwidth bound PyTorch eager reaches; the rest of each
@@ -454,6 +482,10 @@ exercise.report("attend_with_cache", kv_cache_step.grade(attend_with_cache), SOL
 from labkit.notebook import run
 
 run.record({
+    "decode_step_profile": {"model": MODEL, "wall_ms": step_time.wall_ms, "unprofiled_ms": step_time.unprofiled_ms,
+                            "matmul_share": step_matmul_share, "other_op_calls": step_other_calls,
+                            "us_per_other_op": step_us_per_op,
+                            "matmul_calls": float(step_time.ops[step_time.ops.category == "matrix multiply"].calls.sum())},
     "model": MODEL,
     "kv_formula_equals_measured": bool(kv.equal.all()),
     "kv_bytes": kv.measured_bytes.tolist(),

@@ -138,6 +138,24 @@ tp_table = ranks[0].tensor.table()
 tp_table.round(6)
 
 # %% [markdown]
+# Where does each rank's time go in that forward? `torch.profiler` on each rank, during one from-scratch TP forward
+# (`measure.op_time`): *communication* is the time inside the all-reduces, waiting for the other rank included —
+# a rank that finishes its share first waits there for the slower one.
+
+# %%
+from labkit.experiments import where_time_goes
+
+tp_profile = where_time_goes.per_rank([r.tensor.profile for r in ranks], f"{MODEL}: one tensor-parallel forward, per rank")
+tp_comm_share = [r.ms("communication") / r.wall_ms for r in tp_profile.results]
+tp_allreduce_calls = [float(r.ops[r.ops.op.str.startswith("c10d::allreduce")].calls.sum()) for r in tp_profile.results]
+print(", ".join(f"rank {i}: {100 * c:.0f} % of the forward in {n:.0f} all-reduces" for i, (c, n)
+                in enumerate(zip(tp_comm_share, tp_allreduce_calls, strict=True))))
+tp_profile.figure
+
+# %%
+tp_profile.table.round(3)
+
+# %% [markdown]
 # ## 3. How many all-reduces? Megatron's formula
 #
 # Per transformer layer: one after attention (row-parallel output projection), one after the MLP
@@ -400,6 +418,8 @@ exercise.report("row_parallel_linear", row_parallel.grade(row_parallel_linear), 
 from labkit.notebook import run
 
 run.record({
+    "tp_profile_comm_share": tp_comm_share,
+    "tp_profile_allreduce_calls": tp_allreduce_calls,
     **dev.to_dict(),
     "ranks_device": placement.ranks_device,  # every measured number below came from the ranks
     "ranks_backend": placement.backend,

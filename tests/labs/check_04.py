@@ -13,6 +13,15 @@ def check(r: dict) -> None:
     c = r["matmul_ceiling"]  # ORT's MatMuls alone: less time than the whole model, a higher ceiling
     assert c["matmuls"] == 4 * models.get_config("tiny-bloom").n_layer + 1  # qkv, dense, h->4h, 4h->h; LM head
     assert 0 < c["matmul_share"] < 1 and c["ceiling_speedup"] > c["ort_speedup"]
+    # the profilers: eager's matrix multiplies are the same linear layers plus, per layer, BLOOM's two batched
+    # attention products (scores: baddbmm, values: bmm); eager spends more time than ONNX Runtime outside its matrix
+    # multiplies (dispatch, Python, unfused elementwise operators)
+    p = r["profile_ms"]
+    layers = models.get_config("tiny-bloom").n_layer
+    assert set(p) == {"PyTorch eager", "ONNX Runtime"} and r["profile_eager_matmul_calls"] == c["matmuls"] + 2 * layers
+    assert all(v["wall"] > 0 and v["unprofiled"] > 0 and v["matrix multiply"] > 0 for v in p.values()), p
+    rest = {engine: v["wall"] - v["matrix multiply"] for engine, v in p.items()}
+    assert rest["PyTorch eager"] > rest["ONNX Runtime"], rest
 
     # Same-device comparisons. The lab's device label starts with the torch device ("cpu (…)", "cuda:0 (NVIDIA …)").
     lab_device = r["device"].split(" ", 1)[0]

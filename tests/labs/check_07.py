@@ -3,13 +3,16 @@
 import pytest
 
 from labkit import anatomy, devices
-from labkit.models import specs
+from labkit.models import get_config, specs
 from labkit.precision import bytes_per_value
 from tests.hand_counts import llama_params
 
 
 def check(r: dict) -> None:
     assert r["kv_formula_equals_measured"] and len(r["kv_bytes"]) == 3  # the formula against real caches
+    step = r["decode_step_profile"]  # a Llama step: q, k, v, o, gate, up, down per layer, then the LM head
+    assert step["matmul_calls"] == 7 * get_config(step["model"]).num_hidden_layers + 1, step
+    assert 0 < step["matmul_share"] < 1 and step["other_op_calls"] > step["matmul_calls"] and step["us_per_other_op"] > 0
     ttft = [v for _, v in sorted((int(k), v) for k, v in r["ttft_ms"].items())]
     # TTFT grows with prompt length; on a GPU the smoke model (5 M parameters) is launch-bound: sizes don't show
     assert ttft[-1] > ttft[0] or r["device_type"] == "cuda"

@@ -25,6 +25,9 @@ def check(r: dict) -> None:
     assert r["all_reduces"] == {"scratch": 2 * layers + 1, "dtensor": 2 * layers + 1, "single": 0}
     assert r["all_reduces_by_tag"] == {"embedding": 1, "attention": layers, "mlp": layers}
     assert r["all_reduce_bytes"] == (2 * layers + 1) * r["batch"] * r["seq"] * config.hidden_size * 4
+    # torch.profiler, on each rank, sees the same Megatron all-reduces, and time spent inside them
+    assert r["tp_profile_allreduce_calls"] == [2 * layers + 1] * 2
+    assert all(0 < share < 1 for share in r["tp_profile_comm_share"]), r["tp_profile_comm_share"]
     assert max(r["pp_max_diff"].values()) < 1e-5
     assert r["naive_idle"] >= 0.45  # one rank busy at a time: on 2 ranks each idles at least half the time
     assert set(r["latency_ms"]) == {"one device", "tensor parallel", "naive pipeline", "GPipe"}
