@@ -83,7 +83,13 @@ def compare(question: str, guess: float | None, measured: float, theory: float |
             unit: str = "") -> Comparison:  # fmt: skip
     """Show a prediction beside the theory and the measurement, and store it for the lab's tests.
 
-    Arguments, return value and errors: as `comparison`.
+    Args:
+        question: what was predicted, as the lab asks it. guess: the learner's number, or None.
+        measured: the measurement (finite). theory: the formula's number, or None. unit: shown after each value.
+    Returns:
+        Comparison with each value's ratio to the measurement (also displayed, and stored under PREDICTION_MIME).
+    Raises:
+        ValueError: a measurement that is not a finite number, or a guess that is not a number.
     """
     from IPython.display import display
 
