@@ -29,15 +29,19 @@
 # | model repository | `labkit.serving.repository` | load / unload named models and versions, route traffic, canary, roll back |
 # | backend | PyTorch in one worker thread, on the lab's `DEVICE` | the model itself (labs 03–05 make it faster) |
 # | metrics | `GET /metrics` (Prometheus text) | queue depth, batch size, requests by status, TTFT / per-token / end-to-end latency |
+# | model registry | `labkit.serving.registry`, `labkit.serving.promotion` | which bytes each version is (SHA-256), where they came from, how they measured; a promotion gate |
 #
 # In this lab you start that system from the notebook, send it real HTTP requests, read its
 # metrics, check Little's law against the server's own gauge, deploy a second version of the model
-# to a share of the traffic, and let a rule computed from the data promote it or roll it back.
+# to a share of the traffic, and let a rule computed from the data promote it or roll it back. Last, you keep a
+# registry of model versions (content hash, lineage, measurements) and let a gate decide which one is production.
 #
 # **By the end you can**
 # - start an inference server and send it OpenAI-style requests, streamed, queued and refused;
 # - read a server's metrics and check Little's law against them;
 # - roll out a second model version as a canary and let data decide: promote or roll back.
+# - register model versions by content hash with their lineage, detect a changed file, and gate a promotion on
+#   measured quality and latency.
 #
 # **Before this lab:** lab 01.
 # **Time:** the setup cell below prints how long this lab took when it was last run, with smoke and full parameters.
@@ -49,7 +53,7 @@ import sys
 
 if "google.colab" in sys.modules:  # pragma: no cover - only on Colab
     # !git clone -q --depth 1 https://github.com/inference-lab/inference-lab /content/inference-lab
-    # %pip install -q -c /content/inference-lab/requirements/constraints.txt -e "/content/inference-lab[serve]"
+    # %pip install -q -c /content/inference-lab/requirements/constraints.txt -e "/content/inference-lab[serve,engines]"
     # !labkit prepare
     sys.path.insert(0, "/content/inference-lab")
     from labkit.colab import setup_colab  # widgets on Colab; on a GPU runtime, the CUDA builds
@@ -84,12 +88,21 @@ MAX_TTFT_RATIO = 1.25
 AGREEMENT_PROMPTS = ["What is the capital of France?", "Name three primary colours.", "Write one sentence about the sea.",
                      "What does a CPU do?"]
 TORCH_THREADS = None  # None: PyTorch's default
+# Section 7's promotion gate, fixed before anything is measured: a candidate replaces the production version only if
+# its files still hash to what was registered, its held-out perplexity is at most MAX_PPL_INCREASE above production's
+# and its p99 latency at most MAX_P99_INCREASE above production's.
+MAX_PPL_INCREASE = 0.02
+MAX_P99_INCREASE = 0.10
+REGISTRY_EVAL_TOKENS = 2048  # held-out test tokens scored per version (perplexity, agreement)
+REGISTRY_REPEAT = 100  # timed forward passes per version (their p99: the second-largest of 100)
+REGISTRY_LATENCY_TOKENS = 64  # tokens in each timed forward pass
 
 # %%
 if SMOKE:  # the Shakespeare-trained tiny BLOOM from lab 01: same system, seconds instead of minutes
     MODEL, PROMPT, CANARY_REQUESTS, MAX_TOKENS, TORCH_THREADS = "tiny-bloom-shakespeare", "ROMEO:\n", 80, 8, 1
     OPEN_REQUESTS, AGREEMENT_PROMPTS = 24, ["ROMEO:\n", "JULIET:\nO Romeo,", "KING HENRY:\nOnce more unto the",
                                             "HAMLET:\nTo be, or not"]
+    REGISTRY_EVAL_TOKENS, REGISTRY_REPEAT, REGISTRY_LATENCY_TOKENS = 256, 20, 32
 import torch
 
 if TORCH_THREADS:  # on a busy 2-core machine one thread avoids OpenMP spin-waits on tiny models
@@ -302,6 +315,76 @@ print(f"after '{decision.action}', versions serving:", after.records.version.val
 repo.table()
 
 # %% [markdown]
+# ## 7. Managing model versions: a registry, lineage and a promotion gate
+#
+# The repository above serves whatever it is told to load; it does not know *which bytes* a version is, where they
+# came from, or whether they earned production. That is the **model registry**'s job (`labkit.serving.registry`):
+# one entry per version with its format, its **content hash** (SHA-256 of the files: the same bytes, the same hash;
+# one byte different, another hash), its size, its **lineage** (the parent's hash and the transformation that made
+# it) and the measurements attached to it. A **promotion gate** (`labkit.serving.promotion`) then lets a candidate
+# replace the production version only on numbers, with the rule fixed in the parameters cell before anything is
+# measured, and lists every reason when it says no.
+#
+# Registered here (the registry lives in the labkit cache, never in git), on the CPU whatever `DEVICE` is (ONNX
+# Runtime's CPU provider runs the ONNX files, so all versions are timed side by side with the same threads):
+#
+# | version | what | made from |
+# |---|---|---|
+# | v1 | lab 01's `tiny-bloom-shakespeare`, a safetensors folder (weights, config, tokenizer) | the training plays (their text hashed) |
+# | v2 | the same model exported to ONNX, fp32 | v1, `convert.export_onnx` |
+# | v3 | v2 with every weight matrix in int8 (ONNX Runtime's dynamic quantization) | v2 |
+# | v4 | a byte-for-byte copy of v3 in a deployment folder, then **one byte changed** | v3 |
+#
+# **Predict.** One byte of v4's file (a few megabytes) changes after registration. How many bits of its SHA-256 hash
+# then differ from the registered one?
+
+# %%
+prediction_hash_bits = None  # your guess (bits of 256)
+
+# %%
+from labkit.experiments import model_registry
+from labkit.serving.promotion import PromotionRule
+
+rule = PromotionRule(max_quality_increase=MAX_PPL_INCREASE, max_p99_increase=MAX_P99_INCREASE)
+versions = model_registry.model_versions(rule, eval_budget=REGISTRY_EVAL_TOKENS, latency_seq=REGISTRY_LATENCY_TOKENS,
+                                         repeat=REGISTRY_REPEAT)
+print("registry:", versions.registry.file)
+versions.table[["version", "format", "size_MB", "sha256", "parent", "transformation"]]
+
+# %%
+versions.figure
+
+# %% [markdown]
+# Each version's measurements, then the gate, run in order: v1 has nothing to be compared with (its files must
+# verify and its numbers exist); every later one is compared with the production version *at that moment*.
+# Perplexity is on held-out test plays, agreement is the share of positions where the version's top token is v1's.
+# p99 from a few dozen timings is close to their maximum: one stall of a shared machine can decide the latency check,
+# which is why a real gate measures longer (full mode: `REGISTRY_REPEAT` calls) or repeats before it refuses.
+
+# %%
+versions.table[["version", "perplexity", "top1_agreement", "p50_ms", "p99_ms", "stage", "gate", "reasons"]].round(4)
+
+# %%
+versions.gates.round(3)
+
+# %% [markdown]
+# The tampered copy: its bytes were the registered ones, then one byte changed.
+
+# %%
+from labkit.notebook import predict
+
+tamper = versions.tamper
+print(f"byte {tamper['offset']:,} of {tamper['path']}: {tamper['old_byte']:#04x} -> {tamper['new_byte']:#04x}")
+print(f"sha256 before: {tamper['sha256_before']}\nsha256 after:  {tamper['sha256_after']}")
+v4_failed = versions.gates.query("version == 'v4' and not passed").check
+print(f"v4's gate failed: {', '.join(v4_failed)}")
+predict.compare("bits of the SHA-256 that change when one byte changes", prediction_hash_bits,
+                measured=float(tamper["bits_changed"]), theory=256 / 2, unit="bits")
+print(f"Theory: a cryptographic hash changes each output bit with probability 1/2 (the avalanche property), so "
+      f"256 × 1/2 = 128 ± {(256 * 0.25) ** 0.5:.0f} bits (one binomial standard deviation); measured: "
+      f"{tamper['bits_changed']} bits differ.")
+
+# %% [markdown]
 # ## What theory predicts vs what you measured
 
 # %%
@@ -317,6 +400,12 @@ print(f"* Theory: with a queue bound nothing is lost: each of the {BURST} reques
       f"  Measured: clients sent {accounting['sent']}: {accounting['succeeded']} answered + {accounting['rejected']} "
       f"refused + {accounting['failed']} lost; the server counted {server_saw['200']:.0f} answered (200) and "
       f"{server_saw['429']:.0f} refused (429).")
+registered = versions.table.set_index("version")
+print(f"* Theory: int8 stores each weight in 1 byte instead of 4, so v3's file is about 1/4 of v2's.\n"
+      f"  Measured: {registered.size_MB['v3']:.2f} MB / {registered.size_MB['v2']:.2f} MB = "
+      f"{registered.size_MB['v3'] / registered.size_MB['v2']:.2f} (the rest: biases, norms and scales kept in fp32); "
+      f"perplexity {registered.perplexity['v2']:.2f} → {registered.perplexity['v3']:.2f}, and the gate said "
+      f"'{registered.gate['v3']}' to v3 and '{registered.gate['v4']}' to its tampered copy.")
 print(f"* Rule: promote only with >= {MIN_CANARY_REQUESTS} canary requests, agreement >= {MIN_AGREEMENT:g} and TTFT "
       f"ratio <= {MAX_TTFT_RATIO:g}.\n  Measured: {decision.canary_requests} canary requests, agreement "
       f"{decision.agreement:.2f}, TTFT v2/v1 {decision.ttft_ratio:.2f} → {decision.action}.")
@@ -395,4 +484,14 @@ run.record({
     "canary_action": decision.action,
     "versions_after_decision": sorted(after.records.version.unique()),
     "ttft_mean_ms": ttft_mean * 1e3,
+    "registry": {e.version: {"format": e.format, "path": e.path, "sha256": e.sha256, "size_bytes": e.size_bytes,
+                             "parent": e.parent, "stage": e.stage, **e.measurements}
+                 for e in versions.registry.entries.values()},
+    "registry_order": versions.registry.versions(model_registry.NAME),
+    "registry_rule": {"max_quality_increase": rule.max_quality_increase, "max_p99_increase": rule.max_p99_increase},
+    "registry_gates": {v: {"action": g.action, "compared_with": g.production, "reasons": list(g.reasons)}
+                       for v, g in versions.decisions.items()},
+    "registry_data_sha256": versions.data_sha256,
+    "registry_params": versions.params,
+    "registry_tamper": versions.tamper,
 })

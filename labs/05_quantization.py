@@ -75,11 +75,19 @@ BUDGET = 2048  # evaluation tokens from the held-out plays
 DECODE_TOKENS = 32  # tokens generated per decode measurement
 BATCH_SIZES = [1, 8]  # decode batch sizes
 DEVICE = "auto"  # "auto": the GPU when there is one, else the CPU; or "cpu", "cuda", "cuda:N"
+TEACHER = "tiny-bloom-shakespeare"  # section 8: the trained model to distill and prune (lab 01's BLOOM)
+DISTILL_STEPS = 240  # section 8: the student's training steps (the teacher's own recipe trains 240)
+TRAIN_CHARS = None  # section 8: cut the training plays to this many characters (None: all of them)
+PRUNE_SPARSITIES = [0.5, 0.9]  # section 8: share of weights (unstructured) or MLP neurons (structured) removed
+SHRINK_REPEAT = 10  # sections 8-9: timed forwards per model
+SHRINK_EVAL_BATCHES = 8  # section 8: validation batches (8 × 64 tokens each) behind every loss
+EDGE_CAP_MIB = 256  # section 9: the edge device's memory budget for the weights (MiB)
 SOLUTIONS = False  # True: the reference answers replace your code in the exercises (the tests prove each check can pass)
 
 # %%
 if SMOKE:  # the trained tiny BLOOM from lab 01: same quantizers, seconds instead of minutes
     SOURCE, BUDGET, DECODE_TOKENS, BATCH_SIZES = "tiny-bloom-shakespeare", 512, 8, [1]
+    DISTILL_STEPS, TRAIN_CHARS, SHRINK_REPEAT, SHRINK_EVAL_BATCHES = 10, 100_000, 3, 2
 
 # %%
 from labkit import devices
@@ -290,6 +298,115 @@ else:
     print(f"skipped: needs SmolLM2 (its GGUF file) on the CPU; here {SOURCE} on {dev.label}")
 
 # %% [markdown]
+# ## 8. Shrinking a model beyond quantization: a distilled student, pruned weights
+#
+# Quantization keeps every weight and stores it in fewer bits. Two other ways remove weights instead.
+#
+# **Distillation** (Hinton, Vinyals and Dean 2015, arXiv:1503.02531) trains a smaller *student* — here a BLOOM half
+# as wide and half as deep as the teacher, lab 01's `tiny-bloom-shakespeare` — on the teacher's whole next-token
+# distribution softened at temperature T, plus the true next token:
+# `loss = α · T² · KL(p_teacher,T ‖ p_student,T) + (1 − α) · cross-entropy`. The same student trained on the true
+# tokens only, from the same initial weights on the same batches, shows what the soft targets add.
+#
+# **Pruning** sets weights to zero. `torch.nn.utils.prune.l1_unstructured` zeroes the smallest |w| anywhere in each
+# matrix: the matrices keep their shapes, and a dense matmul multiplies the zeros like any other number.
+# `ln_structured` removes whole MLP neurons (rows of the up-projection, with their columns of the down-projection):
+# the layers physically shrink. Everything in this section trains and runs on one CPU thread: the count of
+# multiply-adds, not a thread pool shared with other work, then sets the time.
+#
+# **Predict.** Unstructured pruning at the largest of `PRUNE_SPARSITIES` zeroes most of the weights in every block.
+# How much faster is the forward pass than the dense model's?
+
+# %%
+prediction_unstructured_speedup = None  # your guess (× dense)
+
+# %%
+from labkit.experiments import shrinking
+from labkit.notebook import predict
+
+speed_shape = (2, 64) if SMOKE else (4, 128)  # (batch, seq) of every timed forward
+distilled = shrinking.distill(TEACHER, steps=DISTILL_STEPS, speed_shape=speed_shape, repeat=SHRINK_REPEAT,
+                              train_chars=TRAIN_CHARS, eval_batches=SHRINK_EVAL_BATCHES)
+kd = distilled.table.set_index("model")
+student_macs = kd.macs_per_token.iloc[0] / kd.loc["student (distilled)", "macs_per_token"]
+print(f"Theory: the student does {student_macs:.1f}× fewer Linear multiply-adds per token, so up to {student_macs:.1f}× "
+      f"faster; measured {kd.loc['student (distilled)', 'speedup_vs_teacher']:.2f}× (attention and the per-op overhead "
+      f"do not shrink as much). Validation loss: teacher {kd.loc['teacher', 'val_loss']:.2f}, distilled student "
+      f"{kd.loc['student (distilled)', 'val_loss']:.2f}, hard-label student {kd.loc['student (hard labels)', 'val_loss']:.2f} "
+      f"nats/token after {DISTILL_STEPS} steps.")
+kd.round(3)
+
+# %%
+pruned = shrinking.prune(TEACHER, sparsities=PRUNE_SPARSITIES, speed_shape=speed_shape, repeat=SHRINK_REPEAT,
+                         eval_batches=SHRINK_EVAL_BATCHES)
+pr = pruned.table.set_index("label")
+top = f"{max(PRUNE_SPARSITIES):.0%}"
+predict.compare(f"forward speed-up of unstructured pruning at {top}", prediction_unstructured_speedup,
+                measured=float(pr.loc[f"unstructured {top}", "speedup_vs_dense"]),
+                theory=float(pr.loc[f"unstructured {top}", "theory_speedup"]), unit="× dense")
+print(f"Theory: a dense kernel does every multiply-add, zeros included: 1.00× at any sparsity; removing {top} of the MLP "
+      f"neurons removes multiply-adds: {pr.loc[f'structured {top}', 'theory_speedup']:.2f}×. Measured: unstructured "
+      f"{pr.loc[f'unstructured {top}', 'speedup_vs_dense']:.2f}×, structured {pr.loc[f'structured {top}', 'speedup_vs_dense']:.2f}×.")
+pr.drop(columns=["method", "sparsity"]).round(4)
+
+# %%
+pruned.figure
+
+# %% [markdown]
+# Between the two: **`2:4` semi-structured sparsity** keeps two of every four consecutive weights, a pattern NVIDIA's
+# sparse tensor cores (Ampere and later) skip in hardware for up to twice the math rate. PyTorch stores it with
+# `torch.sparse.to_sparse_semi_structured`, which runs on CUDA only; the cell times one large fp16 matmul both ways.
+
+# %%
+from labkit import hardware
+from labkit.experiments import sparse_2to4
+
+semi = None
+if dev.gpu_section("2:4 semi-structured sparsity on sparse tensor cores"):
+    try:
+        semi = sparse_2to4.semi_structured(device=str(dev.device))
+        print(f"{semi['gpu']}: dense {semi['dense_ms']:.3f} ms, 2:4 sparse {semi['sparse_ms']:.3f} ms — "
+              f"{semi['speedup']:.2f}× (theory: at most 2×, half the multiply-adds)")
+    except hardware.Unavailable as err:  # e.g. a T4: compute capability 7.5, no sparse tensor cores
+        print(f"2:4 sparsity skipped: {err}")
+
+# %% [markdown]
+# ## 9. Edge devices: one thread, a memory cap, int8 weights
+#
+# A phone or a single-board computer gives a model a core or two and a fixed memory budget. Below, the lab's model
+# at fp32 and with torch.ao's dynamic int8 runs on **one CPU thread**: its size (estimated before loading with
+# `models.estimate_memory`, on disk, in memory) against a budget of `EDGE_CAP_MIB`, its batch-1 latency (one token's
+# forward — every weight read for one token — and a prompt's), and its perplexity on the held-out plays.
+#
+# **Predict.** At batch 1 each token reads every weight once. With int8 weights, how much faster is one token's
+# forward on one thread than fp32's?
+
+# %%
+prediction_edge_speedup = None  # your guess (× fp32)
+
+# %%
+from labkit.experiments import edge
+
+edge_run = edge.edge_table(SOURCE, threads=1, memory_cap_mib=EDGE_CAP_MIB, budget=BUDGET, repeat=SHRINK_REPEAT)
+et = edge_run.table.set_index("quantizer")
+edge_theory = et.loc["fp32", "resident_MiB"] / et.loc["int8-dynamic", "resident_MiB"]
+predict.compare("one-token speed-up of int8 over fp32 on one thread", prediction_edge_speedup,
+                measured=float(et.loc["int8-dynamic", "step_speedup_vs_fp32"]), theory=float(edge_theory),
+                unit="× fp32")
+print(f"OpenVINO sees: {list(edge_run.openvino_devices) or 'nothing'} ({edge_run.openvino_note})")
+print(f"Theory: if reading the weights sets the time, the speed-up is the bytes ratio, {edge_theory:.2f}×; measured "
+      f"{et.loc['int8-dynamic', 'step_speedup_vs_fp32']:.2f}× (below it, quantizing the activations at every call "
+      f"costs time the saved bytes do not win back). The estimate says int8 needs "
+      f"{et.loc['int8-dynamic', 'estimate_MiB']:.0f} MiB (every weight one byte); in memory it takes "
+      f"{et.loc['int8-dynamic', 'resident_MiB']:.0f} MiB (the embedding stays in float) — within {EDGE_CAP_MIB} MiB: "
+      f"{bool(et.loc['int8-dynamic', 'fits_resident'])}; fp32 ({et.loc['fp32', 'resident_MiB']:.0f} MiB): "
+      f"{bool(et.loc['fp32', 'fits_resident'])}.")
+et.round(3)
+
+# %%
+edge_run.figure
+
+# %% [markdown]
 # ## What theory predicts vs what you measured
 
 # %%
@@ -335,6 +452,11 @@ if "gguf-q4_1" in ok.index:
           f"decode speed, perplexity ×{gguf_row.perplexity_vs_fp32:.2f}"
           + (" — the reference *is* this file dequantized (the offline copy), so it matches by construction."
              if SOURCE == smollm2.NAME else f" against the published weights ({SOURCE})."))
+print(f"* Removing weights: a {kd.loc['student (distilled)', 'params_vs_teacher']:.2f}× distilled student runs "
+      f"{kd.loc['student (distilled)', 'speedup_vs_teacher']:.2f}× faster than its teacher; {top} unstructured zeros run "
+      f"{pr.loc[f'unstructured {top}', 'speedup_vs_dense']:.2f}× (a dense kernel multiplies them), {top} fewer MLP neurons "
+      f"{pr.loc[f'structured {top}', 'speedup_vs_dense']:.2f}×; on one thread int8's one-token forward runs at "
+      f"{et.loc['int8-dynamic', 'step_speedup_vs_fp32']:.2f}× fp32's speed.")
 if same4 is not None:
     s4 = same4[same4.available].set_index("generator")
     print("* Theory: the same 4-bit blocks run by kernels that read them packed move fewer bytes per token than the "
@@ -416,5 +538,12 @@ run.record({
     same4[same4.available].set_index("generator").top1_agreement.to_dict(),
     "same4_prefix_agreement": {} if same4 is None else
     same4[same4.available].set_index("generator").greedy_prefix_agreement.to_dict(),
+    "distill": kd.reset_index().to_dict("records"),
+    "distill_steps": DISTILL_STEPS,
+    "prune": pruned.table.drop(columns=["label"]).to_dict("records"),
+    "semi_structured": semi,
+    "edge": edge_run.table.to_dict("records"),
+    "edge_cap_mib": EDGE_CAP_MIB,
+    "openvino_devices": list(edge_run.openvino_devices),
     "hardware": table.attrs["hardware"],
 })

@@ -68,6 +68,7 @@ PROMPT = "Write a short poem about the sea."
 NEXT_TOKEN_PROMPT = "The capital of France is"
 BEAM_PROMPT = "Is water wet? Yes or no."
 MAX_NEW_TOKENS = 32
+BEAM_WIDTHS = (1, 2, 4, 8)  # section 9: beam widths measured (KV cache, forward batch, time per token); keep 1 and 4
 DEVICE = "auto"  # "auto": the GPU when there is one, else the CPU; or "cpu", "cuda", "cuda:N"
 SOLUTIONS = False  # True: the reference answers replace your code in the exercises (the tests prove each check can pass)
 
@@ -75,6 +76,7 @@ SOLUTIONS = False  # True: the reference answers replace your code in the exerci
 if SMOKE:  # the Shakespeare-trained tiny BLOOM from lab 01: same code, seconds instead of minutes
     MODEL, PROMPT, NEXT_TOKEN_PROMPT, MAX_NEW_TOKENS = "tiny-bloom-shakespeare", "ROMEO:\n", "KING HENRY:\nOnce more unto the", 12
     BEAM_PROMPT = "ROMEO:\n"
+    BEAM_WIDTHS = (1, 2, 4)
 
 # %%
 from labkit import devices
@@ -291,6 +293,65 @@ widgets.panel(functools.partial(decoding_methods.explore, device=dev.device), mo
               top_k=(1, 100), top_p=(0.05, 1.0, 0.05), min_p=(0.0, 0.5, 0.01), steps=(1, 48))
 
 # %% [markdown]
+# ## 9. What beam search costs: memory and batch
+#
+# Beam search keeps `num_beams` continuations alive, and transformers runs them as one batch: the prompt is copied
+# `num_beams` times before the first forward, every decode forward takes `num_beams` rows, and the KV cache — the
+# keys and values every layer keeps for every past token, so that a decode step computes them for the new token only
+# (lab 07 takes it apart) — holds one copy per beam. The KV formula (`labkit.anatomy.kv_cache_bytes`),
+# `2 × layers × kv_heads × head_dim × bytes_per_value × tokens × batch`, is linear in the batch, so with
+# batch = `num_beams` it predicts `num_beams` × greedy's bytes. Below, every width generates exactly
+# `MAX_NEW_TOKENS` tokens; a hook on the model records the batch of each forward `generate()` really makes, the
+# cache `generate()` returns (`return_dict_in_generate=True`) is weighed tensor by tensor, and every width's
+# `generate()` is timed side by side (`labkit.measure.benchmark_rounds`: warm-up, then the median).
+
+# %% [markdown]
+# **Predict.** With four beams instead of greedy's one, how many times bigger is the KV cache after a generation of
+# the same length (×)? Reason from the formula above: what does a beam add to it?
+
+# %%
+prediction_kv_4_beams = None  # your guess (×), e.g. 2
+
+# %%
+from labkit import anatomy
+from labkit.experiments import beam_cost
+from labkit.notebook import predict
+
+assert 4 in BEAM_WIDTHS, f"BEAM_WIDTHS={BEAM_WIDTHS}: keep 4 in it, the prediction is about four beams"
+cost = beam_cost.beam_cost(MODEL, PROMPT, widths=BEAM_WIDTHS, new_tokens=MAX_NEW_TOKENS, device=dev.device)
+bc = cost.table.set_index("num_beams")
+positions, kv_precision = int(bc.cache_tokens[1]), cost.table.attrs["precision"]
+kv_theory = (anatomy.kv_cache_bytes(net.config, 4, positions, kv_precision)
+             / anatomy.kv_cache_bytes(net.config, 1, positions, kv_precision))
+predict.compare("KV cache with 4 beams ÷ greedy's", prediction_kv_4_beams, measured=float(bc.kv_ratio[4]),
+                theory=kv_theory, unit="×")
+print(f"Formula (batch = num_beams): {kv_theory:.0f}× greedy's KV cache with 4 beams. Measured: "
+      f"{bc.kv_bytes[4] / 2**10:.0f} KiB vs {bc.kv_bytes[1] / 2**10:.0f} KiB = {bc.kv_ratio[4]:.2f}× "
+      f"({positions} positions each); every decode forward ran a batch of {bc.decode_batch[4]} (greedy: "
+      f"{bc.decode_batch[1]}), and a token took {bc.time_ratio[4]:.2f}× greedy's time on {bc.device[1]}.")
+cost.table[["num_beams", "prefill_batch", "decode_batch", "decode_forwards", "cache_tokens", "kv_bytes",
+            "kv_bytes_formula", "kv_ratio", "ms_per_token", "time_ratio"]].round(3)
+
+# %%
+cost.figure
+
+# %% [markdown]
+# Time need not grow as fast as the batch: a small model's decode step is dominated by reading its weights and by
+# per-call overhead, which the beams share (lab 07's roofline says when that stops). The memory is not shared: a
+# server running beam search fits `num_beams` times fewer requests in the same KV budget.
+#
+# Two options from Hugging Face's "How to generate text" blog (von Platen, 2020), each one `generate()` call
+# below: `no_repeat_ngram_size=n` bans any token that would complete an n-gram already in the text (prompt
+# included), so the count of repeated n-grams in the output goes to zero; `num_return_sequences=k` returns the `k`
+# best beams of one search — `k` distinct outputs for the price of one beam search.
+
+# %%
+opts = cost.options
+print(f"repeated {opts.attrs['ngram']}-grams in the output: "
+      + "; ".join(f"{r.setting}: {r.repeated_ngrams}" for r in opts.itertuples()))
+opts
+
+# %% [markdown]
 # ## What theory predicts vs what you measured
 
 # %%
@@ -312,6 +373,9 @@ print(f"* Theory: speculative decoding with greedy verification keeps greedy's o
 print(f"* Theory: speculative sampling keeps the target's distribution. Measured output TV to the target: "
       f"{st.tv_output_target.max():.3f} (noise floor {st.tv_noise_floor.max():.3f}), with drafts at TV up to "
       f"{st.tv_draft_target.max():.3f}.")
+print(f"* Theory: beam search multiplies the KV cache and the forward batch by num_beams ({kv_theory:.0f}× with 4 "
+      f"beams, anatomy.kv_cache_bytes). Measured: {bc.kv_ratio[4]:.2f}× the bytes, a batch of {bc.decode_batch[4]} "
+      f"per decode forward; {bc.time_ratio[4]:.2f}× the time per token.")
 
 # %% [markdown]
 # ## Exercises
@@ -360,7 +424,8 @@ run.record({
     "model": MODEL,
     "precision": "fp32",  # every model here (the speculative draft excepted)
     "row_devices": {"methods": list(methods.table.device), "search_likelihood": list(likelihood.table.device),
-                    "speculative": list(spec.table.device), "speculative_sampling": [st.attrs["device"]]},
+                    "speculative": list(spec.table.device), "speculative_sampling": [st.attrs["device"]],
+                    "beam_cost": list(cost.table.device)},
     "methods": list(t.index),
     "mean_logprob": t.mean_logprob.to_dict(),
     "distinct_2": t.distinct_2.to_dict(),
@@ -382,4 +447,11 @@ run.record({
     "beam_equals_generate": beam_trace.token_ids == library,
     "beam_stop_reason": beam_trace.stop_reason,
     "search_likelihood": likelihood.table[["num_beams", "tokens", "logprob", "search_score"]].to_dict("records"),
+    "beam_cost": cost.table[["num_beams", "prefill_batch", "decode_batch", "decode_forwards", "cache_batch",
+                             "cache_tokens", "kv_bytes", "kv_bytes_formula", "ms_per_token"]].to_dict("records"),
+    "beam_cost_shape": {"new_tokens": MAX_NEW_TOKENS, "prompt_tokens": cost.table.attrs["prompt_tokens"],
+                        "precision": kv_precision},
+    "kv_ratio_4_beams": {"measured": float(bc.kv_ratio[4]), "theory": kv_theory},
+    "beam_options": opts.to_dict("records"),
+    "beam_options_ngram": opts.attrs["ngram"],
 })

@@ -77,6 +77,9 @@ FAST_PROMPT, FAST_NEW, FAST_BATCHES = 128, 64, (1, 8)
 KV_SEQ = 2048  # tokens per sequence whose KV caches fill the memory (section 6)
 KV_BUDGET_MIB = 256  # on a CPU: the memory the caches may fill (a GPU fills its free memory, less a reserve)
 KV_GPU_BUDGET_MIB = None  # on a GPU: None fills its free memory (less a reserve); a number caps it
+MOE_DIMS = {"hidden": 512, "intermediate": 1024, "layers": 4, "experts": 8, "top_k": 2, "vocab": 2048}  # section 8
+MOE_BATCHES = (1, 8)  # sequences per timed decode step of the MoE and its dense twins (section 8)
+MOE_REPEAT = 10  # timed decode steps per model and batch size (section 8)
 DEVICE = "auto"  # "auto": the GPU when there is one, else the CPU; or "cpu", "cuda", "cuda:N"
 SOLUTIONS = False  # True: the reference answers replace your code in the exercises (the tests prove each check can pass)
 
@@ -86,6 +89,8 @@ if SMOKE:  # tiny Llama (same architecture, 4 layers): seconds instead of minute
     PRECISIONS, ROOFLINE_BATCHES, STEP_BATCHES, COMPILE = ("fp32", "int8-dynamic"), (1, 4), (1, 16), False
     GENERATORS, FAST_PROMPT, FAST_NEW, FAST_BATCHES = ["hf-eager-fp32", "ort-genai-int4", "llama.cpp"], 16, 6, (1, 2)
     LAUNCH_TOKENS, KV_BUDGET_MIB, KV_GPU_BUDGET_MIB = 3, 32, 2048  # a GPU: 2 GiB, not tens of thousands of caches
+    MOE_DIMS = {"hidden": 64, "intermediate": 128, "layers": 2, "experts": 8, "top_k": 2, "vocab": 256}
+    MOE_BATCHES, MOE_REPEAT = (1, 4), 3
 
 # %%
 from labkit import devices
@@ -374,6 +379,104 @@ budgets.round(1)
 llm_anatomy.memory_calculator("bloom-176b", "bf16", batch=8, seq=2048).figure
 
 # %% [markdown]
+# ## 8. Mixture of experts: total vs active parameters
+#
+# A mixture-of-experts (MoE) layer replaces the MLP by *E* MLPs ("experts") and a router that sends each token to
+# its top *k* (Mixtral-8x7B: $E = 8$, $k = 2$; Jiang et al. 2024). Every expert sits in memory; a token multiplies
+# only *k*:
+#
+# $$\text{total} = \text{embeddings} + L\,(\text{attention} + E \cdot \text{expert} + \text{router} + \text{norms}),
+# \qquad \text{active} = \text{embeddings} + L\,(\text{attention} + k \cdot \text{expert} + \text{router} + \text{norms})$$
+#
+# with one expert $= 3 \times \text{hidden} \times \text{intermediate}$ (gate, up, down). Below, Mixtral-8x7B's
+# published config is sized by this formula and by transformers' `MixtralForCausalLM` built on the meta device
+# (nothing allocated), next to the published total and active counts (`moe.MIXTRAL_PUBLISHED_B`).
+
+# %%
+from labkit.experiments import mixture_of_experts as moe
+
+sizing = moe.mixtral_sizing()
+mix = sizing.table.set_index("quantity")
+print(f"Mixtral-8x7B on the meta device: {mix.meta_B['total']:.2f} B parameters held, {mix.meta_B['active']:.2f} B "
+      f"active per token (formula {mix.formula_B['total']:.2f} / {mix.formula_B['active']:.2f} B; published "
+      f"{mix.published_B['total']} / {mix.published_B['active']} B). In bf16 that is {mix.bf16_GB['total']:.1f} GB "
+      f"held, and a batch-1 decode step reads {2 * sizing.table.attrs['read_per_token_B']:.1f} GB of it.")
+sizing.figure
+
+# %% [markdown]
+# Does an MoE decode like the small model it uses or like the big one it holds? A tiny random Mixtral
+# (`MOE_DIMS`) runs next to two dense Llamas with the same attention and embeddings: one whose MLP is *k* experts
+# wide (its **active** size) and one *E* experts wide (its **total** size). One decode step of each is timed side by
+# side (`measure.benchmark_rounds`), and a hook on the router records which experts each step really ran: the bytes
+# a step reads are the attention, router and head plus the experts hit. With *B* sequences a layer runs the union of
+# their experts: for uniform routing $E\,(1 - (1 - k/E)^B)$ of them.
+#
+# **Predict.** At the largest batch in `MOE_BATCHES`, how many distinct experts (of `MOE_DIMS["experts"]`) does a
+# layer run per decode step?
+
+# %%
+prediction_moe_experts = None  # your guess (experts per layer)
+
+# %%
+from labkit.notebook import predict
+
+moe_run = moe.moe_vs_dense(moe.tiny_configs(**MOE_DIMS), batch_sizes=MOE_BATCHES, repeat=MOE_REPEAT,
+                           precision=ROOF_PRECISION, bandwidth_gbps=limits["bandwidth_GBps"], flops=roof_flops,
+                           device=dev.device)
+mt = moe_run.table.set_index(["engine", "batch"])
+moe_b1, moe_bmax = MOE_BATCHES[0], max(MOE_BATCHES)
+moe_theory = moe.expected_experts(MOE_DIMS["experts"], MOE_DIMS["top_k"], moe_bmax)
+predict.compare(f"distinct experts per layer at batch {moe_bmax}", prediction_moe_experts,
+                measured=float(mt.experts_per_layer["MoE", moe_bmax]), theory=moe_theory, unit="experts")
+read = mt.read_per_step_MB
+print(f"batch {moe_b1}: the MoE holds {mt.params_M['MoE', moe_b1]:.1f} M parameters "
+      f"({mt.active_params_M['MoE', moe_b1]:.1f} M active) and reads "
+      f"{read['MoE', moe_b1]:.1f} MB per step: {read['MoE', moe_b1] / read['dense, same active', moe_b1]:.2f}× its "
+      f"dense twin of the same active size (formula: active ÷ active = 1 plus the router), "
+      f"{read['MoE', moe_b1] / read['dense, same total', moe_b1]:.2f}× the one of the same total size; measured "
+      f"{mt.decode_tok_s['MoE', moe_b1]:.3g} vs {mt.decode_tok_s['dense, same active', moe_b1]:.3g} and "
+      f"{mt.decode_tok_s['dense, same total', moe_b1]:.3g} tokens/s. At batch {moe_bmax} the router ran "
+      f"{mt.experts_per_layer['MoE', moe_bmax]:.1f} experts per layer (theory {moe_theory:.1f}): "
+      f"{read['MoE', moe_bmax]:.1f} MB per step, {read['MoE', moe_bmax] / read['dense, same active', moe_bmax]:.1f}× "
+      f"the dense model of the same active size, on {dev.label}.")
+moe_run.figure
+
+# %%
+moe_run.table[["engine", "batch", "params_M", "active_params_M", "experts_per_layer", "expected_experts_per_layer",
+               "read_per_step_MB", "ms_per_step", "decode_tok_s", "bandwidth_bound_tok_s", "pct_of_bound",
+               "speed_vs_moe"]].round(2)
+
+# %% [markdown]
+# ## 9. Models of different sizes, on paper
+#
+# The same numbers for SmolLM2-135M, SmolLM2-360M and SmolLM2-1.7B, from their published configs (`experiments.model_sizes`; the Hub
+# is not needed): parameters counted on the meta device, weight bytes per precision, KV-cache bytes per token
+# (`anatomy.kv_cache_bytes`: SmolLM2-1.7B has no grouped-query attention) and the batch-1 decode bound on this
+# device's measured bandwidth, bandwidth ÷ weight bytes. Where the lab ran SmolLM2-135M in fp32 (section 3) its
+# measured tokens/s is set against its bound. Online, the three load from the Hub by id (`model_sizes.HUB_IDS`) and
+# decode, and their perplexity can be measured, like any other model here; this section stays on paper.
+
+# %%
+from labkit.experiments import model_sizes
+
+fp32_b1 = points[(points.batch == 1) & (points.precision == "fp32")]
+sizes_measured = ({"SmolLM2-135M": ("fp32", float(fp32_b1.decode_tok_s.iloc[0]))}
+                  if MODEL == "smollm2-135m" and len(fp32_b1) else None)
+sizes = model_sizes.on_paper(limits["bandwidth_GBps"], measured=sizes_measured)
+st = sizes.table.set_index("model")
+print(f"On {limits['bandwidth_GBps']:.1f} GB/s ({dev.label}), bf16 decode at batch 1 is bounded at "
+      + ", ".join(f"{n} {st.bound_tok_s_bf16[n]:.0f} tokens/s" for n in st.index)
+      + f": {st.params_M.iloc[-1] / st.params_M.iloc[0]:.1f}× the parameters, "
+      f"{st.bound_tok_s_bf16.iloc[0] / st.bound_tok_s_bf16.iloc[-1]:.1f}× fewer tokens/s; KV cache per token "
+      + ", ".join(f"{v:.0f} KB" for v in st.kv_KB_per_token) + "."
+      + (f" Measured here: SmolLM2-135M fp32 at {st.measured_tok_s.iloc[0]:.0f} tokens/s, "
+         f"{st.pct_of_bound.iloc[0]:.0f} % of its bound." if sizes_measured else ""))
+sizes.figure
+
+# %%
+sizes.table.round(2)
+
+# %% [markdown]
 # ## What theory predicts vs what you measured
 
 # %%
@@ -416,6 +519,10 @@ print(f"* Published: BLOOM-176B needs {specs.BLOOM_176B_BF16_GB} GB in bf16. Cal
 print(f"* Theory: below the ridge point a decode step costs the same at any batch. Measured: batch "
       f"{max(STEP_BATCHES)} costs {top_step.step_vs_first:.1f}× batch {STEP_BATCHES[0]} (roofline "
       f"{top_step.roofline_vs_first:.1f}×, ridge at batch {steps.table.attrs['ridge_batch']:.0f}).")
+print(f"* Theory: an MoE step at batch 1 reads its active parameters, not its total. Measured: the tiny MoE read "
+      f"{read['MoE', moe_b1]:.1f} MB per step, {read['dense, same total', moe_b1]:.1f} MB for the dense model of its "
+      f"total size; at batch {moe_bmax} its router ran {mt.experts_per_layer['MoE', moe_bmax]:.1f} experts per layer "
+      f"(theory {moe_theory:.1f}).")
 print(f"* Theory: the KV caches that fit = memory ÷ one sequence's cache. Measured: {cap.formula_sequences} by the "
       f"formula, {cap.allocated_sequences} real caches allocated on {dev.label}.")
 print(f"* Measured on {dev.label}: {launch_counts.launches_per_token.iloc[0]:.0f} {launch_counts.counted.iloc[0]} per "
@@ -535,4 +642,17 @@ run.record({
     "cuda_graph_speedup": graph_speedup,
     "fast_decode_cpu_bandwidth_GBps": cpu_bandwidth,
     "kv_capacity": cap.row(),
+    "moe_mixtral_meta_params": list(sizing.meta),
+    "moe_mixtral_formula_params": [sizing.count.total, sizing.count.active],
+    "moe_dims": MOE_DIMS,
+    "moe_batches": list(MOE_BATCHES),
+    "moe_params_counted": mt.params_counted.xs(moe_b1, level="batch").to_dict(),
+    "moe_experts_per_layer": {int(b): v for b, v in mt.experts_per_layer.xs("MoE").items()},
+    "moe_read_per_step_MB": {f"{e}|{b}": v for (e, b), v in read.items()},
+    "moe_decode_tok_s": {f"{e}|{b}": v for (e, b), v in mt.decode_tok_s.items()},
+    "moe_precision": moe_run.table.attrs["precision"],
+    "model_sizes": {n: {k: None if pd.isna(v) else v for k, v in row.items()} for n, row in
+                    st[["params_M", "kv_KB_per_token", "bound_tok_s_bf16", "measured_tok_s", "pct_of_bound"]]
+                    .to_dict(orient="index").items()},
+    "model_sizes_bandwidth_GBps": sizes.table.attrs["bandwidth_GBps"],
 })

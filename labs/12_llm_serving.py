@@ -86,6 +86,8 @@ KV_BUDGET, BUDGET_REQUESTS = 2048, 32  # section 6: one KV budget (tokens), and 
 PREFIX_TOKENS = 512  # section 6: the shared system prompt
 LONG_PROMPT, PREFILL_CHUNK = 1024, 128  # section 6: a long prompt arriving while others decode; the chunk (tokens)
 ENGINE_CLIENTS = (1, 4)  # section 7: loads at which the paged engine's runners and vLLM are compared
+PAD_BATCH, PAD_LENGTHS = 8, (16, 192)  # section 8: prompts in one prefill, their lengths uniform in (low, high) tokens
+PAD_REPEAT = 3  # section 8: timed prefills per layout
 PEER_LIVE = True  # section 7: start vLLM (its own venv: `make peers`) when it is installed — about 3 minutes
 SOLUTIONS = False  # True: the reference answers replace your code in the exercises (the tests prove each check can pass)
 
@@ -94,6 +96,7 @@ if SMOKE:  # tiny Llama (random weights, same architecture as SmolLM2): seconds 
     MODEL, CLIENTS, MAX_TOKENS, RATES, OPEN_REQUESTS, TORCH_THREADS = "tiny-llama", (1, 4, 16), 12, (5.0, 40.0), 8, 1
     WASTE_REQUESTS, KV_BUDGET, BUDGET_REQUESTS, LONG_PROMPT, PREFILL_CHUNK = 8, 1024, 16, 512, 64
     ENGINE_CLIENTS, PEER_LIVE = (1,), False
+    PAD_BATCH, PAD_LENGTHS, PAD_REPEAT = 6, (8, 64), 3
 import torch
 
 if TORCH_THREADS:  # on a busy 2-core machine one thread avoids OpenMP spin-waits on tiny models
@@ -372,6 +375,68 @@ print(source or "labkit's runners only:")
 side[[c for c in serving_engines.COLUMNS if c in side]].round(3)
 
 # %% [markdown]
+# ## 8. Padding removal: one prefill, packed
+#
+# Sections 2-7 batch requests; a batch of prompts of different lengths is usually a (batch, longest) tensor, the
+# short rows filled with padding that every linear layer computes and attention scores. The share of the batch's token
+# slots that hold padding is $1 - \sum_i l_i / (B \cdot \max_i l_i)$; the linear layers' FLOPs fall by exactly that
+# share when the padding goes, and attention's, which grow with the square of a sequence's length, from
+# $B \cdot \max_i l_i^2$ scored pairs to $\sum_i l_i (l_i + 1) / 2$ (a causal kernel scores a sequence's lower
+# triangle). One prefill of `PAD_BATCH` random prompts, lengths uniform in `PAD_LENGTHS`, in three layouts
+# (`labkit.experiments.padding_removal`):
+#
+# * **padded** — (B, longest), right-padded, with an attention mask: the usual batch.
+# * **packed** — every prompt's tokens concatenated into one row, the position ids starting over with each prompt;
+#   transformers sees the restarts and builds a block-diagonal causal mask. The linear layers lose the padding, but
+#   masked SDPA still scores the whole $T^2$ square of the row's $T = \sum_i l_i$ tokens.
+# * **varlen** — the same row, attention run inside each sequence alone (an attention function registered with
+#   transformers' `AttentionInterface`, fed the sequence boundaries `cu_seqlens`): what FlashAttention's
+#   `flash_attn_varlen_func` does on a GPU in one kernel. labkit's loops over the prompts, one SDPA call each: next to
+#   the matrix multiplies a CPU hardly notices, but a small model's prefill on a GPU is bound by kernel launches, and
+#   the loop adds one launch per prompt and layer; there the single kernel is what makes removing padding pay.
+#
+# Every real token's logits must equal the padded batch's (checked below), and the three are timed side by side; the
+# decoder stack is timed without the LM head, which a server runs on one token per prompt in every layout.
+#
+# **Where this comes from.** ByteDance's Effective Transformer (`github.com/bytedance/effective_transformer`, built
+# on FasterTransformer v1) removed the padding before the linear layers of BERT and put it back around attention;
+# NVIDIA took it into FasterTransformer v2.1 as "Effective FasterTransformer" (`NVIDIA/DeepLearningExamples`,
+# `FasterTransformer/v2.1/README.md`). ByteTransformer (Zhai et al., IPDPS '23, arXiv:2210.03052) removed it from
+# attention too, with a fused variable-length attention kernel. FasterTransformer's successor, TensorRT-LLM, packs
+# every request's tokens into one row (`remove_input_padding`; its in-flight batching requires packed input), and
+# vLLM (Kwon et al., SOSP '23) flattens a step's tokens the same way, each sequence found by its start offset: the
+# labkit paged engine of section 6 packs its steps like this too.
+#
+# **Predict.** How many times faster is the varlen prefill than the padded one, on this device?
+
+# %%
+prediction_padding_speedup = None  # your guess (×): padded prefill time ÷ varlen prefill time
+
+# %%
+from labkit.experiments import padding_removal
+
+unpadded = padding_removal.padding_removal(MODEL, batch=PAD_BATCH, length_range=PAD_LENGTHS, repeat=PAD_REPEAT,
+                                           device=dev.device, loaded=(net, tok))  # fmt: skip
+layouts = unpadded.table.set_index("layout")
+pad_share = unpadded.table.attrs["padding_share"]
+pad_speedup, pad_predicted = layouts.speedup, layouts.predicted_speedup
+print(f"{PAD_BATCH} prompts of {unpadded.table.attrs['lengths']} tokens: {pad_share:.0%} of the padded batch's token "
+      f"slots are padding, {unpadded.table.attrs['flops_padding_share']:.0%} of its FLOPs. Measured on {dev.label}: "
+      f"varlen {pad_speedup['varlen']:.2f}× faster than padded (FLOPs predict {pad_predicted['varlen']:.2f}×), "
+      f"packed with a block-diagonal mask {pad_speedup['packed']:.2f}× (predict {pad_predicted['packed']:.2f}×: its "
+      f"mask scores "
+      f"{layouts.attention_pairs['packed'] / layouts.attention_pairs['padded']:.1f}× the padded attention pairs); "
+      f"largest logit difference at a real token {layouts.max_abs_diff.max():.1e}")
+layouts.drop(columns="device").round(4)
+
+# %%
+from labkit.notebook import predict
+
+predict.compare("varlen prefill speed-up over the padded batch", prediction_padding_speedup,
+                measured=float(pad_speedup["varlen"]), theory=float(pad_predicted["varlen"]), unit="×")
+unpadded.figure
+
+# %% [markdown]
 # ## What theory predicts vs what you measured
 
 # %%
@@ -427,6 +492,10 @@ print(f"* Theory: chunking bounds a decoding request's stall by one chunk's step
       f"{ct.gap_p50_s[whole] * 1e3:.0f} ms, longest gap {ct.gap_max_s[whole] * 1e3:.0f} → "
       f"{ct.gap_max_s[part] * 1e3:.0f} ms, long TTFT {ct.long_ttft_s[whole] * 1e3:.0f} → "
       f"{ct.long_ttft_s[part] * 1e3:.0f} ms.")
+print(f"* Theory: removing the padding removes {pad_share:.0%} of the linear layers' FLOPs (1 − Σl / (B · max l)) "
+      f"and most of attention's (B · max l² → Σ l(l + 1)/2 pairs): {pad_predicted['varlen']:.2f}× fewer FLOPs.\n"
+      f"  Measured (section 8, {dev.label}): the varlen prefill {pad_speedup['varlen']:.2f}× faster, the packed one "
+      f"with a block-diagonal mask {pad_speedup['packed']:.2f}×.")
 
 # %% [markdown]
 # ## Exercises
@@ -547,4 +616,11 @@ run.record({
     "engine_tokens_per_s": {f"{s}@{c:.0f}": v for (s, c), v in ran.tokens_per_s.items()},
     "engine_all_succeeded": bool((ran.succeeded == ran.sent).all()),
     "peer_source": source,
+    "pad_lengths": unpadded.table.attrs["lengths"],
+    "pad_share": pad_share,
+    "pad_tokens": layouts.tokens.to_dict(),
+    "pad_attention_pairs": layouts.attention_pairs.to_dict(),
+    "pad_speedup": layouts.speedup.to_dict(),
+    "pad_predicted_speedup": layouts.predicted_speedup.to_dict(),
+    "pad_max_abs_diff": layouts.max_abs_diff.to_dict(),
 })

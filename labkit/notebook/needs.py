@@ -18,7 +18,7 @@ from pathlib import Path
 
 # The extras each lab imports (one home for it; the extras' own comments in pyproject.toml say the same).
 # Labs 09 and 13 run their ranks on torch.distributed alone (no DeepSpeed).
-LAB_EXTRAS = {"02": ("serve",), "03": ("engines",), "04": ("engines",), "05": ("quant", "engines"),
+LAB_EXTRAS = {"02": ("serve", "engines"), "03": ("engines",), "04": ("engines",), "05": ("quant", "engines"),
               "07": ("engines",), "10": ("parallel",), "11": ("parallel",), "12": ("serve", "engines")}  # fmt: skip
 # Peers a lab measures beside labkit when present: (lab, what, how to get it)
 LAB_PEERS = {"07": ("llama.cpp", "pip install 'labkit[peer]' (compiles for ~7 min)"),

@@ -1,8 +1,11 @@
 """Lab 05 (quantization): recorded results against the quantizers' formats, hand counts, published numbers, and the
 simulated int8 against its library twin (torchao's per-channel weight-only int8)."""
 
+import math
+
 import pytest
 
+from labkit import models, precision
 from labkit.models import specs
 from labkit.quant import QUANTIZERS
 from tests.hand_counts import bloom_params, llama_params
@@ -27,8 +30,48 @@ def check_devices(r: dict) -> None:
         assert half["bytes_vs_half"] == 1.0 and {"bnb-int8", "bnb-nf4"} <= {row["quantizer"] for row in r["ladder"]}
 
 
+def check_shrinking(r: dict) -> None:
+    """Sections 8-9: parameter counts by hand, zeros counted against the asked sparsity, the shrunk MLP against the
+    zeroed one, the edge table's perplexity against section 2's (the same models and tokens on another thread count)."""
+    kd = {row["model"]: row for row in r["distill"]}
+    teacher = kd["teacher"]
+    config = models.get_config("tiny-bloom-shakespeare").to_dict()
+    assert teacher["params"] == bloom_params(config)
+    vocab = config["vocab_size"]
+    for name in ("student (distilled)", "student (hard labels)"):
+        s = kd[name]
+        assert s["params"] == bloom_params({"vocab_size": vocab, "hidden_size": s["hidden"], "n_layer": s["layers"]})
+        assert teacher["val_loss"] < s["val_loss"]  # a smaller model with fewer steps does not beat its teacher
+    assert teacher["val_loss"] < math.log(vocab)  # the trained teacher beats a uniform guess
+    prune = r["prune"]
+    dense = next(p for p in prune if p["method"] == "dense")
+    h, layers = teacher["hidden"], teacher["layers"]
+    for p in prune:
+        if p["method"] == "unstructured":
+            assert p["zero_share"] == pytest.approx(p["sparsity"], abs=1e-3) and p["params"] == dense["params"]
+            assert p["speedup_vs_dense"] < 2.0  # no sparse kernel: at 90 % zeros one would approach 10×
+        elif p["method"] == "structured":  # each removed neuron: a row of h + a bias in, a column of h out
+            removed = round(p["sparsity"] * 4 * h)
+            assert p["params"] == dense["params"] - layers * removed * (2 * h + 1)
+            assert p["masked_vs_shrunk"] < 1e-4  # the smaller matrices compute the zeroed model's function
+        if p["sparsity"] == max(q["sparsity"] for q in prune) and p["method"] != "dense":
+            assert p["val_loss"] > dense["val_loss"]  # removing most of the weights costs quality
+    if r["semi_structured"] is not None:  # GPU only: the same 2:4 weights give the same product on sparse cores
+        assert r["semi_structured"]["max_abs_diff"] < 0.5 and r["semi_structured"]["speedup"] > 0
+    edge = {row["quantizer"]: row for row in r["edge"]}
+    for name, row in edge.items():
+        assert row["threads"] == 1
+        assert row["perplexity"] == pytest.approx(r["perplexity"][name], rel=1e-3)  # section 2 measured it too
+        estimate = models.estimate_memory(r["source"], "int8" if "int8" in name else name)
+        assert row["estimate_MiB"] == pytest.approx(estimate.params * precision.bytes_per_value(estimate.dtype) / 2**20)
+        assert row["fits_resident"] == (row["resident_MiB"] <= r["edge_cap_mib"])
+    assert edge["int8-dynamic"]["resident_MiB"] < edge["fp32"]["resident_MiB"]
+    assert not r["openvino_devices"] or "CPU" in r["openvino_devices"]
+
+
 def check(r: dict) -> None:
     check_devices(r)
+    check_shrinking(r)
     assert set(r["quantizers"]) >= {"fp32", "bf16", "int8-dynamic", "int4-weight", "bnb-nf4", "ort-int8", "ort-int4"}
     size = r["size_vs_fp32"]
     assert abs(size["bf16"] - 0.5) < 0.01 and size["int8-dynamic"] < 0.56 and size[r["smallest_4bit"]] < 0.45

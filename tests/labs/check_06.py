@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from labkit import precision
+from labkit import anatomy, precision
 
 
 def check(r: dict) -> None:
@@ -52,3 +52,30 @@ def check(r: dict) -> None:
         beta = row["acceptance_expected"]
         assert abs(row["acceptance"] - beta) <= 4 * math.sqrt(beta * (1 - beta) / n) + 1 / n
         assert row["tv_output_target"] <= 2 * row["tv_noise_floor"] + 0.01
+
+    # beam search's cost (section 9): the forwards generate() ran and the cache it returned, against the KV formula
+    # written out here by hand from the model's config (2 × layers × kv_heads × head_dim × bytes × positions × batch)
+    shape = r["beam_cost_shape"]
+    d = anatomy.dims(r["model"])
+    assert set(d.layer_types) == {"full_attention"}  # the hand formula below counts every position in every layer
+    per_position = 2 * d.layers * d.kv_heads * d.head_dim * precision.bytes_per_value(shape["precision"])
+    rows = {row["num_beams"]: row for row in r["beam_cost"]}
+    assert rows[1]["decode_batch"] == 1 and 4 in rows
+    for width, row in rows.items():
+        assert row["prefill_batch"] == row["decode_batch"] == row["cache_batch"] == width  # the batch is the beams
+        assert row["decode_forwards"] == shape["new_tokens"] - 1  # one forward per token after the prefill's
+        assert row["cache_tokens"] == shape["prompt_tokens"] + shape["new_tokens"] - 1  # the last token is not fed
+        assert row["kv_bytes"] == row["kv_bytes_formula"] == per_position * row["cache_tokens"] * width
+        assert row["ms_per_token"] > 0
+    assert r["kv_ratio_4_beams"]["measured"] == pytest.approx(4.0) == r["kv_ratio_4_beams"]["theory"]
+    # the blog's options: no_repeat_ngram_size leaves no repeated n-gram in any output; num_return_sequences=k gives
+    # k distinct outputs from one call
+    for row in r["beam_options"]:
+        if row["no_repeat_ngram_size"]:
+            assert row["repeated_ngrams"] == 0, row["setting"]
+        assert row["sequences"] == row["distinct_sequences"] == row["num_return_sequences"], row["setting"]
+    several = [row for row in r["beam_options"] if row["num_return_sequences"] > 1]
+    assert several and several[0]["num_return_sequences"] == several[0]["num_beams"]
+    greedy = {row["no_repeat_ngram_size"]: row for row in r["beam_options"] if row["num_beams"] == 1}
+    if greedy[0]["repeated_ngrams"]:  # greedy repeated itself: the ban must have changed its text
+        assert greedy[r["beam_options_ngram"]]["text"] != greedy[0]["text"]

@@ -4,6 +4,8 @@ import itertools
 
 import pytest
 
+from labkit import anatomy
+
 
 def check(r: dict) -> None:
     # every engine of the sweeps computed on the recorded device (read from each engine's model), and the step cost
@@ -75,3 +77,21 @@ def check(r: dict) -> None:
     else:
         assert "CPU" in r["engine_unavailable"]["paged+onnxruntime"]
     assert r["peer_source"] == "" or "vLLM" in r["peer_source"] or "benchmarks/serving.py" in r["peer_source"]
+    # section 8, padding removal: the padding share and the layouts' sizes from the recorded lengths alone
+    lengths = r["pad_lengths"]
+    b, m, t = len(lengths), max(lengths), sum(lengths)
+    assert r["pad_share"] == pytest.approx(1 - t / (b * m))
+    assert r["pad_tokens"] == {"padded": b * m, "packed": t, "varlen": t}
+    assert r["pad_attention_pairs"] == {"padded": b * m * m, "packed": t * t,
+                                        "varlen": sum(n * (n + 1) // 2 for n in lengths)}
+    # the predicted speed-up, from the model's config: 2 FLOPs per matmul weight per token, 4 · hidden_attn per pair
+    d = anatomy.dims(r["model"])
+    linear = 2 * d.layers * d.hidden * (2 * d.heads * d.head_dim + 2 * d.kv_heads * d.head_dim + 3 * d.intermediate)
+    pair = 4 * d.layers * d.heads * d.head_dim
+    flops = {k: linear * r["pad_tokens"][k] + pair * r["pad_attention_pairs"][k] for k in r["pad_tokens"]}
+    assert r["pad_predicted_speedup"] == pytest.approx({k: flops["padded"] / f for k, f in flops.items()})
+    # packing changes no real token's logits (fp32; the padded batch is the reference)
+    assert max(r["pad_max_abs_diff"].values()) < 1e-3
+    assert r["pad_speedup"]["padded"] == 1
+    if r["device_type"] == "cpu":  # compute-bound: a third fewer FLOPs must show (loose: the CPU is shared)
+        assert r["pad_speedup"]["varlen"] > 1 + 0.3 * (r["pad_predicted_speedup"]["varlen"] - 1)
