@@ -203,7 +203,17 @@ bounds.round(2)
 # (the median decode step, `labkit.decoding.timing`) at several batch sizes, next to the roofline's
 # prediction max(bytes read ÷ bandwidth, FLOPs ÷ FLOP/s):
 
+# %% [markdown]
+# **Predict.** How many times longer does a decode step at the largest batch of `STEP_BATCHES` take than one at the
+# first (×)? Reason from the bounds table above: below the ridge batch a step reads the same weights whatever the batch;
+# past it, its FLOPs grow with the batch.
+
 # %%
+prediction_step_ratio = None  # your guess (×), e.g. 3
+
+# %%
+from labkit.notebook import predict
+
 steps = llm_anatomy.decode_step_cost(MODEL, batch_sizes=STEP_BATCHES, new_tokens=NEW_TOKENS,
                                      bandwidth_gbps=limits["bandwidth_GBps"], flops=roof_flops, device=dev.device,
                                      precision=ROOF_PRECISION)
@@ -211,13 +221,23 @@ top_step = steps.table.set_index("batch").loc[max(STEP_BATCHES)]
 print(f"a decode step at batch {max(STEP_BATCHES)} takes {top_step.step_vs_first:.1f}× the time of batch "
       f"{STEP_BATCHES[0]} (roofline: {top_step.roofline_vs_first:.1f}×); the ridge point is at batch "
       f"{steps.table.attrs['ridge_batch']:.0f} in {ROOF_PRECISION} on {dev.label}")
+predict.compare(f"decode step at batch {max(STEP_BATCHES)} ÷ batch {STEP_BATCHES[0]}", prediction_step_ratio,
+                measured=float(top_step.step_vs_first), theory=float(top_step.roofline_vs_first), unit="×")
 steps.figure
 
 # %%
 steps.table.round(2)
 
 # %% [markdown]
-# Now the measured points — each precision at each batch size:
+# Now the measured points — each precision at each batch size.
+
+# %% [markdown]
+# **Predict.** What share of its bandwidth bound (bandwidth ÷ weight bytes, in tokens/s) does PyTorch eager fp32
+# reach at the first batch of `ROOFLINE_BATCHES` (%)? Reason from what a decode step does besides reading weights:
+# Python, operator dispatch, small kernels.
+
+# %%
+prediction_eager_pct = None  # your guess (%), e.g. 50
 
 # %%
 points = roofline.precision_points(MODEL, precisions=PRECISIONS, batch_sizes=ROOFLINE_BATCHES, new_tokens=NEW_TOKENS,
@@ -227,6 +247,8 @@ roofline.roofline_figure(points, title=f"{MODEL}: decode on the roofline of {dev
 # %%
 eager_b1 = points[(points.batch == ROOFLINE_BATCHES[0]) & (points.precision == "fp32")].pct_of_roofline.iloc[0]
 print(f"PyTorch eager fp32 at batch {ROOFLINE_BATCHES[0]} reaches {eager_b1:.0f} % of its bandwidth bound")
+predict.compare(f"PyTorch eager fp32 at batch {ROOFLINE_BATCHES[0]}, % of its bandwidth bound", prediction_eager_pct,
+                measured=float(eager_b1), unit="%")
 points[["engine", "batch", "read_per_step_MB", "decode_tok_s", "bandwidth_bound_tok_s", "pct_of_roofline"]].round(1)
 
 # %% [markdown]
@@ -345,6 +367,14 @@ fast.table[[c for c in fast_cols if c in fast.table]].round(2)
 # GPU allocator handed out, or the process's resident memory on a CPU — shows what the caches really took (on a CPU
 # less when they reuse memory the process freed earlier).
 
+# %% [markdown]
+# **Predict.** How many caches of `KV_SEQ` tokens will be allocated before the memory runs out (sequences)? Reason
+# from section 1's formula for one sequence's cache in the half-precision float, and the budget: `KV_BUDGET_MIB` on a
+# CPU, `KV_GPU_BUDGET_MIB` (or the free memory less a reserve) on a GPU.
+
+# %%
+prediction_kv_sequences = None  # your guess (sequences), e.g. 100
+
 # %%
 from labkit.experiments import kv_capacity
 
@@ -357,6 +387,8 @@ print(f"{MODEL}, {KV_SEQ} tokens per sequence in {cap.precision}: {cap.per_seque
       f"{cap.budget_bytes / 2**20:.0f} MiB ({cap.budget_source}): the formula says {cap.formula_sequences}, "
       f"{cap.allocated_sequences} real caches were allocated (stopped by the {cap.stopped_by}); the memory grew by "
       f"{cap.memory_growth_bytes / 2**20:.0f} MiB for {cap.allocated_bytes / 2**20:.0f} MiB of caches.")
+predict.compare(f"{KV_SEQ}-token KV caches that fit in {cap.budget_bytes / 2**20:.0f} MiB", prediction_kv_sequences,
+                measured=float(cap.allocated_sequences), theory=float(cap.formula_sequences), unit="sequences")
 pd.DataFrame([cap.row()]).T.rename(columns={0: "value"})
 
 # %% [markdown]

@@ -128,13 +128,26 @@ placement.groupby("device").MB.sum().round(1)
 # its `post_forward` puts them back on `meta`. Below, each hook call is timestamped during one forward, and
 # `bytes_in` counts the bytes of the block's tensors that went from `meta` to real memory in its `pre_forward`.
 
+# %% [markdown]
+# **Predict.** How many MB will the hooks bring in during one forward of this half-offloaded model (MB)? Reason from
+# the placement above: every weight not on the compute device is loaded once per forward (a tied weight once per
+# block that uses it).
+
+# %%
+prediction_hook_MB = None  # your guess (MB), e.g. 200
+
 # %%
 events = big_models.trace_hooks(half, torch.tensor([[1, 2, 3, 4]]))
 big_models.hook_timeline_figure(events, f"{MODEL} on {dev.device}: one forward, hook by hook")  # blocks, not every sub-layer
 
 # %%
+from labkit.notebook import predict
+
 print(f"bytes the hooks brought in during that forward: {events.bytes_in.sum() / 1e6:.1f} MB; from the device map "
       f"and the parameter sizes: {offload.bytes_moved_per_forward(half) / 1e6:.1f} MB")
+predict.compare("MB the hooks bring in during one forward", prediction_hook_MB,
+                measured=float(events.bytes_in.sum() / 1e6), theory=float(offload.bytes_moved_per_forward(half) / 1e6),
+                unit="MB")
 events.head(12)
 
 # %% [markdown]
@@ -154,8 +167,18 @@ events.head(12)
 # precision; the next-token logits must agree within `precision.tolerance` of that precision (relative to the
 # largest logit): offload moves bytes, it does not change the math.
 
+# %% [markdown]
+# **Predict.** How many times slower per token is the scenario with the most bytes on disk than the one with everything
+# on the compute device (×)? Reason from the MB it moves per token and how fast this machine reads them back.
+
+# %%
+prediction_disk_slowdown = None  # your guess (×), e.g. 2
+
 # %%
 offload_run = big_models.offload_latency(MODEL, new_tokens=NEW_TOKENS, device=dev.device, dtype=DTYPE)
+most_on_disk = offload_run.table.loc[offload_run.table.disk_MB.idxmax()]
+predict.compare(f"ms/token with '{most_on_disk.scenario}' ÷ everything on the compute device", prediction_disk_slowdown,
+                measured=float(most_on_disk.slowdown), unit="×")
 offload_run.figure
 
 # %%
@@ -197,6 +220,14 @@ if dev.gpu_section("PCIe host→device bandwidth, pinned and pageable"):
 # published time. What stays on the two GPUs is Accelerate's placement as the cost model of lab 09 computes it
 # (it leaves headroom on each GPU for activations).
 
+# %% [markdown]
+# **Predict.** How many seconds per token does BLOOM-176B take on two A100-80GB with the rest of its weights in CPU
+# memory (s)? Reason from the GB that do not fit on the two GPUs ÷ the host link's GB/s (Accelerate's offloaded weights
+# are ordinary pageable tensors), plus the GPUs' own reading time.
+
+# %%
+prediction_offload_s = None  # your guess (s), e.g. 5
+
 # %%
 from labkit.models import specs
 from labkit.parallel import costmodel
@@ -227,6 +258,8 @@ arithmetic.round(1)
 from_host = [two[link]["s_per_token"] for link in specs.HOST_LINK_GBPS if link != "NVMe"]  # weights in CPU memory
 low, high = min(from_host), max(from_host)
 inside = low <= offload_s <= high
+predict.compare("BLOOM-176B, 2×A100 + CPU offload, s/token (published)", prediction_offload_s,
+                measured=float(offload_s), theory=float(high), unit="s")
 print(f"Predicted with the weights in CPU memory: {low:.1f} s (pinned) to {high:.1f} s (pageable) per token; from NVMe: "
       f"{two['NVMe']['s_per_token']:.0f} s. Published: {offload_s:.0f} s — {'inside' if inside else 'outside'} the CPU-memory range "
       f"(Accelerate's offloaded weights are ordinary pageable tensors: {100 * (high / offload_s - 1):+.0f} % from the pageable estimate).")

@@ -163,9 +163,20 @@ tp_profile.table.round(3)
 # one more, and the vocabulary-split output layer gathers the logits once. Each all-reduce moves the
 # activations: batch × seq × hidden × 4 bytes (fp32 here).
 
+# %% [markdown]
+# **Predict.** How many all-reduces did one from-scratch TP forward of `MODEL` make (all-reduces)? Reason from
+# Megatron's count above and the model's number of layers (`labkit.models.get_config(MODEL).num_hidden_layers`).
+
 # %%
+prediction_all_reduces = None  # your guess (all-reduces), e.g. 20
+
+# %%
+from labkit.notebook import predict
+
 scratch = ranks[0].tensor.runs["scratch"]
 layers = scratch.layers
+predict.compare(f"all-reduces in one TP forward of {MODEL}", prediction_all_reduces,
+                measured=float(scratch.comm.count("all_reduce")), theory=float(2 * layers + 1), unit="all-reduces")
 parallelism.megatron_table(scratch)
 
 # %% [markdown]
@@ -201,14 +212,22 @@ pp_parity
 # %% [markdown]
 # Each rank recorded what it did and when (one clock: the ranks share a machine). Three generation-like
 # steps through the naive pipeline — the next step can start only when the last stage has answered, as
-# in token-by-token generation. Before running the next cell, predict: how much of the time is each
-# rank busy?
+# in token-by-token generation.
+
+# %% [markdown]
+# **Predict.** What share of the time is each rank of the naive pipeline idle (%)? Reason from how many of the
+# stages work at once while one batch walks through them, and from what a hand-over between ranks costs.
+
+# %%
+prediction_naive_idle_pct = None  # your guess (%), e.g. 30
 
 # %%
 parallelism.timeline_figure([r.pipeline.naive_events for r in ranks], "Naive pipeline (Accelerate-style): one rank busy at a time")
 
 # %%
 naive_idle = pp.idle_fractions([r.pipeline.naive_events for r in ranks])
+predict.compare("naive pipeline, share of the time each rank is idle", prediction_naive_idle_pct,
+                measured=100 * float(naive_idle["total"]), theory=100 * pp.bubble_formula(len(ranks), 1), unit="%")
 print(f"naive pipeline: each rank idle {naive_idle['total']:.0%} of the time (at least 50 % on 2 ranks; the rest is the "
       "hand-over between ranks, as long as the compute itself for a model this small)")
 parallelism.timeline_figure([r.pipeline.gpipe_events for r in ranks], f"GPipe, {min(4, BATCH)} micro-batches: the stages overlap")
@@ -247,8 +266,18 @@ plots.line(throughput, "batch", list(throughput.columns[1:]), "Throughput", ylab
 # free hand-offs (`labkit.parallel.bubble`): on a shared CPU a stage computes faster while it runs alone
 # (fill and drain) than while both ranks compute, which shrinks the measured bubble below the formula.
 
+# %% [markdown]
+# **Predict.** With the largest micro-batch count of `MICROBATCHES` on the two stages, what share of the time is the
+# bubble (%)? Reason from GPipe's count of idle slots above, with `p` stages and `m` micro-batches.
+
+# %%
+prediction_bubble_pct = None  # your guess (%), e.g. 10
+
 # %%
 bubble = parallelism.bubble_sweep(ranks)
+m_most = bubble.table.set_index("microbatches").loc[max(MICROBATCHES)]
+predict.compare(f"GPipe bubble with {max(MICROBATCHES)} micro-batches", prediction_bubble_pct,
+                measured=100 * float(m_most.measured_bubble), theory=100 * float(m_most.formula), unit="%")
 bubble.figure
 
 # %%

@@ -164,9 +164,6 @@ print(f"BLOOM-176B on 8 devices: the gathered embedding alone is {bloom_8.gather
       f"{bloom_8.total_GB:.1f} GB per device")
 
 # %% [markdown]
-# Before running the next section, predict: with N = 2 ranks, by how much does each stage shrink the
-# model state compared to stage 0? (At stage 3 everything halves; at stage 1 only the optimizer part does.)
-#
 # ## 2. Measured on real ranks: DeepSpeed stages 0–3, ZeroRedundancyOptimizer, FSDP2
 #
 # Each method trains a fresh copy of the same MLP for a few AdamW steps on the same data. After the last
@@ -176,8 +173,19 @@ print(f"BLOOM-176B on 8 devices: the gathered embedding alone is {bloom_8.gather
 # (`DeepSpeedCPUAdam`, built into `TORCH_EXTENSIONS_DIR` on first use — labkit points that into its cache so
 # it happens once per machine); here a client `torch.optim.AdamW` avoids that compile.
 
+# %% [markdown]
+# **Predict.** With `WORLD_SIZE` ranks, how many times less model state (parameters, gradients, optimizer states)
+# does a DeepSpeed stage-3 rank hold than a stage-0 rank (×)? Reason from the table at the top: at stage 3 every
+# term is divided by N, at stage 1 only the optimizer's; mind the byte convention (a sharded stage keeps an fp32
+# master copy: $K = 12$ against $K = 8$ at stage 0).
+
+# %%
+prediction_stage3_shrink = None  # your guess (×), e.g. 3
+
 # %%
 import time
+
+from labkit.notebook import predict
 
 start = time.perf_counter()
 measured = zero_sharding.train_all_methods(hidden=HIDDEN, layers=LAYERS, steps=STEPS, world_size=WORLD_SIZE,
@@ -185,6 +193,10 @@ measured = zero_sharding.train_all_methods(hidden=HIDDEN, layers=LAYERS, steps=S
 measure_s = time.perf_counter() - start
 df = measured.table
 print(f"{df.params_M.iloc[0]:.1f} M parameters, {WORLD_SIZE} ranks, {measure_s:.0f} s for all methods")
+by_method = df.set_index("method")
+predict.compare("model state per rank, DeepSpeed stage 0 ÷ stage 3", prediction_stage3_shrink,
+                measured=float(by_method.total_MB["deepspeed-0"] / by_method.total_MB["deepspeed-3"]),
+                theory=float(by_method.formula_MB["deepspeed-0"] / by_method.formula_MB["deepspeed-3"]), unit="×")
 measured.figure
 
 # %%
@@ -231,6 +243,14 @@ for method in ("deepspeed-3", "torch-fsdp2"):
 # `comm_sent_MB` is neither: it is measured, the bytes each rank handed to its gloo sockets during the step
 # (`labkit.parallel.wire`, from Linux's `/proc/self/io`).
 
+# %% [markdown]
+# **Predict.** How many MB does each rank send per step with plain data parallelism (`deepspeed-0`: one all-reduce of
+# the fp32 gradients) (MB)? Reason from the parameter count printed in section 2 and what a ring all-reduce sends
+# from each rank, $2(N-1)/N$ of its tensor.
+
+# %%
+prediction_dp_sent_MB = None  # your guess (MB), e.g. 50
+
 # %%
 zero_sharding.comm_figure(df)
 
@@ -243,6 +263,8 @@ dp = t.loc["deepspeed-0"]
 print(f"plain data parallel (one all-reduce of the gradients) on {n} ranks: paper convention "
       f"{dp.comm_paper_MB:.1f} MB, ring 2(N−1)/N = {2 * (n - 1) / n:g}× → {dp.comm_ring_MB:.1f} MB, "
       f"measured {dp.comm_sent_MB:.1f} MB sent")
+predict.compare("MB each rank sends per step, plain data parallel (deepspeed-0)", prediction_dp_sent_MB,
+                measured=float(dp.comm_sent_MB), theory=float(dp.comm_ring_MB), unit="MB")
 for method in ("deepspeed-3", "torch-fsdp2"):
     rs = t.loc[method, "comm_ops"].get("reduce_scatter", 0) / 1e6
     print(f"{method}: ring {t.loc[method, 'comm_ring_MB']:.1f} MB, measured {t.loc[method, 'comm_sent_MB']:.1f} MB; "

@@ -120,15 +120,25 @@ else:
 # is the largest logit difference to the single-process model. Every rank gets an equal share of this
 # machine's cores (`run_distributed`'s default: cores ÷ ranks threads each), and the "single process" row is
 # the whole, unsplit model run on every rank at the same time with that same share. So the comparison isolates
-# what tensor parallelism changes: half the weights per rank, plus two all-reduces per layer. Predict first:
-# which is faster?
+# what tensor parallelism changes: half the weights per rank, plus two all-reduces per layer.
+
+# %% [markdown]
+# **Predict.** How many times the single-process latency does DeepSpeed AutoTP take on `WORLD_SIZE` ranks (×; below
+# one: tensor parallelism is faster)? Reason from half the weights per rank against two all-reduces per layer through
+# gloo, each costing about as much as a small layer's compute.
 
 # %%
+prediction_autotp_vs_single = None  # your guess (×), e.g. 0.7
+
+# %%
+from labkit.notebook import predict
 from labkit.parallel.launch import run_distributed
 
 tp_ranks = run_distributed(dsi.compare_tp_ranks, TP_MODEL, batch=2, seq=16, repeat=REPEAT, world_size=WORLD_SIZE,
                            backend=placement.backend)
 tp_result = dsi.tp_table(tp_ranks)
+predict.compare("DeepSpeed AutoTP latency ÷ single process", prediction_autotp_vs_single,
+                measured=float(tp_result.table.set_index("method").vs_single["DeepSpeed AutoTP"]), unit="×")
 tp_result.figure
 
 # %%
@@ -161,6 +171,14 @@ print("with the fix:   same tokens as one process:", all(r.same_tokens for r in 
 # needs every rank's shard of each layer. For the baseline, rank 0 first generates alone with the whole
 # model and both cores while the other rank waits.
 
+# %% [markdown]
+# **Predict.** How many times one process's tokens/s do the `WORLD_SIZE` ZeRO-Inference streams generate together
+# (×)? Reason from the throughput arithmetic: N streams at s_N tokens/s each against one at s_1, and what s_N
+# becomes when the ranks share this machine's cores and gather each layer before using it.
+
+# %%
+prediction_zi_speedup = None  # your guess (×), e.g. 1.5
+
 # %%
 from labkit import models
 from labkit.parallel import zero_inference
@@ -172,6 +190,8 @@ zero_inference.outputs_table(zi_ranks)
 
 # %%
 zi = zero_inference.throughput(zi_ranks)
+predict.compare(f"ZeRO-Inference aggregate tokens/s, {WORLD_SIZE} streams ÷ one process", prediction_zi_speedup,
+                measured=float(zi.table.speedup.iloc[1]), theory=float(WORLD_SIZE), unit="×")
 zi.figure
 
 # %%

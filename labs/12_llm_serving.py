@@ -148,14 +148,25 @@ except ValueError as err:
 # ## 2. Throughput and latency against concurrency
 #
 # Closed loop: N clients, each sends its next request when the previous answer is complete.
-# Before running, predict: which scheduler's tokens/s grows with N, and which stays flat?
+
+# %% [markdown]
+# **Predict.** At the largest concurrency of `CLIENTS`, how many times sync's tokens/s does continuous batching serve
+# (×)? Reason from which scheduler's tokens/s grows with N and which stays flat: sync decodes one sequence per step,
+# continuous up to N, and a step at batch N costs about what one at batch one does only below the ridge point.
+
+# %%
+prediction_continuous_vs_sync = None  # your guess (×), e.g. 4
 
 # %%
 from labkit.experiments import scheduler_comparison
+from labkit.notebook import predict
 
 sweep = scheduler_comparison.compare_schedulers(MODEL, tuple(SCHEDS), clients=CLIENTS, requests_per_client=REQUESTS_PER_CLIENT,
                                        max_tokens=MAX_TOKENS, prompts=PROMPTS, device=dev.device, loaded=(net, tok))
 print("served on:", ", ".join(sweep.table.device.unique()))
+at_top = sweep.table[sweep.table.clients == max(CLIENTS)].set_index("scheduler").tokens_per_s
+predict.compare(f"tokens/s at {max(CLIENTS)} clients, continuous ÷ sync", prediction_continuous_vs_sync,
+                measured=float(at_top["continuous"] / at_top["sync"]), unit="×")
 cols = ["scheduler", "clients", "succeeded", "tokens_per_s", "ttft_p50_s", "ttft_p99_s", "tpot_p50_s", "e2e_p99_s", "mean_decode_batch"]
 sweep.table[cols].round(3)
 
@@ -215,6 +226,13 @@ opened.figure
 # the same function lab 07 uses (`llm_anatomy.decode_step_cost`: the median decode step of
 # `labkit.decoding.timing`, next to the roofline's prediction and this machine's ridge point).
 
+# %% [markdown]
+# **Predict.** How many times the time of a decode step at batch one does a step at the largest concurrency of
+# `CLIENTS` take (×)? Reason from lab 07's roofline: below the ridge batch a step reads the same weights at any batch.
+
+# %%
+prediction_step_ratio = None  # your guess (×), e.g. 2
+
 # %%
 from labkit.experiments import llm_anatomy
 
@@ -222,6 +240,8 @@ top = max(CLIENTS)
 step_cost = llm_anatomy.decode_step_cost(MODEL, batch_sizes=(1, top), device=str(dev.device))
 step_ratio = step_cost.table.set_index("batch").step_vs_first[top]
 ridge_batch = step_cost.table.attrs["ridge_batch"]
+predict.compare(f"decode step at batch {top} ÷ batch 1", prediction_step_ratio, measured=float(step_ratio),
+                theory=float(step_cost.table.set_index("batch").roofline_vs_first[top]), unit="×")
 print(f"measured on {step_cost.table.attrs['measured_on']}: a decode step at batch {top} takes {step_ratio:.1f}× "
       f"the time of batch 1 (roofline: {step_cost.table.set_index('batch').roofline_vs_first[top]:.1f}×; ridge point "
       f"at batch {ridge_batch:.0f} in fp32), so batching {top} sequences can raise decode throughput at most "
@@ -243,7 +263,14 @@ step_cost.table.round(2)
 # **KV waste at the same load.** The same requests (mixed prompt lengths and `max_tokens`, all queued at once,
 # `max_batch=4` in both engines) through the padded batch and through the blocks. At every forward: the KV
 # positions the padded cache tensors hold (batch × positions) or the paged sequences' blocks hold, against the
-# tokens really there. Predict: which share of the padded cache is padding?
+# tokens really there.
+
+# %% [markdown]
+# **Predict.** Which share of the padded cache's KV positions is padding, over every forward (%)? Reason from the
+# mixed prompt lengths and `max_tokens`: every row is as long as the longest in the batch.
+
+# %%
+prediction_padding_pct = None  # your guess (%), e.g. 20
 
 # %%
 from labkit.experiments import paged_kv
@@ -252,6 +279,8 @@ waste = paged_kv.kv_waste(MODEL, requests=WASTE_REQUESTS, max_batch=4, block_siz
                           loaded=(net, tok))
 w = waste.table.set_index("engine")
 padded_name = w.index[0]
+predict.compare("share of the padded cache that is padding", prediction_padding_pct,
+                measured=float(w.mean_waste_pct[padded_name]), unit="%")
 print(f"measured on {dev.label}: over every forward, {w.mean_waste_pct[padded_name]:.0f} % of the padded batch's KV "
       f"positions held padding, {w.mean_waste_pct['paged']:.0f} % of the paged blocks were empty; at no forward did the "
       f"paged blocks hold more than {w.max_unfilled_per_seq['paged']:.0f} empty slots per running sequence (under one "

@@ -173,7 +173,17 @@ sweep.table.pivot(index="batch", columns="backend", values="request_latency_s").
 # fp16 rows and one int8 cell, marked once in `specs.BLOOM_ROWS`): its error there is a fit's residual and says little.
 # The **held-out** cells were never shown to the fit; their error is the test.
 
+# %% [markdown]
+# **Predict.** At batch one on the benchmark's GPUs, how many times slower per token is Accelerate than
+# DeepSpeed-Inference in the published table (×)? Reason from section 2's table of ms/token by GPU count: a naive
+# pipeline reads the weights one GPU at a time, tensor parallelism on all GPUs at once.
+
 # %%
+prediction_accelerate_vs_ds = None  # your guess (×), e.g. 5
+
+# %%
+from labkit.notebook import predict
+
 print(specs.BLOOM_SOURCE)
 published = serving_plan.published_check()
 published.figure
@@ -187,6 +197,11 @@ for name, s in check.items():
     print(f"{name:9s}: median |error| {s['median_abs_error_pct']:.1f} % (worst {s['max_abs_error_pct']:.1f} %) over "
           f"{s['timed_cells']} timed cells; out-of-memory cells right {s['oom_right']} of {s['oom_cells']}")
 wrong_memory = [f"{r.row} batch {r.batch}" for r in published.table.itertuples() if not r.oom_agrees]
+batch1 = {engine: row[1] for engine, row in specs.PUBLISHED_MS_PER_TOKEN.items()}
+predict.compare("ms/token at batch 1 (published), accelerate ÷ ds-inference", prediction_accelerate_vs_ds,
+                measured=float(batch1["accelerate"] / batch1["ds-inference"]),
+                theory=float(by_count.loc["accelerate", f"{GPUS} GPUs"] / by_count.loc["ds-inference", f"{GPUS} GPUs"]),
+                unit="×")
 print("memory verdicts the plan gets wrong:", wrong_memory or "none")
 
 # %% [markdown]
@@ -252,6 +267,14 @@ print(f"* The link: below {links[1]:.2f} GB/s (batch 1) or {links[TRAPS_BATCH]:.
 # Megatron layers, lab 09) and the naive pipeline (Accelerate-style, lab 09), next to one rank running the
 # whole model. One forward over the prompt stands in for one generation step, so ms/token = latency ÷ batch.
 
+# %% [markdown]
+# **Predict.** At the largest batch of `SMALL_BATCHES`, how many times the naive pipeline's ms/token does tensor
+# parallelism take on these two ranks (×; below one: TP is ahead)? Reason from half the compute per rank against
+# two all-reduces per layer over gloo, a slow link for a model this small.
+
+# %%
+prediction_tp_vs_pipeline = None  # your guess (×), e.g. 1.5
+
 # %%
 import time
 
@@ -287,6 +310,10 @@ print(f"* Equal batch {b_hi}, measured: tensor parallel {small_ms.loc[b_hi, 'ten
       f"{tp_check.all_reduces.iloc[0]} all-reduces per forward ({'gloo over loopback TCP, a slow link for a tiny model' if placement.backend == 'gloo' else 'NCCL'}) "
       f"take {comm_share.iloc[0]:.0%} of its time at batch {b_lo} and {comm_share.iloc[-1]:.0%} at batch {b_hi}: "
       "the slower the link relative to the compute, the more TP loses — what the cost model says of GPUs on a slow link.")
+tp_modelled_ms = tp_check.set_index("batch")["tensor parallel (model)"][b_hi] / b_hi  # the TP model's latency ÷ batch
+predict.compare(f"ms/token at batch {b_hi}, tensor parallel ÷ naive pipeline", prediction_tp_vs_pipeline,
+                measured=float(small_ms.loc[b_hi, "tensor parallel"] / small_ms.loc[b_hi, "naive pipeline"]),
+                theory=float(tp_modelled_ms / small_ms.loc[b_hi, "naive pipeline"]), unit="×")
 
 # %% [markdown]
 # ### The fifth trap: ds-zero is not ds-inference
