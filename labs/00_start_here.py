@@ -130,8 +130,16 @@ available_labs
 # larger than the device's caches. The bound it gives holds only for the device whose memory was read, so
 # every row names that device.
 
+# %% [markdown]
+# **Predict.** How fast does this device read its memory (GB/s)? Reason from what section 1 says it is: a laptop's or a
+# server's DRAM (how many channels?) or a GPU's own memory, which is built for bandwidth.
+
+# %%
+prediction_bandwidth = None  # your guess (GB/s), e.g. 20
+
 # %%
 from labkit import models, precision
+from labkit.notebook import predict
 from labkit.experiments import roofline
 
 from labkit import measure
@@ -144,6 +152,7 @@ for row in bounds.itertuples():
     print(f"read bandwidth {row.read_GBps:.1f} GB/s, measured on {row.measured_on} ({row.device}): a decoder with "
           f"{row.weights_GB:.2f} GB of {row.precision} weights (SmolLM2-135M) there produces at most "
           f"{row.bound_tok_s:.0f} tokens/s at batch 1 (lab 07 checks this bound)")
+predict.compare(f"read bandwidth of {here.measured_on}", prediction_bandwidth, measured=float(bandwidth), unit="GB/s")
 bounds.round(2)
 
 # %% [markdown]
@@ -156,6 +165,14 @@ bounds.round(2)
 # not memory, limits it. A decode step does two FLOPs per weight and sequence, so it reaches the ridge only at
 # a batch of $\text{ridge} \times \text{bytes per weight} / 2$ sequences (lab 07 measures where it really turns).
 
+# %% [markdown]
+# **Predict.** How many times faster does this device multiply matrices in its half-precision float (`dev.half`) than
+# in fp32 (×)? Reason from section 1: tensor cores, AMX or AVX-512 BF16 multiply half-precision floats natively;
+# without them each value is converted to fp32 first.
+
+# %%
+prediction_half_speedup = None  # your guess (×), e.g. 2
+
 # %%
 measured_bw = measure.Bandwidth(bandwidth, here.device, here.measured_on)  # section 3's number, with its device
 limits = roofline.machine_limits(bandwidth_gbps=measured_bw, device=dev.device, half=dev.half, repeat=REPEAT // 3)
@@ -167,6 +184,8 @@ compute = pd.DataFrame([
 compute.attrs["measured_on"] = limits["measured_on"]
 print(f"measured on {limits['measured_on']} ({limits['device']}): {bandwidth:.1f} GB/s read; fp32 matmul "
       f"{limits['flops'] / 1e9:.0f} GFLOP/s, {limits['half']} matmul {limits['flops_half'] / 1e9:.0f} GFLOP/s")
+predict.compare(f"{limits['half']} ÷ fp32 matmul FLOP/s", prediction_half_speedup,
+                measured=float(limits["flops_half"] / limits["flops"]), unit="×")
 compute.round(1)
 
 # %% [markdown]
@@ -186,12 +205,22 @@ compute.round(1)
 # median counts (`labkit.parallel.launch.time_on_all_ranks` for a parallel step, `labkit.decoding.timing`
 # on each rank for lab 11's ZeRO-Inference streams).
 
+# %% [markdown]
+# **Predict.** How many times the median time does the p99 of tiny BLOOM's forward pass take (×)? Reason from what
+# else shares this machine while it runs: other processes, the OS scheduler, caches, clock frequency.
+
+# %%
+prediction_p99_over_median = None  # your guess (×), e.g. 1.5
+
 # %%
 from labkit.experiments import training_vs_inference
 
 latency = training_vs_inference.forward_latency("tiny-bloom", batch_size=1, seq_len=32, repeat=REPEAT,
                                                loaded=models.load_cached("tiny-bloom", device=dev.device))
 ms = latency.table.iloc[0].to_dict()  # statistics in milliseconds
+spread = ms["p99"] / ms["median"]
+predict.compare("tiny BLOOM forward, p99 ÷ median", prediction_p99_over_median, measured=float(spread),
+                theory=1.0, unit="×")  # the theory below: the same computation takes the same time, every run
 latency.table.round(3)
 
 # %%
@@ -230,7 +259,6 @@ pd.DataFrame([
 ], columns=["quantity", "theory", "measured"]).set_index("quantity").round(2)
 
 # %%
-spread = ms["p99"] / ms["median"]
 print(f"on {dev.label}: p99 / median = {spread:.2f}: the slowest 1 % of calls take {100 * (spread - 1):.0f} % "
       "longer than a typical one")
 

@@ -186,6 +186,20 @@ print("Served answer:\n" + PROMPT + sample(served))
 # `torch.cuda.max_memory_allocated` adds during it); *persistent_MiB* is what stays allocated between steps
 # (weights, and for training the optimizer state). Both steps run on the same device, the lab's.
 
+# %% [markdown]
+# **Predict.** How many times longer does a training step take than an inference step on the same batch (×)? Reason
+# from the passes each one runs (forward, backward, optimizer update) and what each costs next to a forward pass.
+
+# %%
+prediction_train_over_infer = None  # your guess (×), e.g. 3
+
+# %% [markdown]
+# **Predict.** How many times the weights' memory does AdamW's state take (×)? Reason from what it keeps per weight
+# (section 2 gives the weights' precision).
+
+# %%
+prediction_adam_over_weights = None  # your guess (×), e.g. 1
+
 # %%
 from labkit.experiments import training_vs_inference
 
@@ -197,16 +211,41 @@ costs.round(2)
 # %%
 steps.figure
 
+# %%
+from labkit import precision
+from labkit.notebook import predict
+
+train_row, infer_row = costs.set_index("phase").loc["training step"], costs.set_index("phase").loc["inference step"]
+time_ratio = train_row.median_ms / infer_row.median_ms
+adam_ratio = train_row.optimizer_state_MiB / train_row.weights_MiB
+step_theory = (1 + 2) / 1  # training: a forward and a backward (≈ 2 forwards); inference: one forward
+adam_theory = 2 * precision.bytes_per_value("fp32") / precision.bytes_per_value(estimate.dtype)  # 2 fp32 moments
+predict.compare("training step ÷ inference step, time", prediction_train_over_infer, measured=float(time_ratio),
+                theory=step_theory, unit="×")
+predict.compare("AdamW state ÷ weights, memory", prediction_adam_over_weights, measured=float(adam_ratio),
+                theory=adam_theory, unit="×")
+
 # %% [markdown]
 # ## 6. Serving: batch size trades latency for throughput
 #
 # Batching lets one pass over the weights serve many requests, so throughput climbs — until the
 # machine is compute-bound. Meanwhile each request waits for the whole batch: latency climbs too.
 
+# %% [markdown]
+# **Predict.** How many times more sequences per second does the best batch size of `SWEEP_BATCHES` serve than the
+# first (×)? Reason from what a batch shares: one pass reads the weights once whatever the batch, while the
+# arithmetic grows with it.
+
+# %%
+prediction_batch_gain = None  # your guess (×), e.g. 10
+
 # %%
 tradeoff = training_vs_inference.batch_tradeoff(batch_sizes=SWEEP_BATCHES, seq_len=SEQ_LEN, repeat=REPEAT, loaded=(model, tokenizer),
                                                 device=dev.device)
 sweep = tradeoff.table
+best = sweep.loc[sweep.sequences_per_s.idxmax()]
+predict.compare(f"sequences/s at batch {int(best.batch_size)} ÷ at batch {int(sweep.batch_size.iloc[0])}",
+                prediction_batch_gain, measured=float(best.sequences_per_s / sweep.sequences_per_s.iloc[0]), unit="×")
 sweep.round(2)
 
 # %%
@@ -216,13 +255,10 @@ tradeoff.figure
 # ## What theory predicts vs what you measured
 
 # %%
-train_row, infer_row = costs.set_index("phase").loc["training step"], costs.set_index("phase").loc["inference step"]
-time_ratio = train_row.median_ms / infer_row.median_ms
-adam_ratio = train_row.optimizer_state_MiB / train_row.weights_MiB
-best = sweep.loc[sweep.sequences_per_s.idxmax()]
-print(f"* Theory: backward ≈ 2× forward, so a training step ≈ 3× an inference step.\n"
+print(f"* Theory: backward ≈ 2× forward, so a training step ≈ {step_theory:.0f}× an inference step.\n"
       f"  Measured: {time_ratio:.1f}× (clipping and the optimizer update add to it).")
-print(f"* Theory: AdamW keeps 2 extra fp32 values per weight.\n  Measured: optimizer state = {adam_ratio:.2f}× the weights.")
+print(f"* Theory: AdamW keeps 2 extra fp32 values per weight ({adam_theory:.0f}× the weights).\n"
+      f"  Measured: optimizer state = {adam_ratio:.2f}× the weights.")
 print(f"* Theory: training keeps activations for backward; inference frees them.\n"
       f"  Measured: peak step memory {train_row.peak_step_MiB:.0f} MiB (training) vs {infer_row.peak_step_MiB:.0f} MiB (inference).")
 print(f"* Theory: throughput rises with batch size until compute-bound, latency rises with it.\n"

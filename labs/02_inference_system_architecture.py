@@ -236,8 +236,17 @@ print(f"mean time to first token so far: {ttft_mean * 1e3:.0f} ms")
 # while the load runs. The arrival rate is a share (`OPEN_LOAD`) of the throughput the burst above
 # measured, so the queue stays stable.
 
+# %% [markdown]
+# **Predict.** How many requests will the server's gauge count inside the engine on average, L̄ (requests)? Reason
+# from Little's law, L = λ·W: λ is a share (`OPEN_LOAD`) of what the burst answered per second, and W about one
+# request's time in section 2's stream, a little more when requests queue.
+
+# %%
+prediction_in_system = None  # your guess (requests), e.g. 2
+
 # %%
 from labkit.experiments import inference_system
+from labkit.notebook import predict
 
 capacity = burst.summary["requests_per_s"]  # answered requests per second while the burst kept every slot busy
 little = inference_system.littles_law(server.url, "assistant", [PROMPT], rate=OPEN_LOAD * capacity,
@@ -245,6 +254,8 @@ little = inference_system.littles_law(server.url, "assistant", [PROMPT], rate=OP
 lt = little.table.iloc[0]
 print(f"offered {lt.offered_rate:.2f} requests/s ({OPEN_LOAD:.0%} of the burst's {capacity:.2f}/s); "
       f"{lt.answered:.0f} answered, {lt.refused:.0f} refused, {lt.readings:.0f} gauge readings")
+predict.compare("mean requests inside the engine (L̄, the gauge)", prediction_in_system, measured=float(lt.gauge_mean),
+                theory=float(lt.lambda_W), unit="requests")  # theory: Little's law, λ·W from the clients' records
 little.table.round(3)
 
 # %%
@@ -262,6 +273,13 @@ little.figure
 # switching everyone at once, send it a **canary** share of the traffic and compare. The rule that
 # decides was fixed with the parameters, before anything is measured:
 
+# %% [markdown]
+# **Predict.** What share of the `CANARY_REQUESTS` requests will v2 answer (%)? Reason from `CANARY_SHARE` and how
+# far a random split of that many requests strays from it.
+
+# %%
+prediction_canary_pct = None  # your guess (%), e.g. 25
+
 # %%
 print(f"promote v2 if (1) it answered >= {MIN_CANARY_REQUESTS} canary requests, (2) its greedy tokens agree with v1's "
       f"on >= {MIN_AGREEMENT:.0%} of the positions of {len(AGREEMENT_PROMPTS)} prompts (prefix agreement) and (3) its "
@@ -274,6 +292,9 @@ per_version = canary.records.groupby("version").agg(requests=("index", "size"), 
                                                     e2e_p50_s=("e2e_s", "median"), tokens=("tokens", "sum"))
 per_version["share"] = per_version.requests / per_version.requests.sum()
 served_on = repo.table().set_index("version").device.to_dict()  # where each version computed (its model's device)
+measured_share = per_version.share.get("v2", 0.0)
+predict.compare(f"share of {CANARY_REQUESTS} requests answered by the canary v2", prediction_canary_pct,
+                measured=float(100 * measured_share), theory=100 * CANARY_SHARE, unit="%")
 per_version
 
 # %%
@@ -388,7 +409,6 @@ print(f"Theory: a cryptographic hash changes each output bit with probability 1/
 # ## What theory predicts vs what you measured
 
 # %%
-measured_share = per_version.share.get("v2", 0.0)
 sd = (CANARY_SHARE * (1 - CANARY_SHARE) / CANARY_REQUESTS) ** 0.5
 print(f"* Theory: a {CANARY_SHARE:.0%} canary gets {CANARY_SHARE:.0%} ± {sd:.0%} (one binomial standard deviation) "
       f"of {CANARY_REQUESTS} requests.\n  Measured: {measured_share:.0%}.")

@@ -157,6 +157,13 @@ levels["digits-cnn"].figure
 # exported graph. ONNX Runtime recognises the pattern and replaces it with one `FastGelu` kernel
 # that reads the input once and writes the output once.
 
+# %% [markdown]
+# **Predict.** How many `FastGelu` nodes will level *all* leave in tiny-bloom's graph (nodes)? Reason from where a
+# BLOOM layer computes a GELU, and how many layers tiny-bloom has (`models.get_config("tiny-bloom").n_layer`).
+
+# %%
+prediction_fastgelu = None  # your guess (nodes), e.g. 1
+
 # %%
 bloom_all = convert.optimize_onnx(bloom_raw, "all")
 before_nodes, before_edges = graph_optimization.neighbourhood(bloom_raw, "Tanh", radius=3)
@@ -167,9 +174,15 @@ graph_optimization.dag_figure(before_nodes, before_edges, "Before: the GELU arou
 graph_optimization.dag_figure(after_nodes, after_edges, "After ORT 'all': one FastGelu between the two MatMuls")
 
 # %%
+from labkit import models
+from labkit.notebook import predict
+
 bloom_diff = convert.graph_diff(bloom_raw, bloom_all)
 print(f"nodes: {bloom_diff.nodes_before} → {bloom_diff.nodes_after}")
 print("ops that appeared through fusion:", bloom_diff.fused)
+fast_gelus = convert.graph_stats(bloom_all).op_counts.get("com.microsoft:FastGelu", 0)
+predict.compare("FastGelu nodes in tiny-bloom after ORT 'all'", prediction_fastgelu, measured=float(fast_gelus),
+                theory=float(models.get_config("tiny-bloom").n_layer), unit="nodes")  # theory: one GELU per layer
 pd.DataFrame({"removed": pd.Series(bloom_diff.removed), "added": pd.Series(bloom_diff.added)}).fillna(0).astype(int)
 
 # %% [markdown]
@@ -193,6 +206,13 @@ print("after ORT basic:", folding["ops_after"])
 # the graph leaves that layout (and enters it, unless the first convolution reads plain NCHW directly).
 # Which of these happened, step by step:
 
+# %% [markdown]
+# **Predict.** How many `BatchNormalization` nodes will level *basic* remove from the CNN's graph (nodes)? Reason
+# from the CNN's layers: which BatchNorms follow a convolution?
+
+# %%
+prediction_bn_folded = None  # your guess (nodes), e.g. 1
+
 # %%
 cnn_raw = convert.export_onnx(engines.graph_for("digits-cnn"), optimize=False)
 cnn_levels = {lv: convert.optimize_onnx(cnn_raw, lv) for lv in ORT_LEVELS}
@@ -203,6 +223,10 @@ cnn_changes = pd.DataFrame([{"step": step, "removed": d.removed, "added": d.adde
 layout_step = "extended → layout" if "layout" in ORT_LEVELS else "extended → all"
 reorders = sorted(op for op in cnn_diffs[layout_step].added if "Reorder" in op)
 print(f"layout change ({layout_step}): Reorder nodes added: {reorders}")
+bn_layers = sum(1 for m in engines.graph_for("digits-cnn").module.modules() if m.__class__.__name__ == "BatchNorm2d")
+bn_folded = convert.graph_diff(cnn_levels["disable"], cnn_levels["basic"]).removed.get("BatchNormalization", 0)
+predict.compare("BatchNorm nodes the CNN loses at level 'basic'", prediction_bn_folded, measured=float(bn_folded),
+                theory=float(bn_layers), unit="nodes")  # theory: every BatchNorm after a convolution folds into it
 cnn_changes
 
 # %% [markdown]
@@ -241,6 +265,14 @@ transformer_ops
 # All rows run on one device, eager included: the lab's, when ONNX Runtime can run there (on a GPU: its CUDA
 # provider, from `onnxruntime-gpu`), else the CPU — the cell says which.
 
+# %% [markdown]
+# **Predict.** How many times faster does ONNX Runtime run tiny-bloom from the fused-attention export than from the
+# plain one (×)? Reason from the node counts above, and from what a fused node gains only where the runtime has a
+# kernel for it.
+
+# %%
+prediction_fused_gain = None  # your guess (×), e.g. 1.5
+
 # %%
 import onnx
 
@@ -267,6 +299,10 @@ attention_runs = engine_comparison.compare_variants("tiny-bloom", {
     "ORT, fused attention": ("onnxruntime", {"fused_attention": True}),
     "eager, patched forward": ("torch-eager", {"export_patches": True}),
 }, batch_size=1, seq_len=32, threads=2, repeat=REPEAT, rounds=ROUNDS, device=attention_device)
+speed = attention_runs.table.set_index("variant").speedup_vs_eager
+kernel_gain = speed["ORT, fused attention"] / speed["ORT, plain export"]
+predict.compare("ORT speed, fused-attention export ÷ plain export", prediction_fused_gain, measured=float(kernel_gain),
+                unit="×")
 attention_runs.table[["variant", "device", "provider", "median_ms", "p90_ms", "speedup_vs_eager", "relative_diff"]].round(4)
 
 # %%
@@ -341,9 +377,6 @@ sk.figure
 
 # %%
 n_layers = bloom_config.n_layer
-fast_gelus = convert.graph_stats(bloom_all).op_counts["com.microsoft:FastGelu"]
-bn_layers = sum(1 for m in engines.graph_for("digits-cnn").module.modules() if m.__class__.__name__ == "BatchNorm2d")
-bn_folded = convert.graph_diff(cnn_levels["disable"], cnn_levels["basic"]).removed.get("BatchNormalization", 0)
 print(f"* Theory: one GELU per transformer layer → {n_layers} FastGelu nodes. Measured: {fast_gelus}.")
 print(f"* Theory: every BatchNorm after a convolution folds away → {bn_layers} fewer nodes. Measured: {bn_folded}.")
 level_nodes = {lv: convert.graph_stats(path).nodes for lv, path in cnn_levels.items()}
@@ -355,12 +388,10 @@ if "layout" in ORT_LEVELS:
 print(f"* Theory: the folded weight expression leaves one MatMul. Measured: {folding['nodes_before']} → {folding['nodes_after']} nodes.")
 print(f"* Theory: optimisation changes the graph, not the function. Measured: every format within "
       f"{conversions.relative_diff.max():.1e} (relative) of PyTorch.")
-speed = attention_runs.table.set_index("variant").speedup_vs_eager
 print(f"* Theory: one Attention node per layer replaces the scattered attention → {n_layers} Attention nodes and "
       f"a smaller graph. Measured: {attention_table.loc['Attention nodes', 'fused attention']} Attention nodes; "
       f"{attention_table.loc['nodes after ORT all', 'plain export']} → "
       f"{attention_table.loc['nodes after ORT all', 'fused attention']} nodes after ORT's optimisation.")
-kernel_gain = speed["ORT, fused attention"] / speed["ORT, plain export"]
 verdict = ("the fused node adds a gain of its own" if kernel_gain >= 1.1 else
            "at this size ORT's gain over eager comes from the runtime, with or without the fused node")
 print(f"* Theory: a fused node pays only where a runtime has a kernel for it. Measured: ORT {speed['ORT, plain export']:.2f}× "

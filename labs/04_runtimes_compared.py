@@ -110,8 +110,18 @@ engines.engine_table(dev.device)
 # (Strictly alternating single calls would be worse: each runtime keeps its own thread pool spinning
 # after a call, so the next runtime would pay for it.)
 
+# %% [markdown]
+# **Predict.** How many times faster than eager does TorchScript run tiny-bloom at the first shape of `BATCH_SIZES`
+# and `SEQ_LENS` (×)? Reason from what it changes: the same kernels, called from a recorded graph instead of from
+# Python.
+
+# %%
+prediction_torchscript = None  # your guess (×), e.g. 1.2
+
 # %%
 import pandas as pd
+
+from labkit.notebook import predict
 
 results = {}
 for workload in WORKLOADS:
@@ -119,6 +129,10 @@ for workload in WORKLOADS:
     results[workload] = engine_comparison.compare_engines(workload, batch_sizes=batches, seq_lens=SEQ_LENS, threads=(2,), repeat=REPEAT, rounds=ROUNDS,
                                                           device=dev.device)
 table = pd.concat([r.table for r in results.values()])
+script_first = table[(table.workload == "tiny-bloom") & (table.engine == "torchscript")
+                     & (table.batch_size == BATCH_SIZES[0]) & (table.seq_len == SEQ_LENS[0])]
+predict.compare(f"TorchScript ÷ eager speed, tiny-bloom at batch {BATCH_SIZES[0]} × {SEQ_LENS[0]}",
+                prediction_torchscript, measured=float(script_first.speedup_vs_eager.iloc[0]), unit="×")
 table[["workload", "engine", "device", "batch_size", "seq_len", "available", "median_ms", "p90_ms", "speedup_vs_eager", "cold_start_s", "reason"]].round(3)
 
 # %%
@@ -213,6 +227,13 @@ payback.round(3)
 # is 2× — small operators gain less because splitting costs time too. Intra-op threads are CPU threads, so this
 # section runs on the CPU whatever the lab's device.
 
+# %% [markdown]
+# **Predict.** How many times faster does ONNX Runtime run tiny-bloom with the last of `THREADS` than with the first
+# (×)? Reason from the ideal (the ratio of the thread counts) and from how small tiny-bloom's operators are.
+
+# %%
+prediction_threads_gain = None  # your guess (×), e.g. 1.5
+
 # %%
 if dev.is_cuda:
     print(f"Intra-op threads are a CPU matter: this section runs on the CPU on purpose, not on {dev.label}.")
@@ -221,6 +242,9 @@ thread_runs = engine_comparison.compare_engines("tiny-bloom", engines=["onnxrunt
 threads_table = thread_runs.table[thread_runs.table.available][["engine", "threads", "median_ms"]]
 threads_pivot = threads_table.pivot(index="engine", columns="threads", values="median_ms")
 threads_pivot["gain_2_vs_1"] = threads_pivot[THREADS[0]] / threads_pivot[THREADS[-1]]
+predict.compare(f"ONNX Runtime, {THREADS[-1]} threads ÷ {THREADS[0]}, speed", prediction_threads_gain,
+                measured=float(threads_pivot.gain_2_vs_1["onnxruntime"]), theory=THREADS[-1] / THREADS[0],
+                unit="×")  # theory: perfect splitting across the threads
 threads_pivot.round(3)
 
 # %% [markdown]
@@ -242,11 +266,20 @@ widgets.panel(engine_comparison.engine_latency, workload=list(engines.WORKLOADS)
 # other op were free, and the MatMuls' share says how much is left to fuse away. All three run on one device:
 # the lab's when ONNX Runtime can run there, else the CPU (the cell says which).
 
+# %% [markdown]
+# **Predict.** How many times faster than eager does ONNX Runtime run the whole tiny-bloom at batch 1 and the first
+# of `SEQ_LENS` (×)? Reason from what it removes (Python dispatch, small ops) and what it cannot (the MatMuls).
+
+# %%
+prediction_ort_speedup = None  # your guess (×), e.g. 2
+
 # %%
 ceiling_device, note = engine_comparison.device_for("onnxruntime", dev.device)
 print(note or f"timed on {dev.label}")
 ceiling = engine_comparison.matmul_ceiling("tiny-bloom", batch_size=1, seq_len=SEQ_LENS[0], threads=2, repeat=5 * REPEAT, rounds=ROUNDS,
                                            device=ceiling_device)
+predict.compare("ONNX Runtime ÷ eager speed, tiny-bloom", prediction_ort_speedup,  # theory: all but the MatMuls free
+                measured=float(ceiling["ort_speedup"]), theory=float(ceiling["ceiling_speedup"]), unit="×")
 pd.Series(ceiling)
 
 # %% [markdown]

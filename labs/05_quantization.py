@@ -155,6 +155,20 @@ pd.DataFrame([{"quantizer": q.name, "library": q.library, "what": q.what, "devic
 # Rows that could not run here stay in the table with the reason in `error`. Each row's `device` is where it
 # ran, and its decode speed-up divides by fp32's speed on that same device.
 
+# %% [markdown]
+# **Predict.** How large is the smallest int8 model next to the fp32 one (× fp32's bytes)? Reason from the bytes per
+# value printed above, and from what may stay in floating point.
+
+# %%
+prediction_int8_size = None  # your guess (× fp32), e.g. 0.5
+
+# %% [markdown]
+# **Predict.** How many times faster than fp32 does the fastest int8 path decode at the first of `BATCH_SIZES` (×)?
+# Reason from the bytes a decode step reads, and from the work a kernel does to use int8 weights.
+
+# %%
+prediction_int8_speedup = None  # your guess (×), e.g. 2
+
 # %%
 comparison = quantization.compare_quantizers(SOURCE, budget=BUDGET, decode_tokens=DECODE_TOKENS, batch_sizes=BATCH_SIZES,
                                              device=dev.device)
@@ -162,6 +176,19 @@ table = comparison.table
 columns = ["quantizer", "library", "device", "stored_MiB", "resident_MiB", "size_vs_fp32", "perplexity", "perplexity_vs_fp32",
            "top1_agreement", "kl_vs_fp32", "prefill_ms"] + [c for c in table.columns if c.startswith("decode_")] + ["error"]
 table[[c for c in columns if c in table.columns]].round(3)
+
+# %%
+from labkit.notebook import predict
+
+t = table.set_index("quantizer")
+ok = t[t.error.isna()] if "error" in t else t
+b = BATCH_SIZES[0]
+int8 = ok.loc[[n for n in quantization.INT8 if n in ok.index]]
+predict.compare("smallest int8 model's bytes ÷ fp32's", prediction_int8_size, measured=float(int8.size_vs_fp32.min()),
+                theory=precision.bytes_per_value("int8") / precision.bytes_per_value("fp32"), unit="× fp32")
+predict.compare(f"fastest int8 path's batch-{b} decode speed ÷ fp32's", prediction_int8_speedup,
+                measured=float(int8[f"decode_speedup_b{b}"].max()),
+                theory=precision.bytes_per_value("fp32") / precision.bytes_per_value("int8"), unit="×")  # bytes read
 
 # %%
 comparison.figure
@@ -241,8 +268,18 @@ census.figure()
 # The same int8, simulated (quantize → dequantize in fp32) at each granularity: weights with one scale per
 # tensor or per output channel, activations with one scale per tensor or per token — one change at a time.
 
+# %% [markdown]
+# **Predict.** How many times fp32's perplexity does int8 give with one scale per tensor for both the weights and the
+# activations (×)? Reason from the census above: the largest input, and the share of values its scale rounds to zero.
+
+# %%
+prediction_w8a8_perplexity = None  # your guess (×), e.g. 1.1
+
 # %%
 granularity = activation_outliers.int8_granularity(float_model, eval_ids)
+g = granularity.set_index("variant").perplexity_vs_fp32
+predict.compare("perplexity, simulated W8A8 per tensor ÷ fp32", prediction_w8a8_perplexity,
+                measured=float(g["W8A8 per-tensor"]), unit="×")
 granularity.round(4)
 
 # %% [markdown]
@@ -410,10 +447,6 @@ edge_run.figure
 # ## What theory predicts vs what you measured
 
 # %%
-t = table.set_index("quantizer")
-ok = t[t.error.isna()] if "error" in t else t
-b = BATCH_SIZES[0]
-int8 = ok.loc[[n for n in quantization.INT8 if n in ok.index]]
 faithful = int8[int8.perplexity_vs_fp32 <= 1.05]  # int8 paths that keep perplexity within 5 %
 # each path against fp32 on its own device (CPU-only ones ran on the CPU in a GPU run)
 best_int8 = (faithful if len(faithful) else int8)[f"decode_speedup_b{b}"].idxmax()
@@ -421,7 +454,6 @@ four_bit = ok.loc[[n for n in quantization.FOUR_BIT if n in ok.index]]
 smallest_4bit = four_bit.size_vs_fp32.idxmin()
 w8a8 = ok.perplexity_vs_fp32.reindex(quantization.W8A8_PER_TENSOR).dropna()
 weight_only = ok.perplexity_vs_fp32.reindex(quantization.WEIGHT_ONLY_INT8).dropna()
-g = granularity.set_index("variant").perplexity_vs_fp32
 widest = census.table.loc[census.table.max_abs.idxmax()]
 print(f"* Theory: int8 halves bf16's bytes and quarters fp32's. Measured: int8 paths store "
       f"{int8.size_vs_fp32.min():.2f}–{int8.size_vs_fp32.max():.2f}× fp32 (the embedding table usually stays in float).")

@@ -112,8 +112,15 @@ methods.figure
 #
 # The next-token distribution after one prompt, and the tokens each rule keeps (in colour): top-k
 # keeps a fixed number, top-p the smallest set holding p of the probability, min-p every token at
-# least `min_p` times as likely as the best one. Before running the next cell, predict which token
-# greedy will pick.
+# least `min_p` times as likely as the best one.
+
+# %% [markdown]
+# **Predict.** Which token will greedy pick after `NEXT_TOKEN_PROMPT`, and how likely is it (%)? Reason from the
+# prompt: how many continuations would a reader find plausible? (Keep the token in mind: the cell after the figure
+# prints it.)
+
+# %%
+prediction_greedy_pct = None  # your guess (%), e.g. 30
 
 # %%
 cutoffs = decoding_methods.next_token_cutoffs(MODEL, NEXT_TOKEN_PROMPT, temperature=1.0, k=5, p=0.9, min_p=0.1,
@@ -121,9 +128,13 @@ cutoffs = decoding_methods.next_token_cutoffs(MODEL, NEXT_TOKEN_PROMPT, temperat
 cutoffs.figure
 
 # %%
+from labkit.notebook import predict
+
 print("tokens kept out of the whole vocabulary:", cutoffs.table.attrs["kept_counts"])
 greedy_pick = cutoffs.table.token.iloc[0]
 print("greedy picks:", greedy_pick)
+predict.compare(f"probability of greedy's pick {greedy_pick}", prediction_greedy_pct,
+                measured=float(100 * cutoffs.table.probability.iloc[0]), unit="%")
 
 # %% [markdown]
 # ## 3. Temperature
@@ -249,8 +260,24 @@ repetition
 # GPU, where that int8 kernel does not run, the GPU's half precision (`dev.half`). Prompt lookup drafts by
 # copying n-grams from the prompt.
 
+# %% [markdown]
+# **Predict.** How many new tokens will each pass of the target yield on average (tokens)? The draft proposes γ per
+# round (`gamma=4` below); reason from how often a cheaper copy of the same model agrees with it: each round keeps the
+# drafted tokens up to the first mismatch, plus the target's own next token.
+
+# %%
+prediction_tokens_per_pass = None  # your guess (tokens), e.g. 2
+
+# %% [markdown]
+# **Predict.** How many times faster than plain greedy decoding will transformers' assisted generation be (×)?
+# Reason from the tokens per target pass you just guessed and what a draft step costs next to a target step.
+
+# %%
+prediction_spec_speedup = None  # your guess (×), e.g. 1.5
+
 # %%
 from labkit.experiments import speculative
+from labkit.notebook import predict
 
 spec = speculative.speculative_report(MODEL, PROMPT, gamma=4, max_new_tokens=MAX_NEW_TOKENS, device=dev.device)
 sa = spec.table.attrs
@@ -261,6 +288,10 @@ print(f"α = {sa['accepted']} kept / {sa['accepted'] + sa['rejected']} compared 
       f"c = {sa['cost_ratio']:.2f}")
 print(f"tokens per target pass: predicted {sa['predicted_tokens_per_call']:.2f}, measured {sa['tokens_per_call']:.2f}")
 print(f"speed-up: predicted {sa['predicted_speedup']:.2f}×, measured {sa['measured_speedup']:.2f}×")
+predict.compare("tokens per target pass", prediction_tokens_per_pass, measured=float(sa["tokens_per_call"]),
+                theory=float(sa["predicted_tokens_per_call"]), unit="tokens")  # theory: Leviathan et al., from α and γ
+predict.compare("speculative (assisted) ÷ greedy speed", prediction_spec_speedup,  # theory: Leviathan et al., Thm 3.8
+                measured=float(sa["measured_speedup"]), theory=float(sa["predicted_speedup"]), unit="×")
 spec.table.round(3)
 
 # %%
