@@ -2,6 +2,7 @@
 
 import importlib
 import importlib.util
+import math
 import re
 from pathlib import Path
 
@@ -57,6 +58,7 @@ def test_lab_runs_and_records_results(lab: Path, tmp_path, lab_device):
     check_device(run.results, lab_device)
     CHECKS[number](run.results)
     check_stub_grades(lab, run.exercises)
+    check_predictions(lab, run.predictions)
     if html:
         page = run.html.read_text()
         assert "plotly-graph-div" in page and "Plotly.newPlot" in page  # figures are in the HTML
@@ -95,6 +97,17 @@ def check_stub_grades(lab: Path, exercises: dict) -> None:
     for name, e in exercises.items():
         assert not e["solutions_injected"] and not e["ok"], f"{lab.name}: the stub of {name} was graded right: {e}"
         assert re.match(r"case \d+ \(.+\): ", e["message"]), f"{lab.name}: {name}'s verdict names no case: {e}"
+
+
+def check_predictions(lab: Path, rows: list[dict]) -> None:
+    """Every lab asks for predictions before its key measurements and sets each beside the measurement: the run
+    (every guess left unset, as headless runs leave them) showed a finite measurement for each, one at least with
+    the theory's value, and one comparison for every prediction cell the lab has."""
+    cells = set(re.findall(r"^(prediction_\w+) = None", lab.with_suffix(".py").read_text(), re.M))
+    assert rows and cells, f"{lab.name}: no prediction cell (prediction_<what> = None) or no predict.compare"
+    assert len(rows) >= len(cells), f"{lab.name}: {len(cells)} prediction cells, {len(rows)} comparisons shown"
+    assert all(math.isfinite(r["measured"]) and r["guess"] is None for r in rows), rows
+    assert any(r["theory"] is not None for r in rows), f"{lab.name}: no prediction is set beside a theory value"
 
 
 @pytest.mark.timeout(300)
