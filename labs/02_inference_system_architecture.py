@@ -39,9 +39,8 @@
 # **By the end you can**
 # - start an inference server and send it OpenAI-style requests, streamed, queued and refused;
 # - read a server's metrics and check Little's law against them;
-# - roll out a second model version as a canary and let data decide: promote or roll back.
-# - register model versions by content hash with their lineage, detect a changed file, and gate a promotion on
-#   measured quality and latency.
+# - roll out a second model version as a canary and let data decide: promote or roll back;
+# - register model versions by content hash and lineage, and gate a promotion on measured quality and latency.
 #
 # **Before this lab:** lab 01.
 # **Time:** the setup cell below prints how long this lab took when it was last run, with smoke and full parameters.
