@@ -49,16 +49,12 @@ def grade_cases(learner: Callable, cases: Sequence[Case], reference: Callable,
         Grade: ok when every case agrees; else the first failing case, "case N (what): …"; an exception in the
         learner's code is reported as such. Grading runs on one torch thread (restored after).
     """
-    import copy
+    from copy import deepcopy as copy
 
-    import torch
+    from labkit.engines.base import torch_threads
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # graded inputs are tiny: one thread skips OpenMP's spin-waits (~10× faster when busy)
-    try:
-        return _grade(learner, cases, reference, compare, judge, copy.deepcopy)
-    finally:
-        torch.set_num_threads(threads)
+    with torch_threads(1):  # graded inputs are tiny: one thread skips OpenMP's spin-waits (~10× faster when busy)
+        return _grade(learner, cases, reference, compare, judge, copy)
 
 
 def _grade(learner, cases, reference, compare, judge, copy) -> Grade:

@@ -17,6 +17,7 @@ import torch
 
 from labkit import measure, models, plots
 from labkit.data.windows import eval_tokens
+from labkit.engines.base import torch_threads
 from labkit.experiments.quantization import quality
 from labkit.plots import Measured
 from labkit.quant import quantize
@@ -79,9 +80,7 @@ def edge_table(source: str = "tiny-bloom-shakespeare", quantizers: Sequence[str]
     if min(threads, repeat, prompt_tokens) < 1 or memory_cap_mib <= 0:
         raise ValueError(f"threads, repeat and prompt_tokens must be >= 1 and memory_cap_mib > 0; got {threads}, "
                          f"{repeat}, {prompt_tokens}, {memory_cap_mib}")
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         base, tok = models.load_model(source, device="cpu")
         built = {name: quantize(name, source, device="cpu", model=base) for name in quantizers}
         scores = quality(built, built["fp32"], eval_tokens(tok, budget)).set_index("quantizer")
@@ -91,8 +90,6 @@ def edge_table(source: str = "tiny-bloom-shakespeare", quantizers: Sequence[str]
                for n, q in built.items() for kind, ids in (("step", one), ("prefill", prompt))}
         with torch.no_grad():  # no_grad, not inference_mode: some quantized modules refuse inference tensors
             stats = measure.benchmark_rounds(fns, warmup=2, repeat=repeat, rounds=min(repeat, 3))
-    finally:
-        torch.set_num_threads(before)
     rows = []
     for name, q in built.items():
         estimate = models.estimate_memory(source, ESTIMATE_PRECISION[name]).bytes / 2**20

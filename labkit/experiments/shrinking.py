@@ -10,9 +10,8 @@ a dense kernel multiplies the zeros; structured pruning removes whole MLP neuron
 
 from __future__ import annotations
 
-import contextlib
 import copy
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -22,6 +21,7 @@ from torch.nn.utils import prune as torch_prune
 from transformers import AutoModelForCausalLM, BloomConfig
 
 from labkit import measure, models, plots, training
+from labkit.engines.base import torch_threads
 from labkit.plots import Measured
 
 PRUNE_METHODS = ("unstructured", "structured")
@@ -57,18 +57,6 @@ def linear_macs(model: torch.nn.Module) -> int:
     """Multiply-accumulates per token of every nn.Linear as it is stored (in × out, zeros included: a dense kernel
     does them all); the LM head counts too. Attention's score and value products are left out."""
     return sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear))
-
-
-@contextlib.contextmanager
-def _threads(n: int) -> Iterator[None]:
-    """torch's intra-op threads set to `n` inside, restored after (one thread: no OpenMP spin-waits on a busy
-    machine, and the multiply-add count, not the thread pool, sets the time)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _val_batches(tok, n: int, batch_size: int, seq_len: int, seed: int) -> list[torch.Tensor]:
@@ -126,7 +114,7 @@ def distill(teacher: str = "tiny-bloom-shakespeare", student_hidden: int = 128, 
                          f"speed_shape={speed_shape}")
     distillation_loss(torch.zeros(1, 1, 2), torch.zeros(1, 1, 2), torch.zeros(1, 1, dtype=torch.long),
                       temperature, alpha)  # validates T and alpha before anything is loaded
-    with _threads(threads):
+    with torch_threads(threads):  # one thread: no OpenMP spin-waits; the multiply-adds set the time
         return _distill(teacher, student_hidden, student_layers, student_heads, steps, temperature, alpha, batch_size,
                         seq_len, lr, eval_batches, speed_shape, repeat, seed, train_chars)
 
@@ -240,7 +228,7 @@ def prune(model: str = "tiny-bloom-shakespeare", sparsities: Sequence[float] = (
         raise ValueError(f"unknown pruning method in {list(methods)}; choose from {list(PRUNE_METHODS)}")
     if min(eval_batches, batch_size, seq_len, repeat, threads, *speed_shape) < 1:
         raise ValueError("eval_batches, batch_size, seq_len, repeat, threads and speed_shape must be >= 1")
-    with _threads(threads):
+    with torch_threads(threads):  # one thread: no OpenMP spin-waits; the multiply-adds set the time
         return _prune(model, sparsities, methods, eval_batches, batch_size, seq_len, speed_shape, repeat, seed)
 
 
