@@ -11,6 +11,7 @@ import torch  # noqa: E402
 
 NOTEBOOK_DURATIONS: dict[str, float] = {}
 NOTEBOOK_MEMORY_MB: dict[str, float] = {}  # peak resident memory of each lab's kernel (and its processes)
+NOTEBOOK_CPU_SECONDS: dict[str, float] = {}  # CPU time of each lab's kernel (and its processes)
 
 
 def pytest_addoption(parser):
@@ -35,9 +36,11 @@ def pytest_collection_modifyitems(config, items):
 
 def pytest_terminal_summary(terminalreporter):
     if NOTEBOOK_DURATIONS:
-        terminalreporter.section("notebook durations and peak memory (smoke parameters)")
+        terminalreporter.section("notebook durations, CPU time and peak memory (smoke parameters)")
+        terminalreporter.write_line("  wall     CPU    memory  lab")
         for name, seconds in sorted(NOTEBOOK_DURATIONS.items()):
-            terminalreporter.write_line(f"{seconds:6.1f} s  {NOTEBOOK_MEMORY_MB.get(name, 0):6.0f} MB  {name}")
+            terminalreporter.write_line(f"{seconds:6.1f} s {NOTEBOOK_CPU_SECONDS.get(name, 0):6.1f} s "
+                                        f"{NOTEBOOK_MEMORY_MB.get(name, 0):6.0f} MB  {name}")
         from labkit import hardware
         from labkit.notebook import durations
 

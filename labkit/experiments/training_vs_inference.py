@@ -144,3 +144,22 @@ def max_batch_within(sweep: pd.DataFrame, latency_budget_ms: float) -> int | Non
     """
     ok = sweep[sweep.latency_ms <= latency_budget_ms]
     return int(ok.batch_size.max()) if len(ok) else None
+
+
+def unigram_loss(tokenizer, max_chars: int | None = None) -> float:
+    """The validation loss of a model that knows only how often each token occurs: the baseline a trained language
+    model must beat to show it learned context. A fit: the frequencies are counted on the training plays (add-one
+    smoothing, so no validation token gets probability 0) and the loss is measured on the validation plays.
+
+    Args:
+        tokenizer: the model's tokenizer (its vocabulary sets the unigram's support).
+        max_chars: cut each split to this many characters first, as `training.TrainConfig.max_chars` does.
+    Returns:
+        mean cross-entropy over the validation tokens, nats/token: -mean(log p(token)), p(t) = (count(t) + 1) /
+        (tokens + vocabulary) -- Laplace's rule of succession (Jurafsky & Martin, *Speech and Language Processing*,
+        3rd ed., §3.5.1).
+    """
+    train = training.token_stream("train", tokenizer, max_chars)  # (tokens,)
+    validation = training.token_stream("validation", tokenizer, max_chars)  # (tokens,)
+    counts = torch.bincount(train, minlength=len(tokenizer)).double() + 1  # (vocabulary,)
+    return float(-(counts / counts.sum()).log()[validation].mean())

@@ -113,6 +113,7 @@ class LabRun:
     html: Path | None
     peak_memory_mb: float = 0.0  # the kernel and everything it started, summed resident sets (`memory.PeakMemory`)
     peak_memory_at: str = ""  # when the peak came and which processes made it up (`PeakMemory.at_peak`)
+    cpu_seconds: float = 0.0  # user + system CPU time of the kernel and every process it started and waited for
     exercises: dict = field(default_factory=dict)  # name -> grade the lab's exercise cells reported (`exercise`)
     predictions: list = field(default_factory=list)  # the comparisons of guesses with measurements (`predict`)
 
@@ -124,7 +125,7 @@ def run_lab(path: Path, out_dir: Path, smoke: bool = True, parameters: dict | No
     Args:
         path: the lab notebook (labs/NN_*.ipynb).
         out_dir: where the executed notebook (and its HTML) go.
-        smoke: run with SMOKE_PARAMETERS (each lab < 90 s).
+        smoke: run with SMOKE_PARAMETERS (each lab about a minute of CPU or less).
         parameters: papermill parameters, over the smoke ones and those of `every_lab` (e.g. {"DEVICE": "cuda"}).
         html: also export the executed notebook to self-contained HTML.
         timeout_s: the longest one cell may run.
@@ -145,7 +146,7 @@ def run_lab(path: Path, out_dir: Path, smoke: bool = True, parameters: dict | No
     executed = out_dir / path.name
     env_before = os.environ.get("PYDEVD_DISABLE_FILE_VALIDATION")
     os.environ["PYDEVD_DISABLE_FILE_VALIDATION"] = "1"  # silences a debugger warning in every kernel
-    start = time.perf_counter()
+    start, cpu_before = time.perf_counter(), _children_cpu_seconds()
     try:
         with PeakMemory() as peak:
             nb = pm.execute_notebook(
@@ -158,10 +159,20 @@ def run_lab(path: Path, out_dir: Path, smoke: bool = True, parameters: dict | No
     finally:
         if env_before is None:
             os.environ.pop("PYDEVD_DISABLE_FILE_VALIDATION", None)
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, _children_cpu_seconds() - cpu_before
     html_path = export_html(executed) if html else None
-    return LabRun(path.stem, seconds, read_results(nb), executed, html_path, peak.mb, peak.at_peak, read_exercises(nb),
-                  read_predictions(nb))
+    return LabRun(path.stem, seconds, read_results(nb), executed, html_path, peak.mb, peak.at_peak, cpu_seconds,
+                  read_exercises(nb), read_predictions(nb))
+
+
+def _children_cpu_seconds() -> float:
+    """User + system CPU seconds of this process's ended children (and theirs, each waited for): papermill's kernel
+    once it has been shut down. Unlike wall time it does not grow when other processes compete for the cores; it
+    does grow with the threads a lab uses (two busy threads for 10 s: 20 s)."""
+    import psutil
+
+    times = psutil.Process().cpu_times()  # children_*: 0 where the platform does not report them (Windows)
+    return times.children_user + times.children_system
 
 
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"

@@ -1,18 +1,27 @@
 """Lab 01 (training vs inference): checks on the results its smoke run recorded, against independent formulas."""
 
 import math
+from collections import Counter
 
 import pytest
 
-from labkit import models
+from labkit import data, models
 
 
 def check(r: dict) -> None:
     # Before training, a freshly initialised model predicts every token about equally: loss ≈ ln(vocabulary size).
     vocab = models.get_config("tiny-bloom").vocab_size
     assert r["first_val_loss"] == pytest.approx(math.log(vocab), abs=0.5)
-    assert r["val_loss_drop"] >= 0.30, r["val_loss_drop"]  # validation loss falls by at least 30 %
     assert r["final_val_loss"] < r["first_val_loss"]
+    # ... and training takes it below what token frequencies alone give (add-one unigram counted on the training
+    # plays, measured on the validation plays), recounted here with collections.Counter: the model learned context
+    _, tokenizer = models.load_model("tiny-bloom", device="cpu")
+    train_ids = tokenizer(data.shakespeare("train", r["max_chars"]))["input_ids"]
+    counts, n, v = Counter(train_ids), len(train_ids), len(tokenizer)
+    val_ids = tokenizer(data.shakespeare("validation", r["max_chars"]))["input_ids"]
+    unigram = -sum(math.log((counts[t] + 1) / (n + v)) for t in val_ids) / len(val_ids)
+    assert r["unigram_val_loss"] == pytest.approx(unigram, rel=1e-6)
+    assert r["final_val_loss"] < unigram - 0.1, (r["final_val_loss"], unigram)
     assert r["inference_step_ms"] < r["train_step_ms"]  # inference is faster ...
     assert r["inference_peak_MiB"] < r["train_peak_MiB"]  # ... and smaller
     # Between steps, inference keeps the fp32 weights; training adds AdamW's two fp32 moments per weight (gradients
