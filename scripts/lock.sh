@@ -45,9 +45,13 @@ EXTRA_ARGS=""
 for extra in $(echo "$EXTRAS" | tr ',' ' '); do EXTRA_ARGS="$EXTRA_ARGS --extra $extra"; done
 mkdir -p "$(dirname "$LOCK")"
 echo "== $($UV --version): $LOCK for Python $PYTHON_VERSION, Linux x86_64, extras $EXTRAS, torch $TORCH_VERSION+cpu"
+# Left out: rfc3987-syntax (and lark, which only it needs), the IRI checker of jsonschema's format-nongpl extra that
+# jupyter-events asks for. It compiles a grammar when imported: 1.4 s of every kernel's start, through plotly ->
+# nbformat -> jsonschema, for a format no notebook, event or lab uses; without it jsonschema skips that one format.
 # shellcheck disable=SC2086  # EXTRA_ARGS is a list of options
 "$UV" pip compile pyproject.toml $EXTRA_ARGS --python-version "$PYTHON_VERSION" \
   --python-platform x86_64-manylinux_2_28 --generate-hashes --find-links "$FIND" --override "$TMP/torch.txt" \
-  --no-annotate --custom-compile-command "make lock (scripts/lock.sh)" --quiet -o "$LOCK" "$@"
+  --no-annotate --custom-compile-command "make lock (scripts/lock.sh)" --quiet -o "$LOCK" \
+  --no-emit-package rfc3987-syntax --no-emit-package lark "$@"
 echo "== $LOCK: $(grep -c '^[A-Za-z0-9]' "$LOCK") packages"
 python3 scripts/constraints_from_lock.py  # requirements/constraints.txt: the same pins for Colab (no hashes, no torch)
