@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_prepare)
     p = sub.add_parser("run-labs", help="execute labs with papermill; write notebooks, HTML and an index.html")
     p.add_argument("labs", nargs="*", help="lab numbers or name parts (default: all)")
-    p.add_argument("--smoke", action="store_true", help="small parameters (each lab < 90 s)")
+    p.add_argument("--smoke", action="store_true", help="small parameters (each lab about a minute or less)")
     p.add_argument("--out", default="reports", help="output folder (default: reports/)")
     p.add_argument("--labs-dir", default=None, help="where the NN_*.ipynb labs are (default: the repo's labs/)")
     p.add_argument("--device", default="auto",

@@ -80,6 +80,8 @@ KV_GPU_BUDGET_MIB = None  # on a GPU: None fills its free memory (less a reserve
 MOE_DIMS = {"hidden": 512, "intermediate": 1024, "layers": 4, "experts": 8, "top_k": 2, "vocab": 2048}  # section 8
 MOE_BATCHES = (1, 8)  # sequences per timed decode step of the MoE and its dense twins (section 8)
 MOE_REPEAT = 10  # timed decode steps per model and batch size (section 8)
+HUB_SIZES = ("SmolLM2-135M", "SmolLM2-360M", "SmolLM2-1.7B")  # measured from the Hub where they can be had (section 9)
+HUB_PRECISION = "bf16"  # their weights' dtype (the Hub stores bf16)
 DEVICE = "auto"  # "auto": the GPU when there is one, else the CPU; or "cpu", "cuda", "cuda:N"
 SOLUTIONS = False  # True: the reference answers replace your code in the exercises (the tests prove each check can pass)
 
@@ -90,7 +92,7 @@ if SMOKE:  # tiny Llama (same architecture, 4 layers): seconds instead of minute
     GENERATORS, FAST_PROMPT, FAST_NEW, FAST_BATCHES = ["hf-eager-fp32", "ort-genai-int4", "llama.cpp"], 16, 6, (1, 2)
     LAUNCH_TOKENS, KV_BUDGET_MIB, KV_GPU_BUDGET_MIB = 3, 32, 2048  # a GPU: 2 GiB, not tens of thousands of caches
     MOE_DIMS = {"hidden": 64, "intermediate": 128, "layers": 2, "experts": 8, "top_k": 2, "vocab": 256}
-    MOE_BATCHES, MOE_REPEAT = (1, 4), 3
+    MOE_BATCHES, MOE_REPEAT, HUB_SIZES = (1, 4), 3, ("SmolLM2-135M",)  # online: one 270 MB download, not 4.4 GB
 
 # %%
 from labkit import devices
@@ -479,14 +481,15 @@ moe_run.table[["engine", "batch", "params_M", "active_params_M", "experts_per_la
                "speed_vs_moe"]].round(2)
 
 # %% [markdown]
-# ## 9. Models of different sizes, on paper
+# ## 9. Models of different sizes, on paper and measured
 #
 # The same numbers for SmolLM2-135M, SmolLM2-360M and SmolLM2-1.7B, from their published configs (`experiments.model_sizes`; the Hub
 # is not needed): parameters counted on the meta device, weight bytes per precision, KV-cache bytes per token
 # (`anatomy.kv_cache_bytes`: SmolLM2-1.7B has no grouped-query attention) and the batch-1 decode bound on this
 # device's measured bandwidth, bandwidth ÷ weight bytes. Where the lab ran SmolLM2-135M in fp32 (section 3) its
-# measured tokens/s is set against its bound. Online, the three load from the Hub by id (`model_sizes.HUB_IDS`) and
-# decode, and their perplexity can be measured, like any other model here; this section stays on paper.
+# measured tokens/s is set against its bound. Then, where the models can be had (online, or already in this machine's
+# Hugging Face cache), each one is loaded from the Hub by its id and measured: weight bytes, batch-1 decode tokens/s
+# and perplexity on the held-out plays. Offline, its row says why it was not.
 
 # %%
 from labkit.experiments import model_sizes
@@ -507,6 +510,20 @@ sizes.figure
 
 # %%
 sizes.table.round(2)
+
+# %%
+from IPython.display import display
+
+hub = model_sizes.from_hub(HUB_SIZES, device=dev.device, precision=HUB_PRECISION, decode_tokens=max(NEW_TOKENS, 4))
+done = hub[hub.measured]
+if len(done):  # the measured decode rates, set against their bounds
+    hub_sizes = model_sizes.on_paper(limits["bandwidth_GBps"], precisions=("fp32", HUB_PRECISION),
+                                     names=tuple(done.model), measured={r.model: (HUB_PRECISION, r.decode_tok_s)
+                                                                        for r in done.itertuples()})
+    display(hub_sizes.figure)
+for r in hub[~hub.measured].itertuples():
+    print(f"{r.model}: not measured here: {r.reason}")
+hub.round(2)
 
 # %% [markdown]
 # ## What theory predicts vs what you measured
@@ -687,4 +704,7 @@ run.record({
                     st[["params_M", "kv_KB_per_token", "bound_tok_s_bf16", "measured_tok_s", "pct_of_bound"]]
                     .to_dict(orient="index").items()},
     "model_sizes_bandwidth_GBps": sizes.table.attrs["bandwidth_GBps"],
+    "hub_sizes": [{k: None if pd.isna(v) else v for k, v in row.items()}
+                  for row in hub.to_dict(orient="records")],
+    "hub_precision": HUB_PRECISION,
 })

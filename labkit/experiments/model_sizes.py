@@ -5,20 +5,28 @@ bandwidth, with any measured tokens/s placed next to its bound.
     sizes = on_paper(bandwidth_gbps=limits["bandwidth_GBps"], measured={"SmolLM2-135M": ("fp32", 41.0)})
     sizes.table, sizes.figure
 
-Offline, nothing here downloads: the configs are written out below. Online, the same names load from the Hub
-(`HUB_IDS`) and their decode can be timed like any other model (`experiments.llm_anatomy.prefill_decode`).
+Offline, nothing here downloads: the configs are written out below. Online (or with the models in the local Hugging
+Face cache), `from_hub` loads each one by its Hub id (`HUB_IDS`) and measures what `on_paper` predicts:
+
+    measured = from_hub(device="cpu", precision="bf16")   # a row per model: measured, or why not
 """
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass
 
 import pandas as pd
 import plotly.graph_objects as go
+import psutil
+import torch
 from transformers import LlamaConfig
 
-from labkit import anatomy, models, plots
-from labkit.precision import PRECISIONS, bytes_per_value, canonical
+from labkit import anatomy, devices, models, plots
+from labkit.data.windows import eval_tokens
+from labkit.experiments import quantization
+from labkit.precision import PRECISIONS, bytes_per_value, canonical, torch_dtype
+from labkit.quant import QuantizedModel
 
 # The config.json of HuggingFaceTB/SmolLM2-135M, -360M and -1.7B on the Hugging Face Hub (LlamaForCausalLM, tied
 # embeddings, head_dim 64; the 1.7B model has as many KV heads as query heads: no grouped-query attention).
@@ -113,3 +121,84 @@ def on_paper(bandwidth_gbps: float, precisions=("fp32", "bf16", "int8", "int4"),
         fig.add_trace(go.Scatter(x=done.params_M, y=done.measured_tok_s, mode="markers", marker=dict(size=12),
                                  name="measured", text=done.measured_precision))
     return ModelSizes(table, fig)
+
+
+def hub_unavailable(name: str, precision: str = "bf16", device: str | torch.device = "cpu",
+                    memory_share: float = 0.5) -> str | None:
+    """Why `from_hub` cannot measure `name` here, or None when it can: checked before anything is downloaded or
+    allocated.
+
+    Args:
+        name: a key of SMOLLM2_CONFIGS. precision: the weights' precision. device: where they would go.
+        memory_share: the largest share of the device's free memory the weights may take (the rest: activations, KV
+            cache, the other processes).
+    Returns:
+        None, or the reason: not in the local Hugging Face cache while the Hub is offline (HF_HUB_OFFLINE=1), or
+        weights (parameters from the config x bytes per value) larger than memory_share x the free memory
+        (`psutil.virtual_memory().available`; on a GPU `torch.cuda.mem_get_info`).
+    Raises:
+        ValueError: an unknown name, precision or device, naming the choices.
+    """
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    weight_bytes = models.count_params(smollm2_config(name)) * bytes_per_value(precision)
+    dev = devices.resolve(device)
+    free = torch.cuda.mem_get_info(dev)[0] if dev.type == "cuda" else psutil.virtual_memory().available
+    if weight_bytes > memory_share * free:
+        return (f"its {precision} weights take {weight_bytes / 1e9:.1f} GB, more than {memory_share:.0%} of the "
+                f"{free / 1e9:.1f} GB free on {dev}")
+    if constants.HF_HUB_OFFLINE and not isinstance(try_to_load_from_cache(HUB_IDS[name], "config.json"), str):
+        return f"{HUB_IDS[name]} is not in this machine's Hugging Face cache and the Hub is offline (HF_HUB_OFFLINE=1)"
+    return None
+
+
+def from_hub(names=tuple(SMOLLM2_CONFIGS), device: str | torch.device = "cpu", precision: str = "bf16",
+             decode_tokens: int = 16, eval_budget: int = 512, window: int = 128, repeat: int = 3) -> pd.DataFrame:
+    """Each model loaded from the Hub (or the local cache) by its id and measured like the lab's SmolLM2-135M: weight
+    bytes, batch-1 greedy decode tokens/s (`quantization.speed`: warm-up, medians, device sync) and perplexity on
+    the held-out test plays (`quantization.quality`, teacher forcing). The weights load as safetensors, without
+    remote code. A model that cannot be measured here (`hub_unavailable`, or a failed download) is a row that says why.
+
+    Args:
+        names: keys of SMOLLM2_CONFIGS. device: "cpu", "cuda", "auto"... precision: the weights' dtype (fp32, bf16,
+            fp16). decode_tokens: tokens generated per timed run (>= 2). eval_budget, window: perplexity tokens, in
+            windows of `window`. repeat: timed generations (median).
+    Returns:
+        DataFrame, one row per name: model, hub_id, measured (bool), reason (None when measured), precision,
+        weights_MB (resident tensor bytes / 1e6), decode_tok_s (batch 1), perplexity; NaN where not measured.
+        attrs["device"]: where it ran.
+    Raises:
+        ValueError: an unknown name, precision or device (before anything loads).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dev, dtype = devices.resolve(device), torch_dtype(precision)
+    for name in names:
+        smollm2_config(name)  # raises on an unknown name, naming the choices
+    rows = []
+    for name in names:
+        row = {"model": name, "hub_id": HUB_IDS[name], "measured": False, "precision": canonical(precision),
+               "weights_MB": float("nan"), "decode_tok_s": float("nan"), "perplexity": float("nan")}
+        row["reason"] = hub_unavailable(name, precision, dev)
+        if row["reason"] is None:
+            try:
+                model = AutoModelForCausalLM.from_pretrained(HUB_IDS[name], dtype=dtype, use_safetensors=True)
+                tokenizer = AutoTokenizer.from_pretrained(HUB_IDS[name])
+            except OSError as e:  # no network, a gated or missing file: say so, measure the others
+                row["reason"] = f"could not load {HUB_IDS[name]}: {str(e).splitlines()[0]}"
+        if row["reason"] is None:
+            model = model.to(dev).eval()
+            tensors = {t.data_ptr(): t.numel() * t.element_size() for t in model.state_dict().values()}
+            resident = sum(tensors.values())  # a tied embedding is one tensor under two names: counted once
+            q = QuantizedModel(model, None, resident, resident, f"{precision}, from the Hub", name, device=dev)
+            speed = quantization.speed(q, prefill_tokens=32, decode_tokens=decode_tokens, batch_sizes=(1,),
+                                       vocab=len(tokenizer), repeat=repeat)
+            tokens = eval_tokens(tokenizer, eval_budget, window)  # (windows, window)
+            ppl = float(quantization.quality({name: q}, q, tokens).perplexity.iloc[0])
+            row.update(measured=True, weights_MB=resident / 1e6, decode_tok_s=speed["decode_tok_s_b1"], perplexity=ppl)
+            del model, q
+            gc.collect()
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    table.attrs["device"] = str(dev)
+    return table

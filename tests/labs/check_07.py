@@ -136,6 +136,16 @@ def check_moe_and_sizes(r: dict) -> None:
         assert sizes[name]["kv_KB_per_token"] * 1e3 == pytest.approx(kv)
         assert sizes[name]["bound_tok_s_bf16"] == pytest.approx(r["model_sizes_bandwidth_GBps"] * 1e9 / (2 * params))
     assert r["model_sizes_bandwidth_GBps"] == pytest.approx(r["bandwidth_GBps"])
+    # measured from the Hub where it could be had, else a reason; a measured row holds its bytes by the hand count
+    assert r["hub_sizes"], "section 9 measured nothing and said nothing"
+    for row in r["hub_sizes"]:
+        if row["measured"]:
+            cfg = model_sizes.SMOLLM2_CONFIGS[row["model"]]
+            params = llama_params({**cfg, "vocab_size": 49152}) - 49152 * cfg["hidden_size"]  # tied: counted once
+            assert row["weights_MB"] * 1e6 == pytest.approx(params * bytes_per_value(r["hub_precision"]))
+            assert row["decode_tok_s"] > 0 and 1 < row["perplexity"] < 49152  # better than a uniform guess
+        else:
+            assert row["reason"] and row["decode_tok_s"] is None, row
     measured = sizes["SmolLM2-135M"]["measured_tok_s"]  # the lab's own SmolLM2-135M, when it ran that model
     assert (measured is None) == (r["model"] != "smollm2-135m")
     if measured is not None:

@@ -12,39 +12,22 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
 
 import pytest
-import torch
-from safetensors.torch import load_file, save_file
 
 from labkit import models
 from labkit.models import smollm2
-
-COMMIT = "0" * 40  # any revision: refs/main names the snapshot folder
+from tests.hub_cache import hub_snapshot
 
 
 @pytest.fixture(scope="module")
 def hub_home(tmp_path_factory):
     """An HF_HOME whose hub cache holds SmolLM2-135M-Instruct as the Hub serves it (bf16 weights)."""
-    offline = models.resolve(smollm2.NAME).checkpoint_dir
     home = tmp_path_factory.mktemp("hf_home")
-    repo = home / "hub" / f"models--{smollm2.HUB_ID.replace('/', '--')}"
-    snapshot = repo / "snapshots" / COMMIT
-    snapshot.mkdir(parents=True)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(COMMIT)
-    for f in offline.iterdir():
-        if f.name not in ("model.safetensors", "config.json"):
-            shutil.copy(f, snapshot / f.name)
-    config = json.loads((offline / "config.json").read_text())
-    (snapshot / "config.json").write_text(json.dumps({**config, "dtype": "bfloat16"}))
-    weights = {k: v.to(torch.bfloat16).contiguous() for k, v in load_file(offline / "model.safetensors").items()}
-    save_file(weights, snapshot / "model.safetensors", metadata={"format": "pt"})
-    return home, snapshot
+    return home, hub_snapshot(home, smollm2.HUB_ID, models.resolve(smollm2.NAME).checkpoint_dir)
 
 
 SCRIPT = textwrap.dedent("""
