@@ -81,7 +81,7 @@ MOE_DIMS = {"hidden": 512, "intermediate": 1024, "layers": 4, "experts": 8, "top
 MOE_BATCHES = (1, 8)  # sequences per timed decode step of the MoE and its dense twins (section 8)
 MOE_REPEAT = 10  # timed decode steps per model and batch size (section 8)
 HUB_SIZES = ("SmolLM2-135M", "SmolLM2-360M", "SmolLM2-1.7B")  # measured from the Hub where they can be had (section 9)
-HUB_PRECISION = "bf16"  # their weights' dtype (the Hub stores bf16)
+HUB_PRECISION = "half"  # their weights' dtype: the Hub stores bf16; "half" is the device's 16-bit float (fp16 on a T4)
 DEVICE = "auto"  # "auto": the GPU when there is one, else the CPU; or "cpu", "cuda", "cuda:N"
 SOLUTIONS = False  # True: the reference answers replace your code in the exercises (the tests prove each check can pass)
 
@@ -100,6 +100,7 @@ from labkit import devices
 dev = devices.choose(DEVICE)  # a bad DEVICE fails here, naming the valid choices
 print(dev.summary())
 PRECISIONS = tuple(dev.half if p == "half" else p for p in PRECISIONS)
+HUB_PRECISION = dev.half if HUB_PRECISION == "half" else HUB_PRECISION
 ROOF_PRECISION = dev.half if dev.is_cuda else "fp32"  # the precision of the roofline and the timed decode steps
 print(f"roofline and decode steps in {ROOF_PRECISION}: " + ("the GPU's 16-bit float runs on its tensor cores" if
       dev.is_cuda else "PyTorch's CPU decode path is tuned for fp32 (the half precision is measured in section 3)"))
