@@ -19,10 +19,13 @@ from labkit.notebook.memory import BINDER_MB
 from .conftest import NOTEBOOK_CPU_SECONDS, NOTEBOOK_DURATIONS, NOTEBOOK_MEMORY_MB
 from .labs.ranks import cpu_name
 
-# Each lab's smoke run fits in a minute of this machine's cores. Asserted on CPU time (the kernel and every process it
-# started, `LabRun.cpu_seconds`), which other processes on a shared runner do not inflate: on CI the same labs took
-# 1.3-2.9x their wall-clock time on a quiet machine of the same kind. The wall-clock seconds are reported beside it.
+# Each lab's smoke run fits in a minute of this machine's cores: its CPU time (the kernel and every process it started,
+# `LabRun.cpu_seconds`) is under SMOKE_BUDGET_S per core, or else its wall-clock time is under SMOKE_WALL_S. Wall
+# clock is the learner's wait; CPU time is the work, which other processes on a shared runner do not inflate (there
+# the same labs took 1.3-2.9x their wall-clock time on a quiet machine of the same kind). A lab fails only when it is
+# over both: too much work, not a busy neighbour. Quiet here, every lab takes 10-46 s of wall clock.
 SMOKE_BUDGET_S = 60
+SMOKE_WALL_S = 90
 # Labs whose smoke run may not fit Binder's memory, and what they may use instead (MB); each says so at its top and
 # the README says so: lab 10 runs two DeepSpeed ranks beside the kernel (measured 1975 MB, near the limit)
 OVER_BINDER_MB = {"10": 2600}
@@ -69,9 +72,10 @@ def test_lab_runs_and_records_results(lab: Path, tmp_path, lab_device):
         assert "plotly-graph-div" in page and "Plotly.newPlot" in page  # figures are in the HTML
     if expected_device(lab_device)[0] == "cpu":  # CI's budget; on a GPU, `make test-gpu` bounds the whole run
         cores = len(os.sched_getaffinity(0))
-        assert 0 < run.cpu_seconds < SMOKE_BUDGET_S * cores, (
+        assert run.cpu_seconds > 0, "no CPU time measured: the kernel was not waited for"
+        assert run.cpu_seconds < SMOKE_BUDGET_S * cores or run.seconds < SMOKE_WALL_S, (
             f"{lab.name} used {run.cpu_seconds:.0f} CPU-s in smoke mode, more than {SMOKE_BUDGET_S} s on each of "
-            f"{cores} cores (wall clock: {run.seconds:.0f} s)")
+            f"{cores} cores, and took {run.seconds:.0f} s of wall clock (over {SMOKE_WALL_S} s)")
         limit = OVER_BINDER_MB.get(number, BINDER_MB)  # Binder is CPU-only: its memory limit binds CPU runs
         assert 0 < run.peak_memory_mb <= limit, (
             f"{lab.name} peaked at {run.peak_memory_mb:.0f} MB (limit {limit}) at {run.peak_memory_at}")
