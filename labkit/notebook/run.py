@@ -119,7 +119,7 @@ class LabRun:
 
 
 def run_lab(path: Path, out_dir: Path, smoke: bool = True, parameters: dict | None = None,
-            html: bool = True, timeout_s: int = 600) -> LabRun:
+            html: bool = True, timeout_s: int | None = None) -> LabRun:
     """Execute one notebook with papermill into `out_dir`; optionally export it as HTML.
 
     Args:
@@ -128,7 +128,8 @@ def run_lab(path: Path, out_dir: Path, smoke: bool = True, parameters: dict | No
         smoke: run with SMOKE_PARAMETERS (each lab about a minute of CPU or less).
         parameters: papermill parameters, over the smoke ones and those of `every_lab` (e.g. {"DEVICE": "cuda"}).
         html: also export the executed notebook to self-contained HTML.
-        timeout_s: the longest one cell may run.
+        timeout_s: the longest one cell may run, s (a hung cell fails the run); None: 600 for smoke parameters, 3600
+            for the full ones (lab 05's quantizer comparison runs longer than 10 min on 2 CPU cores).
     Returns:
         LabRun with the seconds it took, the results the lab recorded, the grades its exercise cells reported, the
         predictions it compared with measurements, and its peak memory (MB: the kernel and the processes it
@@ -151,7 +152,7 @@ def run_lab(path: Path, out_dir: Path, smoke: bool = True, parameters: dict | No
         with PeakMemory() as peak:
             nb = pm.execute_notebook(
                 str(path), str(executed), parameters=params, cwd=str(path.parent),
-                kernel_name="python3", progress_bar=False, execution_timeout=timeout_s,
+                kernel_name="python3", progress_bar=False, execution_timeout=timeout_s or (600 if smoke else 3600),
                 # not after every cell: each save writes ~5 MB (plotly.js rides in the outputs), ~5 s per lab;
                 # papermill still saves at the end, on a failure, and every 30 s inside a long cell
                 request_save_on_cell_execute=False,
