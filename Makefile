@@ -41,6 +41,7 @@ else
 	sh scripts/install_lock.sh $(BIN) $(LOCK) $(TORCH_PIP_OPTIONS)
 endif
 	$(BIN)/python -m pip install -q --no-deps -e .
+	@$(BIN)/python -m compileall -q labkit  # bytecode written now: with PYTHONDONTWRITEBYTECODE=1 no import writes it
 	@rm -f $(VENV)/.labkit-installed-*
 	@touch $@
 
