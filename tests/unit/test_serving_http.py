@@ -85,9 +85,17 @@ def test_chat_streaming_matches_non_streaming(client):
 
 
 def test_stop_strings_cut_streamed_and_not(client):
-    body = {"model": "continuous", "prompt": "ROMEO:\n", **GREEDY}
-    full = client.post("/v1/completions", json=body).json()["choices"][0]["text"]
-    stop = full.strip()[4:8]  # a string that occurs in the greedy answer
+    for prompt in ("ROMEO:\n", "KING HENRY:\nOnce more unto the", "To be, or not to be,"):
+        body = {"model": "continuous", "prompt": prompt, **GREEDY}
+        full = client.post("/v1/completions", json=body).json()["choices"][0]["text"]
+        # a stop string that first occurs after the answer's start, not blank (the trained weights, and so the
+        # greedy answers, differ between CPU kinds: one answered "ROMEO:\n" with 16 newlines)
+        firsts = [i for i in range(1, len(full) - 3) if full.find(full[i : i + 3]) == i and full[i : i + 3].strip()]
+        if firsts:
+            break
+    else:
+        pytest.fail(f"no greedy answer had text to cut: the last was {full!r}")
+    stop = full[firsts[len(firsts) // 2] :][:3]
     cut = client.post("/v1/completions", json={**body, "stop": [stop, "never appears"]}).json()
     assert cut["choices"][0]["finish_reason"] == "stop" and cut["choices"][0]["text"] == full[: full.find(stop)]
     assert cut["usage"]["completion_tokens"] < 16  # generation stopped early
