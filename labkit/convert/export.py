@@ -19,16 +19,21 @@ from labkit.convert import export_patches
 from labkit.convert.graph import Graph
 
 
-def fingerprint(graph: Graph, *options) -> str:
+def fingerprint(graph: Graph, *options, symbolic: bool = False) -> str:
     """A short hash of the weights, input shapes and export options.
 
     Args:
         graph: the graph to export.
         *options: anything else the file depends on (export flags).
+        symbolic: the file keeps the graph's dynamic axes symbolic, so their sizes in the example are left out:
+            one export then serves every shape (the fixed axes still count).
     Returns:
         12 hex digits.
     """
-    h = hashlib.sha1(f"{graph.name}|{options}|{[tuple(t.shape) for t in graph.example]}".encode())
+    shapes = [tuple(graph.dynamic_axes.get(n, {}).get(axis, size) if symbolic else size
+                    for axis, size in enumerate(t.shape))
+              for n, t in zip(graph.input_names, graph.example, strict=True)]
+    h = hashlib.sha1(f"{graph.name}|{options}|{shapes}".encode())
     for name, t in graph.module.state_dict().items():
         t = t.detach().float()
         h.update(f"{name}{tuple(t.shape)}{t.sum().item():.6e}{t.abs().sum().item():.6e}".encode())
@@ -84,7 +89,7 @@ def export_onnx(model: torch.nn.Module | Graph, example=None, dynamic: bool = Tr
     fuse = fused_attention and bool(export_patches.patchable(graph.module))
     suffix = ("" if optimize else "-raw") + ("-fused" if fuse else "")
     tags = (["fused-attention"] if fuse else []) + (["example>=2"] if dynamic else [])  # a new tag: a new cached file
-    key = fingerprint(graph, dynamic, optimize, *tags)
+    key = fingerprint(graph, dynamic, optimize, *tags, symbolic=dynamic)  # a dynamic file serves every shape
     path = path or cache_dir("onnx") / f"{graph.name}{suffix}-{key}.onnx"
     if path.exists():
         return path

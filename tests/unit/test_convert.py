@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -18,6 +19,20 @@ def test_export_is_cached_by_weights(bloom_raw):
     graph = engines.graph_for("tiny-bloom")
     assert convert.export_onnx(graph, optimize=False) == bloom_raw  # same weights: same file
     assert convert.fingerprint(graph) != convert.fingerprint(engines.graph_for("tiny-llama"))
+
+
+def test_one_dynamic_export_serves_every_shape_and_a_fixed_one_each(bloom_raw):
+    other = engines.graph_for("tiny-bloom", batch_size=3, seq_len=20)
+    assert convert.export_onnx(other, optimize=False) == bloom_raw  # batch and seq are symbolic in the file
+    first = engines.graph_for("tiny-bloom")
+    assert convert.fingerprint(other, symbolic=True) == convert.fingerprint(first, symbolic=True)
+    assert convert.fingerprint(other) != convert.fingerprint(first)  # a fixed-shape export (dynamic=False) is not
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(bloom_raw), providers=["CPUExecutionProvider"])
+    for graph in (first, other):
+        got = session.run(None, graph.feeds(graph.example))[0]
+        np.testing.assert_allclose(got, graph.reference(), rtol=1e-4, atol=1e-4)
 
 
 def test_graph_stats(bloom_raw):
@@ -86,7 +101,6 @@ def test_optimization_levels_table_and_drawing(bloom_raw):
 
 
 def test_plain_module_and_example_export(tmp_path):
-    import numpy as np
     import onnxruntime as ort
     import torch
 
