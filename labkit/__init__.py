@@ -23,6 +23,10 @@ for _name in QUIET_LOGGERS:
 _DEEPSPEED_NOISE = ("Setting accelerator to CPU", "Setting ds_accelerator to")
 _logging.getLogger("DeepSpeed").addFilter(lambda record: not str(record.msg).startswith(_DEEPSPEED_NOISE))
 
+from labkit.cache import keep_compiled_kernels as _keep_compiled_kernels  # noqa: E402
+
+_keep_compiled_kernels()  # torch.compile's kernels in LABKIT_CACHE/inductor, before anything reads the variable
+
 
 def setup(seed: int = 0) -> dict:
     """What a lab's first cell calls: plot renderer, quiet logs, fixed seed; returns the versions."""

@@ -88,6 +88,22 @@ def test_dynamic_shapes_one_session_many_shapes():
         assert engines.check_parity(session, other).ok
 
 
+def test_inductor_writes_its_kernels_into_the_labs_cache():
+    """Compiled ops live under LABKIT_CACHE (the house rule), not in Inductor's default /tmp/torchinductor_<user>:
+    labkit sets the variable on import, before a BLOOM forward (the first tests here) makes Inductor fix it."""
+    import os
+
+    from labkit.cache import cache_dir
+
+    need("torch-compile")
+    ours = str(cache_dir("inductor"))
+    if os.environ.get("TORCHINDUCTOR_CACHE_DIR", ours) != ours:
+        pytest.skip(f"the caller chose Inductor's cache: {os.environ['TORCHINDUCTOR_CACHE_DIR']}")
+    engines.get_engine("torch-compile").prepare(engines.graph_for("digits-cnn", batch_size=3), num_threads=2)
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == ours
+    assert any(p.is_file() for p in cache_dir("inductor").rglob("*"))
+
+
 def test_openvino_compiles_for_the_example_shape_unless_asked_not_to():
     need("openvino")
     graph = engines.graph_for("tiny-bloom", batch_size=1, seq_len=8)
