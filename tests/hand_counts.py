@@ -1,5 +1,9 @@
 """Parameter counts written out by hand from a published config (labkit.models.specs.MODEL_CONFIGS): the independent
-source that unit tests and lab checks compare labkit's meta-device counts and memory numbers with."""
+source that unit tests and lab checks compare labkit's meta-device counts and memory numbers with; and the add-one
+unigram loss recounted with collections.Counter, the baseline lab 01's training must beat."""
+
+import math
+from collections import Counter
 
 
 def llama_params(c: dict) -> int:
@@ -16,3 +20,14 @@ def bloom_params(c: dict) -> int:
     and 4h² + h) and two LayerNorms (4h) = 12h² + 13h, a final LayerNorm (2h) (BigScience, 2022)."""
     h = c["hidden_size"]
     return c["vocab_size"] * h + 4 * h + c["n_layer"] * (12 * h * h + 13 * h)
+
+
+def add_one_unigram_loss(tokenizer, max_chars: int | None) -> float:
+    """Nats per token on the validation plays of token frequencies counted on the training plays, add-one smoothed:
+    -mean log((count + 1) / (N + V)) (Laplace smoothing; Jurafsky & Martin, ch. 3), counted here with Counter."""
+    from labkit import data
+
+    train_ids = tokenizer(data.shakespeare("train", max_chars))["input_ids"]
+    counts, n, v = Counter(train_ids), len(train_ids), len(tokenizer)
+    val_ids = tokenizer(data.shakespeare("validation", max_chars))["input_ids"]
+    return -sum(math.log((counts[t] + 1) / (n + v)) for t in val_ids) / len(val_ids)

@@ -1,11 +1,12 @@
 """Lab 01 (training vs inference): checks on the results its smoke run recorded, against independent formulas."""
 
 import math
-from collections import Counter
 
 import pytest
 
 from labkit import data, models
+
+from tests.hand_counts import add_one_unigram_loss
 
 
 def check(r: dict) -> None:
@@ -14,12 +15,8 @@ def check(r: dict) -> None:
     assert r["first_val_loss"] == pytest.approx(math.log(vocab), abs=0.5)
     assert r["final_val_loss"] < r["first_val_loss"]
     # ... and training takes it below what token frequencies alone give (add-one unigram counted on the training
-    # plays, measured on the validation plays), recounted here with collections.Counter: the model learned context
-    _, tokenizer = models.load_model("tiny-bloom", device="cpu")
-    train_ids = tokenizer(data.shakespeare("train", r["max_chars"]))["input_ids"]
-    counts, n, v = Counter(train_ids), len(train_ids), len(tokenizer)
-    val_ids = tokenizer(data.shakespeare("validation", r["max_chars"]))["input_ids"]
-    unigram = -sum(math.log((counts[t] + 1) / (n + v)) for t in val_ids) / len(val_ids)
+    # plays, measured on the validation plays), recounted with collections.Counter: the model learned context
+    unigram = add_one_unigram_loss(data.shakespeare_tokenizer(), r["max_chars"])  # tiny-bloom's tokenizer
     assert r["unigram_val_loss"] == pytest.approx(unigram, rel=1e-6)
     assert r["final_val_loss"] < unigram - 0.1, (r["final_val_loss"], unigram)
     assert r["inference_step_ms"] < r["train_step_ms"]  # inference is faster ...

@@ -66,15 +66,11 @@ def test_the_memory_check_asks_the_device_it_measures_on():
 def test_unigram_loss_is_the_add_one_frequency_model_on_the_validation_plays():
     """Recounted with collections.Counter over the tokenizer's own ids: -mean log((count + 1) / (N + V))."""
     import math
-    from collections import Counter
 
-    from labkit import data
+    from tests.hand_counts import add_one_unigram_loss
 
     trained, tok = models.load_model("tiny-bloom-shakespeare", device="cpu")
-    train_ids = tok(data.shakespeare("train", 200_000))["input_ids"]
-    counts, n, v = Counter(train_ids), len(train_ids), len(tok)
-    validation_ids = tok(data.shakespeare("validation", 200_000))["input_ids"]
-    expected = -sum(math.log((counts[t] + 1) / (n + v)) for t in validation_ids) / len(validation_ids)
+    expected, v = add_one_unigram_loss(tok, 200_000), len(tok)
     baseline = training_vs_inference.unigram_loss(tok, max_chars=200_000)
     assert baseline == pytest.approx(expected, rel=1e-9)
     assert math.log(v) - 2.5 < baseline < math.log(v)  # frequencies alone beat a uniform guess, but not by much
