@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import sys
 from pathlib import Path
@@ -26,13 +25,18 @@ import torch
 import transformers
 from safetensors import safe_open
 
-REFERENCE = Path(__file__).resolve().parents[1] / "tests/unit/decoding_reference/contrastive_transformers_4.55.4.json"
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # labkit.cache only (stdlib): this venv's transformers 4.55 cannot run the rest of labkit
+from labkit.cache import cache_root  # noqa: E402
+
+REFERENCE = ROOT / "tests/unit/decoding_reference/contrastive_transformers_4.55.4.json"
 ROPE_THETA = {"smollm2-135m": 100000.0}  # 4.55 does not read the 5.x config's rope_parameters
 
 
 def weights_sha256(folder: Path) -> str:
     """sha256 over every tensor of folder/model.safetensors, by name in sorted order (dtype, shape and bytes), so
-    the file's metadata does not matter. The same function is in tests/unit/test_decoding_twins.py."""
+    the file's metadata does not matter (a transformers upgrade that writes another header keeps the fingerprint).
+    tests/unit/test_decoding_twins.py loads this function from this file."""
     digest = hashlib.sha256()
     with safe_open(folder / "model.safetensors", "pt") as f:
         for name in sorted(f.keys()):
@@ -50,7 +54,7 @@ def cpu_name() -> str:
 
 
 def record(name: str, cases: list[dict]) -> dict:
-    folder = Path(os.environ.get("LABKIT_CACHE") or Path.home() / ".cache/labkit") / "models" / name
+    folder = cache_root() / "models" / name
     extra = {"rope_theta": ROPE_THETA[name]} if name in ROPE_THETA else {}
     model = transformers.AutoModelForCausalLM.from_pretrained(folder, torch_dtype=torch.float32, **extra).eval()
     out = []

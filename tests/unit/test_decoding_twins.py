@@ -5,14 +5,13 @@ follows the target's distribution like transformers' `_speculative_sampling`; th
 
 import copy
 import functools
-import hashlib
+import importlib.util
 import json
 import math
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
 from transformers.generation.utils import _speculative_sampling
 
 from labkit import decoding, models
@@ -57,15 +56,13 @@ SMOLLM2_CASES, SMOLLM2_TOKENS = (0, 5), 8  # two of its six, 8 tokens each: it r
 
 @functools.cache
 def weights_sha256(name: str) -> str:
-    """The fingerprint the reference's sets are keyed by (scripts/record_contrastive_reference.py, which runs in
-    transformers 4.55.4's own venv and so cannot import this): sha256 over each tensor, by name in sorted order."""
-    digest = hashlib.sha256()
-    with safe_open(cache_dir("models", name) / "model.safetensors", "pt") as f:
-        for key in sorted(f.keys()):
-            t = f.get_tensor(key).contiguous()
-            digest.update(f"{key}:{t.dtype}:{tuple(t.shape)}".encode())
-            digest.update(t.view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+    """The fingerprint the reference's sets are keyed by, computed by the recording script's own function (it runs
+    in transformers 4.55.4's venv, so it cannot import labkit's models; loaded here from its file)."""
+    script = Path(__file__).parents[2] / "scripts" / "record_contrastive_reference.py"
+    spec = importlib.util.spec_from_file_location("record_contrastive_reference", script)
+    recorder = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recorder)
+    return recorder.weights_sha256(cache_dir("models", name))
 
 
 def recorded_cases(name: str) -> list[dict]:

@@ -74,8 +74,7 @@ def test_unigram_loss_is_the_add_one_frequency_model_on_the_validation_plays():
     baseline = training_vs_inference.unigram_loss(tok, max_chars=200_000)
     assert baseline == pytest.approx(expected, rel=1e-9)
     assert math.log(v) - 2.5 < baseline < math.log(v)  # frequencies alone beat a uniform guess, but not by much
-    # the checkpoint trained in `labkit prepare` learned context: it beats the frequencies on the same plays (by
-    # 0.59 nats when trained on an AMD EPYC; the weights, and so the margin, differ between CPU kinds)
+    # the checkpoint trained in `labkit prepare` learned context: it beats the frequencies on the same plays
     tokens = training.token_stream("validation", tok, 200_000)
     batches = [training.get_batch(tokens, 8, 64, torch.Generator().manual_seed(i)) for i in range(4)]
-    assert training.evaluate(trained, batches) < baseline - 0.3
+    assert training.evaluate(trained, batches) < baseline - 0.5
