@@ -96,7 +96,7 @@ if SMOKE:  # tiny Llama (random weights, same architecture as SmolLM2): seconds 
     MODEL, CLIENTS, MAX_TOKENS, RATES, OPEN_REQUESTS, TORCH_THREADS = "tiny-llama", (1, 4, 16), 12, (5.0, 40.0), 8, 1
     WASTE_REQUESTS, KV_BUDGET, BUDGET_REQUESTS, LONG_PROMPT, PREFILL_CHUNK = 8, 1024, 16, 512, 64
     ENGINE_CLIENTS, PEER_LIVE = (1,), False
-    PAD_BATCH, PAD_LENGTHS, PAD_REPEAT = 6, (8, 64), 3
+    PAD_BATCH, PAD_LENGTHS, PAD_REPEAT = 6, (8, 128), 6
 import torch
 
 if TORCH_THREADS:  # on a busy 2-core machine one thread avoids OpenMP spin-waits on tiny models

@@ -93,5 +93,8 @@ def check(r: dict) -> None:
     # packing changes no real token's logits (fp32; the padded batch is the reference)
     assert max(r["pad_max_abs_diff"].values()) < 1e-3
     assert r["pad_speedup"]["padded"] == 1
-    if r["device_type"] == "cpu":  # compute-bound: a third fewer FLOPs must show (loose: the CPU is shared)
+    # compute-bound on a CPU: 30% of the predicted gain must show (loose: the CPU is shared). The smoke run's lengths
+    # reach 128 so that the gain stands above the noise: on a 2-core AMD EPYC, ten runs each measured 1.08-1.59x for
+    # lengths 8-64 (1.36x predicted; CI once saw < 1.11x) and 1.48-1.91x for 8-128 (1.79x predicted)
+    if r["device_type"] == "cpu":
         assert r["pad_speedup"]["varlen"] > 1 + 0.3 * (r["pad_predicted_speedup"]["varlen"] - 1)
