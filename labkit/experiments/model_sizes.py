@@ -25,6 +25,7 @@ from transformers import LlamaConfig
 from labkit import anatomy, devices, models, plots
 from labkit.data.windows import eval_tokens
 from labkit.experiments import quantization
+from labkit.models import hub
 from labkit.precision import PRECISIONS, bytes_per_value, canonical, torch_dtype
 from labkit.quant import QuantizedModel
 
@@ -133,23 +134,20 @@ def hub_unavailable(name: str, precision: str = "bf16", device: str | torch.devi
         memory_share: the largest share of the device's free memory the weights may take (the rest: activations, KV
             cache, the other processes).
     Returns:
-        None, or the reason: not in the local Hugging Face cache while the Hub is offline (HF_HUB_OFFLINE=1), or
-        weights (parameters from the config x bytes per value) larger than memory_share x the free memory
-        (`psutil.virtual_memory().available`; on a GPU `torch.cuda.mem_get_info`).
+        None, or the reason: not in the local Hugging Face cache while the Hub is offline or out of reach
+        (`models.hub.unavailable`), or weights (parameters from the config x bytes per value) larger than
+        memory_share x the free memory (`psutil.virtual_memory().available`; on a GPU `torch.cuda.mem_get_info`).
     Raises:
         ValueError: an unknown name, precision or device, naming the choices.
     """
-    from huggingface_hub import constants, try_to_load_from_cache
-
     weight_bytes = models.count_params(smollm2_config(name)) * bytes_per_value(precision)
     dev = devices.resolve(device)
     free = torch.cuda.mem_get_info(dev)[0] if dev.type == "cuda" else psutil.virtual_memory().available
     if weight_bytes > memory_share * free:
         return (f"its {precision} weights take {weight_bytes / 1e9:.1f} GB, more than {memory_share:.0%} of the "
                 f"{free / 1e9:.1f} GB free on {dev}")
-    if constants.HF_HUB_OFFLINE and not isinstance(try_to_load_from_cache(HUB_IDS[name], "config.json"), str):
-        return f"{HUB_IDS[name]} is not in this machine's Hugging Face cache and the Hub is offline (HF_HUB_OFFLINE=1)"
-    return None
+    why_not = hub.unavailable(HUB_IDS[name], "config.json")  # asked first: offline, the library retries for ~25 s
+    return None if why_not is None else f"{HUB_IDS[name]} is {why_not}"
 
 
 def from_hub(names=tuple(SMOLLM2_CONFIGS), device: str | torch.device = "cpu", precision: str = "bf16",

