@@ -52,3 +52,19 @@ def deepspeed_accelerator() -> dict:
 
         name = get_accelerator().device_name()
     return {"env": os.environ.get("DS_ACCELERATOR"), "accelerator": name, "backend": dist.get_backend()}
+
+
+def environment_and_directory(name: str) -> dict:
+    """This rank's value of environment variable `name`, its working directory and its parent's pid."""
+    return {"value": os.environ.get(name), "cwd": os.getcwd(), "ppid": os.getppid()}
+
+
+def burn_cpu(seconds: float) -> float:
+    """Keep one core busy for `seconds` of this process's CPU time; returns the CPU seconds used."""
+    import time
+
+    torch.set_num_threads(1)
+    start = time.process_time()
+    while time.process_time() - start < seconds:
+        sum(i * i for i in range(10_000))
+    return time.process_time() - start

@@ -3,9 +3,9 @@
     from labkit.parallel.launch import run_distributed
     results = run_distributed(tp.tp_forward, "tiny-llama", world_size=2)   # one result per rank, in rank order
 
-Each rank is a fresh process (spawn): it joins a process group (gloo on CPU, NCCL when there is a
-GPU per rank), runs `fn(*args, **kwargs)` and sends its return value back. `fn` must live in an
-importable module (not a notebook cell) so the child processes can find it.
+Each rank is a fresh process (forked from a fork server on a CPU-only machine, else spawned: `start_method`): it
+joins a process group (gloo on CPU, NCCL when there is a GPU per rank), runs `fn(*args, **kwargs)` and sends its
+return value back. `fn` must live in an importable module (not a notebook cell) so the ranks can find it.
 
 Under `torchrun` (RANK/WORLD_SIZE/MASTER_ADDR already set) the same function runs in place, on one machine or
 across several (`multinode.torchrun_command` writes the command line of each node's agent):
@@ -39,6 +39,7 @@ import torch.distributed as dist
 from labkit import devices
 from labkit.hardware import resolve_device
 from labkit.measure import Stats, sync_device
+from labkit.parallel import start_method
 
 BACKENDS = ("auto", "gloo", "nccl")
 
@@ -185,7 +186,8 @@ def init_from_env(backend: str = "auto", timeout_s: float = 120.0) -> None:
 
 
 def _worker(rank: int, world_size: int, port: int, backend: str, threads: int, timeout_s: float,
-            fn: Callable, args: tuple, kwargs: dict, results) -> None:  # fmt: skip
+            fn: Callable, args: tuple, kwargs: dict, results, caller: tuple[dict, str]) -> None:  # fmt: skip
+    start_method.enter(*caller)  # the caller's environment and directory, not the fork server's
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(world_size), **backend_environment(backend))  # fmt: skip
     torch.set_num_threads(threads)  # ranks share the cores, as torchrun's OMP_NUM_THREADS does
@@ -209,7 +211,7 @@ def run_distributed(
     threads_per_rank: int | None = None,
     **kwargs,
 ) -> list:
-    """Run `fn(*args, **kwargs)` on `world_size` ranks (fresh spawned processes); return their results.
+    """Run `fn(*args, **kwargs)` on `world_size` ranks (fresh processes, `start_method`); return their results.
 
     Args:
         fn: a top-level function of an importable module (spawned ranks import it; not a notebook cell).
@@ -229,11 +231,12 @@ def run_distributed(
         raise ValueError(f"{fn!r} must be a top-level function in an importable module (spawned ranks import it)")
     backend = pick_backend(backend, world_size)
     threads = threads_per_rank or max(1, (os.cpu_count() or 1) // world_size)
-    ctx = torch.multiprocessing.get_context("spawn")
+    ctx = start_method.context(backend)
     results = ctx.Queue()
     port = free_port()
     procs = [ctx.Process(target=_worker, daemon=True,
-                         args=(r, world_size, port, backend, threads, timeout, fn, args, kwargs, results))
+                         args=(r, world_size, port, backend, threads, timeout, fn, args, kwargs, results,
+                               start_method.rank_environment()))
              for r in range(world_size)]  # fmt: skip
     for p in procs:
         p.start()
