@@ -45,9 +45,17 @@ def reachable(endpoint: str | None = None, timeout_s: float = 3.0) -> bool:
 
 @functools.lru_cache(maxsize=4)
 def _dial(endpoint: str, timeout_s: float) -> bool:
+    # one address, one timeout: `socket.create_connection` waits `timeout_s` per address, and a name with four
+    # unanswering addresses took 12 s
     url = urlsplit(endpoint)
+    if not url.hostname:  # no scheme ("huggingface.co"): not a URL huggingface_hub could use either
+        return False
     try:
-        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout_s):
+        family, kind, proto, _, address = socket.getaddrinfo(url.hostname, url.port or (
+            443 if url.scheme == "https" else 80), type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as s:
+            s.settimeout(timeout_s)
+            s.connect(address)
             return True
     except OSError:  # no DNS, refused, unreachable, timed out
         return False

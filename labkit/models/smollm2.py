@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import zipfile
 from pathlib import Path
 
@@ -93,14 +94,18 @@ def _tensor_summary(path: Path | None) -> dict:
     path = Path(path or find_gguf() or download_gguf())
     stat = path.stat()
     kept = cache_dir("gguf") / f"{path.name}.{stat.st_size}.{stat.st_mtime_ns}.json"
-    if kept.exists():
-        return json.loads(kept.read_text())
+    try:
+        summary = json.loads(kept.read_text())
+        if isinstance(summary.get("bytes"), int) and isinstance(summary.get("types"), dict):
+            return summary
+    except (OSError, ValueError, AttributeError):  # not there yet, or unreadable: parsed again and rewritten
+        pass
     import gguf  # optional package
 
     tensors = gguf.GGUFReader(str(path)).tensors
     types = [t.tensor_type.name for t in tensors]
     summary = {"bytes": sum(int(t.n_bytes) for t in tensors), "types": {k: types.count(k) for k in sorted(set(types))}}
-    part = kept.with_name(f"{kept.name}.{os.getpid()}.part")
+    part = kept.with_name(f"{kept.name}.{os.getpid()}.{threading.get_ident()}.part")
     part.write_text(json.dumps(summary))
     part.rename(kept)  # atomic: a half-written summary is never read
     return summary

@@ -186,8 +186,9 @@ def init_from_env(backend: str = "auto", timeout_s: float = 120.0) -> None:
 
 
 def _worker(rank: int, world_size: int, port: int, backend: str, threads: int, timeout_s: float,
-            fn: Callable, args: tuple, kwargs: dict, results, caller: tuple[dict, str]) -> None:  # fmt: skip
+            work: bytes, results, caller: tuple[dict, str]) -> None:  # fmt: skip
     start_method.enter(*caller)  # the caller's environment and directory, not the fork server's
+    fn, args, kwargs = pickle.loads(work)  # only now: importing fn's module may read the environment
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(world_size), **backend_environment(backend))  # fmt: skip
     torch.set_num_threads(threads)  # ranks share the cores, as torchrun's OMP_NUM_THREADS does
@@ -235,8 +236,8 @@ def run_distributed(
     results = ctx.Queue()
     port = free_port()
     procs = [ctx.Process(target=_worker, daemon=True,
-                         args=(r, world_size, port, backend, threads, timeout, fn, args, kwargs, results,
-                               start_method.rank_environment()))
+                         args=(r, world_size, port, backend, threads, timeout, _to_bytes((fn, args, kwargs)),
+                               results, start_method.rank_environment()))
              for r in range(world_size)]  # fmt: skip
     for p in procs:
         p.start()
@@ -264,12 +265,9 @@ def run_distributed(
             if p.is_alive():
                 p.kill()
                 p.join()
+        results.close()  # a kept traceback holds this frame: let the queue's semaphores go now, not at exit
+        results = procs = None
     return [got[r] for r in range(world_size)]
-
-
-def _resolve(target: str) -> Callable:
-    module, _, name = target.partition(":")
-    return getattr(importlib.import_module(module), name)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -280,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", default="auto", choices=BACKENDS)
     parser.add_argument("--out", help="folder: each rank also writes its result there, pickled, as rank<N>.pkl")
     args = parser.parse_args(argv)
-    fn = _resolve(args.target)
+    module, _, name = args.target.partition(":")
+    fn = getattr(importlib.import_module(module), name)
     if "RANK" in os.environ and "MASTER_ADDR" in os.environ:  # launched by torchrun
         init_from_env(args.backend)
         try:

@@ -7,11 +7,12 @@ once (`PRELOAD`); every rank after that is a fork of it. Measured on a 2-core AM
 launch ranks took 86 s spawned and 41 s forked; the DeepSpeed lab (three runs) 36 s and 25 s. A single run pays the
 server's imports before its ranks instead of in them (about 3 s more): the labs with one run took as long as before.
 
-Still fresh processes: the server never runs a rank's work, and each rank takes the caller's current environment
-and working directory (`rank_environment`), not the server's from when it started. Never on a machine with CUDA:
-an import may initialise CUDA in the server, and a forked child of such a process cannot use it; there, and for
-NCCL, ranks are spawned as before. DeepSpeed is not preloaded: it picks its accelerator once, from DS_ACCELERATOR,
-which each rank sets first (`launch.backend_environment`).
+Still fresh processes: the server never runs a rank's work; each rank takes the caller's current environment and
+working directory (`rank_environment`) before it imports the function's module; and a caller whose import-time
+variables (IMPORT_TIME_PREFIXES) or stdout/stderr changed since the server started gets a new server. Never on a
+machine with CUDA: an import may initialise CUDA in the server, and a forked child of such a process cannot use it;
+there, and for NCCL, ranks are spawned as before. DeepSpeed is not preloaded: it picks its accelerator once, from
+DS_ACCELERATOR, which each rank sets first (`launch.backend_environment`).
 
 The server lives as long as the caller and is stopped (and waited for) when the caller exits, so that the ranks'
 CPU time is counted where a parent looks for its children's (`labkit.notebook.run` sums them).
@@ -30,11 +31,19 @@ import inspect
 import multiprocessing as mp
 import os
 import signal
+import sys
 import time
 
+import psutil
 import torch
 
 PRELOAD = ("labkit.parallel.launch", "labkit.models", "transformers")
+# Variables that modules read once, on import (huggingface_hub's HF_HUB_OFFLINE, OpenMP's OMP_*, labkit's cache...):
+# the server imported PRELOAD with its own, so a caller that changes one gets a new server. The rest reach each rank
+# through `enter`.
+IMPORT_TIME_PREFIXES = ("HF_", "HUGGINGFACE_", "TRANSFORMERS_", "TOKENIZERS_", "TORCH", "PYTORCH_", "OMP_", "MKL_",
+                        "KMP_", "CUDA_", "LABKIT_", "DS_", "PYTHON")
+_server_started_with: tuple | None = None  # (those variables, stdout's and stderr's files) when the server started
 
 
 def context(backend: str):
@@ -47,12 +56,32 @@ def context(backend: str):
         without CUDA where the platform has fork servers; else its "spawn" context.
     """
     _release_at_kernel_shutdown()
+    global _server_started_with
     if backend == "gloo" and not torch.cuda.is_available() and "forkserver" in mp.get_all_start_methods():
         ctx = torch.multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(list(PRELOAD))  # read when the server starts, on first use
+        main = getattr(getattr(sys.modules.get("__main__"), "__spec__", None), "name", None)
+        # not the caller's own __main__ module (`python -m labkit.parallel.launch`): each rank runs that again
+        ctx.set_forkserver_preload([m for m in PRELOAD if m != main])  # read when the server starts, on first use
+        now = _server_conditions()
+        if _server_started_with != now:  # a server started with other variables, or other stdout/stderr: a new one
+            _stop_server()
+            _server_started_with = now
         _stop_at_exit()
         return ctx
     return torch.multiprocessing.get_context("spawn")
+
+
+def _server_conditions() -> tuple:
+    # what a forked rank inherits from the server rather than from its caller: import-time variables, fds 1 and 2
+    env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(IMPORT_TIME_PREFIXES)))
+    files = []
+    for fd in (1, 2):
+        try:
+            st = os.fstat(fd)
+            files.append((st.st_dev, st.st_ino))
+        except OSError:  # closed
+            files.append(None)
+    return env, tuple(files)
 
 
 def rank_environment() -> tuple[dict[str, str], str]:
@@ -138,7 +167,15 @@ def _stop_server() -> None:
     if stop is None or pid is None:
         return
     try:
-        os.kill(pid, signal.SIGKILL)
+        ranks = psutil.Process(pid).children(recursive=True)  # ranks still running (a kernel asked to shut down)
+    except psutil.Error:
+        ranks = []
+    for process in [*ranks, pid]:  # the ranks first: killed after the server, they would be orphaned
+        try:
+            os.kill(getattr(process, "pid", process), signal.SIGKILL)
+        except OSError:  # already gone
+            pass
+    try:
         stop()
-    except OSError:  # already gone
+    except OSError:
         pass

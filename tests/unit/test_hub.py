@@ -33,6 +33,7 @@ def test_a_listening_endpoint_is_reachable_and_a_closed_one_is_not(online):
     start = time.perf_counter()
     assert not hub.reachable(f"http://127.0.0.1:{port}/closed-now")  # same port, nobody listening: refused at once
     assert not hub.reachable("https://name-that-does-not-resolve.invalid", timeout_s=2)  # RFC 2606: never resolves
+    assert not hub.reachable(f"127.0.0.1:{port}")  # no scheme: no URL huggingface_hub could use either
     assert time.perf_counter() - start < 5
 
 

@@ -122,6 +122,8 @@ def test_gguf_tensor_facts_are_parsed_once_per_file(tmp_path, monkeypatch):
     assert smollm2.gguf_tensor_bytes(path) == 8 * 32 * 4 + 4 * 32 * 2 and not reads
     monkeypatch.undo()
     monkeypatch.setenv("LABKIT_CACHE", str(tmp_path / "cache"))
+    kept.write_text("")  # a summary cut short: parsed again and rewritten
+    assert smollm2.gguf_tensor_types(path) == {"F16": 1, "F32": 1} and kept.read_text()
     write(16)  # another size: another key
     assert smollm2.gguf_tensor_bytes(path) == 16 * 32 * 4 + 4 * 32 * 2
 

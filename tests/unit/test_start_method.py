@@ -28,15 +28,23 @@ def test_gpus_and_nccl_keep_spawn():
 
 @needs_fork_server
 def test_ranks_see_the_callers_environment_of_now_not_the_servers(tmp_path, monkeypatch):
-    first = run_distributed(_selftest.environment_and_directory, "LABKIT_TEST_MARK", world_size=2, backend="gloo")
+    def run(name):
+        return run_distributed(_selftest.environment_and_directory, name, world_size=2, backend="gloo")
+
+    first = run("INFERENCE_LAB_NOTE")
     assert [r["value"] for r in first] == [None, None]
-    monkeypatch.setenv("LABKIT_TEST_MARK", "set after the server started")
+    monkeypatch.setenv("INFERENCE_LAB_NOTE", "set after the server started")
     monkeypatch.chdir(tmp_path)
-    later = run_distributed(_selftest.environment_and_directory, "LABKIT_TEST_MARK", world_size=2, backend="gloo")
+    later = run("INFERENCE_LAB_NOTE")
     assert [r["value"] for r in later] == ["set after the server started"] * 2
     assert {r["cwd"] for r in later} == {str(tmp_path)}
     # forked by one server, not by this process: the same parent both times, and that parent is not us
     assert len({r["ppid"] for r in first + later}) == 1 and first[0]["ppid"] != os.getpid()
+    # a variable that libraries read on import (HF_*, OMP_*, LABKIT_*...): the server imported them with its own
+    # environment, so it is replaced by one started with the caller's
+    monkeypatch.setenv("HF_LABKIT_TEST", "read on import")
+    fresh = run("HF_LABKIT_TEST")
+    assert [r["value"] for r in fresh] == ["read on import"] * 2 and fresh[0]["ppid"] != first[0]["ppid"]
 
 
 @needs_fork_server
