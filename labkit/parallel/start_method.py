@@ -146,7 +146,6 @@ def _release_at_kernel_shutdown() -> None:
 
 
 _registered = False
-_registered = False
 
 
 def _stop_at_exit() -> None:
@@ -170,9 +169,9 @@ def _stop_server() -> None:
         ranks = psutil.Process(pid).children(recursive=True)  # ranks still running (a kernel asked to shut down)
     except psutil.Error:
         ranks = []
-    for process in [*ranks, pid]:  # the ranks first: killed after the server, they would be orphaned
+    for process in [*(rank.pid for rank in ranks), pid]:  # the ranks first: killed after the server, orphaned
         try:
-            os.kill(getattr(process, "pid", process), signal.SIGKILL)
+            os.kill(process, signal.SIGKILL)
         except OSError:  # already gone
             pass
     try:

@@ -26,6 +26,15 @@ def test_gpus_and_nccl_keep_spawn():
     assert start_method.context("gloo").get_start_method() in expected
 
 
+def test_where_cuda_is_ranks_are_spawned_with_the_callers_environment(monkeypatch):
+    """The GPU machine's path, run here: a process that sees CUDA spawns its ranks (its own children)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert start_method.context("gloo").get_start_method() == "spawn"
+    monkeypatch.setenv("INFERENCE_LAB_NOTE", "spawned")
+    ranks = run_distributed(_selftest.environment_and_directory, "INFERENCE_LAB_NOTE", world_size=2, backend="gloo")
+    assert [r["value"] for r in ranks] == ["spawned"] * 2 and {r["ppid"] for r in ranks} == {os.getpid()}
+
+
 @needs_fork_server
 def test_ranks_see_the_callers_environment_of_now_not_the_servers(tmp_path, monkeypatch):
     def run(name):
