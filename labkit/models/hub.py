@@ -29,7 +29,8 @@ def reachable(endpoint: str | None = None, timeout_s: float = 3.0) -> bool:
 
     Args:
         endpoint: the Hub's URL; None: huggingface_hub's (HF_ENDPOINT, by default https://huggingface.co).
-        timeout_s: seconds to wait for the connection (DNS included).
+        timeout_s: seconds to wait for the connection to the name's first address (the name lookup itself is the
+            system resolver's; offline it fails at once).
     Returns:
         False when HF_HUB_OFFLINE=1, or the name does not resolve, or the connection fails or times out. A dial's
         answer is kept for the process (a lab asks several times).
